@@ -1,0 +1,124 @@
+# shellcheck shell=bash
+# Helpers shared by scripts/demo.sh and scripts/test.sh. Source it; do not run it.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PG_CONFIG="${PG_CONFIG:-/usr/bin/pg_config}"
+PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
+PGRX_VERSION="0.18.1"
+# Clusters started by the scripts live here (under the build directory).
+CLUSTER_ROOT="${CLUSTER_ROOT:-$ROOT/target/mm_clusters}"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# Runs a command with root rights: directly as root, else through sudo.
+as_root() { if is_root; then "$@"; else sudo "$@"; fi; }
+
+# PostgreSQL refuses to run as root: as root, run server-side commands as `postgres`.
+PG_USER="$(if is_root; then echo postgres; else id -un; fi)"
+as_pg() { if is_root; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+# Installs what is missing, and nothing when everything is there.
+ensure_deps() {
+    local missing=()
+    local pkg
+    for pkg in postgresql-15 postgresql-server-dev-15 postgresql-contrib sudo libclang-dev clang; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing Debian packages: ${missing[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION\$"; then
+        log "installing cargo-pgrx $PGRX_VERSION (a few minutes, once)"
+        cargo install cargo-pgrx --version "=$PGRX_VERSION" --locked
+    fi
+    if ! grep -qs '^pg15 *= *"'"$PG_CONFIG"'"' "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+        log "cargo pgrx init --pg15 $PG_CONFIG"
+        cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
+    fi
+}
+
+# Builds and installs the extension into the system PostgreSQL 15 (sudo when not root).
+install_extension() {
+    log "building and installing mm_conflict into $($PG_CONFIG --pkglibdir)"
+    if is_root; then
+        (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" "$@")
+    else
+        (cd "$ROOT" && cargo pgrx install --sudo --pg-config "$PG_CONFIG" "$@")
+    fi
+}
+
+# A directory the PostgreSQL user owns.
+pg_owned_dir() {
+    mkdir -p "$1"
+    if is_root; then chown postgres: "$1"; fi
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Prints a free TCP port at or above $1.
+free_port() {
+    local port="$1"
+    while port_in_use "$port" || [ -e "/tmp/.s.PGSQL.$port" ]; do port=$((port + 1)); done
+    echo "$port"
+}
+
+STARTED_CLUSTERS=()
+
+# start_cluster NAME PORT: initdb (if new) and start a cluster for logical replication.
+start_cluster() {
+    local name="$1" port="$2"
+    local dir="$CLUSTER_ROOT/$name"
+    pg_owned_dir "$CLUSTER_ROOT"
+    if [ ! -f "$dir/PG_VERSION" ]; then
+        as_pg "$PGBIN/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
+        cat <<EOF | as_pg tee -a "$dir/postgresql.conf" >/dev/null
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '/tmp'
+wal_level = logical
+max_replication_slots = 20
+max_wal_senders = 20
+max_logical_replication_workers = 16
+max_worker_processes = 32
+max_sync_workers_per_subscription = 2
+synchronous_commit = off
+fsync = off
+full_page_writes = off
+shared_buffers = 128MB
+logging_collector = off
+log_min_messages = warning
+EOF
+    else
+        as_pg sed -i "s/^port = .*/port = $port/" "$dir/postgresql.conf"
+    fi
+    as_pg "$PGBIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null
+    STARTED_CLUSTERS+=("$dir")
+}
+
+stop_cluster_dir() {
+    local dir="$1"
+    if [ -f "$dir/postmaster.pid" ]; then
+        as_pg "$PGBIN/pg_ctl" -D "$dir" -m fast -w -t 60 stop >/dev/null 2>&1 ||
+            as_pg "$PGBIN/pg_ctl" -D "$dir" -m immediate stop >/dev/null 2>&1 || true
+    fi
+}
+
+# Stops every cluster this script started; installed as an EXIT trap.
+stop_started_clusters() {
+    local dir
+    for dir in "${STARTED_CLUSTERS[@]+"${STARTED_CLUSTERS[@]}"}"; do stop_cluster_dir "$dir"; done
+    STARTED_CLUSTERS=()
+}
+
+psql_at() {
+    local port="$1"
+    shift
+    "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres "$@"
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs every test tier: pure Rust (decision core and its property test), #[pg_test] in a real
+# PostgreSQL 15, pg_regress, and the multi-node tests. Installs what is missing first.
+# As root, PostgreSQL runs as the `postgres` user.
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$ROOT"
+ensure_deps
+
+PGRX_TEST_DATA="$ROOT/target/pgrx-test-data"
+runas=()
+if is_root; then
+    pg_owned_dir "$PGRX_TEST_DATA"
+    runas=(--runas postgres --pgdata "$PGRX_TEST_DATA")
+fi
+
+# pg_regress on a fresh cluster of our own. (`cargo pgrx regress pg15` reads the same files, but
+# pgrx 0.18.1 starts its server without --runas, so it cannot run as root.)
+run_pg_regress() {
+    install_extension
+    local port
+    port="$(free_port 55432)"
+    rm -rf "$CLUSTER_ROOT/regress"
+    trap stop_started_clusters EXIT
+    start_cluster regress "$port"
+    mkdir -p "$ROOT/target/pg_regress"
+    local tests
+    tests="$(cd tests/pg_regress/sql && ls ./*.sql | sed 's|^\./||; s|\.sql$||' | grep -v '^setup$' | sort)"
+    PGOPTIONS="-c client_min_messages=warning" "$($PG_CONFIG --pkglibdir)/pgxs/src/test/regress/pg_regress" \
+        --inputdir="$ROOT/tests/pg_regress" --outputdir="$ROOT/target/pg_regress" \
+        --bindir="$PGBIN" --host=127.0.0.1 --port="$port" --user=postgres \
+        --dbname=mm_conflict_regress setup $tests || {
+        cat "$ROOT/target/pg_regress/regression.diffs" 2>/dev/null || true
+        return 1
+    }
+    stop_started_clusters
+}
+
+log "tier 1: pure Rust (decision core, property test)"
+cargo test -p mm_conflict_core
+
+log "tier 2: #[pg_test] (cargo pgrx test pg15)"
+cargo pgrx test pg15 "${runas[@]}"
+
+log "tier 3: pg_regress (tests/pg_regress)"
+run_pg_regress
+
+log "all tiers passed"

@@ -1,0 +1,69 @@
+//! Serialising inserts of the same primary key across local sessions and apply workers.
+//!
+//! A replicated INSERT probes the primary key and then inserts. Without more, another writer could
+//! insert the same key between that probe and the index insertion, and the apply worker would die
+//! on a duplicate key. So every INSERT through `mm_resolve` first takes a transaction-level lock on
+//! (database, table, hash of the key), and a replicated INSERT probes only once it holds it.
+//!
+//! The lock only has to cover the window until the row's index entry exists: from then on the
+//! probe of a concurrent writer sees the in-progress row (dirty snapshot) and waits for its
+//! transaction. A row's index entry exists by the time the trigger fires for the next row, so
+//! the lock is released there, at the start of the next INSERT through `mm_resolve` in this
+//! backend, or at transaction end, whichever comes first. A backend thus holds at most one such
+//! lock at a time, however many rows a statement inserts.
+//!
+//! The lock shows in `pg_locks` as an advisory lock with `objsubid = 19789` (0x4D4D, "MM"), which
+//! user calls of `pg_advisory_*` (objsubid 1 or 2) can never take.
+
+use std::cell::Cell;
+
+use pgrx::pg_sys;
+
+const KEY_LOCK_FIELD4: u16 = 0x4D4D;
+
+thread_local! {
+    static HELD: Cell<Option<pg_sys::LOCKTAG>> = const { Cell::new(None) };
+}
+
+fn tag(relid: pg_sys::Oid, key_hash: u32) -> pg_sys::LOCKTAG {
+    pg_sys::LOCKTAG {
+        // SAFETY: MyDatabaseId is set for the whole life of a backend connected to a database.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: relid.to_u32(),
+        locktag_field3: key_hash,
+        locktag_field4: KEY_LOCK_FIELD4,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    }
+}
+
+/// Releases the key lock taken for the previous row, if this transaction still holds it.
+pub fn release_previous() {
+    if let Some(tag) = HELD.take() {
+        let mode = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
+        // SAFETY: plain lock-manager calls on a tag we built; LockHeldByMe guards against a lock
+        // already released by the end of its (sub)transaction.
+        unsafe {
+            if pg_sys::LockHeldByMe(&tag, mode) {
+                pg_sys::LockRelease(&tag, mode, false);
+            }
+        }
+    }
+}
+
+/// Takes the key lock for a row about to be inserted (after releasing the previous one).
+pub fn lock_key(relid: pg_sys::Oid, key_hash: u32) {
+    release_previous();
+    let tag = tag(relid, key_hash);
+    // SAFETY: a transaction-level lock (sessionLock = false) is released by the lock manager at
+    // transaction or subtransaction end even if we never get to release it ourselves.
+    unsafe {
+        pg_sys::LockAcquire(
+            &tag,
+            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
+            false,
+            false,
+        );
+    }
+    HELD.set(Some(tag));
+}

@@ -1,0 +1,47 @@
+//! mm_conflict: conflict resolution for multi-master PostgreSQL over native logical replication.
+//!
+//! * `trigger` — the `mm_resolve` trigger function (a thin shim over `resolve`).
+//! * `resolve` — what the trigger does with one row; the decisions come from `mm_conflict_core`.
+//! * `relinfo` — per-trigger cache of column numbers, policy and primary key.
+//! * `keylock` — serialises concurrent inserts of the same key.
+//! * `api` — SQL functions in schema `mm_conflict`.
+//! * `error`, `gucs` — SQLSTATE-mapped errors and settings.
+
+mod api;
+mod error;
+mod gucs;
+mod keylock;
+mod relinfo;
+mod resolve;
+mod trigger;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+::pgrx::pg_module_magic!(name, version);
+
+pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+    relinfo::register_invalidation();
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![
+            "wal_level = logical",
+            "max_replication_slots = 16",
+            "max_wal_senders = 16",
+            "max_logical_replication_workers = 8",
+            "max_worker_processes = 16",
+            "track_commit_timestamp = on",
+        ]
+    }
+}

@@ -1,0 +1,396 @@
+//! `#[pg_test]`s: the trigger's rules and errors inside one real server. Replicated application is
+//! simulated by setting up a replication origin in the session, which is exactly what tells
+//! `mm_resolve` that it runs in an apply worker.
+
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// Creates the article's table with the trigger and a helper that returns the SQLSTATE a
+    /// statement fails with (NULL when it succeeds).
+    fn setup(trigger_args: &str) {
+        Spi::run(&format!(
+            "CREATE TABLE mm(id int PRIMARY KEY, info text, mod_time timestamp,
+                 mm_islocal boolean, mm_nodeid int2, mm_last_xacttime timestamp, mm_last_stattime timestamp);
+             CREATE TRIGGER mm_resolve BEFORE INSERT OR UPDATE ON mm
+                 FOR EACH ROW EXECUTE FUNCTION mm_resolve({trigger_args});
+             ALTER TABLE mm ENABLE ALWAYS TRIGGER mm_resolve;
+             CREATE FUNCTION pg_temp.sqlstate_of(stmt text) RETURNS text LANGUAGE plpgsql AS $f$
+             BEGIN EXECUTE stmt; RETURN NULL; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $f$;"
+        ))
+        .unwrap();
+    }
+
+    fn sqlstate_of(stmt: &str) -> Option<String> {
+        Spi::get_one_with_args::<String>("SELECT pg_temp.sqlstate_of($1)", &[stmt.into()]).unwrap()
+    }
+
+    fn one<T: FromDatum + IntoDatum>(query: &str) -> T {
+        Spi::get_one::<T>(query).unwrap().expect("a non-NULL value")
+    }
+
+    /// Runs `sql` as if an apply worker were applying it (a replication origin is set up).
+    fn replicated(sql: &str) {
+        Spi::run(
+            "SELECT pg_replication_origin_create('mm_test_peer')
+             WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = 'mm_test_peer');
+             SELECT pg_replication_origin_session_setup('mm_test_peer');",
+        )
+        .unwrap();
+        let result = Spi::run(sql);
+        Spi::run("SELECT pg_replication_origin_session_reset()").unwrap();
+        result.unwrap();
+    }
+
+    fn row(id: i32) -> String {
+        one::<String>(&format!(
+            "SELECT concat_ws('|', info, mm_islocal, mm_nodeid, mm_last_xacttime, mm_last_stattime) FROM mm WHERE id = {id}"
+        ))
+    }
+
+    // ---- errors --------------------------------------------------------------------------
+
+    /// The error path raises a real SQLSTATE from inside the trigger, not pgrx's XX000.
+    #[pg_test]
+    fn error_from_trigger_has_its_sqlstate() {
+        setup("1, 'last_xacttime', 'last', 2");
+        Spi::run("ALTER TABLE mm DROP COLUMN mm_nodeid").unwrap();
+        assert_eq!(
+            sqlstate_of("INSERT INTO mm(id) VALUES (1)").as_deref(),
+            Some("42703")
+        );
+    }
+
+    #[pg_test]
+    fn bad_trigger_arguments_have_specific_sqlstates() {
+        setup("1, 'last_xacttime', 'last', 2");
+        let cases = [
+            ("1, 'last_xacttime', 'last'", "22023"),
+            ("1", "22023"),
+            ("'one', 'last_xacttime', 'last', 2", "22P02"),
+            ("0, 'last_xacttime', 'last', 2", "22003"),
+            ("1, 'last_xacttime', 'last', 40000", "22003"),
+            ("1, 'nodeid', 'x'", "22P02"),
+            ("1, 'last_xacttime', 'lastt', 2", "22023"),
+            ("1, 'no_such_column', 'last', 2", "42703"),
+            ("1, 'info', 'last', 2", "42804"),
+        ];
+        for (args, expected) in cases {
+            Spi::run(&format!(
+                "DROP TRIGGER mm_resolve ON mm;
+                 CREATE TRIGGER mm_resolve BEFORE INSERT OR UPDATE ON mm FOR EACH ROW EXECUTE FUNCTION mm_resolve({args});"
+            ))
+            .unwrap();
+            assert_eq!(
+                sqlstate_of("INSERT INTO mm(id) VALUES (1)").as_deref(),
+                Some(expected),
+                "arguments ({args})"
+            );
+            assert_eq!(
+                one::<i64>("SELECT count(*) FROM mm"),
+                0,
+                "nothing applied for ({args})"
+            );
+        }
+    }
+
+    #[pg_test]
+    fn bookkeeping_columns_are_checked() {
+        setup("1, 'last_xacttime', 'last', 2");
+        Spi::run("ALTER TABLE mm ALTER COLUMN mm_nodeid TYPE int4").unwrap();
+        assert_eq!(
+            sqlstate_of("INSERT INTO mm(id) VALUES (1)").as_deref(),
+            Some("42804")
+        );
+        Spi::run("ALTER TABLE mm ALTER COLUMN mm_nodeid TYPE int2; ALTER TABLE mm DROP COLUMN mm_last_stattime")
+            .unwrap();
+        assert_eq!(
+            sqlstate_of("INSERT INTO mm(id) VALUES (1)").as_deref(),
+            Some("42703")
+        );
+        Spi::run("ALTER TABLE mm ADD COLUMN mm_last_stattime timestamptz").unwrap();
+        assert_eq!(
+            sqlstate_of("INSERT INTO mm(id) VALUES (1)"),
+            None,
+            "timestamptz is accepted"
+        );
+    }
+
+    #[pg_test]
+    fn wrong_trigger_kinds_are_refused() {
+        setup("1, 'last_xacttime', 'last', 2");
+        Spi::run("INSERT INTO mm(id) VALUES (1)").unwrap();
+        let kinds = [
+            (
+                "AFTER INSERT",
+                "FOR EACH ROW",
+                "INSERT INTO mm(id) VALUES (2)",
+            ),
+            (
+                "BEFORE INSERT",
+                "FOR EACH STATEMENT",
+                "INSERT INTO mm(id) VALUES (2)",
+            ),
+            (
+                "BEFORE DELETE",
+                "FOR EACH ROW",
+                "DELETE FROM mm WHERE id = 1",
+            ),
+            ("BEFORE TRUNCATE", "FOR EACH STATEMENT", "TRUNCATE mm"),
+        ];
+        for (when, level, stmt) in kinds {
+            Spi::run(&format!(
+                "CREATE TRIGGER wrong {when} ON mm {level} EXECUTE FUNCTION mm_resolve(1, 'last_xacttime', 'last', 2)"
+            ))
+            .unwrap();
+            assert_eq!(
+                sqlstate_of(stmt).as_deref(),
+                Some("39P01"),
+                "{when} {level}"
+            );
+            Spi::run("DROP TRIGGER wrong ON mm").unwrap();
+        }
+        assert_eq!(one::<i64>("SELECT count(*) FROM mm"), 1);
+    }
+
+    #[pg_test]
+    fn replicated_insert_needs_a_primary_key() {
+        setup("1, 'last_xacttime', 'last', 2");
+        Spi::run("ALTER TABLE mm DROP CONSTRAINT mm_pkey").unwrap();
+        Spi::run("INSERT INTO mm(id) VALUES (1)").unwrap(); // local inserts do not need it
+        Spi::run(
+            "SELECT pg_replication_origin_create('mm_test_peer');
+             SELECT pg_replication_origin_session_setup('mm_test_peer');",
+        )
+        .unwrap();
+        let state = sqlstate_of("INSERT INTO mm VALUES (2, 'x', now(), true, 2, now(), now())");
+        Spi::run("SELECT pg_replication_origin_session_reset()").unwrap();
+        assert_eq!(state.as_deref(), Some("55000"));
+    }
+
+    // ---- local writes --------------------------------------------------------------------
+
+    #[pg_test]
+    fn local_insert_is_stamped() {
+        setup("7, 'last_xacttime', 'last', 2");
+        Spi::run("INSERT INTO mm(id, info, mm_islocal, mm_nodeid) VALUES (1, 'a', false, 3)")
+            .unwrap();
+        assert!(one::<bool>(
+            "SELECT mm_islocal AND mm_nodeid = 7
+                    AND mm_last_xacttime = now() AT TIME ZONE 'UTC'
+                    AND mm_last_stattime >= mm_last_xacttime
+             FROM mm WHERE id = 1"
+        ));
+    }
+
+    #[pg_test]
+    fn local_update_supersedes_a_row_from_a_clock_ahead() {
+        setup("1, 'last_xacttime', 'last', 2");
+        replicated("INSERT INTO mm VALUES (1, 'future', now(), true, 2, '2100-01-01', '2100-01-01 00:00:05')");
+        Spi::run("UPDATE mm SET info = 'local' WHERE id = 1").unwrap();
+        assert_eq!(
+            row(1),
+            "local|t|1|2100-01-01 00:00:00.000001|2100-01-01 00:00:05.000001"
+        );
+    }
+
+    #[pg_test]
+    fn local_update_with_older_user_column_follows_local_conflict() {
+        setup("1, 'mod_time', 'last', 2");
+        Spi::run("INSERT INTO mm(id, info, mod_time) VALUES (1, 'a', '2020-01-01')").unwrap();
+        let older = "UPDATE mm SET info = 'older', mod_time = '2019-01-01' WHERE id = 1";
+        assert_eq!(sqlstate_of(older).as_deref(), Some("27000"));
+        Spi::run("SET LOCAL mm_conflict.local_conflict = skip").unwrap();
+        Spi::run(older).unwrap();
+        assert_eq!(one::<String>("SELECT info FROM mm WHERE id = 1"), "a");
+        Spi::run("SET LOCAL mm_conflict.local_conflict = apply").unwrap();
+        Spi::run(older).unwrap();
+        assert_eq!(one::<String>("SELECT info FROM mm WHERE id = 1"), "older");
+        Spi::run("SET LOCAL mm_conflict.local_conflict = error").unwrap();
+        // Equal user value: the fresh stattime decides, so the update wins.
+        Spi::run("UPDATE mm SET info = 'same time' WHERE id = 1").unwrap();
+        assert_eq!(
+            one::<String>("SELECT info FROM mm WHERE id = 1"),
+            "same time"
+        );
+    }
+
+    #[pg_test]
+    fn first_mode_refuses_updates() {
+        setup("1, 'last_xacttime', 'first', 2");
+        Spi::run("INSERT INTO mm(id, info) VALUES (1, 'a')").unwrap();
+        assert_eq!(
+            sqlstate_of("UPDATE mm SET info = 'b' WHERE id = 1").as_deref(),
+            Some("27000")
+        );
+    }
+
+    #[pg_test]
+    fn nodeid_mode_protects_the_winners_rows() {
+        setup("1, 'nodeid', 3");
+        replicated(
+            "INSERT INTO mm VALUES (1, 'from 3', now(), true, 3, '2020-01-01', '2020-01-01');
+             INSERT INTO mm VALUES (2, 'from 2', now(), true, 2, '2020-01-01', '2020-01-01');",
+        );
+        assert_eq!(
+            sqlstate_of("UPDATE mm SET info = 'x' WHERE id = 1").as_deref(),
+            Some("27000")
+        );
+        Spi::run("UPDATE mm SET info = 'x' WHERE id = 2").unwrap();
+        assert_eq!(
+            row(2).split('|').take(3).collect::<Vec<_>>(),
+            ["x", "t", "1"]
+        );
+        // A replicated newer write of a non-winner does not beat the winner's row either.
+        replicated("UPDATE mm SET info = 'later from 2', mm_nodeid = 2, mm_last_xacttime = '2030-01-01' WHERE id = 1");
+        assert_eq!(one::<String>("SELECT info FROM mm WHERE id = 1"), "from 3");
+    }
+
+    #[pg_test]
+    fn upsert_goes_through_the_update_rules() {
+        setup("1, 'last_xacttime', 'last', 2");
+        Spi::run("INSERT INTO mm(id, info) VALUES (1, 'a')").unwrap();
+        Spi::run("INSERT INTO mm(id, info) VALUES (1, 'b') ON CONFLICT (id) DO UPDATE SET info = excluded.info").unwrap();
+        assert_eq!(one::<String>("SELECT info FROM mm WHERE id = 1"), "b");
+        assert!(one::<bool>(
+            "SELECT mm_last_xacttime > now() AT TIME ZONE 'UTC' FROM mm WHERE id = 1"
+        ));
+    }
+
+    // ---- replicated writes ---------------------------------------------------------------
+
+    #[pg_test]
+    fn replicated_update_applies_only_a_better_version() {
+        setup("1, 'last_xacttime', 'last', 2");
+        replicated("INSERT INTO mm VALUES (1, 'v1', now(), true, 3, '2020-01-01', '2020-01-01')");
+        assert_eq!(row(1), "v1|f|3|2020-01-01 00:00:00|2020-01-01 00:00:00");
+        // older: skipped
+        replicated("UPDATE mm SET info = 'old', mm_last_xacttime = '2019-01-01' WHERE id = 1");
+        assert_eq!(one::<String>("SELECT info FROM mm WHERE id = 1"), "v1");
+        // the same version coming back around the mesh: skipped, no new row version
+        let xmin = one::<String>("SELECT xmin::text FROM mm WHERE id = 1");
+        replicated("UPDATE mm SET info = 'echo' WHERE id = 1");
+        assert_eq!(one::<String>("SELECT info FROM mm WHERE id = 1"), "v1");
+        assert_eq!(
+            one::<String>("SELECT xmin::text FROM mm WHERE id = 1"),
+            xmin
+        );
+        // newer: applied, never re-stamped, marked as not local
+        replicated("UPDATE mm SET info = 'v2', mm_islocal = true, mm_nodeid = 3, mm_last_xacttime = '2021-01-01' WHERE id = 1");
+        assert_eq!(row(1), "v2|f|3|2021-01-01 00:00:00|2020-01-01 00:00:00");
+    }
+
+    #[pg_test]
+    fn replicated_insert_is_inserted_converted_or_skipped() {
+        setup("1, 'last_xacttime', 'last', 2");
+        replicated(
+            "INSERT INTO mm VALUES (1, 'new row', now(), true, 3, '2020-01-01', '2020-01-01')",
+        );
+        assert_eq!(
+            row(1),
+            "new row|f|3|2020-01-01 00:00:00|2020-01-01 00:00:00"
+        );
+        // an older insert of an existing key: kept, and no duplicate-key error
+        replicated(
+            "INSERT INTO mm VALUES (1, 'older', now(), true, 2, '2019-01-01', '2019-01-01')",
+        );
+        assert_eq!(one::<String>("SELECT info FROM mm WHERE id = 1"), "new row");
+        // a newer insert of an existing key becomes an update of that row
+        replicated(
+            "INSERT INTO mm VALUES (1, 'newer', now(), true, 2, '2022-01-01', '2022-01-01')",
+        );
+        assert_eq!(row(1), "newer|f|2|2022-01-01 00:00:00|2022-01-01 00:00:00");
+        assert_eq!(one::<i64>("SELECT count(*) FROM mm"), 1);
+    }
+
+    #[pg_test]
+    fn ties_go_to_the_preferred_node_then_the_lower_id() {
+        setup("1, 'last_xacttime', 'last', 2");
+        replicated(
+            "INSERT INTO mm VALUES (1, 'node 3', now(), true, 3, '2020-01-01', '2020-01-01')",
+        );
+        replicated(
+            "INSERT INTO mm VALUES (1, 'node 2', now(), true, 2, '2020-01-01', '2020-01-01')",
+        );
+        assert_eq!(
+            one::<String>("SELECT info FROM mm WHERE id = 1"),
+            "node 2",
+            "preferred node wins a tie"
+        );
+        replicated(
+            "INSERT INTO mm VALUES (2, 'node 4', now(), true, 4, '2020-01-01', '2020-01-01')",
+        );
+        replicated(
+            "INSERT INTO mm VALUES (2, 'node 3', now(), true, 3, '2020-01-01', '2020-01-01')",
+        );
+        assert_eq!(
+            one::<String>("SELECT info FROM mm WHERE id = 2"),
+            "node 3",
+            "lower id wins among the rest"
+        );
+    }
+
+    #[pg_test]
+    fn nulls_lose() {
+        setup("1, 'mod_time', 'first', 2");
+        replicated(
+            "INSERT INTO mm VALUES (1, 'null time', NULL, true, 3, '2020-01-01', '2020-01-01')",
+        );
+        replicated("INSERT INTO mm VALUES (1, 'has time', '2030-01-01', true, 3, '2020-01-01', '2020-01-01')");
+        assert_eq!(
+            one::<String>("SELECT info FROM mm WHERE id = 1"),
+            "has time"
+        );
+        replicated("UPDATE mm SET info = 'null again', mod_time = NULL WHERE id = 1");
+        assert_eq!(
+            one::<String>("SELECT info FROM mm WHERE id = 1"),
+            "has time"
+        );
+    }
+
+    #[pg_test]
+    fn overwrite_quotes_identifiers_and_skips_generated_columns() {
+        Spi::run(
+            r#"CREATE SCHEMA "Odd Schema";
+               CREATE TABLE "Odd Schema"."Odd Table"("Key" int, "select" text,
+                   doubled int GENERATED ALWAYS AS ("Key" * 2) STORED,
+                   mm_islocal boolean, mm_nodeid int2, mm_last_xacttime timestamptz, mm_last_stattime timestamptz,
+                   PRIMARY KEY ("Key"));
+               CREATE TRIGGER mm_resolve BEFORE INSERT OR UPDATE ON "Odd Schema"."Odd Table"
+                   FOR EACH ROW EXECUTE FUNCTION mm_resolve(1, 'last_stattime', 'last', 2);"#,
+        )
+        .unwrap();
+        replicated(
+            r#"INSERT INTO "Odd Schema"."Odd Table"("Key", "select", mm_islocal, mm_nodeid, mm_last_xacttime, mm_last_stattime)
+                   VALUES (5, 'first', true, 3, '2020-01-01', '2020-01-01');
+               INSERT INTO "Odd Schema"."Odd Table"("Key", "select", mm_islocal, mm_nodeid, mm_last_xacttime, mm_last_stattime)
+                   VALUES (5, 'second', true, 2, '2020-01-01', '2021-01-01');"#,
+        );
+        assert_eq!(
+            one::<String>(
+                r#"SELECT concat_ws('|', "select", doubled, mm_nodeid) FROM "Odd Schema"."Odd Table""#
+            ),
+            "second|10|2"
+        );
+    }
+
+    #[pg_test]
+    fn cache_follows_table_and_trigger_changes() {
+        setup("1, 'last_xacttime', 'last', 2");
+        Spi::run("INSERT INTO mm(id) VALUES (1)").unwrap();
+        // Columns move: drop one before the bookkeeping columns and add one.
+        Spi::run("ALTER TABLE mm DROP COLUMN info; ALTER TABLE mm ADD COLUMN extra text").unwrap();
+        Spi::run("INSERT INTO mm(id, extra) VALUES (2, 'x')").unwrap();
+        assert!(one::<bool>(
+            "SELECT mm_islocal AND mm_nodeid = 1 FROM mm WHERE id = 2"
+        ));
+        // New arguments take effect at once.
+        Spi::run(
+            "DROP TRIGGER mm_resolve ON mm;
+             CREATE TRIGGER mm_resolve BEFORE INSERT OR UPDATE ON mm FOR EACH ROW EXECUTE FUNCTION mm_resolve(9, 'last_stattime', 'last', 2);",
+        )
+        .unwrap();
+        Spi::run("INSERT INTO mm(id) VALUES (3)").unwrap();
+        assert_eq!(one::<i16>("SELECT mm_nodeid FROM mm WHERE id = 3"), 9);
+    }
+}
