@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test tier: pure Rust (decision core and its property test), #[pg_test] in a real
-# PostgreSQL 15, pg_regress, and the multi-node tests. Installs what is missing first.
+# PostgreSQL 15, pg_regress, and the multi-node tests on real clusters. Installs what is missing
+# first.
 # As root, PostgreSQL runs as the `postgres` user.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$ROOT"
@@ -43,5 +44,9 @@ cargo pgrx test pg15 "${runas[@]}"
 
 log "tier 3: pg_regress (tests/pg_regress)"
 run_pg_regress
+
+log "tier 4: multi-node (real clusters in a full mesh; MM_LONG=1 for 60 s loads)"
+# The normal build is installed by tier 3; clusters run one test at a time.
+cargo test -p mm_conflict_mesh_tests -- --test-threads=1 --nocapture
 
 log "all tiers passed"

@@ -10,7 +10,7 @@ pub enum MmError {
     #[error("{0}")]
     BadArgument(#[from] PolicyError),
 
-    #[error("mm_resolve must be fired BEFORE INSERT OR UPDATE FOR EACH ROW, not {fired}")]
+    #[error("mm_resolve must be fired BEFORE INSERT, UPDATE or DELETE FOR EACH ROW, not {fired}")]
     WrongTriggerEvent { fired: String },
 
     #[error("table {table} has no column \"{column}\" required by mm_resolve")]
@@ -83,7 +83,7 @@ impl MmError {
                 Some("Argument 3 is first or last (for criterion nodeid: the winning node id).".into())
             }
             MmError::WrongTriggerEvent { .. } => Some(
-                "CREATE TRIGGER ... BEFORE INSERT OR UPDATE ON tbl FOR EACH ROW EXECUTE FUNCTION mm_resolve(...)".into(),
+                "CREATE TRIGGER ... BEFORE INSERT OR UPDATE OR DELETE ON tbl FOR EACH ROW EXECUTE FUNCTION mm_resolve(...)".into(),
             ),
             MmError::MissingColumn { add_column_sql, .. } => Some(format!("Run: {add_column_sql}")),
             MmError::UnknownCriterionColumn { .. } => Some(

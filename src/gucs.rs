@@ -28,7 +28,21 @@ pub fn local_conflict_mode() -> LocalConflictMode {
     }
 }
 
+/// `mm_conflict.tombstone_retention`: how long `mm_conflict.purge_tombstones()` keeps tombstones.
+pub static TOMBSTONE_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(86_400);
+
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"mm_conflict.tombstone_retention",
+        c"How long mm_conflict.purge_tombstones() keeps tombstones (versioned deletes).",
+        c"Longer than any replication lag you expect: a change older than a purged tombstone that \
+arrives late can bring the deleted row back. Purging also never passes what peers have sent.",
+        &TOMBSTONE_RETENTION,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
+    );
     GucRegistry::define_enum_guc(
         c"mm_conflict.local_conflict",
         c"What a local write that loses to the stored row version does: error, skip or apply.",

@@ -3,17 +3,25 @@
 //! A replicated INSERT probes the primary key and then inserts. Without more, another writer could
 //! insert the same key between that probe and the index insertion, and the apply worker would die
 //! on a duplicate key. So every INSERT through `mm_resolve` first takes a transaction-level lock on
-//! (database, table, hash of the key), and a replicated INSERT probes only once it holds it.
+//! (database, table, hash of the key), and a replicated INSERT probes only once it holds it. Writes
+//! and reads of the key's tombstone (local deletes, replicated tombstones, the tombstone checks of
+//! inserts and deletes) take the same lock.
 //!
 //! The lock only has to cover the window until the row's index entry exists: from then on the
-//! probe of a concurrent writer sees the in-progress row (dirty snapshot) and waits for its
-//! transaction. A row's index entry exists by the time the trigger fires for the next row, so
-//! the lock is released there, at the start of the next INSERT through `mm_resolve` in this
-//! backend, or at transaction end, whichever comes first. A backend thus holds at most one such
-//! lock at a time, however many rows a statement inserts.
+//! probe of a concurrent writer sees the in-progress row and waits for its transaction. A row's
+//! index entry exists by the time the trigger fires for the next row, so the lock is released
+//! there, at the start of the next INSERT through `mm_resolve` in this backend, or at transaction
+//! end, whichever comes first. A backend thus holds at most one such lock at a time, however many
+//! rows a statement inserts.
+//!
+//! Deadlock freedom: UPDATEs never take this lock, and a replicated INSERT never waits for
+//! anything while holding it: when its probe finds a row (to overwrite or keep) or a transaction
+//! in progress, it releases the lock first. So a wait for this lock never closes a cycle with row
+//! locks.
 //!
 //! The lock shows in `pg_locks` as an advisory lock with `objsubid = 19789` (0x4D4D, "MM"), which
-//! user calls of `pg_advisory_*` (objsubid 1 or 2) can never take.
+//! user calls of `pg_advisory_*` (objsubid 1 or 2) can never take; `classid` and `objid` are the
+//! hashes of the table name and the key.
 
 use std::cell::Cell;
 
@@ -25,11 +33,11 @@ thread_local! {
     static HELD: Cell<Option<pg_sys::LOCKTAG>> = const { Cell::new(None) };
 }
 
-fn tag(relid: pg_sys::Oid, key_hash: u32) -> pg_sys::LOCKTAG {
+fn tag(table_hash: u32, key_hash: u32) -> pg_sys::LOCKTAG {
     pg_sys::LOCKTAG {
         // SAFETY: MyDatabaseId is set for the whole life of a backend connected to a database.
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: relid.to_u32(),
+        locktag_field2: table_hash,
         locktag_field3: key_hash,
         locktag_field4: KEY_LOCK_FIELD4,
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
@@ -37,7 +45,7 @@ fn tag(relid: pg_sys::Oid, key_hash: u32) -> pg_sys::LOCKTAG {
     }
 }
 
-/// Releases the key lock taken for the previous row, if this transaction still holds it.
+/// Releases the key lock taken last, if this transaction still holds it.
 pub fn release_previous() {
     if let Some(tag) = HELD.take() {
         let mode = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
@@ -51,10 +59,12 @@ pub fn release_previous() {
     }
 }
 
-/// Takes the key lock for a row about to be inserted (after releasing the previous one).
-pub fn lock_key(relid: pg_sys::Oid, key_hash: u32) {
+/// Takes the key lock of a key (after releasing the previous one). Both hashes are stable across
+/// nodes and sessions: of the table's qualified name and of the key's binary form, so that row
+/// writes and tombstone writes of one key take the same lock.
+pub fn lock_key(table_hash: u32, key_hash: u32) {
     release_previous();
-    let tag = tag(relid, key_hash);
+    let tag = tag(table_hash, key_hash);
     // SAFETY: a transaction-level lock (sessionLock = false) is released by the lock manager at
     // transaction or subtransaction end even if we never get to release it ourselves.
     unsafe {

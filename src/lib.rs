@@ -4,6 +4,9 @@
 //! * `resolve` — what the trigger does with one row; the decisions come from `mm_conflict_core`.
 //! * `relinfo` — per-trigger cache of column numbers, policy and primary key.
 //! * `keylock` — serialises concurrent inserts of the same key.
+//! * `probe` — finds the stored version of a key, robust to concurrent updates.
+//! * `tombstone` — versioned deletes, replicated in `mm_conflict.tombstone`.
+//! * `spi` — prepared statements of the rare paths.
 //! * `api` — SQL functions in schema `mm_conflict`.
 //! * `error`, `gucs` — SQLSTATE-mapped errors and settings.
 
@@ -11,8 +14,11 @@ mod api;
 mod error;
 mod gucs;
 mod keylock;
+mod probe;
 mod relinfo;
 mod resolve;
+mod spi;
+mod tombstone;
 mod trigger;
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -21,6 +27,15 @@ mod tests;
 ::pgrx::pg_module_magic!(name, version);
 
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+pgrx::extension_sql_file!(
+    "../sql/tombstones.sql",
+    name = "tombstones",
+    requires = [
+        "bootstrap",
+        tombstone::mm_conflict::tombstone_resolve,
+        tombstone::mm_conflict::tombstone_settle
+    ]
+);
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {

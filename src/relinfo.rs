@@ -1,6 +1,6 @@
 //! Per-trigger cache of everything `mm_resolve` needs to know about its table: the parsed policy,
-//! the attribute numbers of the bookkeeping and criterion columns, the primary key and its hash
-//! functions, and the prepared statement that turns a losing INSERT into an UPDATE.
+//! the attribute numbers of the bookkeeping and criterion columns, the primary key with its
+//! equality and binary I/O functions, and the prepared statements of the rare paths.
 //!
 //! Built on the first firing of a trigger in a backend and dropped by a relcache invalidation
 //! (ALTER TABLE, CREATE/DROP TRIGGER, …), so the per-row path does no catalog lookups.
@@ -16,15 +16,22 @@ use mm_conflict_core::{
 use pgrx::pg_sys;
 
 use crate::error::MmError;
+use crate::spi::CachedPlan;
 
-/// A primary-key column and how to hash it for the key lock.
+/// A primary-key column and the functions the trigger needs for it.
 pub struct KeyColumn {
     pub attnum: pg_sys::AttrNumber,
     pub collation: pg_sys::Oid,
-    /// The type's default hash function; `None` when it has none (then every value of this
-    /// column hashes alike, which only makes the key lock coarser).
-    /// `UnsafeCell`: PostgreSQL writes `fn_extra` through the pointer on calls.
-    pub hash: Option<Box<UnsafeCell<pg_sys::FmgrInfo>>>,
+    /// The index opclass's equality function, for scan keys and key comparison.
+    pub eq_proc: pg_sys::RegProcedure,
+    /// `UnsafeCell`: PostgreSQL writes `fn_extra` through these pointers on calls.
+    pub eq: Box<UnsafeCell<pg_sys::FmgrInfo>>,
+    /// Binary send/receive: tombstones and the key lock identify a key by its binary form, which
+    /// is the same on every node and in every session (text output depends on settings).
+    pub send: Box<UnsafeCell<pg_sys::FmgrInfo>>,
+    pub recv: Box<UnsafeCell<pg_sys::FmgrInfo>>,
+    pub typioparam: pg_sys::Oid,
+    pub typmod: i32,
 }
 
 pub struct PrimaryKey {
@@ -34,8 +41,11 @@ pub struct PrimaryKey {
 
 pub struct RelInfo {
     pub relid: pg_sys::Oid,
-    /// Schema-qualified, quoted: safe to put in SQL and messages.
+    /// Schema-qualified, quoted: safe to put in SQL and messages, and the table's identity in
+    /// tombstones (the same on every node, unlike its OID).
     pub table: String,
+    /// Hash of `table`, the table part of the key lock.
+    pub table_hash: u32,
     pub policy: Policy,
     pub order: VersionOrder,
     pub att_islocal: pg_sys::AttrNumber,
@@ -45,22 +55,13 @@ pub struct RelInfo {
     /// The user criterion column, for `Criterion::Column`.
     pub att_criterion: Option<pg_sys::AttrNumber>,
     pub primary_key: Option<PrimaryKey>,
-    /// `UPDATE ONLY t SET every column = $n WHERE pk = $k`, prepared on first use.
-    pub overwrite_plan: Cell<pg_sys::SPIPlanPtr>,
-    pub overwrite_sql: String,
-    /// Attribute numbers of the live (not dropped) columns, in the order of the plan's parameters.
+    /// Attribute numbers of the live (not dropped) columns: the parameters of the statements below.
     pub live_attnums: Vec<pg_sys::AttrNumber>,
-}
-
-impl Drop for RelInfo {
-    fn drop(&mut self) {
-        let plan = self.overwrite_plan.replace(std::ptr::null_mut());
-        if !plan.is_null() {
-            // SAFETY: the plan was saved with SPI_keepplan by this entry and nothing else frees it;
-            // the entry is dropped only when no firing trigger holds it (it is behind an `Rc`).
-            unsafe { pg_sys::SPI_freeplan(plan) };
-        }
-    }
+    /// `UPDATE ONLY t SET every column = $n WHERE pk = $k`: an INSERT that wins over a stored row.
+    pub overwrite: CachedPlan,
+    /// `DELETE FROM ONLY t WHERE pk = $k` and `INSERT INTO t VALUES (...)`: a re-send.
+    pub resend_delete: CachedPlan,
+    pub resend_insert: CachedPlan,
 }
 
 thread_local! {
@@ -77,31 +78,57 @@ extern "C-unwind" fn invalidate(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
         Ok(mut map) => map.clear(),
         Err(_) => FLUSH_ALL.with(|f| f.set(true)),
     });
+    crate::tombstone::invalidate(relid);
 }
 
 pub fn register_invalidation() {
-    // SAFETY: called once from _PG_init; the callback only touches this backend's cache.
+    // SAFETY: called once from _PG_init; the callback only touches this backend's caches.
     unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(invalidate), pg_sys::Datum::from(0)) };
 }
 
-/// The cached entry for the firing trigger, built on first use.
+/// The cached entry for `trigger` on `rel`, built on first use.
 ///
 /// # Safety
-/// `td` must be the `TriggerData` of a trigger being fired by PostgreSQL.
-pub unsafe fn lookup(td: &pg_sys::TriggerData) -> Result<Rc<RelInfo>, MmError> {
-    // SAFETY: PostgreSQL always sets tg_trigger for a firing trigger.
-    let tgoid = unsafe { (*td.tg_trigger).tgoid };
+/// `rel` must be open and locked; `trigger` one of its triggers.
+pub unsafe fn lookup(
+    rel: pg_sys::Relation,
+    trigger: &pg_sys::Trigger,
+) -> Result<Rc<RelInfo>, MmError> {
     if FLUSH_ALL.with(|f| f.replace(false)) {
         CACHE.with(|c| c.borrow_mut().clear());
     }
-    if let Some(info) = CACHE.with(|c| c.borrow().get(&tgoid).cloned()) {
+    if let Some(info) = CACHE.with(|c| c.borrow().get(&trigger.tgoid).cloned()) {
         return Ok(info);
     }
     // Build without holding the borrow: catalog access below may run invalidation callbacks.
     // SAFETY: forwarded from the caller.
-    let info = Rc::new(unsafe { build(td)? });
-    CACHE.with(|c| c.borrow_mut().insert(tgoid, Rc::clone(&info)));
+    let info = Rc::new(unsafe { build(rel, trigger)? });
+    CACHE.with(|c| c.borrow_mut().insert(trigger.tgoid, Rc::clone(&info)));
     Ok(info)
+}
+
+/// The entry of the `mm_resolve` trigger of `rel`, if it has one (for tombstones, which name
+/// their table but arrive without its trigger).
+///
+/// # Safety
+/// `rel` must be open and locked.
+pub unsafe fn lookup_for_relation(rel: pg_sys::Relation) -> Result<Option<Rc<RelInfo>>, MmError> {
+    // SAFETY: trigdesc and its array belong to the open relation.
+    unsafe {
+        let trigdesc = (*rel).trigdesc;
+        if trigdesc.is_null() {
+            return Ok(None);
+        }
+        let triggers =
+            std::slice::from_raw_parts((*trigdesc).triggers, (*trigdesc).numtriggers as usize);
+        for trigger in triggers {
+            let name = pg_sys::get_func_name(trigger.tgfoid);
+            if !name.is_null() && CStr::from_ptr(name).to_bytes() == b"mm_resolve" {
+                return lookup(rel, trigger).map(Some);
+            }
+        }
+        Ok(None)
+    }
 }
 
 unsafe fn cstr_to_string(ptr: *const std::ffi::c_char) -> String {
@@ -118,6 +145,26 @@ pub fn quote_ident(ident: &str) -> String {
     unsafe { cstr_to_string(pg_sys::quote_identifier(c.as_ptr())) }
 }
 
+/// `"schema"."table"` of a relation, quoted as needed.
+///
+/// # Safety
+/// `rel` must be open.
+pub unsafe fn qualified_name(rel: pg_sys::Relation) -> String {
+    // SAFETY: rd_rel is valid for an open relation.
+    unsafe {
+        let schema = cstr_to_string(pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace));
+        let relname = cstr_to_string((*(*rel).rd_rel).relname.data.as_ptr());
+        format!("{}.{}", quote_ident(&schema), quote_ident(&relname))
+    }
+}
+
+/// FNV-1a: a stable hash, the same in every backend and on every node.
+pub fn stable_hash(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
 unsafe fn type_name(typid: pg_sys::Oid) -> String {
     // SAFETY: format_type_be handles any oid and returns a palloc'd string.
     unsafe { cstr_to_string(pg_sys::format_type_be(typid)) }
@@ -128,12 +175,15 @@ struct Attr {
     typid: pg_sys::Oid,
 }
 
+unsafe fn attrs<'a>(tupdesc: pg_sys::TupleDesc) -> &'a [pg_sys::FormData_pg_attribute] {
+    // SAFETY: natts bounds the descriptor's attribute array.
+    unsafe { (*tupdesc).attrs.as_slice((*tupdesc).natts as usize) }
+}
+
 unsafe fn find_attr(tupdesc: pg_sys::TupleDesc, name: &str) -> Option<Attr> {
-    // SAFETY: tupdesc is the relation's descriptor; natts bounds the attrs array.
+    // SAFETY: attribute names are NUL-terminated NameData.
     unsafe {
-        let natts = (*tupdesc).natts as usize;
-        let attrs = (*tupdesc).attrs.as_slice(natts);
-        attrs.iter().find_map(|att| {
+        attrs(tupdesc).iter().find_map(|att| {
             let attname = CStr::from_ptr(att.attname.data.as_ptr());
             (!att.attisdropped && attname.to_bytes() == name.as_bytes()).then_some(Attr {
                 attnum: att.attnum,
@@ -143,50 +193,66 @@ unsafe fn find_attr(tupdesc: pg_sys::TupleDesc, name: &str) -> Option<Attr> {
     }
 }
 
+/// Attribute number of a live column, by name.
+///
+/// # Safety
+/// `tupdesc` must be a valid descriptor.
+pub unsafe fn attnum(tupdesc: pg_sys::TupleDesc, name: &str) -> Option<pg_sys::AttrNumber> {
+    // SAFETY: forwarded from the caller.
+    unsafe { find_attr(tupdesc, name) }.map(|a| a.attnum)
+}
+
 const TIME_TYPES: &str = "timestamptz or timestamp";
 
 fn is_time_type(typid: pg_sys::Oid) -> bool {
     typid == pg_sys::TIMESTAMPTZOID || typid == pg_sys::TIMESTAMPOID
 }
 
-unsafe fn build(td: &pg_sys::TriggerData) -> Result<RelInfo, MmError> {
-    // SAFETY: td comes from the trigger manager (caller's contract), so its relation, trigger and
-    // the relation's descriptor are valid for the duration of the call.
+/// Finds a bookkeeping column and checks its type.
+unsafe fn require(
+    tupdesc: pg_sys::TupleDesc,
+    table: &str,
+    name: &str,
+    sql_type: &'static str,
+    ok: fn(pg_sys::Oid) -> bool,
+) -> Result<pg_sys::AttrNumber, MmError> {
+    // SAFETY: forwarded from the caller.
+    let attr = unsafe { find_attr(tupdesc, name) }.ok_or_else(|| MmError::MissingColumn {
+        table: table.to_string(),
+        column: name.to_string(),
+        add_column_sql: format!("ALTER TABLE {table} ADD COLUMN {name} {sql_type};"),
+    })?;
+    if !ok(attr.typid) {
+        return Err(MmError::UnsupportedColumnType {
+            table: table.to_string(),
+            column: name.to_string(),
+            // SAFETY: any type oid is accepted.
+            found: unsafe { type_name(attr.typid) },
+            expected: sql_type,
+        });
+    }
+    Ok(attr.attnum)
+}
+
+unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelInfo, MmError> {
+    // SAFETY: rel is open and locked (caller's contract), so its descriptor, rd_rel and the
+    // trigger's argument array are valid for the duration of the call.
     unsafe {
-        let rel = td.tg_relation;
-        let trigger = &*td.tg_trigger;
         let args: Vec<String> = (0..trigger.tgnargs as usize)
             .map(|i| cstr_to_string(*trigger.tgargs.add(i)))
             .collect();
         let policy = Policy::parse(&args)?;
-
-        let relid = (*rel).rd_id;
-        let schema = cstr_to_string(pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace));
-        let relname = cstr_to_string((*(*rel).rd_rel).relname.data.as_ptr());
-        let table = format!("{}.{}", quote_ident(&schema), quote_ident(&relname));
+        let table = qualified_name(rel);
         let tupdesc = (*rel).rd_att;
 
-        let require = |name: &str, sql_type: &'static str, ok: &dyn Fn(pg_sys::Oid) -> bool| {
-            let attr = find_attr(tupdesc, name).ok_or_else(|| MmError::MissingColumn {
-                table: table.clone(),
-                column: name.to_string(),
-                add_column_sql: format!("ALTER TABLE {table} ADD COLUMN {name} {sql_type};"),
-            })?;
-            if !ok(attr.typid) {
-                return Err(MmError::UnsupportedColumnType {
-                    table: table.clone(),
-                    column: name.to_string(),
-                    found: type_name(attr.typid),
-                    expected: sql_type,
-                });
-            }
-            Ok(attr.attnum)
-        };
-        let att_islocal = require(COL_ISLOCAL, "boolean", &|t| t == pg_sys::BOOLOID)?;
-        let att_nodeid = require(COL_NODEID, "smallint", &|t| t == pg_sys::INT2OID)?;
-        let att_xacttime = require(COL_XACTTIME, "timestamptz", &is_time_type)?;
-        let att_stattime = require(COL_STATTIME, "timestamptz", &is_time_type)?;
-
+        let att_islocal = require(tupdesc, &table, COL_ISLOCAL, "boolean", |t| {
+            t == pg_sys::BOOLOID
+        })?;
+        let att_nodeid = require(tupdesc, &table, COL_NODEID, "smallint", |t| {
+            t == pg_sys::INT2OID
+        })?;
+        let att_xacttime = require(tupdesc, &table, COL_XACTTIME, "timestamptz", is_time_type)?;
+        let att_stattime = require(tupdesc, &table, COL_STATTIME, "timestamptz", is_time_type)?;
         let att_criterion = match &policy.criterion {
             Criterion::Column(name) => {
                 let attr =
@@ -206,28 +272,24 @@ unsafe fn build(td: &pg_sys::TriggerData) -> Result<RelInfo, MmError> {
             }
             _ => None,
         };
-
         let primary_key = primary_key(rel);
 
-        // The overwrite statement: every live, non-generated column from its parameter, keyed by
-        // the primary key. Parameters are numbered by position among live attributes.
-        let natts = (*tupdesc).natts as usize;
-        let attrs = (*tupdesc).attrs.as_slice(natts);
+        // Statement parameters are numbered by position among live attributes.
         let live: Vec<&pg_sys::FormData_pg_attribute> =
-            attrs.iter().filter(|a| !a.attisdropped).collect();
+            attrs(tupdesc).iter().filter(|a| !a.attisdropped).collect();
         let param_of = |attnum: pg_sys::AttrNumber| {
             live.iter().position(|a| a.attnum == attnum).map(|p| p + 1)
         };
         let name_of = |a: &pg_sys::FormData_pg_attribute| {
             quote_ident(&cstr_to_string(a.attname.data.as_ptr()))
         };
-        let set_list: Vec<String> = live
+        let argtypes: Vec<pg_sys::Oid> = live.iter().map(|a| a.atttypid).collect();
+        let settable: Vec<(usize, &&pg_sys::FormData_pg_attribute)> = live
             .iter()
             .enumerate()
-            .filter(|(_, a)| a.attgenerated == 0 && a.attidentity != b'a' as std::ffi::c_char)
-            .map(|(i, a)| format!("{} = ${}", name_of(a), i + 1))
+            .filter(|(_, a)| a.attgenerated == 0)
             .collect();
-        let where_list: Vec<String> = primary_key
+        let key_match: Vec<String> = primary_key
             .iter()
             .flat_map(|pk| pk.columns.iter())
             .map(|k| {
@@ -242,15 +304,34 @@ unsafe fn build(td: &pg_sys::TriggerData) -> Result<RelInfo, MmError> {
                 )
             })
             .collect();
+        let key_match = key_match.join(" AND ");
         let overwrite_sql = format!(
-            "UPDATE ONLY {table} SET {} WHERE {}",
-            set_list.join(", "),
-            where_list.join(" AND ")
+            "UPDATE ONLY {table} SET {} WHERE {key_match}",
+            settable
+                .iter()
+                .filter(|(_, a)| a.attidentity != b'a' as std::ffi::c_char)
+                .map(|(i, a)| format!("{} = ${}", name_of(a), i + 1))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
-        let live_attnums = live.iter().map(|a| a.attnum).collect();
+        let resend_delete_sql = format!("DELETE FROM ONLY {table} WHERE {key_match}");
+        let resend_insert_sql = format!(
+            "INSERT INTO {table} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
+            settable
+                .iter()
+                .map(|(_, a)| name_of(a))
+                .collect::<Vec<_>>()
+                .join(", "),
+            settable
+                .iter()
+                .map(|(i, _)| format!("${}", i + 1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
 
         Ok(RelInfo {
-            relid,
+            relid: (*rel).rd_id,
+            table_hash: stable_hash(table.as_bytes()),
             table,
             order: policy.order(),
             policy,
@@ -260,14 +341,30 @@ unsafe fn build(td: &pg_sys::TriggerData) -> Result<RelInfo, MmError> {
             att_stattime,
             att_criterion,
             primary_key,
-            overwrite_plan: Cell::new(std::ptr::null_mut()),
-            overwrite_sql,
-            live_attnums,
+            live_attnums: live.iter().map(|a| a.attnum).collect(),
+            overwrite: CachedPlan::new(overwrite_sql, argtypes.clone()),
+            resend_delete: CachedPlan::new(resend_delete_sql, argtypes.clone()),
+            resend_insert: CachedPlan::new(resend_insert_sql, argtypes),
         })
     }
 }
 
-unsafe fn primary_key(rel: pg_sys::Relation) -> Option<PrimaryKey> {
+/// Function call info for `proc`, kept for the life of the entry.
+unsafe fn fmgr(proc: pg_sys::Oid) -> Box<UnsafeCell<pg_sys::FmgrInfo>> {
+    // SAFETY: a zeroed FmgrInfo is what fmgr_info_cxt expects to fill; its extra state lives in
+    // CacheMemoryContext, which outlives the entry.
+    unsafe {
+        let finfo = Box::new(UnsafeCell::new(std::mem::zeroed::<pg_sys::FmgrInfo>()));
+        pg_sys::fmgr_info_cxt(proc, finfo.get(), pg_sys::CacheMemoryContext);
+        finfo
+    }
+}
+
+/// The primary key of `rel`, if it has one.
+///
+/// # Safety
+/// `rel` must be open and locked.
+pub unsafe fn primary_key(rel: pg_sys::Relation) -> Option<PrimaryKey> {
     // SAFETY: rel is open and locked by the caller; the index is opened and closed here.
     unsafe {
         let index_oid = pg_sys::RelationGetPrimaryKeyIndex(rel);
@@ -278,33 +375,106 @@ unsafe fn primary_key(rel: pg_sys::Relation) -> Option<PrimaryKey> {
         let form = &*(*index).rd_index;
         let nkeys = form.indnkeyatts as usize;
         let attnums = form.indkey.values.as_slice(nkeys);
+        let rel_attrs = attrs((*rel).rd_att);
         let columns = (0..nkeys)
             .map(|i| {
                 let attnum = attnums[i];
-                let typid =
-                    (*(*rel).rd_att).attrs.as_slice(attnum as usize)[attnum as usize - 1].atttypid;
-                let collation = *(*index).rd_indcollation.add(i);
-                let typcache = pg_sys::lookup_type_cache(typid, pg_sys::TYPECACHE_HASH_PROC as i32);
-                let hash = if (*typcache).hash_proc != pg_sys::InvalidOid {
-                    let finfo = Box::new(UnsafeCell::new(std::mem::zeroed::<pg_sys::FmgrInfo>()));
-                    pg_sys::fmgr_info_cxt(
-                        (*typcache).hash_proc,
-                        finfo.get(),
-                        pg_sys::CacheMemoryContext,
-                    );
-                    Some(finfo)
-                } else {
-                    None
-                };
+                let att = &rel_attrs[attnum as usize - 1];
+                let opcintype = *(*index).rd_opcintype.add(i);
+                let operator = pg_sys::get_opfamily_member(
+                    *(*index).rd_opfamily.add(i),
+                    opcintype,
+                    opcintype,
+                    pg_sys::BTEqualStrategyNumber as i16,
+                );
+                let eq_proc = pg_sys::get_opcode(operator);
+                let (mut send_proc, mut is_varlena) = (pg_sys::InvalidOid, false);
+                pg_sys::getTypeBinaryOutputInfo(att.atttypid, &mut send_proc, &mut is_varlena);
+                let (mut recv_proc, mut typioparam) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
+                pg_sys::getTypeBinaryInputInfo(att.atttypid, &mut recv_proc, &mut typioparam);
                 KeyColumn {
                     attnum,
-                    collation,
-                    hash,
+                    collation: *(*index).rd_indcollation.add(i),
+                    eq_proc,
+                    eq: fmgr(eq_proc),
+                    send: fmgr(send_proc),
+                    recv: fmgr(recv_proc),
+                    typioparam,
+                    typmod: att.atttypmod,
                 }
             })
             .collect();
         pg_sys::index_close(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         Some(PrimaryKey { index_oid, columns })
+    }
+}
+
+impl PrimaryKey {
+    /// The key values of `tuple`.
+    ///
+    /// # Safety
+    /// `tuple` is a tuple of the key's relation, described by `tupdesc`.
+    pub unsafe fn values(
+        &self,
+        tuple: pg_sys::HeapTuple,
+        tupdesc: pg_sys::TupleDesc,
+    ) -> Vec<pg_sys::Datum> {
+        self.columns
+            .iter()
+            .map(|col| {
+                let mut isnull = false;
+                // SAFETY: forwarded from the caller; primary-key columns are never NULL.
+                unsafe { pg_sys::heap_getattr(tuple, col.attnum as i32, tupdesc, &mut isnull) }
+            })
+            .collect()
+    }
+
+    /// The key in binary form: per column, a 4-byte big-endian length and the type's send output.
+    ///
+    /// # Safety
+    /// `values` are this key's column values.
+    pub unsafe fn encode(&self, values: &[pg_sys::Datum]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (col, &value) in self.columns.iter().zip(values) {
+            // SAFETY: the send function of the column's type returns a palloc'd bytea.
+            unsafe {
+                let bytes = pg_sys::SendFunctionCall(col.send.get(), value);
+                let len = pgrx::varlena::varsize_any_exhdr(bytes.cast());
+                let data = std::slice::from_raw_parts(
+                    pgrx::varlena::vardata_any(bytes.cast()).cast::<u8>(),
+                    len,
+                );
+                out.extend_from_slice(&(len as u32).to_be_bytes());
+                out.extend_from_slice(data);
+            }
+        }
+        out
+    }
+
+    /// The key values back from [`PrimaryKey::encode`]'s form; `None` if it does not parse.
+    ///
+    /// # Safety
+    /// Must run inside a transaction (receive functions allocate and may raise errors).
+    pub unsafe fn decode(&self, mut bytes: &[u8]) -> Option<Vec<pg_sys::Datum>> {
+        let mut values = Vec::with_capacity(self.columns.len());
+        for col in &self.columns {
+            let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+            let data = bytes.get(4..4 + len)?;
+            bytes = &bytes[4 + len..];
+            // SAFETY: a fresh StringInfo holds the column's bytes; the receive function consumes
+            // exactly them (ReceiveFunctionCall raises an error otherwise).
+            unsafe {
+                let buf = pg_sys::makeStringInfo();
+                pg_sys::appendBinaryStringInfo(buf, data.as_ptr().cast(), len as i32);
+                values.push(pg_sys::ReceiveFunctionCall(
+                    col.recv.get(),
+                    buf,
+                    col.typioparam,
+                    col.typmod,
+                ));
+            }
+        }
+        bytes.is_empty().then_some(values)
     }
 }
 
@@ -329,6 +499,28 @@ impl RelInfo {
                 node: (!isnull).then(|| node.value() as i16),
                 user_criterion: self.att_criterion.and_then(time),
             }
+        }
+    }
+
+    /// The values of `tuple`'s live columns, in the order of the statements' parameters.
+    ///
+    /// # Safety
+    /// `tuple` must be a valid tuple of this relation described by `tupdesc`.
+    pub unsafe fn parameters(
+        &self,
+        tuple: pg_sys::HeapTuple,
+        tupdesc: pg_sys::TupleDesc,
+    ) -> Vec<Option<pg_sys::Datum>> {
+        // SAFETY: forwarded from the caller; the arrays are sized to the descriptor.
+        unsafe {
+            let natts = (*tupdesc).natts as usize;
+            let mut values = vec![pg_sys::Datum::from(0); natts];
+            let mut nulls = vec![false; natts];
+            pg_sys::heap_deform_tuple(tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            self.live_attnums
+                .iter()
+                .map(|&a| (!nulls[a as usize - 1]).then_some(values[a as usize - 1]))
+                .collect()
         }
     }
 }

@@ -1,17 +1,17 @@
 //! What `mm_resolve` does with one row: stamp a local write, or resolve a replicated one against
-//! the stored version. The decisions themselves are `mm_conflict_core`'s; this module reads the
-//! tuples, applies the decision and does the few things that need the server (key lock, primary
-//! key probe, overwrite of a losing row).
+//! the stored version (row or tombstone). The decisions themselves are `mm_conflict_core`'s; this
+//! module reads the tuples, applies the decision and does the few things that need the server
+//! (key lock, key probes, tombstones, overwrite and re-send of rows).
 
-use std::ffi::CString;
-
-use mm_conflict_core::decide::{self, InsertAction, LocalAction, Outcome};
-use mm_conflict_core::stamp::{stamp_local, Clock, Stamps};
-use mm_conflict_core::{Criterion, Direction, RowStamps};
+use mm_conflict_core::decide::{self, DeleteAction, InsertAction, LocalAction, Outcome};
+use mm_conflict_core::stamp::{stamp_above_all, stamp_local, Clock, Stamps};
+use mm_conflict_core::{Criterion, Direction, RowStamps, Version};
 use pgrx::pg_sys;
 
 use crate::error::MmError;
-use crate::relinfo::{PrimaryKey, RelInfo};
+use crate::probe::{self, Probe};
+use crate::relinfo::{stable_hash, PrimaryKey, RelInfo};
+use crate::tombstone::{self, Resending, Tombstone};
 use crate::{gucs, keylock, relinfo};
 
 /// Runs the trigger for one row. `Ok(None)` skips the row (no new row version, no WAL).
@@ -21,10 +21,9 @@ use crate::{gucs, keylock, relinfo};
 pub unsafe fn fire(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTuple>, MmError> {
     let event = td.tg_event;
     let op = event & pg_sys::TRIGGER_EVENT_OPMASK;
-    let is_insert = op == pg_sys::TRIGGER_EVENT_INSERT;
     if event & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_BEFORE
         || event & pg_sys::TRIGGER_EVENT_ROW == 0
-        || !(is_insert || op == pg_sys::TRIGGER_EVENT_UPDATE)
+        || op == pg_sys::TRIGGER_EVENT_TRUNCATE
     {
         return Err(MmError::WrongTriggerEvent {
             fired: describe_event(event),
@@ -33,18 +32,18 @@ pub unsafe fn fire(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTuple>
     // SAFETY (whole body): td and everything it points to is valid during the firing (caller's
     // contract); tuples belong to td.tg_relation and are described by its rd_att.
     unsafe {
-        let info = relinfo::lookup(td)?;
+        let info = relinfo::lookup(td.tg_relation, &*td.tg_trigger)?;
         let tupdesc = (*td.tg_relation).rd_att;
-        match (is_insert, is_replicated_session()) {
-            (true, false) => Ok(Some(local_insert(&info, td.tg_trigtuple, tupdesc))),
-            (false, false) => local_update(&info, td.tg_trigtuple, td.tg_newtuple, tupdesc),
-            (true, true) => replicated_insert(&info, td, tupdesc),
-            (false, true) => Ok(replicated_update(
-                &info,
-                td.tg_trigtuple,
-                td.tg_newtuple,
-                tupdesc,
-            )),
+        let (old, new) = (td.tg_trigtuple, td.tg_newtuple);
+        match (op, is_replicated_session()) {
+            (pg_sys::TRIGGER_EVENT_INSERT, false) => local_insert(&info, old, tupdesc),
+            (pg_sys::TRIGGER_EVENT_UPDATE, false) => local_update(&info, old, new, tupdesc),
+            (pg_sys::TRIGGER_EVENT_DELETE, false) => local_delete(&info, old, tupdesc),
+            (pg_sys::TRIGGER_EVENT_INSERT, true) => {
+                replicated_insert(&info, td.tg_relation, old, tupdesc)
+            }
+            (pg_sys::TRIGGER_EVENT_UPDATE, true) => Ok(replicated_update(&info, old, new, tupdesc)),
+            _ => Ok(replicated_delete(&info, old, tupdesc)),
         }
     }
 }
@@ -147,41 +146,138 @@ unsafe fn as_replicated(
     }
 }
 
-unsafe fn key_hash(pk: &PrimaryKey, tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> u32 {
-    let mut hash: u32 = 0;
-    for col in &pk.columns {
-        let mut isnull = false;
-        // SAFETY: key attnums were read from this relation's primary key; the hash function is
-        // the type's own, called with the index collation.
-        let value = unsafe {
-            let datum = pg_sys::heap_getattr(tuple, col.attnum as i32, tupdesc, &mut isnull);
-            match &col.hash {
-                Some(finfo) if !isnull => {
-                    pg_sys::FunctionCall1Coll(finfo.get(), col.collation, datum).value() as u32
-                }
-                _ => 0,
-            }
-        };
-        // PostgreSQL's hash_combine.
-        hash ^= value
-            .wrapping_add(0x9e37_79b9)
-            .wrapping_add(hash << 6)
-            .wrapping_add(hash >> 2);
+/// The binary key of `tuple` and the key lock's hash of it.
+unsafe fn key_of(
+    pk: &PrimaryKey,
+    tuple: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+) -> (Vec<pg_sys::Datum>, Vec<u8>) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let values = pk.values(tuple, tupdesc);
+        let key = pk.encode(&values);
+        (values, key)
     }
-    hash
+}
+
+fn wait_for(xid: pg_sys::TransactionId) {
+    // SAFETY: waits for a transaction id read from a tuple; the key lock was released first.
+    unsafe {
+        pg_sys::XactLockTableWait(
+            xid,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            pg_sys::XLTW_Oper::XLTW_None,
+        )
+    }
+}
+
+/// Takes the key lock and reads the key's tombstone, waiting (without the lock) for a tombstone
+/// still being written. Returns with the lock held.
+fn lock_and_find_tombstone(info: &RelInfo, key: &[u8]) -> Option<Tombstone> {
+    let table = tombstone::table();
+    loop {
+        keylock::lock_key(info.table_hash, stable_hash(key));
+        match table.probe(&info.table, key) {
+            Probe::Absent => return None,
+            Probe::Present(t) => return Some(t),
+            Probe::InProgress(xid) => {
+                keylock::release_previous();
+                wait_for(xid);
+            }
+        }
+    }
+}
+
+fn conflict_error(
+    info: &RelInfo,
+    operation: &'static str,
+    stored: &Version,
+    written: &Version,
+) -> MmError {
+    let column = info.policy.criterion_column();
+    MmError::LocalConflict {
+        table: info.table.clone(),
+        operation,
+        detail: format!(
+            "Stored version: {}. This write: {}.",
+            stored.describe(column),
+            written.describe(column)
+        ),
+        hint: local_conflict_hint(info),
+    }
 }
 
 unsafe fn local_insert(
     info: &RelInfo,
     tuple: pg_sys::HeapTuple,
     tupdesc: pg_sys::TupleDesc,
-) -> pg_sys::HeapTuple {
+) -> Result<Option<pg_sys::HeapTuple>, MmError> {
     // SAFETY: forwarded from `fire`.
     unsafe {
-        if let Some(pk) = &info.primary_key {
-            keylock::lock_key(info.relid, key_hash(pk, tuple, tupdesc));
+        // A re-insert after a delete must beat the key's tombstone: stamp above it.
+        let tombstone = match &info.primary_key {
+            Some(pk) => lock_and_find_tombstone(info, &key_of(pk, tuple, tupdesc).1),
+            None => None,
+        };
+        let stamps = stamp_above_all(clock(), &[tombstone.as_ref().map(|t| &t.stamps)]);
+        if let Some(t) = &tombstone {
+            let written = info.policy.version(&RowStamps {
+                xacttime: Some(stamps.xacttime),
+                stattime: Some(stamps.stattime),
+                node: Some(info.policy.node_id),
+                user_criterion: info.stamps(tuple, tupdesc).user_criterion,
+            });
+            match decide::local_write(
+                &info.order,
+                &t.version,
+                &written,
+                gucs::local_conflict_mode(),
+            ) {
+                LocalAction::Write => {}
+                LocalAction::Skip => return Ok(None),
+                LocalAction::RaiseConflict => {
+                    return Err(conflict_error(info, "insert", &t.version, &written))
+                }
+            }
         }
-        with_bookkeeping(info, tuple, tupdesc, Some(stamp_local(clock(), None)))
+        Ok(Some(with_bookkeeping(info, tuple, tupdesc, Some(stamps))))
+    }
+}
+
+unsafe fn local_delete(
+    info: &RelInfo,
+    old: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+) -> Result<Option<pg_sys::HeapTuple>, MmError> {
+    // Without a primary key a delete cannot be versioned; PostgreSQL itself refuses to publish
+    // deletes of a table without a replica identity.
+    let Some(pk) = &info.primary_key else {
+        return Ok(Some(old));
+    };
+    // SAFETY: forwarded from `fire`.
+    unsafe {
+        let (_, key) = key_of(pk, old, tupdesc);
+        keylock::lock_key(info.table_hash, stable_hash(&key));
+        let stored = info.stamps(old, tupdesc);
+        let stamps = stamp_local(clock(), Some(&stored));
+        let tombstone = info.policy.tombstone_version(&stored, &stamps);
+        let stored_version = info.policy.version(&stored);
+        match decide::local_write(
+            &info.order,
+            &stored_version,
+            &tombstone,
+            gucs::local_conflict_mode(),
+        ) {
+            LocalAction::Write => {
+                tombstone::table().record(info, &key, &tombstone, &stamps);
+                Ok(Some(old))
+            }
+            LocalAction::Skip => Ok(None),
+            LocalAction::RaiseConflict => {
+                Err(conflict_error(info, "delete", &stored_version, &tombstone))
+            }
+        }
     }
 }
 
@@ -211,19 +307,12 @@ unsafe fn local_update(
         ) {
             LocalAction::Write => Ok(Some(with_bookkeeping(info, new, tupdesc, Some(stamps)))),
             LocalAction::Skip => Ok(None),
-            LocalAction::RaiseConflict => {
-                let column = info.policy.criterion_column();
-                Err(MmError::LocalConflict {
-                    table: info.table.clone(),
-                    operation: "update",
-                    detail: format!(
-                        "Stored version: {}. This write: {}.",
-                        stored_version.describe(column),
-                        written_version.describe(column)
-                    ),
-                    hint: local_conflict_hint(info),
-                })
-            }
+            LocalAction::RaiseConflict => Err(conflict_error(
+                info,
+                "update",
+                &stored_version,
+                &written_version,
+            )),
         }
     }
 }
@@ -240,7 +329,7 @@ fn local_conflict_hint(info: &RelInfo) -> String {
             if direction == Direction::Last { "newer" } else { "older" },
         ),
         (_, _) => format!(
-            "Under \"first\", the first version of a row wins on every node, so updates are refused; use \"last\" to let updates win, {escape}"
+            "Under \"first\", the first version of a row wins on every node, so updates and deletes are refused; use \"last\" to let updates win, {escape}"
         ),
     }
 }
@@ -262,9 +351,57 @@ unsafe fn replicated_update(
     }
 }
 
+/// A replicated DELETE applies only when the key's tombstone (which travels before it in the same
+/// transaction) beats the row. A DELETE without a tombstone (an unversioned delete, or the first
+/// half of a re-send) is skipped.
+unsafe fn replicated_delete(
+    info: &RelInfo,
+    old: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+) -> Option<pg_sys::HeapTuple> {
+    if Resending::active() {
+        return Some(old); // our own re-send
+    }
+    // Without a primary key there is no tombstone to compare with: apply as PostgreSQL would.
+    let Some(pk) = &info.primary_key else {
+        return Some(old);
+    };
+    // SAFETY: forwarded from `fire`.
+    unsafe {
+        let (_, key) = key_of(pk, old, tupdesc);
+        let tombstone = lock_and_find_tombstone(info, &key);
+        keylock::release_previous();
+        let stored = info.policy.version(&info.stamps(old, tupdesc));
+        match decide::replicated_delete(
+            &info.order,
+            &stored,
+            tombstone.as_ref().map(|t| &t.version),
+        ) {
+            DeleteAction::Delete => Some(old),
+            DeleteAction::Keep | DeleteAction::KeepAndResend => None,
+        }
+    }
+}
+
+/// Sends a row again as DELETE + INSERT (same version, not re-stamped), for nodes that applied a
+/// delete the row beats: they skip an UPDATE of a row they no longer have, but accept an INSERT
+/// that beats their tombstone. Nodes that still have the row skip both halves.
+///
+/// # Safety
+/// `params` are the row's live column values, as from [`RelInfo::parameters`].
+pub unsafe fn resend(info: &RelInfo, params: &[Option<pg_sys::Datum>]) {
+    let _resending = Resending::start();
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        info.resend_delete.execute(params, pg_sys::SPI_OK_DELETE);
+        info.resend_insert.execute(params, pg_sys::SPI_OK_INSERT);
+    }
+}
+
 unsafe fn replicated_insert(
     info: &RelInfo,
-    td: &pg_sys::TriggerData,
+    rel: pg_sys::Relation,
+    tuple: pg_sys::HeapTuple,
     tupdesc: pg_sys::TupleDesc,
 ) -> Result<Option<pg_sys::HeapTuple>, MmError> {
     let pk = info
@@ -273,112 +410,70 @@ unsafe fn replicated_insert(
         .ok_or_else(|| MmError::NoPrimaryKey {
             table: info.table.clone(),
         })?;
-    // SAFETY: forwarded from `fire`; for INSERT, tg_trigslot holds the new row.
+    // SAFETY: forwarded from `fire`.
     unsafe {
-        let tuple = td.tg_trigtuple;
-        keylock::lock_key(info.relid, key_hash(pk, tuple, tupdesc));
+        let (values, key) = key_of(pk, tuple, tupdesc);
         let incoming = info.policy.version(&info.stamps(tuple, tupdesc));
-        let stored = probe_primary_key(info, td.tg_relation, pk, td.tg_trigslot)
-            .map(|s| info.policy.version(&s));
-        match decide::replicated_insert(&info.order, stored.as_ref(), &incoming) {
-            InsertAction::Insert => Ok(Some(as_replicated(info, tuple, tupdesc))),
-            InsertAction::ConvertToUpdate => {
-                overwrite(info, tuple, tupdesc);
-                Ok(None)
+        // Probe under the key lock; never wait while holding it (see keylock and probe).
+        loop {
+            keylock::lock_key(info.table_hash, stable_hash(&key));
+            let stored = match probe::probe(rel, pk, &values, &|row| info.stamps(row, tupdesc)) {
+                Probe::Absent => None,
+                Probe::InProgress(xid) => {
+                    keylock::release_previous();
+                    wait_for(xid);
+                    continue;
+                }
+                Probe::Present(stamps) => {
+                    keylock::release_previous();
+                    Some(info.policy.version(&stamps))
+                }
+            };
+            // No row: the key's tombstone decides (still under the key lock).
+            let tombstone = match stored {
+                Some(_) => None,
+                None => match tombstone::table().probe(&info.table, &key) {
+                    Probe::Absent => None,
+                    Probe::Present(t) => Some(t.version),
+                    Probe::InProgress(xid) => {
+                        keylock::release_previous();
+                        wait_for(xid);
+                        continue;
+                    }
+                },
+            };
+            match decide::replicated_insert(
+                &info.order,
+                stored.as_ref(),
+                tombstone.as_ref(),
+                &incoming,
+            ) {
+                // Keep the lock until our index entry exists: no one can insert the key meanwhile.
+                InsertAction::Insert if Resending::active() => return Ok(Some(tuple)),
+                InsertAction::Insert => return Ok(Some(as_replicated(info, tuple, tupdesc))),
+                InsertAction::ConvertToUpdate => {
+                    // Zero rows: the row changed or vanished since the probe; decide again.
+                    if overwrite(info, tuple, tupdesc) > 0 {
+                        return Ok(None);
+                    }
+                }
+                InsertAction::Skip(_) => {
+                    keylock::release_previous();
+                    return Ok(None);
+                }
             }
-            InsertAction::Skip(_) => Ok(None),
         }
-    }
-}
-
-/// Finds the stored row with the incoming row's key, seeing rows of transactions still in
-/// progress and waiting for them (PostgreSQL's own apply-side lookup, with a dirty snapshot),
-/// and locks it. Returns its bookkeeping values.
-unsafe fn probe_primary_key(
-    info: &RelInfo,
-    rel: pg_sys::Relation,
-    pk: &PrimaryKey,
-    search: *mut pg_sys::TupleTableSlot,
-) -> Option<RowStamps> {
-    // SAFETY: rel is open and locked by the executor; `search` is the trigger's slot holding the
-    // incoming row; `found_slot` is created and dropped here. The lookup reads the key columns
-    // from tts_values, so the search slot is deformed first.
-    unsafe {
-        let natts = (*(*rel).rd_att).natts;
-        if ((*search).tts_nvalid as i32) < natts {
-            pg_sys::slot_getsomeattrs_int(search, natts);
-        }
-        let found_slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-        let found = pg_sys::RelationFindReplTupleByIndex(
-            rel,
-            pk.index_oid,
-            pg_sys::LockTupleMode::LockTupleExclusive,
-            search,
-            found_slot,
-        );
-        let stamps = found.then(|| {
-            let mut should_free = false;
-            let tuple = pg_sys::ExecFetchSlotHeapTuple(found_slot, false, &mut should_free);
-            let stamps = info.stamps(tuple, (*rel).rd_att);
-            if should_free {
-                pg_sys::heap_freetuple(tuple);
-            }
-            stamps
-        });
-        pg_sys::ExecDropSingleTupleTableSlot(found_slot);
-        stamps
     }
 }
 
 /// Overwrites the stored row that has `tuple`'s key with `tuple` (an INSERT that won against an
-/// existing row becomes an UPDATE). Runs as SQL so that indexes, other triggers and the UPDATE's
-/// own resolution by `mm_resolve` happen exactly as for a replicated UPDATE.
-unsafe fn overwrite(info: &RelInfo, tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) {
-    // SAFETY: SPI is connected and finished here; the plan is kept in the RelInfo and freed with
-    // it; values point into `tuple`, which outlives the call.
+/// existing row becomes an UPDATE). Runs as SQL so that row locking, indexes, other triggers and
+/// the UPDATE's own resolution by `mm_resolve` (against the row as it is by then) happen exactly as
+/// for a replicated UPDATE. Returns the number of rows updated (0 if the row lost meanwhile).
+unsafe fn overwrite(info: &RelInfo, tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> u64 {
+    // SAFETY: the parameters are the tuple's own values, which outlive the call.
     unsafe {
-        if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-            pgrx::error!("mm_resolve: SPI_connect failed");
-        }
-        let mut plan = info.overwrite_plan.get();
-        if plan.is_null() {
-            let attrs = (*tupdesc).attrs.as_slice((*tupdesc).natts as usize);
-            let mut argtypes: Vec<pg_sys::Oid> = info
-                .live_attnums
-                .iter()
-                .map(|&attnum| attrs[attnum as usize - 1].atttypid)
-                .collect();
-            let sql = CString::new(info.overwrite_sql.as_str()).expect("SQL without NUL");
-            plan = pg_sys::SPI_prepare(sql.as_ptr(), argtypes.len() as i32, argtypes.as_mut_ptr());
-            if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
-                pgrx::error!("mm_resolve: could not prepare \"{}\"", info.overwrite_sql);
-            }
-            info.overwrite_plan.set(plan);
-        }
-        let natts = (*tupdesc).natts as usize;
-        let mut all_values = vec![pg_sys::Datum::from(0); natts];
-        let mut all_nulls = vec![false; natts];
-        pg_sys::heap_deform_tuple(
-            tuple,
-            tupdesc,
-            all_values.as_mut_ptr(),
-            all_nulls.as_mut_ptr(),
-        );
-        let mut values: Vec<pg_sys::Datum> = Vec::with_capacity(info.live_attnums.len());
-        let mut nulls: Vec<std::ffi::c_char> = Vec::with_capacity(info.live_attnums.len() + 1);
-        for &attnum in &info.live_attnums {
-            let i = attnum as usize - 1;
-            values.push(all_values[i]);
-            nulls.push(if all_nulls[i] { b'n' } else { b' ' } as std::ffi::c_char);
-        }
-        nulls.push(0);
-        let rc = pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0);
-        if rc != pg_sys::SPI_OK_UPDATE as i32 {
-            pgrx::error!(
-                "mm_resolve: overwrite of a row in {} failed (SPI code {rc})",
-                info.table
-            );
-        }
-        pg_sys::SPI_finish();
+        info.overwrite
+            .execute(&info.parameters(tuple, tupdesc), pg_sys::SPI_OK_UPDATE)
     }
 }

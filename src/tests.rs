@@ -12,7 +12,7 @@ mod tests {
         Spi::run(&format!(
             "CREATE TABLE mm(id int PRIMARY KEY, info text, mod_time timestamp,
                  mm_islocal boolean, mm_nodeid int2, mm_last_xacttime timestamp, mm_last_stattime timestamp);
-             CREATE TRIGGER mm_resolve BEFORE INSERT OR UPDATE ON mm
+             CREATE TRIGGER mm_resolve BEFORE INSERT OR UPDATE OR DELETE ON mm
                  FOR EACH ROW EXECUTE FUNCTION mm_resolve({trigger_args});
              ALTER TABLE mm ENABLE ALWAYS TRIGGER mm_resolve;
              CREATE FUNCTION pg_temp.sqlstate_of(stmt text) RETURNS text LANGUAGE plpgsql AS $f$
@@ -132,7 +132,7 @@ mod tests {
                 "INSERT INTO mm(id) VALUES (2)",
             ),
             (
-                "BEFORE DELETE",
+                "AFTER DELETE",
                 "FOR EACH ROW",
                 "DELETE FROM mm WHERE id = 1",
             ),
@@ -392,5 +392,161 @@ mod tests {
         .unwrap();
         Spi::run("INSERT INTO mm(id) VALUES (3)").unwrap();
         assert_eq!(one::<i16>("SELECT mm_nodeid FROM mm WHERE id = 3"), 9);
+    }
+
+    // ---- versioned deletes ---------------------------------------------------------------
+
+    fn tombstones() -> i64 {
+        one::<i64>("SELECT count(*) FROM mm_conflict.tombstone")
+    }
+
+    #[pg_test]
+    fn local_delete_records_a_tombstone_above_the_row() {
+        setup("1, 'last_xacttime', 'last', 2");
+        replicated(
+            "INSERT INTO mm VALUES (1, 'future', now(), true, 2, '2100-01-01', '2100-01-01')",
+        );
+        Spi::run("DELETE FROM mm WHERE id = 1").unwrap();
+        assert_eq!(
+            one::<String>(
+                "SELECT concat_ws('|', table_name, encode(pk, 'hex'), mm_nodeid, order_last, order_preferred,
+                        criterion AT TIME ZONE 'UTC', mm_last_stattime AT TIME ZONE 'UTC')
+                   FROM mm_conflict.tombstone"
+            ),
+            "public.mm|0000000400000001|1|t|2|2100-01-01 00:00:00.000001|2100-01-01 00:00:00.000001"
+        );
+        // A second delete of a re-inserted row replaces the tombstone.
+        Spi::run("INSERT INTO mm(id, info) VALUES (1, 'again'); DELETE FROM mm WHERE id = 1")
+            .unwrap();
+        assert_eq!(tombstones(), 1);
+        assert!(one::<bool>(
+            "SELECT criterion > '2100-01-01 00:00:00.000001+00' FROM mm_conflict.tombstone"
+        ));
+    }
+
+    #[pg_test]
+    fn local_reinsert_is_stamped_above_the_tombstone() {
+        setup("1, 'last_xacttime', 'last', 2");
+        replicated(
+            "INSERT INTO mm VALUES (1, 'x', now(), true, 2, '2020-01-01', '2020-01-01');
+             INSERT INTO mm_conflict.tombstone(table_name, pk, criterion, mm_last_stattime, mm_nodeid, mm_last_xacttime, order_last)
+                 VALUES ('public.mm', '\\x0000000400000001', '2100-01-01', '2100-01-01', 2, '2100-01-01', true);",
+        );
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM mm"),
+            0,
+            "the newer tombstone deleted the row"
+        );
+        Spi::run("INSERT INTO mm(id, info) VALUES (1, 'back')").unwrap();
+        assert_eq!(
+            row(1),
+            "back|t|1|2100-01-01 00:00:00.000001|2100-01-01 00:00:00.000001"
+        );
+    }
+
+    #[pg_test]
+    fn replicated_delete_needs_a_winning_tombstone() {
+        setup("1, 'last_xacttime', 'last', 2");
+        replicated("INSERT INTO mm VALUES (1, 'x', now(), true, 2, '2020-01-01', '2020-01-01')");
+        // No tombstone: an unversioned delete is skipped.
+        replicated("DELETE FROM mm WHERE id = 1");
+        assert_eq!(one::<i64>("SELECT count(*) FROM mm"), 1);
+        // The delete's tombstone travels first, in the same transaction, and wins: deleted.
+        replicated(
+            "INSERT INTO mm_conflict.tombstone(table_name, pk, criterion, mm_last_stattime, mm_nodeid, mm_last_xacttime, order_last)
+                 VALUES ('public.mm', '\\x0000000400000001', '2021-01-01', '2021-01-01', 3, '2021-01-01', true);
+             DELETE FROM mm WHERE id = 1;",
+        );
+        assert_eq!(one::<i64>("SELECT count(*) FROM mm"), 0);
+        // An older re-insert stays deleted; a newer one comes back.
+        replicated(
+            "INSERT INTO mm VALUES (1, 'older', now(), true, 2, '2020-06-01', '2020-06-01')",
+        );
+        assert_eq!(one::<i64>("SELECT count(*) FROM mm"), 0);
+        replicated(
+            "INSERT INTO mm VALUES (1, 'newer', now(), true, 2, '2022-01-01', '2022-01-01')",
+        );
+        assert_eq!(one::<String>("SELECT info FROM mm"), "newer");
+    }
+
+    #[pg_test]
+    fn a_losing_tombstone_keeps_and_resends_the_row() {
+        setup("1, 'last_xacttime', 'last', 2");
+        Spi::run("INSERT INTO mm(id, info) VALUES (1, 'kept')").unwrap();
+        let before = one::<String>("SELECT ctid::text FROM mm WHERE id = 1");
+        replicated(
+            "INSERT INTO mm_conflict.tombstone(table_name, pk, criterion, mm_last_stattime, mm_nodeid, mm_last_xacttime, order_last)
+                 VALUES ('public.mm', '\\x0000000400000001', '2000-01-01', '2000-01-01', 3, '2000-01-01', true);
+             DELETE FROM mm WHERE id = 1;",
+        );
+        // Same row and version, written again (new physical row: DELETE + INSERT went out).
+        assert_eq!(
+            one::<String>("SELECT info || '|' || mm_islocal || '|' || mm_nodeid FROM mm"),
+            "kept|true|1"
+        );
+        assert_ne!(
+            one::<String>("SELECT ctid::text FROM mm WHERE id = 1"),
+            before
+        );
+        // The same tombstone arriving again (a relay) re-sends nothing.
+        let after = one::<String>("SELECT ctid::text FROM mm WHERE id = 1");
+        replicated(
+            "INSERT INTO mm_conflict.tombstone(table_name, pk, criterion, mm_last_stattime, mm_nodeid, mm_last_xacttime, order_last)
+                 VALUES ('public.mm', '\\x0000000400000001', '2000-01-01', '2000-01-01', 3, '2000-01-01', true);
+             DELETE FROM mm WHERE id = 1;",
+        );
+        assert_eq!(
+            one::<String>("SELECT ctid::text FROM mm WHERE id = 1"),
+            after
+        );
+        assert_eq!(tombstones(), 1);
+    }
+
+    #[pg_test]
+    fn tombstones_resolve_by_version_and_purges_stay_local() {
+        setup("1, 'last_xacttime', 'last', 2");
+        let ins = |t: &str| {
+            format!(
+                "INSERT INTO mm_conflict.tombstone(table_name, pk, criterion, mm_last_stattime, mm_nodeid, mm_last_xacttime, order_last)
+                     VALUES ('public.mm', '\\x0000000400000009', '{t}', '{t}', 3, '{t}', true)"
+            )
+        };
+        replicated(&ins("2021-01-01"));
+        replicated(&ins("2020-01-01")); // older: kept the newer one, no duplicate-key error
+        assert_eq!(
+            one::<String>("SELECT (criterion AT TIME ZONE 'UTC')::text FROM mm_conflict.tombstone"),
+            "2021-01-01 00:00:00"
+        );
+        replicated(&ins("2022-01-01"));
+        assert_eq!(
+            one::<String>("SELECT (criterion AT TIME ZONE 'UTC')::text FROM mm_conflict.tombstone"),
+            "2022-01-01 00:00:00"
+        );
+        // A purge replicated from a peer is skipped; a local purge removes.
+        replicated("DELETE FROM mm_conflict.tombstone");
+        assert_eq!(tombstones(), 1);
+        Spi::run("UPDATE mm_conflict.tombstone SET deleted_at = now() - interval '2 hours'")
+            .unwrap();
+        assert_eq!(
+            one::<i64>("SELECT mm_conflict.purge_tombstones(interval '1 day')"),
+            0,
+            "not old enough"
+        );
+        assert_eq!(
+            one::<i64>("SELECT mm_conflict.purge_tombstones(interval '1 hour')"),
+            1
+        );
+        assert_eq!(tombstones(), 0);
+    }
+
+    #[pg_test]
+    fn first_mode_refuses_deletes_like_updates() {
+        setup("1, 'last_xacttime', 'first', 2");
+        Spi::run("INSERT INTO mm(id) VALUES (1)").unwrap();
+        assert_eq!(
+            sqlstate_of("DELETE FROM mm WHERE id = 1").as_deref(),
+            Some("27000")
+        );
+        assert_eq!(tombstones(), 0);
     }
 }

@@ -27,7 +27,7 @@ pub fn resolve(order: &VersionOrder, stored: &Version, incoming: &Version) -> Ou
 /// What to do with a replicated INSERT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InsertAction {
-    /// No row with that key: insert it.
+    /// No row with that key (and no tombstone that beats it): insert it.
     Insert,
     /// A row with that key exists and loses: overwrite it with the incoming row.
     ConvertToUpdate,
@@ -35,17 +35,62 @@ pub enum InsertAction {
     Skip(Outcome),
 }
 
+/// `stored` is the row with the same key, `tombstone` the recorded delete of that key; a row and
+/// a tombstone may both exist (a row re-inserted after a delete beats its tombstone).
 pub fn replicated_insert(
     order: &VersionOrder,
     stored: Option<&Version>,
+    tombstone: Option<&Version>,
     incoming: &Version,
 ) -> InsertAction {
-    match stored {
-        None => InsertAction::Insert,
-        Some(stored) => match resolve(order, stored, incoming) {
+    match (stored, tombstone) {
+        (Some(stored), _) => match resolve(order, stored, incoming) {
             Outcome::IncomingWins => InsertAction::ConvertToUpdate,
             other => InsertAction::Skip(other),
         },
+        (None, Some(tombstone)) => match resolve(order, tombstone, incoming) {
+            Outcome::IncomingWins => InsertAction::Insert,
+            other => InsertAction::Skip(other),
+        },
+        (None, None) => InsertAction::Insert,
+    }
+}
+
+/// What happens to a stored row when a DELETE or a new tombstone for its key arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteAction {
+    /// The tombstone beats the row: delete it.
+    Delete,
+    /// The row beats the tombstone (or there is none): keep it.
+    Keep,
+    /// Keep the row and send it again as an INSERT: nodes that applied the delete would never get
+    /// it back from an UPDATE (PostgreSQL skips an UPDATE of a missing row without firing any
+    /// trigger), but they accept an INSERT that beats their tombstone.
+    KeepAndResend,
+}
+
+/// A replicated DELETE applies only when the key's stored tombstone beats the row. It never
+/// re-sends: that is decided once, when the tombstone is stored ([`new_tombstone`]).
+pub fn replicated_delete(
+    order: &VersionOrder,
+    stored: &Version,
+    tombstone: Option<&Version>,
+) -> DeleteAction {
+    match tombstone {
+        Some(t) if order.beats(t, stored) => DeleteAction::Delete,
+        _ => DeleteAction::Keep,
+    }
+}
+
+/// A tombstone that is new on this node settles the row of its key at once: deleted if the
+/// tombstone wins, re-sent if the row wins. Deciding here, and only here, means each node re-sends
+/// at most once per tombstone (re-sends do not bounce around the mesh), and it does not depend on
+/// the DELETE that travels with the tombstone: a relay that had no row forwards the tombstone alone.
+pub fn new_tombstone(order: &VersionOrder, stored: &Version, tombstone: &Version) -> DeleteAction {
+    if order.beats(tombstone, stored) {
+        DeleteAction::Delete
+    } else {
+        DeleteAction::KeepAndResend
     }
 }
 
@@ -106,21 +151,60 @@ mod tests {
 
     #[test]
     fn insert_paths() {
+        fn insert(
+            stored: Option<&Version>,
+            tomb: Option<&Version>,
+            incoming: &Version,
+        ) -> InsertAction {
+            replicated_insert(&ORDER, stored, tomb, incoming)
+        }
+        assert_eq!(insert(None, None, &v(1, 1)), InsertAction::Insert);
         assert_eq!(
-            replicated_insert(&ORDER, None, &v(1, 1)),
-            InsertAction::Insert
-        );
-        assert_eq!(
-            replicated_insert(&ORDER, Some(&v(1, 1)), &v(2, 2)),
+            insert(Some(&v(1, 1)), None, &v(2, 2)),
             InsertAction::ConvertToUpdate
         );
         assert_eq!(
-            replicated_insert(&ORDER, Some(&v(3, 1)), &v(2, 2)),
+            insert(Some(&v(3, 1)), None, &v(2, 2)),
             InsertAction::Skip(Outcome::StoredWins)
         );
         assert_eq!(
-            replicated_insert(&ORDER, Some(&v(2, 2)), &v(2, 2)),
+            insert(Some(&v(2, 2)), None, &v(2, 2)),
             InsertAction::Skip(Outcome::SameVersion)
+        );
+        // a tombstone blocks older inserts of a deleted key, not newer ones
+        assert_eq!(
+            insert(None, Some(&v(5, 1)), &v(4, 2)),
+            InsertAction::Skip(Outcome::StoredWins)
+        );
+        assert_eq!(insert(None, Some(&v(5, 1)), &v(6, 2)), InsertAction::Insert);
+        // a live row is what an insert is compared with, even when a tombstone exists
+        assert_eq!(
+            insert(Some(&v(7, 1)), Some(&v(5, 1)), &v(6, 2)),
+            InsertAction::Skip(Outcome::StoredWins)
+        );
+    }
+
+    #[test]
+    fn delete_paths() {
+        assert_eq!(
+            replicated_delete(&ORDER, &v(1, 1), Some(&v(2, 2))),
+            DeleteAction::Delete
+        );
+        assert_eq!(
+            replicated_delete(&ORDER, &v(3, 1), Some(&v(2, 2))),
+            DeleteAction::Keep
+        );
+        assert_eq!(
+            replicated_delete(&ORDER, &v(3, 1), None),
+            DeleteAction::Keep
+        );
+        assert_eq!(
+            new_tombstone(&ORDER, &v(1, 1), &v(2, 2)),
+            DeleteAction::Delete
+        );
+        assert_eq!(
+            new_tombstone(&ORDER, &v(3, 1), &v(2, 2)),
+            DeleteAction::KeepAndResend
         );
     }
 

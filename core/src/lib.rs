@@ -12,7 +12,7 @@ pub mod policy;
 pub mod stamp;
 pub mod version;
 
-pub use decide::{InsertAction, LocalAction, LocalConflictMode, Outcome};
+pub use decide::{DeleteAction, InsertAction, LocalAction, LocalConflictMode, Outcome};
 pub use policy::{Criterion, Direction, Policy, PolicyError};
 pub use stamp::{Clock, Stamps};
 pub use version::{Micros, NodeId, RowStamps, Version, VersionOrder};

@@ -162,6 +162,19 @@ impl Policy {
         }
     }
 
+    /// The version of the tombstone a local delete of a row with `old` stamps records, given the
+    /// delete's own `stamps`. Under a user criterion column the tombstone keeps the deleted row's
+    /// value (a delete carries no new one), so it beats exactly what it deleted and loses to a
+    /// write with a newer value.
+    pub fn tombstone_version(&self, old: &RowStamps, stamps: &crate::Stamps) -> Version {
+        self.version(&RowStamps {
+            xacttime: Some(stamps.xacttime),
+            stattime: Some(stamps.stattime),
+            node: Some(self.node_id),
+            user_criterion: old.user_criterion,
+        })
+    }
+
     /// Name of the column whose value is the criterion (for messages and for validation).
     pub fn criterion_column(&self) -> &str {
         match &self.criterion {

@@ -71,6 +71,12 @@ CREATE TRIGGER mm_resolve BEFORE INSERT OR UPDATE ON mm FOR EACH ROW EXECUTE FUN
 UPDATE mm SET info = 'c' WHERE id = 1;
 \echo :LAST_ERROR_SQLSTATE
 
+-- first mode refuses deletes too (a delete is a versioned write when the trigger covers DELETE)
+DROP TRIGGER mm_resolve ON mm;
+CREATE TRIGGER mm_resolve BEFORE INSERT OR UPDATE OR DELETE ON mm FOR EACH ROW EXECUTE FUNCTION mm_resolve(1, last_xacttime, first, 2);
+DELETE FROM mm WHERE id = 1;
+\echo :LAST_ERROR_SQLSTATE
+
 -- nodeid mode: node 2 owns the rows it wrote last
 DROP TRIGGER mm_resolve ON mm;
 CREATE TRIGGER mm_resolve BEFORE INSERT OR UPDATE ON mm FOR EACH ROW EXECUTE FUNCTION mm_resolve(1, nodeid, 2);

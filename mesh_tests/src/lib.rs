@@ -1,0 +1,484 @@
+//! Harness for multi-node tests: real PostgreSQL 15 clusters on free loopback ports under
+//! `target/mm_clusters/`, a full mesh of native publications and subscriptions, pgbench load, and the
+//! checks every scenario ends with (quiet mesh, equal checksums, no apply errors).
+//!
+//! Clusters are stopped when the [`Mesh`] is dropped, so also when a test panics. As root, servers
+//! run as the `postgres` user (through `runuser`); as any other user, directly.
+
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PGBIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// A command for a server-side binary, run as `postgres` when we are root.
+fn server_command(binary: &str) -> Command {
+    let path = format!("{PGBIN}/{binary}");
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", &path]);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+fn run(mut cmd: Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn workspace_target() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target")
+        .canonicalize()
+        .unwrap()
+}
+
+/// One PostgreSQL cluster.
+pub struct Node {
+    pub id: i16,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Node {
+    fn start(test: &str, id: i16) -> Node {
+        let root = workspace_target().join("mm_clusters");
+        std::fs::create_dir_all(&root).unwrap();
+        let dir = root.join(format!("{test}-n{id}"));
+        if dir.exists() {
+            // A left-over from an interrupted run: stop it if it still runs, then start afresh.
+            let mut stop = server_command("pg_ctl");
+            stop.arg("-D").arg(&dir).args(["-m", "immediate", "stop"]);
+            let _ = stop.stderr(Stdio::null()).stdout(Stdio::null()).status();
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            run({
+                let mut c = Command::new("chown");
+                c.arg("postgres:").arg(&root).arg(&dir);
+                c
+            });
+        }
+        let mut initdb = server_command("initdb");
+        initdb.arg("-D").arg(&dir).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]);
+        run(initdb);
+        let port = free_port();
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = ''\n\
+             wal_level = logical\nmax_replication_slots = 20\nmax_wal_senders = 20\n\
+             max_logical_replication_workers = 16\nmax_worker_processes = 32\n\
+             max_sync_workers_per_subscription = 2\nwal_retrieve_retry_interval = '1s'\n\
+             synchronous_commit = off\nfsync = off\nfull_page_writes = off\nshared_buffers = 64MB\n\
+             max_connections = 60\nwal_receiver_status_interval = '1s'\nlog_min_messages = warning\nlog_error_verbosity = verbose\nlog_line_prefix = '%m [%p] %b '\n"
+        );
+        let conf_path = dir.join("postgresql.conf");
+        let mut existing = std::fs::read_to_string(&conf_path).unwrap();
+        existing.push_str(&conf);
+        std::fs::write(&conf_path, existing).unwrap();
+        let node = Node { id, port, dir };
+        node.pg_ctl_start();
+        node
+    }
+
+    fn pg_ctl_start(&self) {
+        let mut start = server_command("pg_ctl");
+        start
+            .arg("-D")
+            .arg(&self.dir)
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-w", "-t", "60", "start"]);
+        run(start);
+    }
+
+    pub fn stop(&self, mode: &str) {
+        let mut stop = server_command("pg_ctl");
+        stop.arg("-D")
+            .arg(&self.dir)
+            .args(["-m", mode, "-w", "-t", "60", "stop"]);
+        let _ = stop.stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+
+    /// Starts the node again after [`Node::stop`].
+    pub fn restart(&self) {
+        self.pg_ctl_start();
+    }
+
+    pub fn conninfo(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+
+    fn psql_command(&self) -> Command {
+        let mut c = Command::new(format!("{PGBIN}/psql"));
+        c.args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .arg("-p")
+        .arg(self.port.to_string());
+        c
+    }
+
+    /// Runs SQL and returns its output (unaligned, tuples only), or the error text.
+    pub fn try_sql(&self, sql: &str) -> Result<String, String> {
+        let out = self
+            .psql_command()
+            .arg("-c")
+            .arg(sql)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    pub fn sql(&self, sql: &str) -> String {
+        self.try_sql(sql)
+            .unwrap_or_else(|e| panic!("node {}: {sql}\n{e}", self.id))
+    }
+
+    /// Starts pgbench running `script` for `seconds` with `clients` clients.
+    /// `pgoptions` goes to the sessions as `PGOPTIONS` (e.g. `-c mm_conflict.local_conflict=skip`).
+    pub fn pgbench(
+        &self,
+        script: &Path,
+        clients: u32,
+        seconds: u32,
+        pgoptions: Option<&str>,
+    ) -> Child {
+        let mut cmd = Command::new(format!("{PGBIN}/pgbench"));
+        if let Some(options) = pgoptions {
+            cmd.env("PGOPTIONS", options);
+        }
+        cmd.args(["-n", "-h", "127.0.0.1", "-U", "postgres"])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-f")
+            .arg(script)
+            .args([
+                "-c",
+                &clients.to_string(),
+                "-j",
+                &clients.to_string(),
+                "-T",
+                &seconds.to_string(),
+            ])
+            .arg("postgres")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pgbench starts")
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+/// Transactions per second reported by a finished pgbench.
+pub fn pgbench_tps(child: Child) -> f64 {
+    let out = child.wait_with_output().expect("pgbench finishes");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pgbench failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// N nodes. Dropping it stops every node.
+pub struct Mesh {
+    pub nodes: Vec<Node>,
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for node in &self.nodes {
+            node.stop("immediate");
+        }
+    }
+}
+
+/// Which workload script a test uses, from `mesh_tests/workloads/`.
+pub fn workload(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("workloads")
+        .join(name)
+}
+
+/// Seconds of load per scenario: short by default, `MM_LONG=1` for the long tier.
+pub fn load_seconds() -> u32 {
+    if std::env::var("MM_LONG").is_ok_and(|v| v == "1") {
+        60
+    } else {
+        10
+    }
+}
+
+impl Mesh {
+    /// Starts `n` clusters with the extension created.
+    pub fn start(test: &str, n: usize) -> Mesh {
+        let mut mesh = Mesh { nodes: Vec::new() };
+        for id in 1..=n as i16 {
+            mesh.nodes.push(Node::start(test, id));
+        }
+        for node in &mesh.nodes {
+            node.sql("CREATE EXTENSION mm_conflict");
+        }
+        mesh
+    }
+
+    /// On every node: `table_sql`, the trigger with `trigger_args` (`{node}` is replaced by the
+    /// node's id), `ENABLE ALWAYS`, and a publication of the table and the tombstones; then N−1
+    /// subscriptions per node (the article's hand-written procedure).
+    pub fn setup_by_hand(&self, table: &str, table_sql: &str, trigger_args: &str) {
+        for node in &self.nodes {
+            let args = trigger_args.replace("{node}", &node.id.to_string());
+            node.sql(&format!(
+                "{table_sql};
+                 CREATE TRIGGER mm_resolve BEFORE INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION mm_resolve({args});
+                 ALTER TABLE {table} ENABLE ALWAYS TRIGGER mm_resolve;
+                 CREATE PUBLICATION pub1 FOR TABLE {table}, mm_conflict.tombstone WITH (publish = 'insert, delete, update');"
+            ));
+        }
+        for node in &self.nodes {
+            for peer in &self.nodes {
+                if peer.id != node.id {
+                    node.sql(&format!(
+                        "CREATE SUBSCRIPTION sub{}_{} CONNECTION '{}' PUBLICATION pub1 WITH (copy_data = false)",
+                        node.id,
+                        peer.id,
+                        peer.conninfo()
+                    ));
+                }
+            }
+        }
+        self.wait_subscriptions_streaming(Duration::from_secs(60));
+    }
+
+    /// Waits until every node has a running apply worker per peer.
+    pub fn wait_subscriptions_streaming(&self, timeout: Duration) {
+        let expected = self.nodes.len() - 1;
+        let start = Instant::now();
+        for node in &self.nodes {
+            loop {
+                let running: usize = node
+                    .sql("SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL AND relid IS NULL")
+                    .parse()
+                    .unwrap();
+                let slots: usize = node
+                    .sql("SELECT count(*) FROM pg_replication_slots WHERE active")
+                    .parse()
+                    .unwrap();
+                if running >= expected && slots >= expected {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < timeout,
+                    "node {}: subscriptions did not start",
+                    node.id
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+
+    /// Waits until every logical slot on every node has confirmed the WAL its node had when the
+    /// round began.
+    fn wait_slots_caught_up(&self, deadline: Instant) -> bool {
+        let targets: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| n.sql("SELECT pg_current_wal_insert_lsn()"))
+            .collect();
+        for (node, target) in self.nodes.iter().zip(&targets) {
+            loop {
+                let behind = node.sql(&format!(
+                    "SELECT count(*) FROM pg_replication_slots
+                      WHERE slot_type = 'logical' AND (confirmed_flush_lsn IS NULL OR confirmed_flush_lsn < '{target}')"
+                ));
+                if behind == "0" {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        true
+    }
+
+    /// Waits until the mesh is quiet: rounds of "every slot confirms what its node had", until two
+    /// rounds in a row see the same checksums, equal on all nodes (applying relayed copies writes
+    /// WAL, so one round is not enough). Returns how long that took, or the last checksums seen.
+    pub fn wait_quiet(
+        &self,
+        table: &str,
+        columns: &str,
+        timeout: Duration,
+    ) -> Result<Duration, Vec<(i64, String)>> {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let mut previous: Option<Vec<(i64, String)>> = None;
+        loop {
+            let caught_up = self.wait_slots_caught_up(deadline);
+            let sums = self.checksums(table, columns);
+            let all_equal = sums.iter().all(|s| s == &sums[0]);
+            if caught_up && all_equal && previous.as_ref() == Some(&sums) {
+                return Ok(start.elapsed());
+            }
+            if Instant::now() > deadline {
+                return Err(sums);
+            }
+            previous = Some(sums);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `(row count, checksum over user columns)` per node.
+    pub fn checksums(&self, table: &str, columns: &str) -> Vec<(i64, String)> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let out = n.sql(&format!(
+                    "SELECT count(*) || ' ' || coalesce(sum(hashtext(({columns})::text)::bigint), 0) FROM {table} t"
+                ));
+                let (count, sum) = out.split_once(' ').unwrap();
+                (count.parse().unwrap(), sum.to_string())
+            })
+            .collect()
+    }
+
+    /// Fails the test on any ERROR of an apply or table-sync worker (server logs and PostgreSQL 15's
+    /// subscription statistics), except deadlocks, which the worker retries: those are counted and
+    /// returned.
+    pub fn assert_no_apply_errors(&self) -> usize {
+        let mut report = String::new();
+        let mut deadlocks = 0;
+        for node in &self.nodes {
+            let mut node_deadlocks = 0;
+            for line in node.server_log().lines() {
+                // log_line_prefix has the backend type: any ERROR not from a client session
+                // (our own psql calls, pgbench) comes from a worker.
+                if line.contains("ERROR:") && !line.contains(" client backend ") {
+                    if line.contains("deadlock detected") {
+                        node_deadlocks += 1;
+                    } else {
+                        writeln!(report, "node {}: {line}", node.id).unwrap();
+                    }
+                }
+            }
+            let counts: Vec<usize> = node
+                .sql(
+                    "SELECT coalesce(sum(apply_error_count), 0) || ' ' || coalesce(sum(sync_error_count), 0)
+                       FROM pg_stat_subscription_stats",
+                )
+                .split(' ')
+                .map(|c| c.parse().unwrap())
+                .collect();
+            if counts[0] + counts[1] > node_deadlocks {
+                writeln!(
+                    report,
+                    "node {}: apply/sync error counts {counts:?}, {node_deadlocks} deadlocks",
+                    node.id
+                )
+                .unwrap();
+            }
+            deadlocks += node_deadlocks;
+        }
+        assert!(report.is_empty(), "apply errors:\n{report}");
+        deadlocks
+    }
+
+    /// Waits for quiet, then asserts equal checksums and row counts and no apply errors; returns
+    /// (rows, time to converge).
+    pub fn assert_converged(&self, table: &str, columns: &str) -> Converged {
+        self.assert_no_apply_errors();
+        let took = self
+            .wait_quiet(table, columns, Duration::from_secs(120))
+            .unwrap_or_else(|sums| {
+                panic!("nodes did not converge: (rows, checksum) per node = {sums:?}")
+            });
+        let apply_deadlocks = self.assert_no_apply_errors();
+        let tombstones = self.nodes[0]
+            .sql("SELECT count(*) FROM mm_conflict.tombstone")
+            .parse()
+            .unwrap();
+        Converged {
+            rows: self.checksums(table, columns)[0].0,
+            took,
+            apply_deadlocks,
+            tombstones,
+        }
+    }
+}
+
+/// What a converged scenario ended with.
+pub struct Converged {
+    pub rows: i64,
+    pub took: Duration,
+    /// Deadlocks an apply worker hit and retried.
+    pub apply_deadlocks: usize,
+    /// Tombstones on node 1.
+    pub tombstones: i64,
+}

@@ -1,0 +1,60 @@
+-- Versioned deletes. A local DELETE through mm_resolve records the deleted key's version here, in
+-- the same transaction; the table is replicated with the user tables (add it to the publication),
+-- so every node learns of the delete and resolves it against its own row.
+CREATE TABLE mm_conflict.tombstone (
+    table_name       text        NOT NULL,  -- quote_ident(schema) || '.' || quote_ident(table), never an OID
+    pk               bytea       NOT NULL,  -- the primary key: per column, 4-byte length + binary send output
+    criterion        timestamptz,           -- the delete's version: criterion value,
+    mm_last_stattime timestamptz,           --   wall-clock stamp,
+    mm_nodeid        smallint,              --   origin node;
+    mm_last_xacttime timestamptz,           -- its transaction stamp (a later write is stamped above it)
+    order_last       boolean     NOT NULL,  -- the table's order: last (true) or first,
+    order_winner     smallint,              --   winning node (criterion nodeid),
+    order_preferred  smallint,              --   preferred node
+    deleted_at       timestamptz NOT NULL DEFAULT now(),  -- when the delete happened (for retention)
+    PRIMARY KEY (table_name, pk)
+);
+COMMENT ON TABLE mm_conflict.tombstone IS
+    'mm_conflict: versioned deletes (tombstones), replicated; purge with mm_conflict.purge_tombstones()';
+
+CREATE TRIGGER tombstone_resolve BEFORE INSERT OR UPDATE OR DELETE ON mm_conflict.tombstone
+    FOR EACH ROW EXECUTE FUNCTION mm_conflict.tombstone_resolve();
+ALTER TABLE mm_conflict.tombstone ENABLE ALWAYS TRIGGER tombstone_resolve;
+CREATE TRIGGER tombstone_settle AFTER INSERT OR UPDATE ON mm_conflict.tombstone
+    FOR EACH ROW EXECUTE FUNCTION mm_conflict.tombstone_settle();
+ALTER TABLE mm_conflict.tombstone ENABLE ALWAYS TRIGGER tombstone_settle;
+
+-- Tombstones are data: keep them in dumps.
+SELECT pg_catalog.pg_extension_config_dump('mm_conflict.tombstone', '');
+
+-- Removes tombstones older than the retention, on this node only (peers skip replicated deletes
+-- of tombstones). A tombstone is still needed while a change made before it may arrive: so the
+-- cut-off never passes the send time of the last message received from any peer, and nothing is
+-- purged while a subscription of this node has no running worker.
+CREATE FUNCTION mm_conflict.purge_tombstones(retention interval DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cutoff timestamptz := now() - coalesce(
+        retention,
+        current_setting('mm_conflict.tombstone_retention', true)::interval,
+        interval '1 day');
+    peers_seen_until timestamptz;
+    purged bigint;
+BEGIN
+    SELECT CASE WHEN bool_or(w.pid IS NULL OR w.last_msg_send_time IS NULL) THEN '-infinity'
+                ELSE min(w.last_msg_send_time) END
+      INTO peers_seen_until
+      FROM pg_subscription s
+      LEFT JOIN pg_stat_subscription w ON w.subid = s.oid AND w.relid IS NULL
+     WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database());
+    cutoff := least(cutoff, coalesce(peers_seen_until, cutoff));
+    DELETE FROM mm_conflict.tombstone WHERE deleted_at < cutoff;
+    GET DIAGNOSTICS purged = ROW_COUNT;
+    RETURN purged;
+END
+$$;
+COMMENT ON FUNCTION mm_conflict.purge_tombstones(interval) IS
+    'mm_conflict: removes tombstones older than the retention (default mm_conflict.tombstone_retention) on this node';

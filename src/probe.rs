@@ -1,0 +1,169 @@
+//! Primary-key probe for replicated INSERTs: does a row with this key exist, and which version?
+//!
+//! PostgreSQL's own apply-side lookup (`RelationFindReplTupleByIndex`) scans the index with a dirty
+//! snapshot. It can miss a row that a concurrent non-HOT UPDATE commits while the scan runs: the
+//! scan read the index page before the new version's entry existed, and by the time it fetches the
+//! old version that one is dead. For an INSERT that miss ends in a duplicate-key error. It also
+//! waits on row locks, which we must not do while holding the key lock (see `keylock`).
+//!
+//! So this probe scans the index with `SnapshotAny` and follows each version's update chain
+//! (`t_ctid`) to the newest version visible to a dirty snapshot: an update committing meanwhile can
+//! only move the row further along a chain we follow. It never waits; it reports a transaction
+//! still in progress instead, and the caller waits after releasing the key lock.
+
+use pgrx::pg_sys;
+
+use crate::relinfo::PrimaryKey;
+
+/// What the probe found for a key.
+pub enum Probe<T> {
+    /// No live row with this key.
+    Absent,
+    /// A row version whose inserting or updating/deleting transaction is still running.
+    InProgress(pg_sys::TransactionId),
+    /// A committed row (or one of this transaction), as read by the caller's reader.
+    Present(T),
+}
+
+/// An update chain longer than this is not followed further (a guard, not a real limit:
+/// chains are pruned by every page access).
+const MAX_CHAIN: usize = 10_000;
+
+const fn xmax_is_locked_only(infomask: u32) -> bool {
+    infomask & pg_sys::HEAP_XMAX_LOCK_ONLY != 0
+        || infomask & (pg_sys::HEAP_XMAX_IS_MULTI | pg_sys::HEAP_LOCK_MASK)
+            == pg_sys::HEAP_XMAX_EXCL_LOCK
+}
+
+/// Probes `rel` for a row whose primary key `pk` has the values `key`; `read` turns the row found
+/// into what the caller needs.
+///
+/// # Safety
+/// `rel` is open and locked; `key` holds one value per key column, valid during the call.
+pub unsafe fn probe<T>(
+    rel: pg_sys::Relation,
+    pk: &PrimaryKey,
+    key: &[pg_sys::Datum],
+    read: &dyn Fn(pg_sys::HeapTuple) -> T,
+) -> Probe<T> {
+    // SAFETY: index, scan and slot are opened and closed here; scan keys point to `key`'s
+    // values, which outlive the scan.
+    unsafe {
+        let index = pg_sys::index_open(pk.index_oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let nkeys = pk.columns.len();
+        let mut keys: Vec<pg_sys::ScanKeyData> = vec![std::mem::zeroed(); nkeys];
+        for (i, col) in pk.columns.iter().enumerate() {
+            pg_sys::ScanKeyInit(
+                &mut keys[i],
+                (i + 1) as pg_sys::AttrNumber,
+                pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+                col.eq_proc,
+                key[i],
+            );
+            keys[i].sk_collation = col.collation;
+        }
+        let scan = pg_sys::index_beginscan(
+            rel,
+            index,
+            &raw mut pg_sys::SnapshotAnyData,
+            nkeys as i32,
+            0,
+        );
+        pg_sys::index_rescan(
+            scan,
+            keys.as_mut_ptr(),
+            nkeys as i32,
+            std::ptr::null_mut(),
+            0,
+        );
+        let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+        let mut result = Probe::Absent;
+        while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+            if let Some(found) = newest_version(rel, pk, (*slot).tts_tid, key, read) {
+                result = found;
+                break;
+            }
+        }
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::index_endscan(scan);
+        pg_sys::index_close(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        result
+    }
+}
+
+/// Follows the update chain from `tid` to the version a dirty snapshot sees, if any.
+unsafe fn newest_version<T>(
+    rel: pg_sys::Relation,
+    pk: &PrimaryKey,
+    mut tid: pg_sys::ItemPointerData,
+    key: &[pg_sys::Datum],
+    read: &dyn Fn(pg_sys::HeapTuple) -> T,
+) -> Option<Probe<T>> {
+    // SAFETY: rel is open (caller's contract).
+    let tupdesc = unsafe { (*rel).rd_att };
+    for _ in 0..MAX_CHAIN {
+        // SAFETY: heap_fetch pins the buffer (keep_buf) and fills `tuple`; the pin is released on
+        // every path below. Header fields are read under a share lock on the buffer.
+        unsafe {
+            let mut dirty: pg_sys::SnapshotData = std::mem::zeroed();
+            dirty.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+            let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+            tuple.t_self = tid;
+            let mut buffer: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
+            let visible = pg_sys::heap_fetch(rel, &mut dirty, &mut tuple, &mut buffer, true);
+            if tuple.t_data.is_null() {
+                if buffer != pg_sys::InvalidBuffer as pg_sys::Buffer {
+                    pg_sys::ReleaseBuffer(buffer);
+                }
+                return None;
+            }
+            if visible {
+                // A recycled line pointer could hold an unrelated row: check the key.
+                let same_key = key_matches(pk, &mut tuple, tupdesc, key);
+                let found = if !same_key {
+                    None
+                } else if dirty.xmin != pg_sys::InvalidTransactionId {
+                    Some(Probe::InProgress(dirty.xmin))
+                } else if dirty.xmax != pg_sys::InvalidTransactionId {
+                    Some(Probe::InProgress(dirty.xmax))
+                } else {
+                    Some(Probe::Present(read(&mut tuple)))
+                };
+                pg_sys::ReleaseBuffer(buffer);
+                return found;
+            }
+            pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
+            let header = &*tuple.t_data;
+            let infomask = header.t_infomask as u32;
+            let mut next = header.t_ctid;
+            let updated = infomask & pg_sys::HEAP_XMAX_INVALID == 0
+                && !xmax_is_locked_only(infomask)
+                && !pg_sys::ItemPointerEquals(&mut next, &mut tid);
+            pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
+            pg_sys::ReleaseBuffer(buffer);
+            if !updated {
+                return None;
+            }
+            tid = next;
+        }
+    }
+    None
+}
+
+unsafe fn key_matches(
+    pk: &PrimaryKey,
+    tuple: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+    key_values: &[pg_sys::Datum],
+) -> bool {
+    pk.columns.iter().zip(key_values).all(|(col, &wanted)| {
+        let mut isnull = false;
+        // SAFETY: the tuple is pinned by the caller and described by tupdesc; the equality
+        // function is the index opclass's own.
+        unsafe {
+            let have = pg_sys::heap_getattr(tuple, col.attnum as i32, tupdesc, &mut isnull);
+            !isnull
+                && pg_sys::FunctionCall2Coll(col.eq.get(), col.collation, have, wanted).value() != 0
+        }
+    })
+}

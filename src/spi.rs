@@ -1,0 +1,81 @@
+//! Prepared statements that the trigger runs on its rare paths (overwrite, re-send, tombstones),
+//! prepared on first use and kept for the life of their cache entry.
+
+use std::cell::Cell;
+use std::ffi::CString;
+
+use pgrx::pg_sys;
+
+pub struct CachedPlan {
+    pub sql: String,
+    argtypes: Vec<pg_sys::Oid>,
+    plan: Cell<pg_sys::SPIPlanPtr>,
+}
+
+impl CachedPlan {
+    pub fn new(sql: String, argtypes: Vec<pg_sys::Oid>) -> CachedPlan {
+        CachedPlan {
+            sql,
+            argtypes,
+            plan: Cell::new(std::ptr::null_mut()),
+        }
+    }
+
+    /// Runs the statement with `values` (`None` = NULL) and returns the number of rows it
+    /// processed. Connects to SPI for the call.
+    ///
+    /// # Safety
+    /// Must run inside a transaction; `values` must match the argument types.
+    pub unsafe fn execute(&self, values: &[Option<pg_sys::Datum>], expected: u32) -> u64 {
+        assert_eq!(
+            values.len(),
+            self.argtypes.len(),
+            "argument count of {}",
+            self.sql
+        );
+        // SAFETY: SPI is connected and finished here; the kept plan lives until Drop.
+        unsafe {
+            if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+                pgrx::error!("mm_conflict: SPI_connect failed");
+            }
+            let mut plan = self.plan.get();
+            if plan.is_null() {
+                let sql = CString::new(self.sql.as_str()).expect("SQL without NUL");
+                let mut argtypes = self.argtypes.clone();
+                plan =
+                    pg_sys::SPI_prepare(sql.as_ptr(), argtypes.len() as i32, argtypes.as_mut_ptr());
+                if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
+                    pgrx::error!("mm_conflict: could not prepare \"{}\"", self.sql);
+                }
+                self.plan.set(plan);
+            }
+            let mut datums: Vec<pg_sys::Datum> = values
+                .iter()
+                .map(|v| v.unwrap_or(pg_sys::Datum::from(0)))
+                .collect();
+            let mut nulls: Vec<std::ffi::c_char> = values
+                .iter()
+                .map(|v| if v.is_some() { b' ' } else { b'n' } as std::ffi::c_char)
+                .collect();
+            nulls.push(0);
+            let rc = pg_sys::SPI_execute_plan(plan, datums.as_mut_ptr(), nulls.as_ptr(), false, 0);
+            if rc != expected as i32 {
+                pgrx::error!("mm_conflict: \"{}\" failed (SPI code {rc})", self.sql);
+            }
+            let processed = pg_sys::SPI_processed;
+            pg_sys::SPI_finish();
+            processed
+        }
+    }
+}
+
+impl Drop for CachedPlan {
+    fn drop(&mut self) {
+        let plan = self.plan.replace(std::ptr::null_mut());
+        if !plan.is_null() {
+            // SAFETY: the plan was kept with SPI_keepplan by this value and is freed once; owners
+            // are dropped only when no trigger call uses them (they live behind an `Rc`).
+            unsafe { pg_sys::SPI_freeplan(plan) };
+        }
+    }
+}
