@@ -77,3 +77,18 @@ pub fn lock_key(table_hash: u32, key_hash: u32) {
     }
     HELD.set(Some(tag));
 }
+
+/// Releases the key lock, then waits for transaction `xid` to end: the wait for another
+/// transaction never happens while holding the key lock (see "Deadlock freedom" above).
+pub fn release_and_wait(xid: pg_sys::TransactionId) {
+    release_previous();
+    // SAFETY: waits on a transaction id read from a tuple; no key lock is held any more.
+    unsafe {
+        pg_sys::XactLockTableWait(
+            xid,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            pg_sys::XLTW_Oper::XLTW_None,
+        )
+    }
+}

@@ -59,7 +59,8 @@ pub struct RelInfo {
     pub live_attnums: Vec<pg_sys::AttrNumber>,
     /// `UPDATE ONLY t SET every column = $n WHERE pk = $k`: an INSERT that wins over a stored row.
     pub overwrite: CachedPlan,
-    /// `DELETE FROM ONLY t WHERE pk = $k` and `INSERT INTO t VALUES (...)`: a re-send.
+    /// `DELETE FROM ONLY t WHERE pk = $k RETURNING <live columns>` and
+    /// `INSERT INTO t VALUES (...)`: settling a row against a new tombstone, and re-sending it.
     pub resend_delete: CachedPlan,
     pub resend_insert: CachedPlan,
 }
@@ -314,7 +315,13 @@ unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelI
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let resend_delete_sql = format!("DELETE FROM ONLY {table} WHERE {key_match}");
+        let resend_delete_sql = format!(
+            "DELETE FROM ONLY {table} WHERE {key_match} RETURNING {}",
+            live.iter()
+                .map(|a| name_of(a))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let resend_insert_sql = format!(
             "INSERT INTO {table} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
             settable
@@ -499,6 +506,25 @@ impl RelInfo {
                 node: (!isnull).then(|| node.value() as i16),
                 user_criterion: self.att_criterion.and_then(time),
             }
+        }
+    }
+
+    /// The bookkeeping values of a row given as statement parameters (live columns in order).
+    pub fn stamps_from_parameters(&self, params: &[Option<pg_sys::Datum>]) -> RowStamps {
+        let get = |attnum: pg_sys::AttrNumber| {
+            let i = self
+                .live_attnums
+                .iter()
+                .position(|&a| a == attnum)
+                .expect("live column");
+            params[i]
+        };
+        let time = |attnum| get(attnum).map(|d: pg_sys::Datum| d.value() as i64);
+        RowStamps {
+            xacttime: time(self.att_xacttime),
+            stattime: time(self.att_stattime),
+            node: get(self.att_nodeid).map(|d| d.value() as i16),
+            user_criterion: self.att_criterion.and_then(time),
         }
     }
 

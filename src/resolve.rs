@@ -160,18 +160,6 @@ unsafe fn key_of(
     }
 }
 
-fn wait_for(xid: pg_sys::TransactionId) {
-    // SAFETY: waits for a transaction id read from a tuple; the key lock was released first.
-    unsafe {
-        pg_sys::XactLockTableWait(
-            xid,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            pg_sys::XLTW_Oper::XLTW_None,
-        )
-    }
-}
-
 /// Takes the key lock and reads the key's tombstone, waiting (without the lock) for a tombstone
 /// still being written. Returns with the lock held.
 fn lock_and_find_tombstone(info: &RelInfo, key: &[u8]) -> Option<Tombstone> {
@@ -182,8 +170,7 @@ fn lock_and_find_tombstone(info: &RelInfo, key: &[u8]) -> Option<Tombstone> {
             Probe::Absent => return None,
             Probe::Present(t) => return Some(t),
             Probe::InProgress(xid) => {
-                keylock::release_previous();
-                wait_for(xid);
+                keylock::release_and_wait(xid);
             }
         }
     }
@@ -383,21 +370,6 @@ unsafe fn replicated_delete(
     }
 }
 
-/// Sends a row again as DELETE + INSERT (same version, not re-stamped), for nodes that applied a
-/// delete the row beats: they skip an UPDATE of a row they no longer have, but accept an INSERT
-/// that beats their tombstone. Nodes that still have the row skip both halves.
-///
-/// # Safety
-/// `params` are the row's live column values, as from [`RelInfo::parameters`].
-pub unsafe fn resend(info: &RelInfo, params: &[Option<pg_sys::Datum>]) {
-    let _resending = Resending::start();
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        info.resend_delete.execute(params, pg_sys::SPI_OK_DELETE);
-        info.resend_insert.execute(params, pg_sys::SPI_OK_INSERT);
-    }
-}
-
 unsafe fn replicated_insert(
     info: &RelInfo,
     rel: pg_sys::Relation,
@@ -420,8 +392,7 @@ unsafe fn replicated_insert(
             let stored = match probe::probe(rel, pk, &values, &|row| info.stamps(row, tupdesc)) {
                 Probe::Absent => None,
                 Probe::InProgress(xid) => {
-                    keylock::release_previous();
-                    wait_for(xid);
+                    keylock::release_and_wait(xid);
                     continue;
                 }
                 Probe::Present(stamps) => {
@@ -436,8 +407,7 @@ unsafe fn replicated_insert(
                     Probe::Absent => None,
                     Probe::Present(t) => Some(t.version),
                     Probe::InProgress(xid) => {
-                        keylock::release_previous();
-                        wait_for(xid);
+                        keylock::release_and_wait(xid);
                         continue;
                     }
                 },

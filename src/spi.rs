@@ -27,6 +27,30 @@ impl CachedPlan {
     /// # Safety
     /// Must run inside a transaction; `values` must match the argument types.
     pub unsafe fn execute(&self, values: &[Option<pg_sys::Datum>], expected: u32) -> u64 {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.run(values, expected, false).0 }
+    }
+
+    /// Like [`CachedPlan::execute`], for a statement with a RETURNING list: also returns the first
+    /// row returned, its values copied out of SPI's memory (`None` = NULL).
+    ///
+    /// # Safety
+    /// As for [`CachedPlan::execute`].
+    pub unsafe fn execute_returning(
+        &self,
+        values: &[Option<pg_sys::Datum>],
+        expected: u32,
+    ) -> Option<Vec<Option<pg_sys::Datum>>> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.run(values, expected, true).1 }
+    }
+
+    unsafe fn run(
+        &self,
+        values: &[Option<pg_sys::Datum>],
+        expected: u32,
+        returning: bool,
+    ) -> (u64, Option<Vec<Option<pg_sys::Datum>>>) {
         assert_eq!(
             values.len(),
             self.argtypes.len(),
@@ -63,8 +87,28 @@ impl CachedPlan {
                 pgrx::error!("mm_conflict: \"{}\" failed (SPI code {rc})", self.sql);
             }
             let processed = pg_sys::SPI_processed;
+            let mut first_row = None;
+            if returning && processed > 0 {
+                // Copy the first row's values into the caller's memory before SPI_finish frees it.
+                let table = &*pg_sys::SPI_tuptable;
+                let tuple = *table.vals;
+                let natts = (*table.tupdesc).natts;
+                let attrs = (*table.tupdesc).attrs.as_slice(natts as usize);
+                first_row = Some(
+                    (1..=natts)
+                        .map(|i| {
+                            let mut isnull = false;
+                            let value = pg_sys::SPI_getbinval(tuple, table.tupdesc, i, &mut isnull);
+                            let att = &attrs[i as usize - 1];
+                            (!isnull).then(|| {
+                                pg_sys::SPI_datumTransfer(value, att.attbyval, att.attlen as i32)
+                            })
+                        })
+                        .collect(),
+                );
+            }
             pg_sys::SPI_finish();
-            processed
+            (processed, first_row)
         }
     }
 }

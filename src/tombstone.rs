@@ -21,11 +21,11 @@ use pgrx::prelude::*;
 use pgrx::{AllocatedByPostgres, PgTupleDesc};
 
 use crate::error::OrRaise;
+use crate::keylock;
 use crate::probe::{self, Probe};
 use crate::relinfo::{self, stable_hash, PrimaryKey, RelInfo};
 use crate::resolve::is_replicated_session;
 use crate::spi::CachedPlan;
-use crate::{keylock, resolve};
 
 /// A tombstone as read from its row.
 #[derive(Clone, Copy, Debug)]
@@ -273,18 +273,6 @@ unsafe fn bytes_of(
     }
 }
 
-fn wait_for(xid: pg_sys::TransactionId) {
-    // SAFETY: waits for a transaction id read from a tuple; no locks of ours are held.
-    unsafe {
-        pg_sys::XactLockTableWait(
-            xid,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            pg_sys::XLTW_Oper::XLTW_None,
-        )
-    }
-}
-
 /// A replicated tombstone INSERT: kept if its key has none, else it overwrites a losing one.
 unsafe fn resolve_replicated_tombstone(
     tuple: pg_sys::HeapTuple,
@@ -303,8 +291,7 @@ unsafe fn resolve_replicated_tombstone(
                 // Keep the lock until our index entry exists.
                 Probe::Absent => return Some(tuple),
                 Probe::InProgress(xid) => {
-                    keylock::release_previous();
-                    wait_for(xid);
+                    keylock::release_and_wait(xid);
                 }
                 Probe::Present(stored) => {
                     keylock::release_previous();
@@ -462,26 +449,29 @@ unsafe fn settle_row(
         let tupdesc = (*rel).rd_att;
         loop {
             keylock::lock_key(info.table_hash, stable_hash(key));
-            let found = probe::probe(rel, pk, &values, &|row| {
-                (info.stamps(row, tupdesc), pg_sys::heap_copytuple(row))
-            });
+            let found = probe::probe(rel, pk, &values, &|row| pg_sys::heap_copytuple(row));
             keylock::release_previous();
             match found {
                 Probe::Absent => return Ok(()),
-                Probe::InProgress(xid) => wait_for(xid),
-                Probe::Present((stamps, row)) => {
-                    let params = info.parameters(row, tupdesc);
-                    match decide::new_tombstone(
-                        &info.order,
-                        &info.policy.version(&stamps),
-                        &tombstone.version,
-                    ) {
-                        // The row's own BEFORE DELETE finds this tombstone, which beats it.
-                        DeleteAction::Delete => {
-                            info.resend_delete.execute(&params, pg_sys::SPI_OK_DELETE);
-                        }
-                        DeleteAction::KeepAndResend => resolve::resend(&info, &params),
-                        DeleteAction::Keep => {}
+                Probe::InProgress(xid) => keylock::release_and_wait(xid),
+                Probe::Present(row) => {
+                    // Delete the row as it is now (PostgreSQL locks it and re-checks the key, so a
+                    // concurrent update is not overwritten), then keep it if it beats the tombstone:
+                    // re-inserted as it was, the DELETE + INSERT are its re-send to the nodes that
+                    // applied the delete. The row's own BEFORE DELETE lets this delete pass.
+                    let _resending = Resending::start();
+                    let key_params = info.parameters(row, tupdesc);
+                    let Some(deleted) = info
+                        .resend_delete
+                        .execute_returning(&key_params, pg_sys::SPI_OK_DELETE_RETURNING)
+                    else {
+                        return Ok(()); // gone meanwhile
+                    };
+                    let stored = info.policy.version(&info.stamps_from_parameters(&deleted));
+                    if decide::new_tombstone(&info.order, &stored, &tombstone.version)
+                        == DeleteAction::KeepAndResend
+                    {
+                        info.resend_insert.execute(&deleted, pg_sys::SPI_OK_INSERT);
                     }
                     return Ok(());
                 }
