@@ -11,7 +11,7 @@ use pgrx::pg_sys;
 use crate::error::MmError;
 use crate::probe::{self, Probe};
 use crate::relinfo::{stable_hash, PrimaryKey, RelInfo};
-use crate::tombstone::{self, Resending, Tombstone};
+use crate::tombstone::{self, OwnWrite, Tombstone};
 use crate::{gucs, keylock, relinfo};
 
 /// Runs the trigger for one row. `Ok(None)` skips the row (no new row version, no WAL).
@@ -346,7 +346,7 @@ unsafe fn replicated_delete(
     old: pg_sys::HeapTuple,
     tupdesc: pg_sys::TupleDesc,
 ) -> Option<pg_sys::HeapTuple> {
-    if Resending::active() {
+    if OwnWrite::active() {
         return Some(old); // our own re-send
     }
     // Without a primary key there is no tombstone to compare with: apply as PostgreSQL would.
@@ -419,7 +419,7 @@ unsafe fn replicated_insert(
                 &incoming,
             ) {
                 // Keep the lock until our index entry exists: no one can insert the key meanwhile.
-                InsertAction::Insert if Resending::active() => return Ok(Some(tuple)),
+                InsertAction::Insert if OwnWrite::active() => return Ok(Some(tuple)),
                 InsertAction::Insert => return Ok(Some(as_replicated(info, tuple, tupdesc))),
                 InsertAction::ConvertToUpdate => {
                     // Zero rows: the row changed or vanished since the probe; decide again.

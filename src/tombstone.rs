@@ -49,16 +49,18 @@ pub struct TombstoneTable {
     att_order_last: pg_sys::AttrNumber,
     att_order_winner: pg_sys::AttrNumber,
     att_order_preferred: pg_sys::AttrNumber,
-    /// Local deletes: insert or replace the key's tombstone.
+    /// Local deletes: insert the key's tombstone (after `remove`-ing an older one).
     record: CachedPlan,
-    /// A replicated tombstone that beats the stored one.
-    overwrite: CachedPlan,
+    /// Removes the key's stored tombstone before a newer one is inserted. A tombstone is never
+    /// replaced by an UPDATE: a node that purged the old one would skip the UPDATE (no row), while
+    /// it resolves an INSERT; and peers skip the replicated DELETE, as they skip purges.
+    remove: CachedPlan,
 }
 
 thread_local! {
     static TABLE: RefCell<Option<Rc<TombstoneTable>>> = const { RefCell::new(None) };
-    /// True while mm_resolve re-sends a row: its own DELETE of the row must pass.
-    static RESENDING: Cell<bool> = const { Cell::new(false) };
+    /// True during mm_conflict's own writes (see `OwnWrite`).
+    static OWN_WRITE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Forgets the cached table description when the table changes.
@@ -118,21 +120,13 @@ pub fn table() -> Rc<TombstoneTable> {
             record: CachedPlan::new(
                 format!(
                     "INSERT INTO mm_conflict.tombstone ({COLUMNS}, deleted_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, pg_catalog.now()) \
-                     ON CONFLICT (table_name, pk) DO UPDATE SET criterion = excluded.criterion, \
-                     mm_last_xacttime = excluded.mm_last_xacttime, mm_last_stattime = excluded.mm_last_stattime, \
-                     mm_nodeid = excluded.mm_nodeid, order_last = excluded.order_last, \
-                     order_winner = excluded.order_winner, order_preferred = excluded.order_preferred, \
-                     deleted_at = excluded.deleted_at"
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, pg_catalog.now())"
                 ),
                 types.to_vec(),
             ),
-            overwrite: CachedPlan::new(
-                "UPDATE mm_conflict.tombstone SET criterion = $3, mm_last_xacttime = $4, mm_last_stattime = $5, \
-                 mm_nodeid = $6, order_last = $7, order_winner = $8, order_preferred = $9, deleted_at = $10 \
-                 WHERE table_name = $1 AND pk = $2"
-                    .to_string(),
-                [&types[..], &[pg_sys::TIMESTAMPTZOID]].concat(),
+            remove: CachedPlan::new(
+                "DELETE FROM mm_conflict.tombstone WHERE table_name = $1 AND pk = $2".to_string(),
+                types[..2].to_vec(),
             ),
         };
         pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
@@ -232,28 +226,47 @@ impl TombstoneTable {
             opt_datum(order.winner),
             opt_datum(order.preferred),
         ];
-        // SAFETY: values match the statement's argument types.
-        unsafe { self.record.execute(&values, pg_sys::SPI_OK_INSERT) };
+        // SAFETY: values match the statements' argument types; the caller holds the key lock.
+        unsafe {
+            self.remove_stored(values[0].unwrap(), values[1].unwrap());
+            self.record.execute(&values, pg_sys::SPI_OK_INSERT);
+        }
     }
 }
 
-/// Marks a re-send in progress for the life of the guard (also when an error unwinds).
-pub struct Resending;
+impl TombstoneTable {
+    /// Deletes the stored tombstone of a key, as our own write (peers skip the replicated DELETE).
+    ///
+    /// # Safety
+    /// `table_name` is a text and `key` a bytea datum; the caller holds the key lock.
+    unsafe fn remove_stored(&self, table_name: pg_sys::Datum, key: pg_sys::Datum) {
+        let _own_write = OwnWrite::start();
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            self.remove
+                .execute(&[Some(table_name), Some(key)], pg_sys::SPI_OK_DELETE)
+        };
+    }
+}
 
-impl Resending {
-    pub fn start() -> Resending {
-        RESENDING.with(|r| r.set(true));
-        Resending
+/// Marks mm_conflict's own writes (a re-send's DELETE + INSERT, the removal of a replaced
+/// tombstone) for the life of the guard, so that its triggers let them pass unresolved. Restores
+/// the previous state on drop, also when an error unwinds.
+pub struct OwnWrite(bool);
+
+impl OwnWrite {
+    pub fn start() -> OwnWrite {
+        OwnWrite(OWN_WRITE.with(|r| r.replace(true)))
     }
 
     pub fn active() -> bool {
-        RESENDING.with(|r| r.get())
+        OWN_WRITE.with(|r| r.get())
     }
 }
 
-impl Drop for Resending {
+impl Drop for OwnWrite {
     fn drop(&mut self) {
-        RESENDING.with(|r| r.set(false));
+        OWN_WRITE.with(|r| r.set(self.0));
     }
 }
 
@@ -273,7 +286,8 @@ unsafe fn bytes_of(
     }
 }
 
-/// A replicated tombstone INSERT: kept if its key has none, else it overwrites a losing one.
+/// A replicated tombstone INSERT: kept if its key has none or it beats the stored one (which it
+/// then replaces), else skipped.
 unsafe fn resolve_replicated_tombstone(
     tuple: pg_sys::HeapTuple,
     tupdesc: pg_sys::TupleDesc,
@@ -294,31 +308,14 @@ unsafe fn resolve_replicated_tombstone(
                     keylock::release_and_wait(xid);
                 }
                 Probe::Present(stored) => {
-                    keylock::release_previous();
                     if !incoming.order.beats(&incoming.version, &stored.version) {
+                        keylock::release_previous();
                         return None;
                     }
-                    let mut values: Vec<Option<pg_sys::Datum>> = Vec::with_capacity(10);
-                    for attnum in [
-                        table.att_table_name,
-                        table.att_pk,
-                        table.att_criterion,
-                        table.att_xacttime,
-                        table.att_stattime,
-                        table.att_nodeid,
-                        table.att_order_last,
-                        table.att_order_winner,
-                        table.att_order_preferred,
-                        relinfo::attnum(tupdesc, "deleted_at").expect("deleted_at"),
-                    ] {
-                        let mut isnull = false;
-                        let d = pg_sys::heap_getattr(tuple, attnum as i32, tupdesc, &mut isnull);
-                        values.push((!isnull).then_some(d));
-                    }
-                    if table.overwrite.execute(&values, pg_sys::SPI_OK_UPDATE) > 0 {
-                        return None;
-                    }
-                    // Zero rows: the stored tombstone changed meanwhile; decide again.
+                    // Replace it: remove the stored one, then let this INSERT go in (still under
+                    // the key lock, until our index entry exists).
+                    table.remove_stored(text_datum(&name), text_datum(&key));
+                    return Some(tuple);
                 }
             }
         }
@@ -344,7 +341,9 @@ pub mod mm_conflict {
         let keep = unsafe {
             let tupdesc = (*td.tg_relation).rd_att;
             match event {
-                pg_sys::TRIGGER_EVENT_DELETE => (!replicated).then_some(td.tg_trigtuple),
+                pg_sys::TRIGGER_EVENT_DELETE => {
+                    (!replicated || OwnWrite::active()).then_some(td.tg_trigtuple)
+                }
                 _ if !replicated => Some(if event == pg_sys::TRIGGER_EVENT_INSERT {
                     td.tg_trigtuple
                 } else {
@@ -459,7 +458,7 @@ unsafe fn settle_row(
                     // concurrent update is not overwritten), then keep it if it beats the tombstone:
                     // re-inserted as it was, the DELETE + INSERT are its re-send to the nodes that
                     // applied the delete. The row's own BEFORE DELETE lets this delete pass.
-                    let _resending = Resending::start();
+                    let _own_write = OwnWrite::start();
                     let key_params = info.parameters(row, tupdesc);
                     let Some(deleted) = info
                         .resend_delete

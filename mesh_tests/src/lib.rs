@@ -413,9 +413,39 @@ impl Mesh {
     /// subscription statistics), except deadlocks, which the worker retries: those are counted and
     /// returned.
     pub fn assert_no_apply_errors(&self) -> usize {
+        // PostgreSQL counts a worker's error in its statistics just before it logs it: when the two
+        // disagree, let the log catch up before judging.
+        let mut attempt = 0;
+        loop {
+            let (report, deadlocks, unlogged) = self.apply_errors();
+            assert!(report.is_empty(), "apply errors:\n{report}");
+            if unlogged.is_empty() {
+                return deadlocks;
+            }
+            attempt += 1;
+            assert!(
+                attempt < 10,
+                "apply errors counted but never logged:\n{unlogged}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// (logged worker errors other than deadlocks, deadlocks, nodes whose error counters exceed
+    /// what their log shows)
+    fn apply_errors(&self) -> (String, usize, String) {
         let mut report = String::new();
+        let mut unlogged = String::new();
         let mut deadlocks = 0;
         for node in &self.nodes {
+            let counts: Vec<usize> = node
+                .sql(
+                    "SELECT coalesce(sum(apply_error_count), 0) || ' ' || coalesce(sum(sync_error_count), 0)
+                       FROM pg_stat_subscription_stats",
+                )
+                .split(' ')
+                .map(|c| c.parse().unwrap())
+                .collect();
             let mut node_deadlocks = 0;
             for line in node.server_log().lines() {
                 // log_line_prefix has the backend type: any ERROR not from a client session
@@ -428,26 +458,13 @@ impl Mesh {
                     }
                 }
             }
-            let counts: Vec<usize> = node
-                .sql(
-                    "SELECT coalesce(sum(apply_error_count), 0) || ' ' || coalesce(sum(sync_error_count), 0)
-                       FROM pg_stat_subscription_stats",
-                )
-                .split(' ')
-                .map(|c| c.parse().unwrap())
-                .collect();
             if counts[0] + counts[1] > node_deadlocks {
-                writeln!(
-                    report,
-                    "node {}: apply/sync error counts {counts:?}, {node_deadlocks} deadlocks",
-                    node.id
-                )
-                .unwrap();
+                writeln!(unlogged, "node {}: apply/sync error counts {counts:?}, {node_deadlocks} deadlocks logged", node.id)
+                    .unwrap();
             }
             deadlocks += node_deadlocks;
         }
-        assert!(report.is_empty(), "apply errors:\n{report}");
-        deadlocks
+        (report, deadlocks, unlogged)
     }
 
     /// Waits for quiet, then asserts equal checksums and row counts and no apply errors; returns
