@@ -14,10 +14,13 @@
 //! end, whichever comes first. A backend thus holds at most one such lock at a time, however many
 //! rows a statement inserts.
 //!
-//! Deadlock freedom: UPDATEs never take this lock, and a replicated INSERT never waits for
-//! anything while holding it: when its probe finds a row (to overwrite or keep) or a transaction
-//! in progress, it releases the lock first. So a wait for this lock never closes a cycle with row
-//! locks.
+//! Lock order: UPDATEs never take this lock, and the trigger never waits for another transaction
+//! while holding it: when a probe finds a row (to overwrite or keep) or a transaction in progress,
+//! the lock is released first (`release_and_wait`). What remains: a DELETE takes the lock while
+//! holding its row's lock, and a local `INSERT ... ON CONFLICT DO UPDATE` holds it while waiting
+//! for the conflicting row's lock; two such sessions on the same key (local, or local and an apply
+//! worker) can deadlock. The deadlock detector aborts one; apply workers retry their transaction.
+//! The multi-node delete storms count these (a few per run); other workloads show none.
 //!
 //! The lock shows in `pg_locks` as an advisory lock with `objsubid = 19789` (0x4D4D, "MM"), which
 //! user calls of `pg_advisory_*` (objsubid 1 or 2) can never take; `classid` and `objid` are the
@@ -79,7 +82,7 @@ pub fn lock_key(table_hash: u32, key_hash: u32) {
 }
 
 /// Releases the key lock, then waits for transaction `xid` to end: the wait for another
-/// transaction never happens while holding the key lock (see "Deadlock freedom" above).
+/// transaction never happens while holding the key lock (see "Lock order" above).
 pub fn release_and_wait(xid: pg_sys::TransactionId) {
     release_previous();
     // SAFETY: waits on a transaction id read from a tuple; no key lock is held any more.
