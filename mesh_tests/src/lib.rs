@@ -315,6 +315,35 @@ impl Mesh {
         self.wait_subscriptions_streaming(Duration::from_secs(60));
     }
 
+    /// Pauses (`false`) or resumes (`true`) every subscription on every node: changes made while
+    /// paused wait in the publishers' slots, so tests can force an interleaving.
+    pub fn set_replication(&self, enabled: bool) {
+        let action = if enabled { "ENABLE" } else { "DISABLE" };
+        for node in &self.nodes {
+            for sub in node.sql("SELECT subname FROM pg_subscription").lines() {
+                node.sql(&format!("ALTER SUBSCRIPTION {sub} {action}"));
+            }
+        }
+        if enabled {
+            self.wait_subscriptions_streaming(Duration::from_secs(60));
+        } else {
+            // Wait until the apply workers have exited.
+            for node in &self.nodes {
+                let start = Instant::now();
+                while node.sql("SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL")
+                    != "0"
+                {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(30),
+                        "node {}: workers still running",
+                        node.id
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
     /// Waits until every node has a running apply worker per peer.
     pub fn wait_subscriptions_streaming(&self, timeout: Duration) {
         let expected = self.nodes.len() - 1;
