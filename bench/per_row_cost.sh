@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Per-row cost of mm_resolve on the local write path: a 200k-row INSERT ... SELECT and a 200k-row
 # UPDATE into the article's table, with no trigger and with mm_resolve, measured side by side in one
-# run, alternating, ROUNDS rounds (default 5), synchronous_commit = off. Prints each round and the
-# medians. Measures whatever build is installed: install a release build first
+# run, alternating, ROUNDS rounds (default 5), synchronous_commit = off. Prints each round, the
+# medians and the min-max. Measures whatever build is installed: install a release build first
 # (cargo pgrx install --release --pg-config /usr/bin/pg_config) and stop clusters using the old one.
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 ROUNDS="${ROUNDS:-5}"
@@ -35,10 +35,11 @@ done
 python3 - "$results" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
-med = {(t, i): statistics.median(float(r[1 + i]) for r in rows if r[0] == t) for t in ("t_none", "t_mm") for i in (0, 1)}
 for i, what in enumerate(("INSERT", "UPDATE")):
-    none, mm = med[("t_none", i)], med[("t_mm", i)]
-    print(f"200k-row {what}: none {none:.1f} ms, mm_resolve {mm:.1f} ms, ratio {mm / none:.2f}x, "
-          f"{(mm - none) / 200:.2f} us per row")
+    times = {t: [float(r[1 + i]) for r in rows if r[0] == t] for t in ("t_none", "t_mm")}
+    none, mm = (statistics.median(times[t]) for t in ("t_none", "t_mm"))
+    spread = ", ".join(f"{t[2:]} {min(v):.1f}-{max(v):.1f}" for t, v in times.items())
+    print(f"200k-row {what}: median none {none:.1f} ms, mm_resolve {mm:.1f} ms, ratio {mm / none:.2f}x, "
+          f"{(mm - none) / 200:.2f} us per row (min-max ms: {spread})")
 PY
 rm -f "$results"

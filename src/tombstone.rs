@@ -59,6 +59,11 @@ pub struct TombstoneTable {
 
 thread_local! {
     static TABLE: RefCell<Option<Rc<TombstoneTable>>> = const { RefCell::new(None) };
+    /// The statement (local transaction, command id) that last found the tombstone table empty.
+    /// A tombstone committed by another session during that statement is missed by its later rows;
+    /// that is harmless: a replicated tombstone settles the new row when it lands, and a local one
+    /// needs the row to exist first. Our own writes advance the command id, which ends the cache.
+    static EMPTY_IN_STATEMENT: Cell<Option<(u32, u32)>> = const { Cell::new(None) };
     /// True during mm_conflict's own writes (see `OwnWrite`).
     static OWN_WRITE: Cell<bool> = const { Cell::new(false) };
 }
@@ -193,15 +198,21 @@ impl TombstoneTable {
     /// The tombstone of `key` in table `table_name`, seeing tombstones still being written.
     /// The caller holds the key lock.
     pub fn probe(&self, table_name: &str, key: &[u8]) -> Probe<Tombstone> {
+        // An empty table (the common case before the first delete) needs no index scan, and a
+        // statement that found it empty need not look again for its next rows.
+        let statement = current_statement();
+        if EMPTY_IN_STATEMENT.with(|e| e.get()) == Some(statement) {
+            return Probe::Absent;
+        }
         // SAFETY: the relation is opened here and kept locked until transaction end; the key
         // datums are palloc'd copies valid during the probe.
         unsafe {
             let rel = pg_sys::table_open(self.relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-            // An empty table (the common case before the first delete) needs no index scan.
             let empty =
                 pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM) == 0;
             let tupdesc = (*rel).rd_att;
             let found = if empty {
+                EMPTY_IN_STATEMENT.with(|e| e.set(Some(statement)));
                 Probe::Absent
             } else {
                 let values = [text_datum(table_name.as_bytes()), text_datum(key)];
@@ -268,6 +279,13 @@ impl Drop for OwnWrite {
     fn drop(&mut self) {
         OWN_WRITE.with(|r| r.set(self.0));
     }
+}
+
+/// (local transaction id, command id): identifies the running statement.
+fn current_statement() -> (u32, u32) {
+    // SAFETY: MyProc is set for every backend that runs triggers; reading the command id has no
+    // side effects (used = false).
+    unsafe { ((*pg_sys::MyProc).lxid, pg_sys::GetCurrentCommandId(false)) }
 }
 
 /// Text/bytea column of a tuple as bytes.
