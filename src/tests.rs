@@ -396,6 +396,15 @@ mod tests {
 
     // ---- versioned deletes ---------------------------------------------------------------
 
+    /// A replicated tombstone of `mm` key `id` (an int4: 4-byte length + big-endian value) from node
+    /// 3, all of whose stamps are `at`.
+    fn tombstone_sql(id: i32, at: &str) -> String {
+        format!(
+            "INSERT INTO mm_conflict.tombstone(table_name, pk, criterion, mm_last_stattime, mm_nodeid, mm_last_xacttime, order_last)
+                 VALUES ('public.mm', '\\x00000004{id:08x}', '{at}', '{at}', 3, '{at}', true)"
+        )
+    }
+
     fn tombstones() -> i64 {
         one::<i64>("SELECT count(*) FROM mm_conflict.tombstone")
     }
@@ -427,11 +436,8 @@ mod tests {
     #[pg_test]
     fn local_reinsert_is_stamped_above_the_tombstone() {
         setup("1, 'last_xacttime', 'last', 2");
-        replicated(
-            "INSERT INTO mm VALUES (1, 'x', now(), true, 2, '2020-01-01', '2020-01-01');
-             INSERT INTO mm_conflict.tombstone(table_name, pk, criterion, mm_last_stattime, mm_nodeid, mm_last_xacttime, order_last)
-                 VALUES ('public.mm', '\\x0000000400000001', '2100-01-01', '2100-01-01', 2, '2100-01-01', true);",
-        );
+        replicated("INSERT INTO mm VALUES (1, 'x', now(), true, 2, '2020-01-01', '2020-01-01')");
+        replicated(&tombstone_sql(1, "2100-01-01"));
         assert_eq!(
             one::<i64>("SELECT count(*) FROM mm"),
             0,
@@ -452,11 +458,10 @@ mod tests {
         replicated("DELETE FROM mm WHERE id = 1");
         assert_eq!(one::<i64>("SELECT count(*) FROM mm"), 1);
         // The delete's tombstone travels first, in the same transaction, and wins: deleted.
-        replicated(
-            "INSERT INTO mm_conflict.tombstone(table_name, pk, criterion, mm_last_stattime, mm_nodeid, mm_last_xacttime, order_last)
-                 VALUES ('public.mm', '\\x0000000400000001', '2021-01-01', '2021-01-01', 3, '2021-01-01', true);
-             DELETE FROM mm WHERE id = 1;",
-        );
+        replicated(&format!(
+            "{}; DELETE FROM mm WHERE id = 1",
+            tombstone_sql(1, "2021-01-01")
+        ));
         assert_eq!(one::<i64>("SELECT count(*) FROM mm"), 0);
         // An older re-insert stays deleted; a newer one comes back.
         replicated(
@@ -474,11 +479,10 @@ mod tests {
         setup("1, 'last_xacttime', 'last', 2");
         Spi::run("INSERT INTO mm(id, info) VALUES (1, 'kept')").unwrap();
         let before = one::<String>("SELECT ctid::text FROM mm WHERE id = 1");
-        replicated(
-            "INSERT INTO mm_conflict.tombstone(table_name, pk, criterion, mm_last_stattime, mm_nodeid, mm_last_xacttime, order_last)
-                 VALUES ('public.mm', '\\x0000000400000001', '2000-01-01', '2000-01-01', 3, '2000-01-01', true);
-             DELETE FROM mm WHERE id = 1;",
-        );
+        replicated(&format!(
+            "{}; DELETE FROM mm WHERE id = 1",
+            tombstone_sql(1, "2000-01-01")
+        ));
         // Same row and version, written again (new physical row: DELETE + INSERT went out).
         assert_eq!(
             one::<String>("SELECT info || '|' || mm_islocal || '|' || mm_nodeid FROM mm"),
@@ -490,11 +494,10 @@ mod tests {
         );
         // The same tombstone arriving again (a relay) re-sends nothing.
         let after = one::<String>("SELECT ctid::text FROM mm WHERE id = 1");
-        replicated(
-            "INSERT INTO mm_conflict.tombstone(table_name, pk, criterion, mm_last_stattime, mm_nodeid, mm_last_xacttime, order_last)
-                 VALUES ('public.mm', '\\x0000000400000001', '2000-01-01', '2000-01-01', 3, '2000-01-01', true);
-             DELETE FROM mm WHERE id = 1;",
-        );
+        replicated(&format!(
+            "{}; DELETE FROM mm WHERE id = 1",
+            tombstone_sql(1, "2000-01-01")
+        ));
         assert_eq!(
             one::<String>("SELECT ctid::text FROM mm WHERE id = 1"),
             after
@@ -505,12 +508,7 @@ mod tests {
     #[pg_test]
     fn tombstones_resolve_by_version_and_purges_stay_local() {
         setup("1, 'last_xacttime', 'last', 2");
-        let ins = |t: &str| {
-            format!(
-                "INSERT INTO mm_conflict.tombstone(table_name, pk, criterion, mm_last_stattime, mm_nodeid, mm_last_xacttime, order_last)
-                     VALUES ('public.mm', '\\x0000000400000009', '{t}', '{t}', 3, '{t}', true)"
-            )
-        };
+        let ins = |t: &str| tombstone_sql(9, t);
         replicated(&ins("2021-01-01"));
         replicated(&ins("2020-01-01")); // older: kept the newer one, no duplicate-key error
         assert_eq!(
