@@ -13,6 +13,7 @@
 
 use pgrx::pg_sys;
 
+use crate::keylock;
 use crate::relinfo::PrimaryKey;
 
 /// What the probe found for a key.
@@ -23,6 +24,20 @@ pub enum Probe<T> {
     InProgress(pg_sys::TransactionId),
     /// A committed row (or one of this transaction), as read by the caller's reader.
     Present(T),
+}
+
+/// Takes the key lock and runs `probe`; while it finds a transaction in progress, releases the
+/// lock, waits for that transaction and tries again. Returns what it found with the key lock
+/// held (`None` for absent), so that the caller can insert before anyone else.
+pub fn locked<T>(table_hash: u32, key_hash: u32, probe: impl Fn() -> Probe<T>) -> Option<T> {
+    loop {
+        keylock::lock_key(table_hash, key_hash);
+        match probe() {
+            Probe::Absent => return None,
+            Probe::Present(found) => return Some(found),
+            Probe::InProgress(xid) => keylock::release_and_wait(xid),
+        }
+    }
 }
 
 /// An update chain longer than this is not followed further (a guard, not a real limit:

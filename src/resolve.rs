@@ -5,7 +5,7 @@
 
 use mm_conflict_core::decide::{self, DeleteAction, InsertAction, LocalAction, Outcome};
 use mm_conflict_core::stamp::{stamp_above_all, stamp_local, Clock, Stamps};
-use mm_conflict_core::{Criterion, Direction, RowStamps, Version};
+use mm_conflict_core::{Criterion, Direction, Version};
 use pgrx::pg_sys;
 
 use crate::error::MmError;
@@ -164,16 +164,9 @@ unsafe fn key_of(
 /// still being written. Returns with the lock held.
 fn lock_and_find_tombstone(info: &RelInfo, key: &[u8]) -> Option<Tombstone> {
     let table = tombstone::table();
-    loop {
-        keylock::lock_key(info.table_hash, stable_hash(key));
-        match table.probe(&info.table, key) {
-            Probe::Absent => return None,
-            Probe::Present(t) => return Some(t),
-            Probe::InProgress(xid) => {
-                keylock::release_and_wait(xid);
-            }
-        }
-    }
+    probe::locked(info.table_hash, stable_hash(key), || {
+        table.probe(&info.table, key)
+    })
 }
 
 fn conflict_error(
@@ -209,12 +202,9 @@ unsafe fn local_insert(
         };
         let stamps = stamp_above_all(clock(), &[tombstone.as_ref().map(|t| &t.stamps)]);
         if let Some(t) = &tombstone {
-            let written = info.policy.version(&RowStamps {
-                xacttime: Some(stamps.xacttime),
-                stattime: Some(stamps.stattime),
-                node: Some(info.policy.node_id),
-                user_criterion: info.stamps(tuple, tupdesc).user_criterion,
-            });
+            let written = info
+                .policy
+                .local_version(&stamps, info.stamps(tuple, tupdesc).user_criterion);
             match decide::local_write(
                 &info.order,
                 &t.version,
@@ -278,14 +268,10 @@ unsafe fn local_update(
     unsafe {
         let stored = info.stamps(old, tupdesc);
         let stamps = stamp_local(clock(), Some(&stored));
-        let written = RowStamps {
-            xacttime: Some(stamps.xacttime),
-            stattime: Some(stamps.stattime),
-            node: Some(info.policy.node_id),
-            user_criterion: info.stamps(new, tupdesc).user_criterion,
-        };
         let stored_version = info.policy.version(&stored);
-        let written_version = info.policy.version(&written);
+        let written_version = info
+            .policy
+            .local_version(&stamps, info.stamps(new, tupdesc).user_criterion);
         match decide::local_write(
             &info.order,
             &stored_version,
@@ -388,18 +374,13 @@ unsafe fn replicated_insert(
         let incoming = info.policy.version(&info.stamps(tuple, tupdesc));
         // Probe under the key lock; never wait while holding it (see keylock and probe).
         loop {
-            keylock::lock_key(info.table_hash, stable_hash(&key));
-            let stored = match probe::probe(rel, pk, &values, &|row| info.stamps(row, tupdesc)) {
-                Probe::Absent => None,
-                Probe::InProgress(xid) => {
-                    keylock::release_and_wait(xid);
-                    continue;
-                }
-                Probe::Present(stamps) => {
-                    keylock::release_previous();
-                    Some(info.policy.version(&stamps))
-                }
-            };
+            let stored = probe::locked(info.table_hash, stable_hash(&key), || {
+                probe::probe(rel, pk, &values, &|row| info.stamps(row, tupdesc))
+            })
+            .map(|stamps| {
+                keylock::release_previous();
+                info.policy.version(&stamps)
+            });
             // No row: the key's tombstone decides (still under the key lock).
             let tombstone = match stored {
                 Some(_) => None,

@@ -317,24 +317,20 @@ unsafe fn resolve_replicated_tombstone(
         let key = bytes_of(tuple, tupdesc, table.att_pk);
         let incoming = table.read(tuple, tupdesc);
         let name_str = String::from_utf8_lossy(&name).into_owned();
-        loop {
-            keylock::lock_key(stable_hash(&name), stable_hash(&key));
-            match table.probe(&name_str, &key) {
-                // Keep the lock until our index entry exists.
-                Probe::Absent => return Some(tuple),
-                Probe::InProgress(xid) => {
-                    keylock::release_and_wait(xid);
-                }
-                Probe::Present(stored) => {
-                    if !incoming.order.beats(&incoming.version, &stored.version) {
-                        keylock::release_previous();
-                        return None;
-                    }
-                    // Replace it: remove the stored one, then let this INSERT go in (still under
-                    // the key lock, until our index entry exists).
-                    table.remove_stored(text_datum(&name), text_datum(&key));
-                    return Some(tuple);
-                }
+        match probe::locked(stable_hash(&name), stable_hash(&key), || {
+            table.probe(&name_str, &key)
+        }) {
+            // Keep the lock until our index entry exists.
+            None => Some(tuple),
+            Some(stored) if !incoming.order.beats(&incoming.version, &stored.version) => {
+                keylock::release_previous();
+                None
+            }
+            Some(_) => {
+                // Replace it: remove the stored one, then let this INSERT go in (still under the
+                // key lock, until our index entry exists).
+                table.remove_stored(text_datum(&name), text_datum(&key));
+                Some(tuple)
             }
         }
     }
@@ -464,35 +460,29 @@ unsafe fn settle_row(
             return Ok(());
         };
         let tupdesc = (*rel).rd_att;
-        loop {
-            keylock::lock_key(info.table_hash, stable_hash(key));
-            let found = probe::probe(rel, pk, &values, &|row| pg_sys::heap_copytuple(row));
-            keylock::release_previous();
-            match found {
-                Probe::Absent => return Ok(()),
-                Probe::InProgress(xid) => keylock::release_and_wait(xid),
-                Probe::Present(row) => {
-                    // Delete the row as it is now (PostgreSQL locks it and re-checks the key, so a
-                    // concurrent update is not overwritten), then keep it if it beats the tombstone:
-                    // re-inserted as it was, the DELETE + INSERT are its re-send to the nodes that
-                    // applied the delete. The row's own BEFORE DELETE lets this delete pass.
-                    let _own_write = OwnWrite::start();
-                    let key_params = info.parameters(row, tupdesc);
-                    let Some(deleted) = info
-                        .resend_delete
-                        .execute_returning(&key_params, pg_sys::SPI_OK_DELETE_RETURNING)
-                    else {
-                        return Ok(()); // gone meanwhile
-                    };
-                    let stored = info.policy.version(&info.stamps_from_parameters(&deleted));
-                    if decide::new_tombstone(&info.order, &stored, &tombstone.version)
-                        == DeleteAction::KeepAndResend
-                    {
-                        info.resend_insert.execute(&deleted, pg_sys::SPI_OK_INSERT);
-                    }
-                    return Ok(());
-                }
-            }
+        let found = probe::locked(info.table_hash, stable_hash(key), || {
+            probe::probe(rel, pk, &values, &|row| pg_sys::heap_copytuple(row))
+        });
+        keylock::release_previous();
+        let Some(row) = found else { return Ok(()) };
+        // Delete the row as it is now (PostgreSQL locks it and re-checks the key, so a concurrent
+        // update is not overwritten), then keep it if it beats the tombstone: re-inserted as it
+        // was, the DELETE + INSERT are its re-send to the nodes that applied the delete. The row's
+        // own BEFORE DELETE lets this delete pass.
+        let _own_write = OwnWrite::start();
+        let key_params = info.parameters(row, tupdesc);
+        let Some(deleted) = info
+            .resend_delete
+            .execute_returning(&key_params, pg_sys::SPI_OK_DELETE_RETURNING)
+        else {
+            return Ok(()); // gone meanwhile
+        };
+        let stored = info.policy.version(&info.stamps_from_parameters(&deleted));
+        if decide::new_tombstone(&info.order, &stored, &tombstone.version)
+            == DeleteAction::KeepAndResend
+        {
+            info.resend_insert.execute(&deleted, pg_sys::SPI_OK_INSERT);
         }
+        Ok(())
     }
 }

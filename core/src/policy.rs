@@ -167,11 +167,21 @@ impl Policy {
     /// value (a delete carries no new one), so it beats exactly what it deleted and loses to a
     /// write with a newer value.
     pub fn tombstone_version(&self, old: &RowStamps, stamps: &crate::Stamps) -> Version {
+        self.local_version(stamps, old.user_criterion)
+    }
+
+    /// The version a local write on this node makes: its `stamps`, this node's id, and the user
+    /// criterion value it carries (for `Criterion::Column`).
+    pub fn local_version(
+        &self,
+        stamps: &crate::Stamps,
+        user_criterion: Option<crate::Micros>,
+    ) -> Version {
         self.version(&RowStamps {
             xacttime: Some(stamps.xacttime),
             stattime: Some(stamps.stattime),
             node: Some(self.node_id),
-            user_criterion: old.user_criterion,
+            user_criterion,
         })
     }
 
