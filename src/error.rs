@@ -36,6 +36,18 @@ pub enum MmError {
     )]
     NoPrimaryKey { table: String },
 
+    #[error("{function} needs an ordinary table, and {relation} is not one")]
+    NotATable {
+        relation: String,
+        function: &'static str,
+    },
+
+    #[error("table {table} has no mm_resolve trigger")]
+    NotReplicated { table: String },
+
+    #[error("invalid mesh description: {message}")]
+    BadMeshSpec { message: String },
+
     #[error("local {operation} on table {table} loses to the stored version of the row")]
     LocalConflict {
         table: String,
@@ -63,6 +75,9 @@ impl MmError {
             MmError::UnsupportedColumnType { .. } => ERRCODE_DATATYPE_MISMATCH,
             MmError::NoPrimaryKey { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             MmError::LocalConflict { .. } => ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION,
+            MmError::NotATable { .. } => ERRCODE_WRONG_OBJECT_TYPE,
+            MmError::NotReplicated { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            MmError::BadMeshSpec { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
         }
     }
 
@@ -94,6 +109,16 @@ impl MmError {
                 "Add one with ALTER TABLE {table} ADD PRIMARY KEY (...)."
             )),
             MmError::LocalConflict { hint, .. } => Some(hint.clone()),
+            MmError::NotATable { .. } => Some(
+                "Partitioned tables, views and foreign tables are not supported; use the table itself.".into(),
+            ),
+            MmError::NotReplicated { table } => Some(format!(
+                "Run SELECT mm_conflict.replicate_table('{}');",
+                table.replace('\'', "''")
+            )),
+            MmError::BadMeshSpec { .. } => Some(
+                r#"nodes is a JSON array of objects: [{"id": 1, "name": "a", "conninfo": "host=... dbname=..."}, ...]"#.into(),
+            ),
             _ => None,
         }
     }

@@ -48,17 +48,38 @@ fn tag(table_hash: u32, key_hash: u32) -> pg_sys::LOCKTAG {
     }
 }
 
+/// Runs `f` with the transaction's resource owner current. The key lock belongs to the whole
+/// transaction: taken under a statement's (portal's) owner, a later statement of the same
+/// transaction could not release it ("you don't own a lock").
+fn as_transaction_owner<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(pg_sys::ResourceOwner);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: puts back the owner that was current on entry, also when unwinding.
+            unsafe { pg_sys::CurrentResourceOwner = self.0 }
+        }
+    }
+    // SAFETY: inside a transaction (the trigger runs in one), TopTransactionResourceOwner is
+    // valid until its end.
+    let _restore = unsafe {
+        let saved = Restore(pg_sys::CurrentResourceOwner);
+        pg_sys::CurrentResourceOwner = pg_sys::TopTransactionResourceOwner;
+        saved
+    };
+    f()
+}
+
 /// Releases the key lock taken last, if this transaction still holds it.
 pub fn release_previous() {
     if let Some(tag) = HELD.take() {
         let mode = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
         // SAFETY: plain lock-manager calls on a tag we built; LockHeldByMe guards against a lock
-        // already released by the end of its (sub)transaction.
-        unsafe {
+        // already released by the end of its transaction.
+        as_transaction_owner(|| unsafe {
             if pg_sys::LockHeldByMe(&tag, mode) {
                 pg_sys::LockRelease(&tag, mode, false);
             }
-        }
+        });
     }
 }
 
@@ -69,15 +90,15 @@ pub fn lock_key(table_hash: u32, key_hash: u32) {
     release_previous();
     let tag = tag(table_hash, key_hash);
     // SAFETY: a transaction-level lock (sessionLock = false) is released by the lock manager at
-    // transaction or subtransaction end even if we never get to release it ourselves.
-    unsafe {
+    // transaction end even if we never get to release it ourselves.
+    as_transaction_owner(|| unsafe {
         pg_sys::LockAcquire(
             &tag,
             pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
             false,
             false,
         );
-    }
+    });
     HELD.set(Some(tag));
 }
 

@@ -7,13 +7,17 @@
 //! * `probe` — finds the stored version of a key, robust to concurrent updates.
 //! * `tombstone` — versioned deletes, replicated in `mm_conflict.tombstone`.
 //! * `spi` — prepared statements of the rare paths.
-//! * `api` — SQL functions in schema `mm_conflict`.
+//! * `mesh` — `create_mesh`'s node list and table checks (the mesh API itself is `sql/mesh.sql`).
+//! * `checksum` — `mm_conflict.table_checksum`.
+//! * `api` — other SQL functions in schema `mm_conflict`.
 //! * `error`, `gucs` — SQLSTATE-mapped errors and settings.
 
 mod api;
+mod checksum;
 mod error;
 mod gucs;
 mod keylock;
+mod mesh;
 mod probe;
 mod relinfo;
 mod resolve;
@@ -34,6 +38,18 @@ pgrx::extension_sql_file!(
         "bootstrap",
         tombstone::mm_conflict::tombstone_resolve,
         tombstone::mm_conflict::tombstone_settle
+    ]
+);
+
+pgrx::extension_sql_file!(
+    "../sql/mesh.sql",
+    name = "mesh",
+    requires = [
+        "bootstrap",
+        "tombstones",
+        mesh::mm_conflict::mesh_nodes,
+        mesh::mm_conflict::check_table,
+        checksum::mm_conflict::table_checksum
     ]
 );
 

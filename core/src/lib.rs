@@ -13,7 +13,7 @@ pub mod stamp;
 pub mod version;
 
 pub use decide::{DeleteAction, InsertAction, LocalAction, LocalConflictMode, Outcome};
-pub use policy::{Criterion, Direction, Policy, PolicyError};
+pub use policy::{Criterion, Direction, Policy, PolicyError, MAX_NODE_ID, MIN_NODE_ID};
 pub use stamp::{Clock, Stamps};
 pub use version::{Micros, NodeId, RowStamps, Version, VersionOrder};
 

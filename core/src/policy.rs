@@ -43,7 +43,7 @@ pub struct Policy {
 /// Why a trigger argument list was rejected. The shim maps each variant to its own SQLSTATE.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
-    #[error("mm_resolve expects 4 arguments (3 or 4 for criterion nodeid), got {got}")]
+    #[error("mm_resolve expects 3 or 4 arguments, got {got}")]
     WrongArgCount { got: usize },
     #[error("mm_resolve argument {position} ({name}) must be an integer node id, got \"{value}\"")]
     NodeIdNotInteger {
@@ -97,9 +97,6 @@ impl Policy {
             return Err(PolicyError::EmptyCriterion);
         }
         let is_nodeid = criterion_raw.eq_ignore_ascii_case("nodeid");
-        if !is_nodeid && args.len() != 4 {
-            return Err(PolicyError::WrongArgCount { got: args.len() });
-        }
         let preferred_node = match args.get(3) {
             Some(raw) => Some(parse_node_id(4, "preferred_node", raw)?),
             None => None,
@@ -215,13 +212,18 @@ mod tests {
         assert_eq!(p.criterion, Criterion::NodeId { winner: 1 });
         assert_eq!(p.preferred_node, None);
         assert_eq!(p.criterion_column(), crate::COL_XACTTIME);
+
+        // The preferred node is optional (ties then go to the lower node id).
+        let p = Policy::parse(&["1", "last_stattime", "last"]).unwrap();
+        assert_eq!(p.criterion, Criterion::LastStatTime);
+        assert_eq!(p.preferred_node, None);
     }
 
     #[test]
     fn rejects_bad_arguments_with_a_specific_error() {
         assert_eq!(
-            Policy::parse(&["1", "last_xacttime", "last"]),
-            Err(PolicyError::WrongArgCount { got: 3 })
+            Policy::parse(&["1", "last_xacttime"]),
+            Err(PolicyError::WrongArgCount { got: 2 })
         );
         assert_eq!(
             Policy::parse::<&str>(&[]),

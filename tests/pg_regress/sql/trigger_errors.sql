@@ -4,7 +4,7 @@ CREATE TABLE mm(id int PRIMARY KEY, info text, mod_time timestamp,
                 mm_islocal boolean, mm_nodeid int2, mm_last_xacttime timestamp, mm_last_stattime timestamp);
 
 -- wrong argument count
-CREATE TRIGGER mm_resolve BEFORE INSERT OR UPDATE ON mm FOR EACH ROW EXECUTE FUNCTION mm_resolve(1, last_xacttime, last);
+CREATE TRIGGER mm_resolve BEFORE INSERT OR UPDATE ON mm FOR EACH ROW EXECUTE FUNCTION mm_resolve(1, last_xacttime);
 INSERT INTO mm(id) VALUES (1);
 \echo :LAST_ERROR_SQLSTATE
 DROP TRIGGER mm_resolve ON mm;

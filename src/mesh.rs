@@ -1,0 +1,167 @@
+//! The Rust side of the mesh API: parsing `create_mesh`'s node list and checking a replicated
+//! table's trigger configuration. Everything that talks to other nodes is SQL in
+//! `sql/mesh.sql` (through dblink); see there for why.
+
+use std::collections::HashSet;
+
+use mm_conflict_core::{MAX_NODE_ID, MIN_NODE_ID};
+use serde::Deserialize;
+
+use crate::error::MmError;
+
+/// One element of `create_mesh`'s `nodes` argument.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub id: i64,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub conninfo: String,
+}
+
+fn bad(message: String) -> MmError {
+    MmError::BadMeshSpec { message }
+}
+
+/// Parses and checks the node list; errors name the offending element and field.
+pub fn parse_nodes(nodes: serde_json::Value) -> Result<Vec<NodeSpec>, MmError> {
+    let parsed: Vec<NodeSpec> = serde_path_to_error::deserialize(nodes).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!("nodes{path}: ")
+        };
+        bad(format!("{at}{}", e.inner()))
+    })?;
+    if parsed.len() < 2 {
+        return Err(bad(format!(
+            "a mesh needs at least 2 nodes, got {}",
+            parsed.len()
+        )));
+    }
+    let (mut ids, mut names, mut conninfos) = (HashSet::new(), HashSet::new(), HashSet::new());
+    for (i, node) in parsed.iter().enumerate() {
+        if !(MIN_NODE_ID..=MAX_NODE_ID).contains(&node.id) {
+            return Err(bad(format!(
+                "nodes[{i}].id: {} is out of range (node ids are {MIN_NODE_ID}..{MAX_NODE_ID})",
+                node.id
+            )));
+        }
+        if !ids.insert(node.id) {
+            return Err(bad(format!(
+                "nodes[{i}].id: node id {} appears twice",
+                node.id
+            )));
+        }
+        if let Some(name) = &node.name {
+            if name.trim().is_empty() {
+                return Err(bad(format!("nodes[{i}].name: must not be empty")));
+            }
+            if !names.insert(name.as_str()) {
+                return Err(bad(format!(
+                    "nodes[{i}].name: name \"{name}\" appears twice"
+                )));
+            }
+        }
+        if node.conninfo.trim().is_empty() {
+            return Err(bad(format!("nodes[{i}].conninfo: must not be empty")));
+        }
+        // Never echo a conninfo: it may hold a password.
+        if !conninfos.insert(node.conninfo.trim()) {
+            return Err(bad(format!(
+                "nodes[{i}].conninfo: the same conninfo as an earlier node"
+            )));
+        }
+    }
+    Ok(parsed)
+}
+
+#[pgrx::pg_schema]
+mod mm_conflict {
+    use pgrx::prelude::*;
+    use pgrx::{JsonB, PgRelation};
+
+    use crate::error::{MmError, OrRaise};
+    use crate::relinfo;
+
+    /// `create_mesh`'s node list as rows, checked; errors name the bad element and field.
+    #[pg_extern(immutable, strict)]
+    fn mesh_nodes(
+        nodes: JsonB,
+    ) -> TableIterator<
+        'static,
+        (
+            name!(node_id, i16),
+            name!(node_name, Option<String>),
+            name!(conninfo, String),
+        ),
+    > {
+        let nodes = super::parse_nodes(nodes.0).or_raise();
+        TableIterator::new(nodes.into_iter().map(|n| (n.id as i16, n.name, n.conninfo)))
+    }
+
+    /// Raises the error `mm_resolve` would raise on its first row, if any: bad trigger
+    /// arguments, missing or mistyped bookkeeping or criterion columns, no primary key.
+    #[pg_extern(strict)]
+    fn check_table(tbl: PgRelation) {
+        let raw = tbl.as_ptr();
+        // SAFETY: tbl is open with AccessShareLock for the duration of the call.
+        let table = unsafe { relinfo::qualified_name(raw) };
+        // SAFETY: as above; lookup_for_relation reads the open relation's triggers.
+        let info = unsafe { relinfo::lookup_for_relation(raw) }.or_raise();
+        let Some(info) = info else {
+            MmError::NotReplicated { table }.raise()
+        };
+        if info.primary_key.is_none() {
+            MmError::NoPrimaryKey { table }.raise()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn error_of(v: serde_json::Value) -> String {
+        parse_nodes(v).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_a_node_list() {
+        let nodes = parse_nodes(json!([
+            {"id": 1, "name": "a", "conninfo": "port=1"},
+            {"id": 2, "conninfo": "port=2"}
+        ]))
+        .unwrap();
+        assert_eq!(nodes[1].name, None);
+        assert_eq!(nodes[1].id, 2);
+    }
+
+    #[test]
+    fn errors_name_the_bad_field() {
+        let e = error_of(json!([{"id": "x", "conninfo": "a"}, {"id": 2, "conninfo": "b"}]));
+        assert!(e.contains("nodes[0].id"), "{e}");
+        let e = error_of(json!([{"id": 1, "conninfo": "a"}, {"id": 2, "conn": "b"}]));
+        assert!(e.contains("nodes[1]") && e.contains("conn"), "{e}");
+        let e = error_of(json!([{"id": 1, "conninfo": "a"}, {"id": 1, "conninfo": "b"}]));
+        assert!(e.contains("nodes[1].id") && e.contains("twice"), "{e}");
+        let e = error_of(json!([{"id": 1, "conninfo": "a"}, {"id": 0, "conninfo": "b"}]));
+        assert!(
+            e.contains("nodes[1].id") && e.contains("out of range"),
+            "{e}"
+        );
+        let e = error_of(
+            json!([{"id": 1, "conninfo": "a password=s"}, {"id": 2, "conninfo": "a password=s"}]),
+        );
+        assert!(
+            e.contains("nodes[1].conninfo") && !e.contains("password"),
+            "{e}"
+        );
+        let e = error_of(json!({"id": 1}));
+        assert!(e.contains("expected a sequence"), "{e}");
+        let e = error_of(json!([{"id": 1, "conninfo": "a"}]));
+        assert!(e.contains("at least 2"), "{e}");
+    }
+}
