@@ -11,7 +11,7 @@ rm -rf "$CLUSTER_ROOT/bench_per_row"
 port="$(free_port 55460)"
 start_cluster bench_per_row "$port"
 psql_at "$port" -q <<'SQL'
-CREATE EXTENSION mm_conflict;
+CREATE EXTENSION mm_conflict CASCADE;
 CREATE TABLE t_none(id int PRIMARY KEY, info text, mod_time timestamp, mm_islocal boolean, mm_nodeid int2,
                     mm_last_xacttime timestamp, mm_last_stattime timestamp);
 CREATE TABLE t_mm (LIKE t_none INCLUDING ALL);

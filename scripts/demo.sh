@@ -16,7 +16,7 @@ start_cluster demo1 "$port"
 
 psql_at "$port" <<'SQL'
 \pset footer off
-CREATE EXTENSION mm_conflict;
+CREATE EXTENSION mm_conflict CASCADE;
 SELECT extversion AS "mm_conflict version" FROM pg_extension WHERE extname = 'mm_conflict';
 -- The article's table, unchanged, with mm_resolve in place of its plpgsql trigger.
 CREATE TABLE mm(id int PRIMARY KEY, info text, mod_time timestamp,

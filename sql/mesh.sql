@@ -477,7 +477,8 @@ BEGIN
             -- Re-raised without the statement (and its conninfo) in the error context.
             GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT,
                                     e_detail = PG_EXCEPTION_DETAIL, e_hint = PG_EXCEPTION_HINT;
-            e_msg := format('mm_conflict: cannot subscribe to node %s: %s', peer_node_id, e_msg);
+            e_msg := format('mm_conflict: cannot subscribe to node %s: %s', peer_node_id,
+                            regexp_replace(e_msg, '^mm_conflict: ', ''));
             PERFORM mm_conflict._raise(e_state, e_msg, e_detail, e_hint);
         END;
         INSERT INTO mm_conflict.peer(node_id, node_name, subscription)
@@ -898,7 +899,8 @@ BEGIN
         FOR i IN 1..n LOOP
             PERFORM mm_conflict._disconnect(conns[i]);
         END LOOP;
-        e_msg := format('mm_conflict: create_mesh() failed on %s at step "%s": %s', node_label, step, e_msg);
+        e_msg := format('mm_conflict: create_mesh() failed on %s at step "%s": %s',
+                        node_label, step, regexp_replace(e_msg, '^mm_conflict: ', ''));
         e_detail := concat_ws(E'\n', nullif(e_detail, ''),
             CASE WHEN cardinality(undone) = 0 AND cardinality(not_undone) = 0 THEN 'Nothing was changed.'
                  ELSE 'Undone: ' || coalesce(nullif(array_to_string(undone, '; '), ''), 'nothing') || '.' END,

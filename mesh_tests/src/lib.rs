@@ -282,7 +282,7 @@ impl Mesh {
             mesh.nodes.push(Node::start(test, id));
         }
         for node in &mesh.nodes {
-            node.sql("CREATE EXTENSION mm_conflict");
+            node.sql("CREATE EXTENSION mm_conflict CASCADE");
         }
         mesh
     }
