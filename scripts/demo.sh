@@ -1,45 +1,114 @@
 #!/usr/bin/env bash
-# The main job: installs what is missing, builds and installs mm_conflict into the system
-# PostgreSQL 15, then starts a local cluster, creates the extension, shows mm_resolve at work on the
-# article's table (stamping, resolution, a versioned delete), and stops the cluster (also when a
-# step fails).
+# The live demo (README command 1): installs what is missing, builds and installs mm_conflict into
+# the system PostgreSQL 15, starts 3 local clusters, builds the mesh with one create_mesh call, runs
+# the article's workload on all three at once (progress every second: per-node tps and replication
+# lag), waits for sync, and prints each node's row count and checksum with a verdict. The clusters
+# are stopped at the end (also when a step fails) unless --keep is given.
+#
+# Usage: bash scripts/demo.sh [--keep] [--seconds N]      (default 30 s; or MM_DEMO_SECONDS=N)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$ROOT"
+
+keep=false
+seconds="${MM_DEMO_SECONDS:-30}"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --keep) keep=true ;;
+        --seconds) seconds="$2"; shift ;;
+        *) echo "usage: $0 [--keep] [--seconds N]" >&2; exit 2 ;;
+    esac
+    shift
+done
+
 ensure_deps
 install_extension
 
-trap stop_started_clusters EXIT
-port="$(free_port 55440)"
-rm -rf "$CLUSTER_ROOT/demo1"
-log "starting a cluster on port $port"
-start_cluster demo1 "$port"
+if ! $keep; then trap stop_started_clusters EXIT; fi
+ports=()
+port=55440
+for n in 1 2 3; do
+    port="$(free_port "$port")"
+    rm -rf "$CLUSTER_ROOT/demo$n"
+    start_cluster "demo$n" "$port"
+    ports+=("$port")
+    port=$((port + 1))
+done
+log "3 clusters on ports ${ports[*]}"
 
-psql_at "$port" <<'SQL'
-\pset footer off
-CREATE EXTENSION mm_conflict CASCADE;
-SELECT extversion AS "mm_conflict version" FROM pg_extension WHERE extname = 'mm_conflict';
--- The article's table, unchanged, with mm_resolve in place of its plpgsql trigger.
-CREATE TABLE mm(id int PRIMARY KEY, info text, mod_time timestamp,
-                mm_islocal boolean, mm_nodeid int2, mm_last_xacttime timestamp, mm_last_stattime timestamp);
-CREATE TRIGGER mm_resolve BEFORE INSERT OR UPDATE OR DELETE ON mm FOR EACH ROW EXECUTE FUNCTION mm_resolve(1, last_xacttime, last, 2);
-ALTER TABLE mm ENABLE ALWAYS TRIGGER mm_resolve;
-INSERT INTO mm(id, info, mod_time) VALUES (1, 'written here', now());
--- A change arriving from node 2 (as an apply worker would apply it), newer than ours:
-SELECT pg_replication_origin_create('demo_peer_2') > 0 AS origin_created \gset
-SELECT pg_replication_origin_session_setup('demo_peer_2');
-INSERT INTO mm VALUES (1, 'from node 2, newer', now(), true, 2, now() + interval '1 second', clock_timestamp());
--- ... and an older one, which loses:
-INSERT INTO mm VALUES (1, 'from node 2, older', now(), true, 2, '2000-01-01', '2000-01-01');
-SELECT pg_replication_origin_session_reset();
-\echo 'node 1 keeps the newest version, without a duplicate-key error:'
-SELECT id, info, mm_islocal, mm_nodeid FROM mm;
--- A delete is a versioned write: it leaves a tombstone, which a late, older insert does not beat.
-DELETE FROM mm WHERE id = 1;
-SELECT table_name, encode(pk, 'hex') AS pk, mm_nodeid FROM mm_conflict.tombstone;
-SELECT pg_replication_origin_session_setup('demo_peer_2');
-INSERT INTO mm VALUES (1, 'late insert from node 2', now(), true, 2, now(), clock_timestamp());
-SELECT pg_replication_origin_session_reset();
-\echo 'the late insert did not bring the deleted row back:'
-SELECT count(*) AS rows_with_id_1 FROM mm WHERE id = 1;
-SQL
-log "demo done; stopping the cluster"
+# The article's table, unchanged, on every node.
+for p in "${ports[@]}"; do
+    psql_at "$p" -c "CREATE TABLE mm(id int PRIMARY KEY, info text, mod_time timestamp,
+        mm_islocal boolean, mm_nodeid int2, mm_last_xacttime timestamp, mm_last_stattime timestamp)"
+done
+
+nodes="["
+for i in 0 1 2; do
+    [ "$i" -gt 0 ] && nodes+=", "
+    nodes+="{\"id\": $((i + 1)), \"name\": \"node$((i + 1))\", \"conninfo\": \"host=127.0.0.1 port=${ports[$i]} user=postgres dbname=postgres\"}"
+done
+nodes+="]"
+log "one call on node 1: mm_conflict.create_mesh(...)"
+psql_at "${ports[0]}" -c "CREATE EXTENSION mm_conflict CASCADE" \
+    -c "SELECT mm_conflict.create_mesh('$nodes', ARRAY['mm']::regclass[], 'last_xacttime', 'last', 2)"
+psql_at "${ports[0]}" -c "SELECT node_id, node_name, subscription, peer_slot FROM mm_conflict.status"
+
+log "running the article's workload (test1/2/3.sql, 2 clients each) on the three nodes for $seconds s"
+pids=()
+for i in 0 1 2; do
+    "$PGBIN/pgbench" -n -h 127.0.0.1 -U postgres -p "${ports[$i]}" -c 2 -j 2 -T "$seconds" --max-tries=20 \
+        -f "$ROOT/mesh_tests/workloads/article_test$((i + 1)).sql" postgres \
+        >"$CLUSTER_ROOT/demo$((i + 1))/pgbench.out" 2>&1 &
+    pids+=($!)
+done
+
+commits() { psql_at "$1" -Atc "SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'"; }
+lag() { psql_at "$1" -Atc "SELECT coalesce(max(lag_bytes), 0) FROM mm_conflict.status"; }
+declare -a last
+for i in 0 1 2; do last[$i]="$(commits "${ports[$i]}")"; done
+printf '%6s  %-26s  %-30s\n' "time" "tps node1/node2/node3" "lag bytes node1/node2/node3"
+for ((t = 1; t <= seconds; t++)); do
+    sleep 1
+    tps=() lags=()
+    for i in 0 1 2; do
+        now="$(commits "${ports[$i]}")"
+        tps+=($((now - last[$i])))
+        last[$i]="$now"
+        lags+=("$(lag "${ports[$i]}")")
+    done
+    printf '%5ss  %-26s  %-30s\n' "$t" "${tps[0]}/${tps[1]}/${tps[2]}" "${lags[0]}/${lags[1]}/${lags[2]}"
+done
+for i in 0 1 2; do
+    wait "${pids[$i]}" || { log "pgbench on node$((i + 1)) failed:"; tail -5 "$CLUSTER_ROOT/demo$((i + 1))/pgbench.out"; exit 1; }
+done
+
+log "load done; waiting for sync (mm_conflict.wait_for_sync on every node, twice)"
+start_ms=$(($(date +%s%N) / 1000000))
+for round in 1 2; do
+    for p in "${ports[@]}"; do
+        [ "$(psql_at "$p" -Atc "SELECT mm_conflict.wait_for_sync('120 s')")" = t ] ||
+            { log "node on port $p did not sync within 120 s"; exit 1; }
+    done
+done
+took_ms=$(($(date +%s%N) / 1000000 - start_ms))
+log "synced $((took_ms / 1000)).$(printf '%03d' $((took_ms % 1000))) s after the load"
+
+results=()
+for i in 0 1 2; do
+    r="$(psql_at "${ports[$i]}" -Atc "SELECT count(*) || ' rows, checksum ' || mm_conflict.table_checksum('mm') FROM mm")"
+    extra="$(psql_at "${ports[$i]}" -Atc "SELECT (SELECT count(*) FROM mm_conflict.tombstone) || ' tombstones, '
+        || (SELECT coalesce(sum(apply_error_count), 0) FROM pg_stat_subscription_stats) || ' apply errors'")"
+    echo "node$((i + 1)): $r ($extra)"
+    results+=("$r")
+done
+if [ "${results[0]}" = "${results[1]}" ] && [ "${results[1]}" = "${results[2]}" ]; then
+    log "VERDICT: the three nodes are identical"
+else
+    log "VERDICT: the nodes differ"
+    exit 1
+fi
+
+if $keep; then
+    log "clusters keep running; connect with:"
+    for i in 0 1 2; do echo "  $PGBIN/psql -h 127.0.0.1 -p ${ports[$i]} -U postgres postgres"; done
+    echo "  stop them with (as the user that runs them): $PGBIN/pg_ctl -D $CLUSTER_ROOT/demoN stop"
+fi

@@ -12,7 +12,6 @@ const ARTICLE_TABLE: &str = "CREATE TABLE mm(id int PRIMARY KEY, info text, mod_
 /// The same with `timestamptz` columns, for the user-column criterion.
 const TZ_TABLE: &str = "CREATE TABLE mm(id int PRIMARY KEY, info text, mod_time timestamptz,
     mm_islocal boolean, mm_nodeid int2, mm_last_xacttime timestamptz, mm_last_stattime timestamptz)";
-const USER_COLUMNS: &str = "t.id, t.info, t.mod_time";
 
 /// Runs `script(node)` on every node at once for `seconds`, with `clients` clients each.
 fn load(
@@ -58,18 +57,70 @@ fn article_scenario_by_hand() {
         load_seconds(),
         None,
     );
-    let c = mesh.assert_converged("mm", USER_COLUMNS);
+    let c = mesh.assert_converged("mm");
     assert!(c.rows > 1000, "the load inserted rows");
     assert!(c.tombstones > 100, "the load really deleted");
     report("article_by_hand", &mesh, &tps, &c);
+}
+
+/// The same scenario with the mesh built by one `mm_conflict.create_mesh` call.
+#[test]
+fn article_scenario_with_create_mesh() {
+    let mut mesh = Mesh::start("article_helpers", 3);
+    mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
+    let tps = load(
+        &mesh,
+        |id| format!("article_test{id}.sql"),
+        4,
+        load_seconds(),
+        None,
+    );
+    let c = mesh.assert_converged("mm");
+    assert!(c.rows > 1000, "the load inserted rows");
+    assert!(c.tombstones > 100, "the load really deleted");
+    report("article_create_mesh", &mesh, &tps, &c);
+}
+
+/// A fourth node joins a 3-node mesh while the article's workload runs on the three: it copies
+/// the rows from one peer (`copy_data => true`) and streams from all; after the load all four
+/// nodes are identical.
+#[test]
+fn fourth_node_joins_a_loaded_mesh() {
+    let mut mesh = Mesh::start("join", 3);
+    mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
+    let seconds = load_seconds();
+    let runs: Vec<_> = mesh
+        .nodes
+        .iter()
+        .map(|n| {
+            n.pgbench(
+                &workload(&format!("article_test{}.sql", n.id)),
+                2,
+                seconds,
+                None,
+            )
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(u64::from(seconds) / 2));
+    let rows_before = mesh.nodes[0].sql("SELECT count(*) FROM mm");
+    let joined_in = mesh.join("join", 4, "mm", ARTICLE_TABLE, "'last_xacttime', 'last', 2");
+    let tps: Vec<f64> = runs.into_iter().map(pgbench_tps).collect();
+    let c = mesh.assert_converged("mm");
+    assert_eq!(mesh.nodes.len(), 4);
+    assert!(c.rows > 1000, "the load inserted rows");
+    eprintln!(
+        "[join] node 4 joined while node 1 had {rows_before} rows (join calls took {:.1} s)",
+        joined_in.as_secs_f64()
+    );
+    report("join", &mesh, &tps, &c);
 }
 
 /// Three nodes INSERT the same keys at full speed: apply workers and local sessions race on new
 /// keys. The insert path must never end in a duplicate-key error.
 #[test]
 fn same_keys_inserted_at_full_speed() {
-    let mesh = Mesh::start("same_keys", 3);
-    mesh.setup_by_hand("mm", ARTICLE_TABLE, "{node}, last_xacttime, last, 2");
+    let mut mesh = Mesh::start("same_keys", 3);
+    mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
     let tps = load(
         &mesh,
         |_| "insert_same_keys.sql".into(),
@@ -77,7 +128,7 @@ fn same_keys_inserted_at_full_speed() {
         load_seconds(),
         None,
     );
-    let c = mesh.assert_converged("mm", USER_COLUMNS);
+    let c = mesh.assert_converged("mm");
     assert!(c.rows > 1000);
     report("same_keys", &mesh, &tps, &c);
 }
@@ -85,10 +136,10 @@ fn same_keys_inserted_at_full_speed() {
 /// Every node inserts and upserts the same 2000 keys.
 #[test]
 fn overlapping_upserts() {
-    let mesh = Mesh::start("overlap", 3);
-    mesh.setup_by_hand("mm", ARTICLE_TABLE, "{node}, last_xacttime, last, 2");
+    let mut mesh = Mesh::start("overlap", 3);
+    mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
     let tps = load(&mesh, |_| "overlap.sql".into(), 4, load_seconds(), None);
-    let c = mesh.assert_converged("mm", USER_COLUMNS);
+    let c = mesh.assert_converged("mm");
     assert_eq!(c.rows, 2000);
     report("overlap", &mesh, &tps, &c);
 }
@@ -96,12 +147,12 @@ fn overlapping_upserts() {
 /// All nodes update the same 100 keys as fast as they can.
 #[test]
 fn hot_keys() {
-    let mesh = Mesh::start("hot_keys", 3);
-    mesh.setup_by_hand("mm", ARTICLE_TABLE, "{node}, last_xacttime, last, 2");
+    let mut mesh = Mesh::start("hot_keys", 3);
+    mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
     mesh.nodes[0].sql("INSERT INTO mm(id, info, mod_time) SELECT g, 'initial', now() FROM generate_series(1, 100) g");
-    mesh.assert_converged("mm", USER_COLUMNS);
+    mesh.assert_converged("mm");
     let tps = load(&mesh, |_| "hot_keys.sql".into(), 4, load_seconds(), None);
-    let c = mesh.assert_converged("mm", USER_COLUMNS);
+    let c = mesh.assert_converged("mm");
     assert_eq!(c.rows, 100);
     let updated: i64 = mesh.nodes[0]
         .sql("SELECT count(*) FROM mm WHERE info <> 'initial'")
@@ -116,38 +167,41 @@ fn hot_keys() {
 #[test]
 fn every_criterion_converges() {
     let seconds = (load_seconds() / 2).max(5);
-    let cases: [(&str, &str, &str, Option<&str>); 5] = [
+    // (name, table, criterion, method (the winning node for nodeid), preferred node, PGOPTIONS)
+    let skip = Some("-c mm_conflict.local_conflict=skip");
+    let cases: [(&str, &str, &str, &str, Option<i16>, Option<&str>); 5] = [
         (
             "last_xacttime",
             ARTICLE_TABLE,
-            "{node}, last_xacttime, last, 2",
+            "last_xacttime",
+            "last",
+            Some(2),
             None,
         ),
         (
             "last_stattime",
             ARTICLE_TABLE,
-            "{node}, last_stattime, last, 3",
+            "last_stattime",
+            "last",
+            Some(3),
             None,
         ),
-        ("user_column", TZ_TABLE, "{node}, mod_time, last, 1", None),
-        (
-            "nodeid",
-            ARTICLE_TABLE,
-            "{node}, nodeid, 2",
-            Some("-c mm_conflict.local_conflict=skip"),
-        ),
+        ("user_column", TZ_TABLE, "mod_time", "last", Some(1), None),
+        ("nodeid", ARTICLE_TABLE, "nodeid", "2", None, skip),
         (
             "first",
             ARTICLE_TABLE,
-            "{node}, last_xacttime, first, 2",
-            Some("-c mm_conflict.local_conflict=skip"),
+            "last_xacttime",
+            "first",
+            Some(2),
+            skip,
         ),
     ];
-    for (name, table, args, pgoptions) in cases {
-        let mesh = Mesh::start(&format!("criterion_{name}"), 3);
-        mesh.setup_by_hand("mm", table, args);
+    for (name, table, criterion, method, preferred, pgoptions) in cases {
+        let mut mesh = Mesh::start(&format!("criterion_{name}"), 3);
+        mesh.create_mesh("mm", table, criterion, method, preferred);
         let tps = load(&mesh, |_| "overlap.sql".into(), 3, seconds, pgoptions);
-        let c = mesh.assert_converged("mm", USER_COLUMNS);
+        let c = mesh.assert_converged("mm");
         assert_eq!(c.rows, 2000, "{name}");
         report(&format!("criterion {name}"), &mesh, &tps, &c);
     }
@@ -158,11 +212,12 @@ fn every_criterion_converges() {
 #[test]
 fn delete_storm() {
     let seconds = (load_seconds() / 2).max(5);
-    let cases: [(&str, &str, &str, Option<&str>); 2] = [
+    let cases: [(&str, &str, &str, Option<i16>, Option<&str>); 2] = [
         (
             "last_xacttime",
             ARTICLE_TABLE,
-            "{node}, last_xacttime, last, 2",
+            "last_xacttime",
+            Some(2),
             None,
         ),
         // A re-insert carries now() as mod_time; when that is older than the deleted row's
@@ -170,15 +225,16 @@ fn delete_storm() {
         (
             "user_column",
             TZ_TABLE,
-            "{node}, mod_time, last, 1",
+            "mod_time",
+            Some(1),
             Some("-c mm_conflict.local_conflict=skip"),
         ),
     ];
-    for (name, table, args, pgoptions) in cases {
-        let mesh = Mesh::start(&format!("delete_storm_{name}"), 3);
-        mesh.setup_by_hand("mm", table, args);
+    for (name, table, criterion, preferred, pgoptions) in cases {
+        let mut mesh = Mesh::start(&format!("delete_storm_{name}"), 3);
+        mesh.create_mesh("mm", table, criterion, "last", preferred);
         let tps = load(&mesh, |_| "delete_storm.sql".into(), 3, seconds, pgoptions);
-        let c = mesh.assert_converged("mm", USER_COLUMNS);
+        let c = mesh.assert_converged("mm");
         assert!(c.tombstones > 100, "{name}: the load deleted");
         report(&format!("delete storm {name}"), &mesh, &tps, &c);
     }
@@ -191,12 +247,12 @@ fn delete_storm() {
 /// everywhere.
 #[test]
 fn delete_against_a_concurrent_update() {
-    let mesh = Mesh::start("delete_vs_update", 3);
-    mesh.setup_by_hand("mm", ARTICLE_TABLE, "{node}, last_xacttime, last, 2");
+    let mut mesh = Mesh::start("delete_vs_update", 3);
+    mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
     mesh.nodes[0].sql(
         "INSERT INTO mm(id, info, mod_time) VALUES (1, 'original', now()), (2, 'original', now())",
     );
-    mesh.assert_converged("mm", USER_COLUMNS);
+    mesh.assert_converged("mm");
 
     mesh.set_replication(false);
     mesh.nodes[0].sql("DELETE FROM mm WHERE id = 1"); // older: loses
@@ -205,7 +261,7 @@ fn delete_against_a_concurrent_update() {
     mesh.nodes[0].sql("DELETE FROM mm WHERE id = 2"); // newer: wins
     mesh.set_replication(true);
 
-    let c = mesh.assert_converged("mm", USER_COLUMNS);
+    let c = mesh.assert_converged("mm");
     for node in &mesh.nodes {
         assert_eq!(
             node.sql(
