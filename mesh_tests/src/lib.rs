@@ -238,6 +238,16 @@ pub fn pgbench_tps(child: Child) -> f64 {
         "pgbench failed:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    parse_tps(&text)
+}
+
+/// Waits for a pgbench whose server is killed under it: its failure is expected.
+pub fn pgbench_tps_until_crash(child: Child) -> f64 {
+    let out = child.wait_with_output().expect("pgbench finishes");
+    parse_tps(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_tps(text: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix("tps = "))
         .and_then(|l| l.split_whitespace().next())
@@ -250,6 +260,8 @@ pub struct Mesh {
     pub nodes: Vec<Node>,
     /// Built with `mm_conflict.create_mesh` (so `wait_for_sync` applies), not by hand.
     by_helpers: bool,
+    /// A fault test stops nodes: their peers' workers then log lost connections.
+    pub nodes_go_down: bool,
 }
 
 impl Drop for Mesh {
@@ -282,6 +294,7 @@ impl Mesh {
         let mut mesh = Mesh {
             nodes: Vec::new(),
             by_helpers: false,
+            nodes_go_down: false,
         };
         for id in 1..=n as i16 {
             mesh.nodes.push(Node::start(test, id));
@@ -567,6 +580,7 @@ impl Mesh {
                 .map(|c| c.parse().unwrap())
                 .collect();
             let mut node_deadlocks = 0;
+            let mut lost_connections = 0;
             let mut restart_races = Vec::new();
             for line in node.server_log().lines() {
                 // log_line_prefix has the backend type: any ERROR not from a client session
@@ -574,6 +588,9 @@ impl Mesh {
                 if line.contains("ERROR:") && !line.contains(" client backend ") {
                     if line.contains("deadlock detected") {
                         node_deadlocks += 1;
+                    } else if self.nodes_go_down && is_lost_connection(line) {
+                        // Expected while a peer is down; what matters is the data afterwards.
+                        lost_connections += 1;
                     } else if line.contains("replication origin with ID")
                         && line.contains("is already active for PID")
                     {
@@ -592,7 +609,7 @@ impl Mesh {
                     writeln!(report, "node {}: {line}", node.id).unwrap();
                 }
             }
-            if counts[0] + counts[1] > node_deadlocks {
+            if counts[0] + counts[1] > node_deadlocks + lost_connections {
                 writeln!(unlogged, "node {}: apply/sync error counts {counts:?}, {node_deadlocks} deadlocks logged", node.id)
                     .unwrap();
             }
@@ -622,6 +639,12 @@ impl Mesh {
             tombstones,
         }
     }
+}
+
+/// A worker's error about a peer that went away (or is not back yet): SQLSTATE class 08,
+/// connection exception (`log_error_verbosity = verbose` puts the code after "ERROR:").
+fn is_lost_connection(line: &str) -> bool {
+    line.contains("ERROR:  08")
 }
 
 /// What a converged scenario ended with.

@@ -4,7 +4,9 @@
 //! Run one at a time (`--test-threads=1`): each starts its own clusters. `MM_LONG=1` runs the
 //! long tier (60 s loads instead of 10 s).
 
-use mm_conflict_mesh_tests::{load_seconds, pgbench_tps, workload, Converged, Mesh};
+use mm_conflict_mesh_tests::{
+    load_seconds, pgbench_tps, pgbench_tps_until_crash, workload, Converged, Mesh,
+};
 
 /// The article's table, unchanged.
 const ARTICLE_TABLE: &str = "CREATE TABLE mm(id int PRIMARY KEY, info text, mod_time timestamp,
@@ -113,6 +115,64 @@ fn fourth_node_joins_a_loaded_mesh() {
         joined_in.as_secs_f64()
     );
     report("join", &mesh, &tps, &c);
+}
+
+/// Fault: node 3 is stopped with `-m immediate` in the middle of the load on all three and
+/// restarted 2 s later; the mesh resumes and converges.
+#[test]
+fn node_crashes_mid_load() {
+    let mut mesh = Mesh::start("crash", 3);
+    mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
+    mesh.nodes_go_down = true;
+    let seconds = load_seconds();
+    let runs: Vec<_> = mesh
+        .nodes
+        .iter()
+        .map(|n| {
+            n.pgbench(
+                &workload(&format!("article_test{}.sql", n.id)),
+                2,
+                seconds,
+                None,
+            )
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(u64::from(seconds) / 3));
+    mesh.nodes[2].stop("immediate");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    mesh.nodes[2].restart();
+    // Node 3's pgbench ends with the crash.
+    let mut runs = runs;
+    let crashed = runs.pop().unwrap();
+    let mut tps: Vec<f64> = runs.into_iter().map(pgbench_tps).collect();
+    tps.push(pgbench_tps_until_crash(crashed));
+    mesh.wait_subscriptions_streaming(std::time::Duration::from_secs(60));
+    let c = mesh.assert_converged("mm");
+    assert!(c.rows > 1000, "the load inserted rows");
+    report("crash", &mesh, &tps, &c);
+}
+
+/// Fault: node 3 is down (fast shutdown) for 30 s while nodes 1 and 2 write, then restarted; it
+/// catches up from its peers' slots and the mesh converges.
+#[test]
+fn node_down_for_30_seconds() {
+    let mut mesh = Mesh::start("down", 3);
+    mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
+    mesh.nodes_go_down = true;
+    mesh.nodes[2].stop("fast");
+    let runs: Vec<_> = mesh.nodes[..2]
+        .iter()
+        .map(|n| n.pgbench(&workload(&format!("article_test{}.sql", n.id)), 2, 30, None))
+        .collect();
+    let mut tps: Vec<f64> = runs.into_iter().map(pgbench_tps).collect();
+    let rows_meanwhile = mesh.nodes[0].sql("SELECT count(*) FROM mm");
+    mesh.nodes[2].restart();
+    mesh.wait_subscriptions_streaming(std::time::Duration::from_secs(60));
+    let c = mesh.assert_converged("mm");
+    tps.push(0.0);
+    assert!(c.rows > 1000, "the load inserted rows");
+    eprintln!("[down] node 1 had {rows_meanwhile} rows when node 3 came back (node 3 had none)");
+    report("down_30s", &mesh, &tps, &c);
 }
 
 /// Three nodes INSERT the same keys at full speed: apply workers and local sessions race on new
