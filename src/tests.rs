@@ -65,7 +65,7 @@ mod tests {
     fn bad_trigger_arguments_have_specific_sqlstates() {
         setup("1, 'last_xacttime', 'last', 2");
         let cases = [
-            ("1, 'last_xacttime', 'last'", "22023"),
+            ("1, 'last_xacttime'", "22023"),
             ("1", "22023"),
             ("'one', 'last_xacttime', 'last', 2", "22P02"),
             ("0, 'last_xacttime', 'last', 2", "22003"),
