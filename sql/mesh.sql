@@ -559,7 +559,7 @@ SELECT p.node_id,
        slot.slot_name                     AS peer_slot,
        slot.active                        AS peer_connected,
        slot.confirmed_flush_lsn           AS peer_confirmed_lsn,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), slot.confirmed_flush_lsn)::bigint AS lag_bytes,
+       pg_wal_lsn_diff(pg_current_wal_insert_lsn(), slot.confirmed_flush_lsn)::bigint AS lag_bytes,
        r.replay_lag                       AS lag_time
   FROM mm_conflict.peer p
   LEFT JOIN pg_subscription s
@@ -582,7 +582,9 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     me smallint := mm_conflict.this_node();
-    target pg_lsn := pg_current_wal_lsn();
+    -- The insert position: with synchronous_commit = off, a commit this session just made may
+    -- not be written yet, so the write position (pg_current_wal_lsn) can lie before it.
+    target pg_lsn := pg_current_wal_insert_lsn();
     deadline timestamptz := clock_timestamp() + timeout;
 BEGIN
     LOOP
