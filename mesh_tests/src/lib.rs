@@ -279,12 +279,25 @@ pub fn workload(name: &str) -> PathBuf {
         .join(name)
 }
 
+fn long_tier() -> bool {
+    std::env::var("MM_LONG").is_ok_and(|v| v == "1")
+}
+
 /// Seconds of load per scenario: short by default, `MM_LONG=1` for the long tier.
 pub fn load_seconds() -> u32 {
-    if std::env::var("MM_LONG").is_ok_and(|v| v == "1") {
+    if long_tier() {
         60
     } else {
         10
+    }
+}
+
+/// Nodes in the scenarios that scale: 3 by default, 5 in the long tier (`MM_LONG=1`).
+pub fn mesh_size() -> usize {
+    if long_tier() {
+        5
+    } else {
+        3
     }
 }
 

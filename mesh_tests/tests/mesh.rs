@@ -5,7 +5,7 @@
 //! long tier (60 s loads instead of 10 s).
 
 use mm_conflict_mesh_tests::{
-    load_seconds, pgbench_tps, pgbench_tps_until_crash, workload, Converged, Mesh,
+    load_seconds, mesh_size, pgbench_tps, pgbench_tps_until_crash, workload, Converged, Mesh,
 };
 
 /// The article's table, unchanged.
@@ -65,14 +65,15 @@ fn article_scenario_by_hand() {
     report("article_by_hand", &mesh, &tps, &c);
 }
 
-/// The same scenario with the mesh built by one `mm_conflict.create_mesh` call.
+/// The same scenario with the mesh built by one `mm_conflict.create_mesh` call; 5 nodes in the
+/// long tier (nodes 4 and 5 run test1/test2.sql again, so their inserts overlap).
 #[test]
 fn article_scenario_with_create_mesh() {
-    let mut mesh = Mesh::start("article_helpers", 3);
+    let mut mesh = Mesh::start("article_helpers", mesh_size());
     mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
     let tps = load(
         &mesh,
-        |id| format!("article_test{id}.sql"),
+        |id| format!("article_test{}.sql", (id - 1) % 3 + 1),
         4,
         load_seconds(),
         None,
@@ -175,11 +176,11 @@ fn node_down_for_30_seconds() {
     report("down_30s", &mesh, &tps, &c);
 }
 
-/// Three nodes INSERT the same keys at full speed: apply workers and local sessions race on new
-/// keys. The insert path must never end in a duplicate-key error.
+/// All nodes (3; 5 in the long tier) INSERT the same keys at full speed: apply workers and local
+/// sessions race on new keys. The insert path must never end in a duplicate-key error.
 #[test]
 fn same_keys_inserted_at_full_speed() {
-    let mut mesh = Mesh::start("same_keys", 3);
+    let mut mesh = Mesh::start("same_keys", mesh_size());
     mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
     let tps = load(
         &mesh,
