@@ -52,27 +52,13 @@ fn report(name: &str, mesh: &Mesh, tps: &[f64], c: &Converged) {
 fn article_scenario_by_hand() {
     let mesh = Mesh::start("article_by_hand", 3);
     mesh.setup_by_hand("mm", ARTICLE_TABLE, "{node}, last_xacttime, last, 2");
-    let tps = load(
-        &mesh,
-        |id| format!("article_test{id}.sql"),
-        4,
-        load_seconds(),
-        None,
-    );
-    let c = mesh.assert_converged("mm");
-    assert!(c.rows > 1000, "the load inserted rows");
-    assert!(c.tombstones > 100, "the load really deleted");
-    report("article_by_hand", &mesh, &tps, &c);
+    run_article_workload("article_by_hand", &mesh);
 }
 
-/// The same scenario with the mesh built by one `mm_conflict.create_mesh` call; 5 nodes in the
-/// long tier (nodes 4 and 5 run test1/test2.sql again, so their inserts overlap).
-#[test]
-fn article_scenario_with_create_mesh() {
-    let mut mesh = Mesh::start("article_helpers", mesh_size());
-    mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
+/// The article's test1/2/3.sql on every node at once (nodes past 3 repeat them), then convergence.
+fn run_article_workload(name: &str, mesh: &Mesh) {
     let tps = load(
-        &mesh,
+        mesh,
         |id| format!("article_test{}.sql", (id - 1) % 3 + 1),
         4,
         load_seconds(),
@@ -81,7 +67,16 @@ fn article_scenario_with_create_mesh() {
     let c = mesh.assert_converged("mm");
     assert!(c.rows > 1000, "the load inserted rows");
     assert!(c.tombstones > 100, "the load really deleted");
-    report("article_create_mesh", &mesh, &tps, &c);
+    report(name, mesh, &tps, &c);
+}
+
+/// The same scenario with the mesh built by one `mm_conflict.create_mesh` call; 5 nodes in the
+/// long tier (nodes 4 and 5 run test1/test2.sql again, so their inserts overlap).
+#[test]
+fn article_scenario_with_create_mesh() {
+    let mut mesh = Mesh::start("article_helpers", mesh_size());
+    mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
+    run_article_workload("article_create_mesh", &mesh);
 }
 
 /// A fourth node joins a 3-node mesh while the article's workload runs on the three: it copies
