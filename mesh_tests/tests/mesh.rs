@@ -5,7 +5,7 @@
 //! long tier (60 s loads instead of 10 s).
 
 use mm_conflict_mesh_tests::{
-    load_seconds, mesh_size, pgbench_tps, pgbench_tps_until_crash, workload, Converged, Mesh,
+    load_seconds, mesh_size, pgbench_tps, pgbench_tps_until_crash, workload, Converged, Mesh, Node,
 };
 
 /// The article's table, unchanged.
@@ -79,6 +79,17 @@ fn article_scenario_with_create_mesh() {
     run_article_workload("article_create_mesh", &mesh);
 }
 
+/// Starts the article's scripts on `nodes` (2 clients each) without waiting for them.
+fn start_article_load(nodes: &[Node], seconds: u32) -> Vec<std::process::Child> {
+    nodes
+        .iter()
+        .map(|n| {
+            let script = workload(&format!("article_test{}.sql", (n.id - 1) % 3 + 1));
+            n.pgbench(&script, 2, seconds, None)
+        })
+        .collect()
+}
+
 /// A fourth node joins a 3-node mesh while the article's workload runs on the three: it copies
 /// the rows from one peer (`copy_data => true`) and streams from all; after the load all four
 /// nodes are identical.
@@ -87,18 +98,7 @@ fn fourth_node_joins_a_loaded_mesh() {
     let mut mesh = Mesh::start("join", 3);
     mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
     let seconds = load_seconds();
-    let runs: Vec<_> = mesh
-        .nodes
-        .iter()
-        .map(|n| {
-            n.pgbench(
-                &workload(&format!("article_test{}.sql", n.id)),
-                2,
-                seconds,
-                None,
-            )
-        })
-        .collect();
+    let runs = start_article_load(&mesh.nodes, seconds);
     std::thread::sleep(std::time::Duration::from_secs(u64::from(seconds) / 2));
     let rows_before = mesh.nodes[0].sql("SELECT count(*) FROM mm");
     let joined_in = mesh.join("join", 4, "mm", ARTICLE_TABLE, "'last_xacttime', 'last', 2");
@@ -121,18 +121,7 @@ fn node_crashes_mid_load() {
     mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
     mesh.nodes_go_down = true;
     let seconds = load_seconds();
-    let runs: Vec<_> = mesh
-        .nodes
-        .iter()
-        .map(|n| {
-            n.pgbench(
-                &workload(&format!("article_test{}.sql", n.id)),
-                2,
-                seconds,
-                None,
-            )
-        })
-        .collect();
+    let runs = start_article_load(&mesh.nodes, seconds);
     std::thread::sleep(std::time::Duration::from_secs(u64::from(seconds) / 3));
     mesh.nodes[2].stop("immediate");
     std::thread::sleep(std::time::Duration::from_secs(2));
@@ -156,10 +145,7 @@ fn node_down_for_30_seconds() {
     mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
     mesh.nodes_go_down = true;
     mesh.nodes[2].stop("fast");
-    let runs: Vec<_> = mesh.nodes[..2]
-        .iter()
-        .map(|n| n.pgbench(&workload(&format!("article_test{}.sql", n.id)), 2, 30, None))
-        .collect();
+    let runs = start_article_load(&mesh.nodes[..2], 30);
     let mut tps: Vec<f64> = runs.into_iter().map(pgbench_tps).collect();
     let rows_meanwhile = mesh.nodes[0].sql("SELECT count(*) FROM mm");
     mesh.nodes[2].restart();
