@@ -158,7 +158,8 @@ BEGIN
     END;
     -- Statements sent to peers can carry conninfos: keep them out of the peer's log.
     PERFORM mm_conflict._remote_exec(conn,
-        'SET log_min_error_statement = panic; SET log_statement = none; SET application_name = mm_conflict');
+        'SET log_min_error_statement = panic; SET log_statement = none; SET log_min_duration_statement = -1; '
+        'SET application_name = mm_conflict');
 END
 $$;
 
