@@ -88,6 +88,7 @@ max_wal_senders = 20
 max_logical_replication_workers = 16
 max_worker_processes = 32
 max_sync_workers_per_subscription = 2
+wal_receiver_status_interval = '1s'
 synchronous_commit = off
 fsync = off
 full_page_writes = off
