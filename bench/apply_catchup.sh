@@ -10,9 +10,9 @@
 #
 # Usage: N=200000 ROUNDS=3 bash bench/apply_catchup.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
+source "$ROOT/bench/variants.sh"
 N="${N:-200000}"
 ROUNDS="${ROUNDS:-3}"
-VARIANTS=(none mm_resolve article lean)
 trap stop_started_clusters EXIT
 for c in bench_pub bench_sub; do rm -rf "$CLUSTER_ROOT/$c"; done
 pub="$(free_port 55470)"
@@ -23,31 +23,17 @@ start_cluster bench_sub "$sub"
 # wait would count as catch-up time for every variant but the first.
 psql_at "$sub" -q -c "ALTER SYSTEM SET wal_retrieve_retry_interval = '10ms'" -c "SELECT pg_reload_conf()"
 
-table="CREATE TABLE mm(id int PRIMARY KEY, info text, mod_time timestamp, mm_islocal boolean,
-       mm_nodeid int2, mm_last_xacttime timestamp, mm_last_stattime timestamp)"
-psql_at "$pub" -q -c "CREATE EXTENSION mm_conflict CASCADE" -c "$table" \
-    -c "CREATE TRIGGER mm_resolve BEFORE INSERT OR UPDATE OR DELETE ON mm FOR EACH ROW EXECUTE FUNCTION mm_resolve(1, last_xacttime, last)" \
-    -c "CREATE PUBLICATION bench FOR TABLE mm" -c "CREATE SEQUENCE ids"
+{
+    echo "$ARTICLE_TABLE_SQL;"
+    variant_sql mm_resolve 1 mm
+    echo "CREATE PUBLICATION bench FOR TABLE mm; CREATE SEQUENCE ids;"
+} | psql_at "$pub" -q
 
-article_trigger() { # NAME DETECT
-    sed -e "s/__NAME__/$1/" -e "s/__DETECT__/$2/" "$ROOT/bench/article_trigger.sql.in"
-}
 for v in "${VARIANTS[@]}"; do
     psql_at "$sub" -q -c "CREATE DATABASE apply_$v"
     {
-        echo "$table;"
-        case "$v" in
-            mm_resolve)
-                echo "CREATE EXTENSION mm_conflict CASCADE;"
-                echo "CREATE TRIGGER tg BEFORE INSERT OR UPDATE OR DELETE ON mm FOR EACH ROW EXECUTE FUNCTION mm_resolve(2, last_xacttime, last);" ;;
-            article)
-                article_trigger article_tg "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = pg_backend_pid() AND backend_type = 'logical replication worker') INTO is_worker;"
-                echo "CREATE TRIGGER tg BEFORE INSERT OR UPDATE ON mm FOR EACH ROW EXECUTE FUNCTION article_tg(2, last_xacttime, last, 1);" ;;
-            lean)
-                article_trigger article_lean_tg "is_worker := current_setting('session_replication_role') = 'replica';"
-                echo "CREATE TRIGGER tg BEFORE INSERT OR UPDATE ON mm FOR EACH ROW EXECUTE FUNCTION article_lean_tg(2, last_xacttime, last, 1);" ;;
-        esac
-        [ "$v" = none ] || echo "ALTER TABLE mm ENABLE ALWAYS TRIGGER tg;"
+        echo "$ARTICLE_TABLE_SQL;"
+        variant_sql "$v" 2 mm
         echo "CREATE SUBSCRIPTION sub_$v CONNECTION 'host=127.0.0.1 port=$pub user=postgres dbname=postgres'
               PUBLICATION bench WITH (copy_data = false, enabled = false, slot_name = 'apply_$v');"
     } | "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$sub" -U postgres -d "apply_$v"
@@ -79,22 +65,12 @@ for round in $(seq "$ROUNDS"); do
         applied="$("$PGBIN/psql" -X -qAt -h 127.0.0.1 -p "$sub" -U postgres -d "$db" -c "SELECT count(*) FROM mm WHERE id > $offset")"
         [ "$applied" = "$rows" ] || { echo "apply_$v has $applied rows of round $round, expected $rows" >&2; exit 1; }
         printf 'round %s %-10s %6s rows in %6s ms\n' "$round" "$v" "$rows" "$took_ms"
-        echo "$v $rows $took_ms" >>"$results"
+        echo "$v $(python3 -c "print($rows / ($took_ms / 1000))")" >>"$results"
         # Wait for the worker to exit before the next variant runs alone.
         until [ "$("$PGBIN/psql" -X -qAt -h 127.0.0.1 -p "$sub" -U postgres -d "$db" -c "SELECT count(*) FROM pg_stat_subscription WHERE subname = 'sub_$v' AND pid IS NOT NULL")" = 0 ]; do
             sleep 0.05
         done
     done
 done
-python3 - "$results" <<'PY'
-import statistics, sys
-rows = [l.split() for l in open(sys.argv[1])]
-names = {"none": "none", "mm_resolve": "mm_resolve", "article": "plpgsql-article", "lean": "plpgsql-lean"}
-rate = {v: [int(r[1]) / (int(r[2]) / 1000) for r in rows if r[0] == v] for v in names}
-base = statistics.median(rate["none"])
-print("apply catch-up (rows/s: median, min-max, ratio to none):")
-for v, name in names.items():
-    m = statistics.median(rate[v])
-    print(f"  {name:16} {m:9.0f} ({min(rate[v]):.0f}-{max(rate[v]):.0f})  {m / base:5.2f}x")
-PY
+median_table "$results" "apply catch-up of $N single-row transactions" "rows/s"
 rm -f "$script" "$results"

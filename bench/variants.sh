@@ -1,0 +1,52 @@
+# The four variants the benchmarks compare, as SQL (sourced by the bench scripts).
+#
+# variant_sql VARIANT NODE TABLE: the SQL that gives TABLE the trigger of VARIANT, as node NODE:
+#   none        no trigger (the physical limit)
+#   mm_resolve  mm_resolve(NODE, last_xacttime, last), ENABLE ALWAYS
+#   article     the article's plpgsql trigger, worker detection repaired (bench/article_trigger.sql.in)
+#   lean        the same without its per-row pg_stat_activity scan
+# The trigger functions are created with CREATE OR REPLACE, so several tables can share them.
+VARIANTS=(none mm_resolve article lean)
+declare -A VARIANT_NAME=([none]=none [mm_resolve]=mm_resolve [article]=plpgsql-article [lean]=plpgsql-lean)
+
+article_trigger_sql() { # NAME DETECT
+    sed -e "s/__NAME__/$1/" -e "s/__DETECT__/$2/" "$ROOT/bench/article_trigger.sql.in"
+}
+
+variant_sql() {
+    local variant="$1" node="$2" table="$3"
+    case "$variant" in
+        none) return ;;
+        mm_resolve)
+            echo "CREATE EXTENSION IF NOT EXISTS mm_conflict CASCADE;"
+            echo "CREATE TRIGGER tg BEFORE INSERT OR UPDATE OR DELETE ON $table FOR EACH ROW EXECUTE FUNCTION mm_resolve($node, last_xacttime, last);" ;;
+        article)
+            article_trigger_sql article_tg "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = pg_backend_pid() AND backend_type = 'logical replication worker') INTO is_worker;"
+            echo "CREATE TRIGGER tg BEFORE INSERT OR UPDATE ON $table FOR EACH ROW EXECUTE FUNCTION article_tg($node, last_xacttime, last, 1);" ;;
+        lean)
+            article_trigger_sql article_lean_tg "is_worker := current_setting('session_replication_role') = 'replica';"
+            echo "CREATE TRIGGER tg BEFORE INSERT OR UPDATE ON $table FOR EACH ROW EXECUTE FUNCTION article_lean_tg($node, last_xacttime, last, 1);" ;;
+        *) echo "unknown variant $variant" >&2; return 1 ;;
+    esac
+    echo "ALTER TABLE $table ENABLE ALWAYS TRIGGER tg;"
+}
+
+# The article's table.
+ARTICLE_TABLE_SQL="CREATE TABLE mm(id int PRIMARY KEY, info text, mod_time timestamp, mm_islocal boolean,
+    mm_nodeid int2, mm_last_xacttime timestamp, mm_last_stattime timestamp)"
+
+# median_table FILE TITLE UNIT: FILE has lines "variant value"; prints median (min-max) and the
+# ratio to none per variant.
+median_table() {
+    python3 - "$1" "$2" "$3" <<'PY'
+import statistics, sys
+path, title, unit = sys.argv[1:4]
+names = {"none": "none", "mm_resolve": "mm_resolve", "article": "plpgsql-article", "lean": "plpgsql-lean"}
+values = {v: [float(l.split()[1]) for l in open(path) if l.split()[0] == v] for v in names}
+base = statistics.median(values["none"])
+print(f"{title} ({unit}: median, min-max, ratio to none):")
+for v, name in names.items():
+    m = statistics.median(values[v])
+    print(f"  {name:16} {m:10.1f} ({min(values[v]):.1f}-{max(values[v]):.1f})  {m / base:5.2f}x")
+PY
+}
