@@ -10,9 +10,11 @@
 //! The lock only has to cover the window until the row's index entry exists: from then on the
 //! probe of a concurrent writer sees the in-progress row and waits for its transaction. A row's
 //! index entry exists by the time the trigger fires for the next row, so the lock is released
-//! there, at the start of the next INSERT through `mm_resolve` in this backend, or at transaction
-//! end, whichever comes first. A backend thus holds at most one such lock at a time, however many
-//! rows a statement inserts.
+//! there, at the start of the next INSERT through `mm_resolve` in this backend (in the same
+//! subtransaction), or at the end of the (sub)transaction that took it, whichever comes first.
+//! Within one subtransaction a backend thus holds at most one such lock at a time, however many
+//! rows a statement inserts (one taken in a subtransaction that committed stays until the end of
+//! the enclosing transaction).
 //!
 //! Lock order: UPDATEs never take this lock, and the trigger never waits for another transaction
 //! while holding it: when a probe finds a row (to overwrite or keep) or a transaction in progress,
@@ -33,7 +35,8 @@ use pgrx::pg_sys;
 const KEY_LOCK_FIELD4: u16 = 0x4D4D;
 
 thread_local! {
-    static HELD: Cell<Option<pg_sys::LOCKTAG>> = const { Cell::new(None) };
+    /// The key lock taken last, and the subtransaction that took it.
+    static HELD: Cell<Option<(pg_sys::LOCKTAG, pg_sys::SubTransactionId)>> = const { Cell::new(None) };
 }
 
 fn tag(table_hash: u32, key_hash: u32) -> pg_sys::LOCKTAG {
@@ -48,9 +51,10 @@ fn tag(table_hash: u32, key_hash: u32) -> pg_sys::LOCKTAG {
     }
 }
 
-/// Runs `f` with the transaction's resource owner current. The key lock belongs to the whole
-/// transaction: taken under a statement's (portal's) owner, a later statement of the same
-/// transaction could not release it ("you don't own a lock").
+/// Runs `f` with the current (sub)transaction's resource owner current. The key lock belongs to
+/// the (sub)transaction, not to the statement: taken under a statement's (portal's) owner, a later
+/// statement of the same transaction could not release it ("you don't own a lock"); and a
+/// subtransaction that aborts releases it.
 fn as_transaction_owner<R>(f: impl FnOnce() -> R) -> R {
     struct Restore(pg_sys::ResourceOwner);
     impl Drop for Restore {
@@ -59,24 +63,27 @@ fn as_transaction_owner<R>(f: impl FnOnce() -> R) -> R {
             unsafe { pg_sys::CurrentResourceOwner = self.0 }
         }
     }
-    // SAFETY: inside a transaction (the trigger runs in one), TopTransactionResourceOwner is
-    // valid until its end.
+    // SAFETY: inside a transaction (the trigger runs in one), CurTransactionResourceOwner is
+    // valid until the end of the current (sub)transaction.
     let _restore = unsafe {
         let saved = Restore(pg_sys::CurrentResourceOwner);
-        pg_sys::CurrentResourceOwner = pg_sys::TopTransactionResourceOwner;
+        pg_sys::CurrentResourceOwner = pg_sys::CurTransactionResourceOwner;
         saved
     };
     f()
 }
 
-/// Releases the key lock taken last, if this transaction still holds it.
+/// Releases the key lock taken last, if this transaction still holds it. A lock taken in another
+/// subtransaction than the current one is left to the end of that one's owner (releasing it from
+/// here is not possible).
 pub fn release_previous() {
-    if let Some(tag) = HELD.take() {
+    if let Some((tag, taken_in)) = HELD.take() {
         let mode = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
         // SAFETY: plain lock-manager calls on a tag we built; LockHeldByMe guards against a lock
-        // already released by the end of its transaction.
+        // already released by the end of its (sub)transaction.
         as_transaction_owner(|| unsafe {
-            if pg_sys::LockHeldByMe(&tag, mode) {
+            if pg_sys::GetCurrentSubTransactionId() == taken_in && pg_sys::LockHeldByMe(&tag, mode)
+            {
                 pg_sys::LockRelease(&tag, mode, false);
             }
         });
@@ -90,7 +97,7 @@ pub fn lock_key(table_hash: u32, key_hash: u32) {
     release_previous();
     let tag = tag(table_hash, key_hash);
     // SAFETY: a transaction-level lock (sessionLock = false) is released by the lock manager at
-    // transaction end even if we never get to release it ourselves.
+    // (sub)transaction end even if we never get to release it ourselves.
     as_transaction_owner(|| unsafe {
         pg_sys::LockAcquire(
             &tag,
@@ -99,7 +106,8 @@ pub fn lock_key(table_hash: u32, key_hash: u32) {
             false,
         );
     });
-    HELD.set(Some(tag));
+    // SAFETY: reads the current subtransaction's id; no side effects.
+    HELD.set(Some((tag, unsafe { pg_sys::GetCurrentSubTransactionId() })));
 }
 
 /// Releases the key lock, then waits for transaction `xid` to end: the wait for another

@@ -175,6 +175,16 @@ fn same_keys_inserted_at_full_speed() {
     report("same_keys", &mesh, &tps, &c);
 }
 
+/// The overlap workload draws its keys at random from 2000: at this machine's usual rates every
+/// key is drawn (over 30000 draws), but a slow run (a cold build) may miss a few. The nodes must
+/// agree either way; this only checks that the load covered the key range.
+fn assert_covered(rows: i64) {
+    assert!(
+        (1900..=2000).contains(&rows),
+        "{rows} of the 2000 keys written"
+    );
+}
+
 /// Every node inserts and upserts the same 2000 keys.
 #[test]
 fn overlapping_upserts() {
@@ -182,7 +192,7 @@ fn overlapping_upserts() {
     mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
     let tps = load(&mesh, |_| "overlap.sql".into(), 4, load_seconds(), None);
     let c = mesh.assert_converged("mm");
-    assert_eq!(c.rows, 2000);
+    assert_covered(c.rows);
     report("overlap", &mesh, &tps, &c);
 }
 
@@ -244,7 +254,7 @@ fn every_criterion_converges() {
         mesh.create_mesh("mm", table, criterion, method, preferred);
         let tps = load(&mesh, |_| "overlap.sql".into(), 3, seconds, pgoptions);
         let c = mesh.assert_converged("mm");
-        assert_eq!(c.rows, 2000, "{name}");
+        assert_covered(c.rows);
         report(&format!("criterion {name}"), &mesh, &tps, &c);
     }
 }

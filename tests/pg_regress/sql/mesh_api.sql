@@ -62,6 +62,19 @@ BEGIN;
 INSERT INTO acct(id, balance) VALUES (1, 1);
 INSERT INTO acct(id, balance) VALUES (2, 2);
 COMMIT;
+-- ... and across savepoints (one rolled back releases its lock; none warns).
+BEGIN;
+INSERT INTO "Odd Schema"."Order Lines"(id, qty) VALUES (10, 1);
+SAVEPOINT a;
+INSERT INTO "Odd Schema"."Order Lines"(id, qty) VALUES (11, 1);
+ROLLBACK TO SAVEPOINT a;
+INSERT INTO "Odd Schema"."Order Lines"(id, qty) VALUES (12, 1);
+SAVEPOINT b;
+INSERT INTO "Odd Schema"."Order Lines"(id, qty) VALUES (13, 1);
+RELEASE SAVEPOINT b;
+INSERT INTO "Odd Schema"."Order Lines"(id, qty) VALUES (14, 1);
+COMMIT;
+SELECT string_agg(id::text, ',' ORDER BY id) AS ids FROM "Odd Schema"."Order Lines";
 
 -- unreplicate_table: the trigger, the publication entry and the table's tombstones go; the
 -- columns and rows stay.
