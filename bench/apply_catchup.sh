@@ -30,13 +30,9 @@ psql_at "$sub" -q -c "ALTER SYSTEM SET wal_retrieve_retry_interval = '10ms'" -c 
 } | psql_at "$pub" -q
 
 for v in "${VARIANTS[@]}"; do
-    psql_at "$sub" -q -c "CREATE DATABASE apply_$v"
-    {
-        echo "$ARTICLE_TABLE_SQL;"
-        variant_sql "$v" 2 mm
-        echo "CREATE SUBSCRIPTION sub_$v CONNECTION 'host=127.0.0.1 port=$pub user=postgres dbname=postgres'
-              PUBLICATION bench WITH (copy_data = false, enabled = false, slot_name = 'apply_$v');"
-    } | "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$sub" -U postgres -d "apply_$v"
+    variant_database "$sub" "apply_$v" "$v" 2 \
+        "CREATE SUBSCRIPTION sub_$v CONNECTION 'host=127.0.0.1 port=$pub user=postgres dbname=postgres'
+         PUBLICATION bench WITH (copy_data = false, enabled = false, slot_name = 'apply_$v');"
 done
 # The slots are created on the publisher by CREATE SUBSCRIPTION (outside a transaction block).
 
@@ -49,25 +45,24 @@ for round in $(seq "$ROUNDS"); do
     "$PGBIN/pgbench" -n -h 127.0.0.1 -U postgres -p "$pub" -c 1 -t "$N" -f "$script" postgres >/dev/null
     rows="$(psql_at "$pub" -Atc "SELECT count(*) FROM mm WHERE id > $offset")"
     last="$(psql_at "$pub" -Atc "SELECT max(id) FROM mm")"
-    # Rotate the order so that no variant always goes first.
     for k in 0 1 2 3; do
-        v="${VARIANTS[$(((k + round) % 4))]}"
+        v="$(rotated_variant "$round" "$k")"
         db="apply_$v"
         start_ms=$(($(date +%s%N) / 1000000))
-        "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$sub" -U postgres -d "$db" -c "ALTER SUBSCRIPTION sub_$v ENABLE"
+        psql_db "$sub" "$db" -c "ALTER SUBSCRIPTION sub_$v ENABLE"
         # One apply worker commits in the publisher's order: the last key arrives last. (The
         # slot's confirmed position would lag by the feedback interval.)
-        until [ "$("$PGBIN/psql" -X -qAt -h 127.0.0.1 -p "$sub" -U postgres -d "$db" -c "SELECT coalesce(max(id), 0) >= $last FROM mm")" = t ]; do
+        until [ "$(psql_db "$sub" "$db" -At -c "SELECT coalesce(max(id), 0) >= $last FROM mm")" = t ]; do
             sleep 0.05
         done
         took_ms=$(($(date +%s%N) / 1000000 - start_ms))
-        "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$sub" -U postgres -d "$db" -c "ALTER SUBSCRIPTION sub_$v DISABLE"
-        applied="$("$PGBIN/psql" -X -qAt -h 127.0.0.1 -p "$sub" -U postgres -d "$db" -c "SELECT count(*) FROM mm WHERE id > $offset")"
+        psql_db "$sub" "$db" -c "ALTER SUBSCRIPTION sub_$v DISABLE"
+        applied="$(psql_db "$sub" "$db" -At -c "SELECT count(*) FROM mm WHERE id > $offset")"
         [ "$applied" = "$rows" ] || { echo "apply_$v has $applied rows of round $round, expected $rows" >&2; exit 1; }
         printf 'round %s %-10s %6s rows in %6s ms\n' "$round" "$v" "$rows" "$took_ms"
         echo "$v $(python3 -c "print($rows / ($took_ms / 1000))")" >>"$results"
         # Wait for the worker to exit before the next variant runs alone.
-        until [ "$("$PGBIN/psql" -X -qAt -h 127.0.0.1 -p "$sub" -U postgres -d "$db" -c "SELECT count(*) FROM pg_stat_subscription WHERE subname = 'sub_$v' AND pid IS NOT NULL")" = 0 ]; do
+        until [ "$(psql_db "$sub" "$db" -At -c "SELECT count(*) FROM pg_stat_subscription WHERE subname = 'sub_$v' AND pid IS NOT NULL")" = 0 ]; do
             sleep 0.05
         done
     done

@@ -12,14 +12,12 @@ rm -rf "$CLUSTER_ROOT/bench_pgbench"
 port="$(free_port 55480)"
 start_cluster bench_pgbench "$port"
 for v in "${VARIANTS[@]}"; do
-    psql_at "$port" -q -c "CREATE DATABASE pgbench_$v"
-    { echo "$ARTICLE_TABLE_SQL;"; variant_sql "$v" 1 mm; } |
-        "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "pgbench_$v"
+    variant_database "$port" "pgbench_$v" "$v" 1
 done
 results="$(mktemp)"
 for round in $(seq "$ROUNDS"); do
     for k in 0 1 2 3; do
-        v="${VARIANTS[$(((k + round) % 4))]}"
+        v="$(rotated_variant "$round" "$k")"
         tps="$("$PGBIN/pgbench" -n -h 127.0.0.1 -U postgres -p "$port" -c 2 -j 2 -T "$SECONDS_PER_RUN" \
             -f "$ROOT/mesh_tests/workloads/article_test1.sql" "pgbench_$v" | awk '/^tps = / {print $3}')"
         printf 'round %s %-10s %8.1f tps\n' "$round" "$v" "$tps"

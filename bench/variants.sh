@@ -31,6 +31,18 @@ variant_sql() {
     echo "ALTER TABLE $table ENABLE ALWAYS TRIGGER tg;"
 }
 
+# variant_database PORT DB VARIANT NODE [SQL]: creates database DB with the article's table mm,
+# VARIANT's trigger as node NODE, then SQL.
+variant_database() {
+    local port="$1" db="$2" variant="$3" node="$4" extra="${5:-}"
+    psql_at "$port" -c "CREATE DATABASE $db"
+    { echo "$ARTICLE_TABLE_SQL;"; variant_sql "$variant" "$node" mm; echo "$extra"; } | psql_db "$port" "$db"
+}
+
+# rotated_variant ROUND K: the K-th variant (0-3) of round ROUND; the order rotates every round so
+# that no variant always runs first.
+rotated_variant() { echo "${VARIANTS[$((($2 + $1) % ${#VARIANTS[@]}))]}"; }
+
 # The article's table.
 ARTICLE_TABLE_SQL="CREATE TABLE mm(id int PRIMARY KEY, info text, mod_time timestamp, mm_islocal boolean,
     mm_nodeid int2, mm_last_xacttime timestamp, mm_last_stattime timestamp)"

@@ -118,8 +118,15 @@ stop_started_clusters() {
     STARTED_CLUSTERS=()
 }
 
+# psql_db PORT DB ARGS...: psql as postgres on database DB of the cluster at PORT.
+psql_db() {
+    local port="$1" db="$2"
+    shift 2
+    "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$db" "$@"
+}
+
 psql_at() {
     local port="$1"
     shift
-    "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres "$@"
+    psql_db "$port" postgres "$@"
 }

@@ -627,6 +627,32 @@ BEGIN
 END
 $$;
 
+-- Runs `query` on each peer (ids and conninfos in step); returns the problems met: a peer that
+-- failed, and whatever text[] of problems the query itself returned.
+CREATE FUNCTION mm_conflict._on_peers(peer_ids int[], conninfos text[], query text) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    conn text := 'mm_conflict_on_peers';
+    result text;
+    problem text;
+    problems text[] := '{}';
+BEGIN
+    FOR k IN 1..cardinality(peer_ids) LOOP
+        BEGIN
+            PERFORM mm_conflict._connect(conn, conninfos[k], format('node %s', peer_ids[k]));
+            result := nullif(mm_conflict._remote_value(conn, query), '');
+            problems := problems || coalesce(result::text[], '{}');
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT;
+            problems := problems || format('node %s: %s', peer_ids[k], problem);
+        END;
+        PERFORM mm_conflict._disconnect(conn);
+    END LOOP;
+    RETURN problems;
+END
+$$;
+
 CREATE FUNCTION mm_conflict.drop_mesh(everywhere boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -636,9 +662,7 @@ DECLARE
     peer_ids int[];
     peer_conninfos text[];
     tbl regclass;
-    conn text := 'mm_conflict_drop_mesh';
-    problem text;
-    problems text[] := '{}';
+    problems text[];
 BEGIN
     PERFORM mm_conflict._require_superuser('mm_conflict.drop_mesh()');
     SELECT node_id INTO me FROM mm_conflict.node;
@@ -658,28 +682,9 @@ BEGIN
     END IF;
     -- Everywhere: first every subscription on every node, then the rest, so that no subscription
     -- is left pointing at a publication that is already gone.
-    FOR k IN 1..cardinality(peer_ids) LOOP
-        BEGIN
-            PERFORM mm_conflict._connect(conn, peer_conninfos[k], format('node %s', peer_ids[k]));
-            problems := problems || mm_conflict._remote_value(conn,
-                'SELECT mm_conflict._unsubscribe_all()')::text[];
-        EXCEPTION WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT;
-            problems := problems || format('node %s: %s', peer_ids[k], problem);
-        END;
-        PERFORM mm_conflict._disconnect(conn);
-    END LOOP;
+    problems := mm_conflict._on_peers(peer_ids, peer_conninfos, 'SELECT mm_conflict._unsubscribe_all()');
     problems := problems || mm_conflict._unsubscribe_all();
-    FOR k IN 1..cardinality(peer_ids) LOOP
-        BEGIN
-            PERFORM mm_conflict._connect(conn, peer_conninfos[k], format('node %s', peer_ids[k]));
-            PERFORM mm_conflict._remote_value(conn, 'SELECT mm_conflict.drop_mesh(false)');
-        EXCEPTION WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT;
-            problems := problems || format('node %s: %s', peer_ids[k], problem);
-        END;
-        PERFORM mm_conflict._disconnect(conn);
-    END LOOP;
+    problems := problems || mm_conflict._on_peers(peer_ids, peer_conninfos, 'SELECT mm_conflict.drop_mesh(false)');
     FOR tbl IN SELECT tgrelid FROM pg_trigger WHERE tgname = '!mm_resolve' LOOP
         PERFORM mm_conflict.unreplicate_table(tbl);
     END LOOP;
@@ -715,6 +720,7 @@ DECLARE
     tnames text[];
     n int;
     conns text[] := '{}';
+    labels text[] := '{}';        -- "node <id> (<name>)", for messages
     before jsonb[] := '{}';       -- per node: what existed before this call
     installed int[] := '{}';      -- nodes whose install step committed, in order
     sub_node int[] := '{}';       -- subscriptions created: node sub_node[k] to node sub_peer[k]
@@ -749,12 +755,13 @@ BEGIN
     n := cardinality(ids);
     FOR i IN 1..n LOOP
         conns := conns || format('mm_conflict_mesh_%s', ids[i]);
+        labels := labels || format('node %s%s', ids[i], coalesce(format(' (%s)', names[i]), ''));
     END LOOP;
 
     BEGIN
         -- 1. Reach and inspect every node; nothing is changed until all pass.
         FOR i IN 1..n LOOP
-            node_label := format('node %s%s', ids[i], coalesce(format(' (%s)', names[i]), ''));
+            node_label := labels[i];
             step := 'connect';
             PERFORM mm_conflict._connect(conns[i], conninfos[i], node_label);
             step := 'inspect';
@@ -805,7 +812,7 @@ BEGIN
         -- 2. Install, identify, replicate the tables: one transaction per node.
         step := 'install the extension, node_init, replicate_table';
         FOR i IN 1..n LOOP
-            node_label := format('node %s%s', ids[i], coalesce(format(' (%s)', names[i]), ''));
+            node_label := labels[i];
             cmd := format('CREATE EXTENSION IF NOT EXISTS mm_conflict CASCADE; PERFORM mm_conflict.node_init(%s, %L);',
                           ids[i], names[i]);
             FOREACH t IN ARRAY tnames LOOP
@@ -833,7 +840,7 @@ BEGIN
 
         -- 3. The N-1 subscriptions of every node.
         FOR i IN 1..n LOOP
-            node_label := format('node %s%s', ids[i], coalesce(format(' (%s)', names[i]), ''));
+            node_label := labels[i];
             FOR j IN 1..n LOOP
                 CONTINUE WHEN j = i;
                 channel := mm_conflict.channel_name(ids[j], ids[i]);
