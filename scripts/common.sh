@@ -72,6 +72,8 @@ free_port() {
 STARTED_CLUSTERS=()
 
 # start_cluster NAME PORT: initdb (if new) and start a cluster for logical replication.
+# Starts (creating if needed) cluster $1 on port $2, with mm_conflict in shared_preload_libraries
+# unless PRELOAD says otherwise (PRELOAD= for none).
 start_cluster() {
     local name="$1" port="$2"
     local dir="$CLUSTER_ROOT/$name"
@@ -95,6 +97,7 @@ full_page_writes = off
 shared_buffers = 128MB
 logging_collector = off
 log_min_messages = warning
+shared_preload_libraries = '${PRELOAD-mm_conflict}'
 EOF
     else
         as_pg sed -i "s/^port = .*/port = $port/" "$dir/postgresql.conf"

@@ -9,11 +9,13 @@
 //! * `spi` — prepared statements of the rare paths.
 //! * `mesh` — `create_mesh`'s node list and table checks (the mesh API itself is `sql/mesh.sql`).
 //! * `checksum` — `mm_conflict.table_checksum`.
+//! * `conflicts` — conflict counters (shared memory), `conflict_log` rows and log lines.
 //! * `api` — other SQL functions in schema `mm_conflict`.
 //! * `error`, `gucs` — SQLSTATE-mapped errors and settings.
 
 mod api;
 mod checksum;
+mod conflicts;
 mod error;
 mod gucs;
 mod keylock;
@@ -42,6 +44,17 @@ pgrx::extension_sql_file!(
 );
 
 pgrx::extension_sql_file!(
+    "../sql/conflicts.sql",
+    name = "conflicts",
+    requires = [
+        "bootstrap",
+        conflicts::mm_conflict::_conflict_counters_state,
+        conflicts::mm_conflict::_conflict_counters,
+        conflicts::mm_conflict::_reset_conflict_counters
+    ]
+);
+
+pgrx::extension_sql_file!(
     "../sql/mesh.sql",
     name = "mesh",
     requires = [
@@ -56,6 +69,7 @@ pgrx::extension_sql_file!(
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    conflicts::init();
     relinfo::register_invalidation();
 }
 
@@ -73,6 +87,7 @@ pub mod pg_test {
             "max_logical_replication_workers = 8",
             "max_worker_processes = 16",
             "track_commit_timestamp = on",
+            "shared_preload_libraries = 'mm_conflict'",
         ]
     }
 }

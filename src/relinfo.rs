@@ -176,7 +176,7 @@ struct Attr {
     typid: pg_sys::Oid,
 }
 
-unsafe fn attrs<'a>(tupdesc: pg_sys::TupleDesc) -> &'a [pg_sys::FormData_pg_attribute] {
+pub unsafe fn attrs<'a>(tupdesc: pg_sys::TupleDesc) -> &'a [pg_sys::FormData_pg_attribute] {
     // SAFETY: natts bounds the descriptor's attribute array.
     unsafe { (*tupdesc).attrs.as_slice((*tupdesc).natts as usize) }
 }

@@ -5,9 +5,10 @@
 
 use mm_conflict_core::decide::{self, DeleteAction, InsertAction, LocalAction, Outcome};
 use mm_conflict_core::stamp::{stamp_above_all, stamp_local, Clock, Stamps};
-use mm_conflict_core::{Criterion, Direction, Version};
+use mm_conflict_core::{Criterion, Decision, Direction, Version};
 use pgrx::pg_sys;
 
+use crate::conflicts::{self, Converting, Resolution, Row};
 use crate::error::MmError;
 use crate::probe::{self, Probe};
 use crate::relinfo::{stable_hash, PrimaryKey, RelInfo};
@@ -317,7 +318,27 @@ unsafe fn replicated_update(
     unsafe {
         let stored = info.policy.version(&info.stamps(old, tupdesc));
         let incoming = info.policy.version(&info.stamps(new, tupdesc));
-        match decide::resolve(&info.order, &stored, &incoming) {
+        let outcome = decide::resolve(&info.order, &stored, &incoming);
+        // An UPDATE that carries out an INSERT's conversion is reported as that INSERT.
+        if !Converting::active() {
+            let decision = match outcome {
+                Outcome::IncomingWins => Decision::Applied,
+                Outcome::StoredWins => Decision::KeptLocal,
+                Outcome::SameVersion => Decision::DuplicateDropped,
+            };
+            conflicts::report(
+                info,
+                tupdesc,
+                &Resolution {
+                    decision,
+                    stored: Some(stored),
+                    stored_row: Some(Row::Tuple(old)),
+                    incoming,
+                    incoming_row: Some(Row::Tuple(new)),
+                },
+            );
+        }
+        match outcome {
             Outcome::IncomingWins => Some(as_replicated(info, new, tupdesc)),
             Outcome::StoredWins | Outcome::SameVersion => None,
         }
@@ -350,7 +371,24 @@ unsafe fn replicated_delete(
             &stored,
             tombstone.as_ref().map(|t| &t.version),
         ) {
-            DeleteAction::Delete => Some(old),
+            DeleteAction::Delete => {
+                conflicts::report(
+                    info,
+                    tupdesc,
+                    &Resolution {
+                        decision: Decision::DeleteApplied,
+                        stored: Some(stored),
+                        stored_row: Some(Row::Tuple(old)),
+                        incoming: tombstone
+                            .expect("a delete that applies has a tombstone")
+                            .version,
+                        incoming_row: None,
+                    },
+                );
+                Some(old)
+            }
+            // A row that beats the key's tombstone was settled (and reported) when the tombstone
+            // arrived; a DELETE without one is the first half of a re-send.
             DeleteAction::Keep | DeleteAction::KeepAndResend => None,
         }
     }
@@ -372,15 +410,39 @@ unsafe fn replicated_insert(
     unsafe {
         let (values, key) = key_of(pk, tuple, tupdesc);
         let incoming = info.policy.version(&info.stamps(tuple, tupdesc));
+        let own_write = OwnWrite::active();
+        // The stored row is copied only when a conflict could be written out.
+        let copy_row = !own_write && conflicts::rows_wanted();
+        let report = |decision, stored: Option<Version>, stored_row: Option<pg_sys::HeapTuple>| {
+            if !own_write {
+                conflicts::report(
+                    info,
+                    tupdesc,
+                    &Resolution {
+                        decision,
+                        stored,
+                        stored_row: stored_row.map(Row::Tuple),
+                        incoming,
+                        incoming_row: Some(Row::Tuple(tuple)),
+                    },
+                );
+            }
+        };
         // Probe under the key lock; never wait while holding it (see keylock and probe).
         loop {
-            let stored = probe::locked(info.table_hash, stable_hash(&key), || {
-                probe::probe(rel, pk, &values, &|row| info.stamps(row, tupdesc))
-            })
-            .map(|stamps| {
-                keylock::release_previous();
-                info.policy.version(&stamps)
-            });
+            let (stored, stored_row) =
+                match probe::locked(info.table_hash, stable_hash(&key), || {
+                    probe::probe(rel, pk, &values, &|row| {
+                        let copy = copy_row.then(|| pg_sys::heap_copytuple(row));
+                        (info.stamps(row, tupdesc), copy)
+                    })
+                }) {
+                    Some((stamps, copy)) => {
+                        keylock::release_previous();
+                        (Some(info.policy.version(&stamps)), copy)
+                    }
+                    None => (None, None),
+                };
             // No row: the key's tombstone decides (still under the key lock).
             let tombstone = match stored {
                 Some(_) => None,
@@ -400,16 +462,33 @@ unsafe fn replicated_insert(
                 &incoming,
             ) {
                 // Keep the lock until our index entry exists: no one can insert the key meanwhile.
-                InsertAction::Insert if OwnWrite::active() => return Ok(Some(tuple)),
-                InsertAction::Insert => return Ok(Some(as_replicated(info, tuple, tupdesc))),
+                InsertAction::Insert => {
+                    report(Decision::Applied, tombstone, None);
+                    return Ok(Some(if own_write {
+                        tuple
+                    } else {
+                        as_replicated(info, tuple, tupdesc)
+                    }));
+                }
                 InsertAction::ConvertToUpdate => {
                     // Zero rows: the row changed or vanished since the probe; decide again.
-                    if overwrite(info, tuple, tupdesc) > 0 {
+                    let converted = {
+                        let _converting = Converting::start();
+                        overwrite(info, tuple, tupdesc)
+                    };
+                    if converted > 0 {
+                        report(Decision::InsertConvertedToUpdate, stored, stored_row);
                         return Ok(None);
                     }
                 }
-                InsertAction::Skip(_) => {
+                InsertAction::Skip(outcome) => {
                     keylock::release_previous();
+                    let decision = if outcome == Outcome::SameVersion {
+                        Decision::DuplicateDropped
+                    } else {
+                        Decision::KeptLocal
+                    };
+                    report(decision, stored.or(tombstone), stored_row);
                     return Ok(None);
                 }
             }

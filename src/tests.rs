@@ -547,4 +547,61 @@ mod tests {
         );
         assert_eq!(tombstones(), 0);
     }
+
+    // ---- conflict reports ------------------------------------------------------------------
+
+    fn conflict_log() -> String {
+        Spi::get_one::<String>(
+            "SELECT string_agg(concat_ws(' ', decision, key, stored_node, incoming_node,
+                                         stored_row->>'info', incoming_row->>'info', origin), '; ' ORDER BY id)
+               FROM mm_conflict.conflict_log",
+        )
+        .unwrap()
+        .unwrap_or_default()
+    }
+
+    #[pg_test]
+    fn conflicts_are_logged_as_rows_and_only_conflicts() {
+        setup("1, 'last_xacttime', 'last', 2");
+        Spi::run("SET LOCAL mm_conflict.log_conflicts = 'table'").unwrap();
+        Spi::run("INSERT INTO mm(id, info) VALUES (1, 'a')").unwrap();
+        let update = |info: &str, node: i32, time: &str| {
+            replicated(&format!(
+                "UPDATE mm SET info = '{info}', mm_nodeid = {node}, mm_last_xacttime = '{time}', \
+                 mm_last_stattime = '{time}' WHERE id = 1"
+            ))
+        };
+        update("b", 2, "2100-01-01"); // wins over node 1's row: applied, a conflict
+        update("c", 3, "2000-01-01"); // loses: kept_local
+        update("b", 2, "2100-01-01"); // its own version again: a duplicate, not a conflict
+        update("d", 2, "2101-01-01"); // node 2 over its own row: applied, not a conflict
+                                      // a replicated INSERT of a stored key that wins: converted (its UPDATE is not reported again)
+        replicated("INSERT INTO mm VALUES (1, 'e', now(), true, 3, '2102-01-01', '2102-01-01')");
+        replicated("INSERT INTO mm VALUES (2, 'f', now(), true, 3, '2000-01-01', '2000-01-01')"); // new key
+        Spi::run("DELETE FROM mm WHERE id = 2").unwrap(); // node 1's tombstone
+                                                          // an older INSERT of the deleted key loses to the tombstone (no stored row)
+        replicated("INSERT INTO mm VALUES (2, 'g', now(), true, 3, '2000-01-02', '2000-01-02')");
+        assert_eq!(
+            conflict_log(),
+            "applied {\"id\": 1} 1 2 a b mm_test_peer; \
+             kept_local {\"id\": 1} 2 3 b c mm_test_peer; \
+             insert_converted_to_update {\"id\": 1} 2 3 d e mm_test_peer; \
+             kept_local {\"id\": 2} 1 3 g mm_test_peer"
+        );
+        assert!(one::<bool>(
+            "SELECT incoming_value = '2100-01-01 00:00:00+00' AND criterion = 'mm_last_xacttime'
+                    AND table_name = 'public.mm' AND subscription IS NULL
+                    AND (incoming_row->>'mm_nodeid')::int = 2 AND incoming_row ? 'mod_time'
+               FROM mm_conflict.conflict_log ORDER BY id LIMIT 1"
+        ));
+        assert_eq!(one::<String>("SELECT info FROM mm WHERE id = 1"), "e");
+
+        // off: the same conflicts leave no rows
+        Spi::run("DELETE FROM mm_conflict.conflict_log; SET LOCAL mm_conflict.log_conflicts = off")
+            .unwrap();
+        update("h", 3, "2000-01-01");
+        replicated("INSERT INTO mm VALUES (1, 'i', now(), true, 2, '2200-01-01', '2200-01-01')");
+        assert_eq!(conflict_log(), "");
+        assert_eq!(one::<String>("SELECT info FROM mm WHERE id = 1"), "i");
+    }
 }

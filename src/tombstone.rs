@@ -16,10 +16,11 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use mm_conflict_core::decide::{self, DeleteAction};
-use mm_conflict_core::{Direction, RowStamps, Stamps, Version, VersionOrder};
+use mm_conflict_core::{Decision, Direction, RowStamps, Stamps, Version, VersionOrder};
 use pgrx::prelude::*;
 use pgrx::{AllocatedByPostgres, PgTupleDesc};
 
+use crate::conflicts::{self, Resolution, Row};
 use crate::error::OrRaise;
 use crate::keylock;
 use crate::probe::{self, Probe};
@@ -478,11 +479,25 @@ unsafe fn settle_row(
             return Ok(()); // gone meanwhile
         };
         let stored = info.policy.version(&info.stamps_from_parameters(&deleted));
-        if decide::new_tombstone(&info.order, &stored, &tombstone.version)
-            == DeleteAction::KeepAndResend
-        {
+        let action = decide::new_tombstone(&info.order, &stored, &tombstone.version);
+        if action == DeleteAction::KeepAndResend {
             info.resend_insert.execute(&deleted, pg_sys::SPI_OK_INSERT);
         }
+        conflicts::report(
+            &info,
+            tupdesc,
+            &Resolution {
+                decision: if action == DeleteAction::Delete {
+                    Decision::DeleteApplied
+                } else {
+                    Decision::DeleteSkipped
+                },
+                stored: Some(stored),
+                stored_row: Some(Row::Values(&deleted)),
+                incoming: tombstone.version,
+                incoming_row: None,
+            },
+        );
         Ok(())
     }
 }

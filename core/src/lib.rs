@@ -4,16 +4,19 @@
 //! * [`version`]: row versions and the total order every node applies.
 //! * [`decide`]: what the trigger does with a local or replicated write.
 //! * [`stamp`]: the hybrid-logical-clock stamps of local writes.
+//! * [`report`]: how a replicated change ended, and whether that is a conflict.
 //!
 //! The `mm_resolve` trigger in the extension crate is a thin shim over these functions.
 
 pub mod decide;
 pub mod policy;
+pub mod report;
 pub mod stamp;
 pub mod version;
 
 pub use decide::{DeleteAction, InsertAction, LocalAction, LocalConflictMode, Outcome};
 pub use policy::{Criterion, Direction, Policy, PolicyError, MAX_NODE_ID, MIN_NODE_ID};
+pub use report::Decision;
 pub use stamp::{Clock, Stamps};
 pub use version::{Micros, NodeId, RowStamps, Version, VersionOrder};
 

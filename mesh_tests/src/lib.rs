@@ -108,7 +108,7 @@ impl Node {
              max_logical_replication_workers = 16\nmax_worker_processes = 32\n\
              max_sync_workers_per_subscription = 2\nwal_retrieve_retry_interval = '1s'\n\
              synchronous_commit = off\nfsync = off\nfull_page_writes = off\nshared_buffers = 64MB\n\
-             max_connections = 60\nwal_receiver_status_interval = '1s'\nlog_min_messages = warning\nlog_error_verbosity = verbose\nlog_line_prefix = '%m [%p] %b '\n"
+             max_connections = 60\nwal_receiver_status_interval = '1s'\nshared_preload_libraries = 'mm_conflict'\nlog_min_messages = warning\nlog_error_verbosity = verbose\nlog_line_prefix = '%m [%p] %b '\n"
         );
         let conf_path = dir.join("postgresql.conf");
         let mut existing = std::fs::read_to_string(&conf_path).unwrap();
