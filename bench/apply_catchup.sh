@@ -6,9 +6,12 @@
 # the publisher commits N single-row INSERTs (default 200000), then each variant in turn (order
 # rotating per round) is enabled alone, timed until the round's last key is there, and disabled
 # again. Prints rows/s per variant and round, medians with min-max, and ratios to none.
+# With REPORTS=1, each round also times three more subscriber databases with mm_resolve in which
+# every replicated row is a conflict (the key already holds a newer local row, so each is
+# kept_local), one per mm_conflict.log_conflicts mode (off, log, table): the cost of reporting.
 # Measures whatever build is installed: install a release build first.
 #
-# Usage: N=200000 ROUNDS=3 bash bench/apply_catchup.sh
+# Usage: N=200000 ROUNDS=3 [REPORTS=1] bash bench/apply_catchup.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 source "$ROOT/bench/variants.sh"
 N="${N:-200000}"
@@ -35,6 +38,16 @@ for v in "${VARIANTS[@]}"; do
          PUBLICATION bench WITH (copy_data = false, enabled = false, slot_name = 'apply_$v');"
 done
 # The slots are created on the publisher by CREATE SUBSCRIPTION (outside a transaction block).
+REPORT_MODES=()
+if [ "${REPORTS:-0}" = 1 ]; then
+    REPORT_MODES=(off log table)
+    for mode in "${REPORT_MODES[@]}"; do
+        variant_database "$sub" "report_$mode" mm_resolve 2 \
+            "ALTER DATABASE report_$mode SET mm_conflict.log_conflicts = '$mode';
+             CREATE SUBSCRIPTION sub_report_$mode CONNECTION 'host=127.0.0.1 port=$pub user=postgres dbname=postgres'
+             PUBLICATION bench WITH (copy_data = false, enabled = false, slot_name = 'report_$mode');"
+    done
+fi
 
 script="$(mktemp)"
 results="$(mktemp)"
@@ -66,6 +79,41 @@ for round in $(seq "$ROUNDS"); do
             sleep 0.05
         done
     done
+    for k in "${!REPORT_MODES[@]}"; do
+        mode="${REPORT_MODES[$(((k + round) % ${#REPORT_MODES[@]}))]}"
+        db="report_$mode"
+        # Newer local rows for the round's keys: every replicated row loses (kept_local).
+        psql_db "$sub" "$db" -q -c "INSERT INTO mm(id, info) SELECT g, 'local' FROM generate_series($((offset + 1)), $last) g" \
+            -c "SELECT mm_conflict.reset_conflict_stats()"
+        start_ms=$(($(date +%s%N) / 1000000))
+        psql_db "$sub" "$db" -c "ALTER SUBSCRIPTION sub_report_$mode ENABLE"
+        until [ "$(psql_db "$sub" "$db" -At -c "SELECT coalesce(sum(kept_local), 0) >= $rows FROM mm_conflict.conflict_stats")" = t ]; do
+            sleep 0.05
+        done
+        took_ms=$(($(date +%s%N) / 1000000 - start_ms))
+        psql_db "$sub" "$db" -c "ALTER SUBSCRIPTION sub_report_$mode DISABLE"
+        logged="$(psql_db "$sub" "$db" -At -c "SELECT count(*) FROM mm_conflict.conflict_log")"
+        printf 'round %s conflicts, log_conflicts = %-5s %6s rows in %6s ms (%s conflict_log rows in all)\n' "$round" "$mode" "$rows" "$took_ms" "$logged"
+        echo "$mode $(python3 -c "print($rows / ($took_ms / 1000))")" >>"$results.reports"
+        until [ "$(psql_db "$sub" "$db" -At -c "SELECT count(*) FROM pg_stat_subscription WHERE subname = 'sub_report_$mode' AND pid IS NOT NULL")" = 0 ]; do
+            sleep 0.05
+        done
+    done
 done
 median_table "$results" "apply catch-up of $N single-row transactions" "rows/s"
+if [ "${#REPORT_MODES[@]}" -gt 0 ]; then
+    python3 - "$results.reports" <<'PY'
+import statistics, sys
+values = {}
+for line in open(sys.argv[1]):
+    mode, v = line.split()
+    values.setdefault(mode, []).append(float(v))
+base = statistics.median(values["off"])
+print("apply catch-up where every row is a conflict (kept_local), per log_conflicts (rows/s: median, min-max, ratio to off):")
+for mode in ("off", "log", "table"):
+    m = statistics.median(values[mode])
+    print(f"  {mode:16} {m:10.1f} ({min(values[mode]):.1f}-{max(values[mode]):.1f})  {m / base:5.2f}x")
+PY
+    rm -f "$results.reports"
+fi
 rm -f "$script" "$results"

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Profiles an apply worker with `perf` while it catches up a backlog of single-row INSERT
+# transactions into the article's table with VARIANT's trigger (default mm_resolve), and prints
+# perf's flat profile (self time per symbol) of that process.
+# Measures whatever build is installed: install a release build first (it keeps its symbols).
+#
+# Usage: N=200000 VARIANT=mm_resolve PERF_SECONDS=5 bash bench/profile_apply.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
+source "$ROOT/bench/variants.sh"
+N="${N:-200000}"
+VARIANT="${VARIANT:-mm_resolve}"
+PERF_SECONDS="${PERF_SECONDS:-5}"
+command -v perf >/dev/null || { echo "perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
+trap stop_started_clusters EXIT
+for c in profile_pub profile_sub; do rm -rf "$CLUSTER_ROOT/$c"; done
+pub="$(free_port 55490)"
+start_cluster profile_pub "$pub"
+sub="$(free_port $((pub + 1)))"
+start_cluster profile_sub "$sub"
+{
+    echo "$ARTICLE_TABLE_SQL;"
+    variant_sql mm_resolve 1 mm
+    echo "CREATE PUBLICATION bench FOR TABLE mm; CREATE SEQUENCE ids;"
+} | psql_at "$pub" -q
+variant_database "$sub" profile "$VARIANT" 2 \
+    "CREATE SUBSCRIPTION sub CONNECTION 'host=127.0.0.1 port=$pub user=postgres dbname=postgres'
+     PUBLICATION bench WITH (copy_data = false, enabled = false);"
+script="$(mktemp)"
+echo "INSERT INTO mm(id, info, mod_time) SELECT n, md5(n::text), now() FROM nextval('ids') n;" >"$script"
+"$PGBIN/pgbench" -n -h 127.0.0.1 -U postgres -p "$pub" -c 1 -t "$N" -f "$script" postgres >/dev/null
+rm -f "$script"
+psql_db "$sub" profile -c "ALTER SUBSCRIPTION sub ENABLE"
+pid=""
+until [ -n "$pid" ]; do
+    sleep 0.05
+    pid="$(psql_db "$sub" profile -At -c "SELECT pid FROM pg_stat_subscription WHERE subname = 'sub' AND relid IS NULL AND pid IS NOT NULL")"
+done
+sleep 0.5 # past the worker's start-up
+data="$CLUSTER_ROOT/profile_sub/perf.data"
+perf record -F 2000 -g -o "$data" -p "$pid" -- sleep "$PERF_SECONDS" 2>/dev/null
+applied="$(psql_db "$sub" profile -At -c "SELECT count(*) FROM mm")"
+echo "variant $VARIANT: $applied of $N rows applied after ${PERF_SECONDS}.5 s"
+perf report -i "$data" --no-children --sort symbol --stdio 2>/dev/null | grep -v '^#' | grep '%' | head -45
