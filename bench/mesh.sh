@@ -125,8 +125,9 @@ for n in 2 3 4 5; do
     read -r t0 b0 < <(slot_totals "$n")
     script="$(mktemp)"
     pids=()
+    # Node i's keys start at i * 10^9 (literal bigints).
     for i in $(seq 0 $((n - 1))); do
-        echo "INSERT INTO vol(id, info) SELECT $((i + 1)) * 1000000000 + nextval('vol_ids'), 'volume';" >"$script.$i"
+        echo "INSERT INTO vol(id, info) SELECT $(((i + 1) * 1000000000)) + nextval('vol_ids'), 'volume';" >"$script.$i"
         "$PGBIN/pgbench" -n -h 127.0.0.1 -U postgres -p "${ports[$i]}" -c 1 -t "$K" -f "$script.$i" postgres >/dev/null &
         pids+=($!)
     done

@@ -37,7 +37,12 @@ until [ -n "$pid" ]; do
 done
 sleep 0.5 # past the worker's start-up
 data="$CLUSTER_ROOT/profile_sub/perf.data"
-perf record -F 2000 -g -o "$data" -p "$pid" -- sleep "$PERF_SECONDS" 2>/dev/null
-applied="$(psql_db "$sub" profile -At -c "SELECT count(*) FROM mm")"
-echo "variant $VARIANT: $applied of $N rows applied after ${PERF_SECONDS}.5 s"
-perf report -i "$data" --no-children --sort symbol --stdio 2>/dev/null | grep -v '^#' | grep '%' | head -45
+before="$(psql_db "$sub" profile -At -c "SELECT count(*) FROM mm")"
+perf record -F 2000 -o "$data" -p "$pid" -- sleep "$PERF_SECONDS" 2>/dev/null
+after="$(psql_db "$sub" profile -At -c "SELECT count(*) FROM mm")"
+[ "$after" -lt "$N" ] || echo "warning: the backlog ran out during the profile; raise N" >&2
+samples="$(perf script -i "$data" -F ip 2>/dev/null | wc -l)"
+echo "variant $VARIANT: $((after - before)) rows applied during the profile, $samples samples of the apply worker"
+# Self time per symbol: share of the worker's samples, and samples per 1000 rows applied.
+perf report -i "$data" -n --no-children --sort dso,symbol --stdio 2>/dev/null | grep '%' | grep -v '^#' | head -40 |
+    awk -v rows="$((after - before))" '{printf "%8s %7.2f /1000 rows  %s %s %s\n", $1, $2 / rows * 1000, $3, $4, $5}'

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Every benchmark in one command (README "Benchmarks"): installs what is missing, builds and
+# installs the release build (stop your own clusters that load mm_conflict first: the library is
+# replaced in place), then runs, each on clusters of its own, side by side per variant:
+#   1. bench/per_row_cost.sh     local path: 200k-row INSERT ... SELECT and UPDATE
+#   2. bench/apply_catchup.sh    apply path: catch-up of 200k single-row transactions, plus the
+#                                cost of each log_conflicts mode when every row is a conflict
+#   3. bench/pgbench_one_node.sh the article's test1.sql on one node, 2 clients
+#   4. bench/mesh.sh             3-node mesh under the article's workload; message volume, 2-5 nodes
+# and prints their tables. ROUNDS (default 3) applies to all; about 15 minutes on 2 cores.
+#
+# Usage: ROUNDS=3 bash bench/run.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
+cd "$ROOT"
+export ROUNDS="${ROUNDS:-3}"
+ensure_deps
+install_extension --release
+tables="$(mktemp)"
+run() { # TITLE SCRIPT [VAR=VALUE...]: runs SCRIPT, keeps the lines after its rounds
+    local title="$1" script="$2"
+    shift 2
+    log "$title"
+    env "$@" bash "$ROOT/bench/$script" | tee /dev/stderr | grep -v -E '^round |NOTICE|^ *$|^-+$|^\(1 row\)|reset_conflict_stats' >>"$tables"
+}
+run "1/4 local path" per_row_cost.sh
+run "2/4 apply path" apply_catchup.sh N=200000 REPORTS=1
+run "3/4 pgbench on one node" pgbench_one_node.sh SECONDS_PER_RUN=10
+run "4/4 the mesh" mesh.sh LOAD_SECONDS=30 K=2000
+log "results ($ROUNDS rounds)"
+cat "$tables"
+rm -f "$tables"
