@@ -17,11 +17,9 @@ source "$ROOT/bench/variants.sh"
 N="${N:-200000}"
 ROUNDS="${ROUNDS:-3}"
 trap stop_started_clusters EXIT
-for c in bench_pub bench_sub; do rm -rf "$CLUSTER_ROOT/$c"; done
-pub="$(free_port 55470)"
-start_cluster bench_pub "$pub"
-sub="$(free_port $((pub + 1)))"
-start_cluster bench_sub "$sub"
+start_fresh_clusters bench_apply 2 55470
+pub="${CLUSTER_PORTS[0]}"
+sub="${CLUSTER_PORTS[1]}"
 # The launcher starts a worker at most once per wal_retrieve_retry_interval (default 5 s): that
 # wait would count as catch-up time for every variant but the first.
 psql_at "$sub" -q -c "ALTER SYSTEM SET wal_retrieve_retry_interval = '10ms'" -c "SELECT pg_reload_conf()"

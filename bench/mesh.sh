@@ -20,15 +20,8 @@ LOAD_SECONDS="${LOAD_SECONDS:-30}"
 K="${K:-2000}"
 trap stop_started_clusters EXIT
 
-ports=()
-port=55480
-for n in 1 2 3 4 5; do
-    port="$(free_port "$port")"
-    rm -rf "$CLUSTER_ROOT/bench_mesh$n"
-    start_cluster "bench_mesh$n" "$port"
-    ports+=("$port")
-    port=$((port + 1))
-done
+start_fresh_clusters bench_mesh 5 55480
+ports=("${CLUSTER_PORTS[@]}")
 for p in "${ports[@]}"; do psql_at "$p" -q -c "CREATE EXTENSION mm_conflict CASCADE"; done
 
 nodes_json() { # N: the first N nodes as create_mesh's list

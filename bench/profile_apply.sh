@@ -12,11 +12,9 @@ VARIANT="${VARIANT:-mm_resolve}"
 PERF_SECONDS="${PERF_SECONDS:-5}"
 command -v perf >/dev/null || { echo "perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
 trap stop_started_clusters EXIT
-for c in profile_pub profile_sub; do rm -rf "$CLUSTER_ROOT/$c"; done
-pub="$(free_port 55490)"
-start_cluster profile_pub "$pub"
-sub="$(free_port $((pub + 1)))"
-start_cluster profile_sub "$sub"
+start_fresh_clusters profile 2 55490
+pub="${CLUSTER_PORTS[0]}"
+sub="${CLUSTER_PORTS[1]}"
 {
     echo "$ARTICLE_TABLE_SQL;"
     variant_sql mm_resolve 1 mm
@@ -36,7 +34,7 @@ until [ -n "$pid" ]; do
     pid="$(psql_db "$sub" profile -At -c "SELECT pid FROM pg_stat_subscription WHERE subname = 'sub' AND relid IS NULL AND pid IS NOT NULL")"
 done
 sleep 0.5 # past the worker's start-up
-data="$CLUSTER_ROOT/profile_sub/perf.data"
+data="$CLUSTER_ROOT/profile2/perf.data"
 before="$(psql_db "$sub" profile -At -c "SELECT count(*) FROM mm")"
 perf record -F 2000 -o "$data" -p "$pid" -- sleep "$PERF_SECONDS" 2>/dev/null
 after="$(psql_db "$sub" profile -At -c "SELECT count(*) FROM mm")"

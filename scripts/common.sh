@@ -106,6 +106,20 @@ EOF
     STARTED_CLUSTERS+=("$dir")
 }
 
+# start_fresh_clusters PREFIX COUNT FIRST_PORT: COUNT new clusters PREFIX1..PREFIXn (left-overs of
+# an earlier run removed) on free ports from FIRST_PORT up; their ports go to CLUSTER_PORTS.
+start_fresh_clusters() {
+    local prefix="$1" count="$2" port="$3" n
+    CLUSTER_PORTS=()
+    for n in $(seq "$count"); do
+        port="$(free_port "$port")"
+        rm -rf "${CLUSTER_ROOT:?}/$prefix$n"
+        start_cluster "$prefix$n" "$port"
+        CLUSTER_PORTS+=("$port")
+        port=$((port + 1))
+    done
+}
+
 stop_cluster_dir() {
     local dir="$1"
     if [ -f "$dir/postmaster.pid" ]; then

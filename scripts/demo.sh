@@ -2,8 +2,9 @@
 # The live demo (README command 1): installs what is missing, builds and installs mm_conflict into
 # the system PostgreSQL 15, starts 3 local clusters, builds the mesh with one create_mesh call, runs
 # the article's workload on all three at once (progress every second: per-node tps and replication
-# lag), waits for sync, and prints each node's row count and checksum with a verdict. The clusters
-# are stopped at the end (also when a step fails) unless --keep is given.
+# lag), waits for sync, and prints each node's row count and checksum with a verdict, and the
+# conflict counters of each node. The clusters are stopped at the end (also when a step fails)
+# unless --keep is given.
 #
 # Usage: bash scripts/demo.sh [--keep] [--seconds N]      (default 30 s; or MM_DEMO_SECONDS=N)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -24,15 +25,8 @@ ensure_deps
 install_extension
 
 if ! $keep; then trap stop_started_clusters EXIT; fi
-ports=()
-port=55440
-for n in 1 2 3; do
-    port="$(free_port "$port")"
-    rm -rf "$CLUSTER_ROOT/demo$n"
-    start_cluster "demo$n" "$port"
-    ports+=("$port")
-    port=$((port + 1))
-done
+start_fresh_clusters demo 3 55440
+ports=("${CLUSTER_PORTS[@]}")
 log "3 clusters on ports ${ports[*]}"
 
 # The article's table, unchanged, on every node.
@@ -93,6 +87,13 @@ for i in 0 1 2; do
         || (SELECT coalesce(sum(apply_error_count), 0) FROM pg_stat_subscription_stats) || ' apply errors'")"
     echo "node$((i + 1)): $r ($extra)"
     results+=("$r")
+done
+log "replicated changes each node resolved (mm_conflict.conflict_stats; conflict lines are in each server.log)"
+printf '%-6s %8s %10s %10s %10s %10s %10s %10s\n' node applied kept_local converted del_appl del_skip duplicates conflicts
+for i in 0 1 2; do
+    printf '%-6s %8s %10s %10s %10s %10s %10s %10s\n' "node$((i + 1))" $(psql_at "${ports[$i]}" -Atc \
+        "SELECT concat_ws(' ', applied, kept_local, inserts_converted, deletes_applied, deletes_skipped, duplicates_dropped, conflicts)
+           FROM mm_conflict.conflict_stats WHERE table_name = 'mm'::regclass")
 done
 if [ "${results[0]}" = "${results[1]}" ] && [ "${results[1]}" = "${results[2]}" ]; then
     log "VERDICT: the three nodes are identical"

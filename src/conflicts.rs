@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::gucs::{self, LogConflicts};
 use crate::relinfo::{self, RelInfo};
+use crate::scoped_flag::ScopedFlag;
 use crate::spi::CachedPlan;
 
 /// One counter per decision, then the conflicts among them.
@@ -62,9 +63,16 @@ static SHARED: PgLwLock<SharedCounters> = unsafe { PgLwLock::new(c"mm_conflict_c
 /// Set in the postmaster when loaded by `shared_preload_libraries`; inherited by every backend.
 static SHARED_READY: AtomicBool = AtomicBool::new(false);
 
+/// Changes counted in one table by one subtransaction, not yet committed.
+struct Pending {
+    relid: pg_sys::Oid,
+    subxact: pg_sys::SubTransactionId,
+    counts: [u64; COUNTERS],
+}
+
 thread_local! {
-    /// This transaction's tallies, per table (rarely more than one).
-    static PENDING: RefCell<Vec<(pg_sys::Oid, [u64; COUNTERS])>> = const { RefCell::new(Vec::new()) };
+    /// This transaction's tallies, per table and subtransaction (rarely more than one entry).
+    static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
     /// Set while a replicated INSERT is being converted into an UPDATE: that UPDATE's resolution is
     /// part of the INSERT's, which reports it.
@@ -106,22 +114,16 @@ pub struct Resolution<'a> {
     pub incoming_row: Option<Row<'a>>,
 }
 
-/// Guard for the UPDATE that carries out an INSERT's conversion (see `CONVERTING`).
-pub struct Converting(bool);
+/// Marks the UPDATE that carries out an INSERT's conversion (see `CONVERTING`).
+pub struct Converting;
 
 impl Converting {
-    pub fn start() -> Converting {
-        Converting(CONVERTING.with(|c| c.replace(true)))
+    pub fn start() -> ScopedFlag {
+        ScopedFlag::raise(&CONVERTING)
     }
 
     pub fn active() -> bool {
         CONVERTING.with(|c| c.get())
-    }
-}
-
-impl Drop for Converting {
-    fn drop(&mut self) {
-        CONVERTING.with(|c| c.set(self.0));
     }
 }
 
@@ -150,21 +152,33 @@ pub unsafe fn report(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolution)
 
 fn count(relid: pg_sys::Oid, decision: Decision, conflict: bool) {
     if !CALLBACK_REGISTERED.with(|c| c.replace(true)) {
-        // SAFETY: registers a plain function once per backend; it lives as long as the library.
-        unsafe { pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut()) };
+        // SAFETY: registers plain functions once per backend; they live as long as the library.
+        unsafe {
+            pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
+            pg_sys::RegisterSubXactCallback(Some(at_subtransaction_end), std::ptr::null_mut());
+        }
     }
+    // SAFETY: reads the running subtransaction's id.
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     PENDING.with(|p| {
         let mut pending = p.borrow_mut();
-        let counts = match pending.iter_mut().position(|(r, _)| *r == relid) {
-            Some(i) => &mut pending[i].1,
+        let entry = match pending
+            .iter()
+            .position(|e| e.relid == relid && e.subxact == subxact)
+        {
+            Some(i) => &mut pending[i],
             None => {
-                pending.push((relid, [0; COUNTERS]));
-                &mut pending.last_mut().expect("just pushed").1
+                pending.push(Pending {
+                    relid,
+                    subxact,
+                    counts: [0; COUNTERS],
+                });
+                pending.last_mut().expect("just pushed")
             }
         };
-        counts[decision.index()] += 1;
+        entry.counts[decision.index()] += 1;
         if conflict {
-            counts[CONFLICTS] += 1;
+            entry.counts[CONFLICTS] += 1;
         }
     });
 }
@@ -184,6 +198,20 @@ unsafe extern "C-unwind" fn at_transaction_end(
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => PENDING.with(|p| p.borrow_mut().clear()),
         _ => {}
+    }
+}
+
+/// A rolled-back subtransaction (a savepoint, or a streamed subtransaction an apply worker aborts)
+/// takes its counts with it, and those of the subtransactions inside it, which have higher ids.
+#[pg_guard]
+unsafe extern "C-unwind" fn at_subtransaction_end(
+    event: pg_sys::SubXactEvent::Type,
+    subxact: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        PENDING.with(|p| p.borrow_mut().retain(|e| e.subxact < subxact));
     }
 }
 
@@ -214,14 +242,14 @@ fn find_slot(shared: &mut SharedCounters, database: u32, relid: u32, now: i64) -
     None
 }
 
-fn add_to_shared(pending: &[(pg_sys::Oid, [u64; COUNTERS])]) {
+fn add_to_shared(pending: &[Pending]) {
     // SAFETY: reads of backend globals.
     let (database, now) = unsafe { (pg_sys::MyDatabaseId.to_u32(), pg_sys::GetCurrentTimestamp()) };
     let mut shared = SHARED.exclusive();
-    for (relid, counts) in pending {
+    for entry in pending {
         // A full table drops the counts of tables it has no slot for; conflict_stats says so.
-        if let Some(i) = find_slot(&mut shared, database, relid.to_u32(), now) {
-            for (total, add) in shared.slots[i].counts.iter_mut().zip(counts) {
+        if let Some(i) = find_slot(&mut shared, database, entry.relid.to_u32(), now) {
+            for (total, add) in shared.slots[i].counts.iter_mut().zip(&entry.counts) {
                 *total += add;
             }
         }

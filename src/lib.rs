@@ -23,6 +23,7 @@ mod mesh;
 mod probe;
 mod relinfo;
 mod resolve;
+mod scoped_flag;
 mod spi;
 mod tombstone;
 mod trigger;

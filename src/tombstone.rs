@@ -26,6 +26,7 @@ use crate::keylock;
 use crate::probe::{self, Probe};
 use crate::relinfo::{self, stable_hash, PrimaryKey, RelInfo};
 use crate::resolve::is_replicated_session;
+use crate::scoped_flag::ScopedFlag;
 use crate::spi::CachedPlan;
 
 /// A tombstone as read from its row.
@@ -264,21 +265,15 @@ impl TombstoneTable {
 /// Marks mm_conflict's own writes (a re-send's DELETE + INSERT, the removal of a replaced
 /// tombstone) for the life of the guard, so that its triggers let them pass unresolved. Restores
 /// the previous state on drop, also when an error unwinds.
-pub struct OwnWrite(bool);
+pub struct OwnWrite;
 
 impl OwnWrite {
-    pub fn start() -> OwnWrite {
-        OwnWrite(OWN_WRITE.with(|r| r.replace(true)))
+    pub fn start() -> ScopedFlag {
+        ScopedFlag::raise(&OWN_WRITE)
     }
 
     pub fn active() -> bool {
         OWN_WRITE.with(|r| r.get())
-    }
-}
-
-impl Drop for OwnWrite {
-    fn drop(&mut self) {
-        OWN_WRITE.with(|r| r.set(self.0));
     }
 }
 

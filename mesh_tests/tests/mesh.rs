@@ -407,5 +407,21 @@ fn conflicts_are_logged_and_counted() {
     assert_eq!(stats(n1), "2 0 1 0 0 0 3");
     // Node 1's three writes come back to node 2 as copies of its own versions.
     assert_eq!(stats(n2), "0 2 0 1 1 3 4");
+
+    // Counts follow the transaction: a rolled-back savepoint takes its changes' counts with it.
+    n1.sql(
+        "SELECT pg_replication_origin_create('by_hand');
+         SELECT pg_replication_origin_session_setup('by_hand');
+         BEGIN;
+         SAVEPOINT s;
+         INSERT INTO mm VALUES (100, 'rolled back', now(), true, 3, now(), now());
+         ROLLBACK TO SAVEPOINT s;
+         INSERT INTO mm VALUES (101, 'kept', now(), true, 3, now(), now());
+         COMMIT;",
+    );
+    mesh.assert_converged("mm");
+    // One more applied on node 1; node 2 applies the relayed row, whose copy returns to node 1.
+    assert_eq!(stats(n1), "3 0 1 0 0 1 3");
+    assert_eq!(stats(n2), "1 2 0 1 1 3 4");
     eprintln!("[conflict_log] 7 conflicts on 2 nodes logged and counted exactly");
 }
