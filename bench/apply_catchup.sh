@@ -56,7 +56,7 @@ for round in $(seq "$ROUNDS"); do
     "$PGBIN/pgbench" -n -h 127.0.0.1 -U postgres -p "$pub" -c 1 -t "$N" -f "$script" postgres >/dev/null
     rows="$(psql_at "$pub" -Atc "SELECT count(*) FROM mm WHERE id > $offset")"
     last="$(psql_at "$pub" -Atc "SELECT max(id) FROM mm")"
-    for k in 0 1 2 3; do
+    for k in "${!VARIANTS[@]}"; do
         v="$(rotated_variant "$round" "$k")"
         db="apply_$v"
         start_ms=$(($(date +%s%N) / 1000000))

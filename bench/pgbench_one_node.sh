@@ -16,7 +16,7 @@ for v in "${VARIANTS[@]}"; do
 done
 results="$(mktemp)"
 for round in $(seq "$ROUNDS"); do
-    for k in 0 1 2 3; do
+    for k in "${!VARIANTS[@]}"; do
         v="$(rotated_variant "$round" "$k")"
         tps="$("$PGBIN/pgbench" -n -h 127.0.0.1 -U postgres -p "$port" -c 2 -j 2 -T "$SECONDS_PER_RUN" \
             -f "$ROOT/mesh_tests/workloads/article_test1.sql" "pgbench_$v" | awk '/^tps = / {print $3}')"

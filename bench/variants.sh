@@ -6,7 +6,8 @@
 #   article     the article's plpgsql trigger, worker detection repaired (bench/article_trigger.sql.in)
 #   lean        the same without its per-row pg_stat_activity scan
 # The trigger functions are created with CREATE OR REPLACE, so several tables can share them.
-VARIANTS=(none mm_resolve article lean)
+# VARIANTS="none mm_resolve" (space-separated) runs a subset; none must be among them.
+read -r -a VARIANTS <<<"${VARIANTS:-none mm_resolve article lean}"
 declare -A VARIANT_NAME=([none]=none [mm_resolve]=mm_resolve [article]=plpgsql-article [lean]=plpgsql-lean)
 
 article_trigger_sql() { # NAME DETECT
@@ -39,7 +40,7 @@ variant_database() {
     { echo "$ARTICLE_TABLE_SQL;"; variant_sql "$variant" "$node" mm; echo "$extra"; } | psql_db "$port" "$db"
 }
 
-# rotated_variant ROUND K: the K-th variant (0-3) of round ROUND; the order rotates every round so
+# rotated_variant ROUND K: the K-th variant (from 0) of round ROUND; the order rotates every round so
 # that no variant always runs first.
 rotated_variant() { echo "${VARIANTS[$((($2 + $1) % ${#VARIANTS[@]}))]}"; }
 
@@ -55,9 +56,12 @@ import statistics, sys
 path, title, unit = sys.argv[1:4]
 names = {"none": "none", "mm_resolve": "mm_resolve", "article": "plpgsql-article", "lean": "plpgsql-lean"}
 values = {v: [float(l.split()[1]) for l in open(path) if l.split()[0] == v] for v in names}
+values = {v: vals for v, vals in values.items() if vals}
 base = statistics.median(values["none"])
 print(f"{title} ({unit}: median, min-max, ratio to none):")
 for v, name in names.items():
+    if v not in values:
+        continue
     m = statistics.median(values[v])
     print(f"  {name:16} {m:10.1f} ({min(values[v]):.1f}-{max(values[v]):.1f})  {m / base:5.2f}x")
 PY
