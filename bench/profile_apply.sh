@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Profiles an apply worker with `perf` while it catches up a backlog of single-row INSERT
-# transactions into the article's table with VARIANT's trigger (default mm_resolve), and prints
-# perf's flat profile (self time per symbol) of that process.
+# transactions into the article's table with VARIANT's trigger (default mm_resolve): its CPU time
+# per row (from /proc), the share of its time spent inside the mm_resolve trigger, and that time by
+# step (mm_conflict function > the function it called).
 # Measures whatever build is installed: install a release build first (it keeps its symbols).
 #
-# Usage: N=200000 VARIANT=mm_resolve PERF_SECONDS=5 bash bench/profile_apply.sh
+# Usage: N=300000 VARIANT=mm_resolve PERF_SECONDS=2 bash bench/profile_apply.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 source "$ROOT/bench/variants.sh"
-N="${N:-200000}"
+N="${N:-300000}"
 VARIANT="${VARIANT:-mm_resolve}"
-PERF_SECONDS="${PERF_SECONDS:-5}"
+PERF_SECONDS="${PERF_SECONDS:-2}"
 command -v perf >/dev/null || { echo "perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
 trap stop_started_clusters EXIT
 start_fresh_clusters profile 2 55490
@@ -35,12 +36,39 @@ until [ -n "$pid" ]; do
 done
 sleep 0.5 # past the worker's start-up
 data="$CLUSTER_ROOT/profile2/perf.data"
+ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; } # user + system CPU, 1/100 s
 before="$(psql_db "$sub" profile -At -c "SELECT count(*) FROM mm")"
-perf record -F 2000 -o "$data" -p "$pid" -- sleep "$PERF_SECONDS" 2>/dev/null
+cpu_before="$(ticks)"
+# DWARF call graphs: the release build has no frame pointers, and inclusive time is what tells
+# which of mm_resolve's steps costs what (the flat profile puts it in PostgreSQL's functions).
+perf record -F 499 --call-graph dwarf,16384 -o "$data" -p "$pid" -- sleep "$PERF_SECONDS" 2>/dev/null
+cpu_after="$(ticks)"
 after="$(psql_db "$sub" profile -At -c "SELECT count(*) FROM mm")"
 [ "$after" -lt "$N" ] || echo "warning: the backlog ran out during the profile; raise N" >&2
-samples="$(perf script -i "$data" -F ip 2>/dev/null | wc -l)"
-echo "variant $VARIANT: $((after - before)) rows applied during the profile, $samples samples of the apply worker"
-# Self time per symbol: share of the worker's samples, and samples per 1000 rows applied.
-perf report -i "$data" -n --no-children --sort dso,symbol --stdio 2>/dev/null | grep '%' | grep -v '^#' | head -40 |
-    awk -v rows="$((after - before))" '{printf "%8s %7.2f /1000 rows  %s %s %s\n", $1, $2 / rows * 1000, $3, $4, $5}'
+rows=$((after - before))
+echo "variant $VARIANT: $rows rows applied in the window; the apply worker used $((cpu_after - cpu_before))0 ms of CPU," \
+    "$(python3 -c "print(f'{($cpu_after - $cpu_before) * 10000 / $rows:.1f}')") µs per row"
+perf report -i "$data" --no-children --stdio --sort symbol -g folded,0,caller,count --percent-limit 0 2>/dev/null |
+    python3 -c '
+import collections, sys
+steps, total, inside = collections.Counter(), 0, 0
+for line in sys.stdin:
+    head, _, stack = line.strip().partition(" ")
+    if not head.isdigit():
+        continue
+    total += int(head)
+    if "mm_resolve_wrapper" not in stack:
+        continue
+    inside += int(head)
+    frames = [f for f in stack.split("mm_resolve_wrapper", 1)[1].split(";")
+              if f and not f.startswith("0x") and not any(x in f for x in ("cee_scape", "run_guarded", "closure", "call_once", "pg_guard"))]
+    mm = [i for i, f in enumerate(frames) if f.startswith("mm_conflict::")]
+    if mm:
+        i = mm[-1]
+        steps[frames[i] + " > " + (frames[i + 1] if i + 1 < len(frames) else "(self)")] += int(head)
+    else:
+        steps["(trigger entry) > " + (frames[0] if frames else "(self)")] += int(head)
+print(f"{total} samples; inside the mm_resolve trigger: {100 * inside / max(total, 1):.1f}% of the worker time, by step > callee:")
+for step, n in steps.most_common(20):
+    print(f"  {100 * n / total:5.1f}%  {step[:140]}")
+'

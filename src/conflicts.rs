@@ -191,10 +191,14 @@ unsafe extern "C-unwind" fn at_transaction_end(
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
-            let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
-            if !pending.is_empty() && shared_ready() {
-                add_to_shared(&pending);
-            }
+            // Cleared in place: the vector keeps its capacity for the next transaction.
+            PENDING.with(|p| {
+                let mut pending = p.borrow_mut();
+                if !pending.is_empty() && shared_ready() {
+                    add_to_shared(&pending);
+                }
+                pending.clear();
+            });
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => PENDING.with(|p| p.borrow_mut().clear()),
         _ => {}
