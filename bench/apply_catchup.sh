@@ -5,7 +5,8 @@
 # database per variant, each subscribed to the publisher. Each round: all subscriptions disabled,
 # the publisher commits N single-row INSERTs (default 200000), then each variant in turn (order
 # rotating per round) is enabled alone, timed until the round's last key is there, and disabled
-# again. Prints rows/s per variant and round, medians with min-max, and ratios to none.
+# again. Prints rows/s per variant and round, medians with min-max, and ratios to none; and the
+# apply worker's own CPU time per row (from /proc), which tells whether the worker is the limit.
 # With REPORTS=1, each round also times three more subscriber databases with mm_resolve in which
 # every replicated row is a conflict (the key already holds a newer local row, so each is
 # kept_local), one per mm_conflict.log_conflicts mode (off, log, table): the cost of reporting.
@@ -49,6 +50,9 @@ fi
 
 script="$(mktemp)"
 results="$(mktemp)"
+apply_worker() { # DB SUBSCRIPTION: pid of the subscription's apply worker, if running
+    psql_db "$sub" "$1" -At -c "SELECT pid FROM pg_stat_subscription WHERE subname = '$2' AND relid IS NULL AND pid IS NOT NULL"
+}
 for round in $(seq "$ROUNDS"); do
     offset=$(((round - 1) * N))
     echo "INSERT INTO mm(id, info, mod_time) SELECT n, md5(n::text), now() FROM nextval('ids') n;" >"$script"
@@ -63,10 +67,15 @@ for round in $(seq "$ROUNDS"); do
         psql_db "$sub" "$db" -c "ALTER SUBSCRIPTION sub_$v ENABLE"
         # One apply worker commits in the publisher's order: the last key arrives last. (The
         # slot's confirmed position would lag by the feedback interval.)
+        worker=""
         until [ "$(psql_db "$sub" "$db" -At -c "SELECT coalesce(max(id), 0) >= $last FROM mm")" = t ]; do
+            [ -n "$worker" ] || worker="$(apply_worker "$db" "sub_$v")"
             sleep 0.05
         done
         took_ms=$(($(date +%s%N) / 1000000 - start_ms))
+        [ -n "$worker" ] || worker="$(apply_worker "$db" "sub_$v")"
+        # The worker's own CPU time (user + system, in 1/100 s since it started) per row.
+        echo "$v $(awk -v rows="$rows" '{print ($14 + $15) * 10000 / rows}' "/proc/$worker/stat")" >>"$results.cpu"
         psql_db "$sub" "$db" -c "ALTER SUBSCRIPTION sub_$v DISABLE"
         applied="$(psql_db "$sub" "$db" -At -c "SELECT count(*) FROM mm WHERE id > $offset")"
         [ "$applied" = "$rows" ] || { echo "apply_$v has $applied rows of round $round, expected $rows" >&2; exit 1; }
@@ -99,6 +108,8 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 median_table "$results" "apply catch-up of $N single-row transactions" "rows/s"
+median_table "$results.cpu" "the apply worker's CPU time per row during that catch-up" "µs"
+rm -f "$results.cpu"
 if [ "${#REPORT_MODES[@]}" -gt 0 ]; then
     python3 - "$results.reports" <<'PY'
 import statistics, sys

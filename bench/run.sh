@@ -20,7 +20,9 @@ run() { # TITLE SCRIPT [VAR=VALUE...]: runs SCRIPT, keeps the lines after its ro
     local title="$1" script="$2"
     shift 2
     log "$title"
-    env "$@" bash "$ROOT/bench/$script" | tee /dev/stderr | grep -v -E '^round |NOTICE|^ *$|^-+$|^\(1 row\)|reset_conflict_stats' >>"$tables"
+    # Keep the summary tables: titles, per-variant lines and the volume table.
+    env "$@" bash "$ROOT/bench/$script" | tee /dev/stderr |
+        grep -E '\):$|x$|median|^ +nodes |^ +[0-9]+ +[0-9.]+ +[0-9.]+ ' >>"$tables"
 }
 run "1/4 local path" per_row_cost.sh
 run "2/4 apply path" apply_catchup.sh N=200000 REPORTS=1
