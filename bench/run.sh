@@ -7,7 +7,7 @@
 #                                cost of each log_conflicts mode when every row is a conflict
 #   3. bench/pgbench_one_node.sh the article's test1.sql on one node, 2 clients
 #   4. bench/mesh.sh             3-node mesh under the article's workload; message volume, 2-5 nodes
-# and prints their tables. ROUNDS (default 3) applies to all; about 15 minutes on 2 cores.
+# and prints their tables. ROUNDS (default 3) applies to all (ROUNDS=1 took 7 minutes on 2 cores).
 #
 # Usage: ROUNDS=3 bash bench/run.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
