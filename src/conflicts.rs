@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use crate::gucs::{self, LogConflicts};
 use crate::relinfo::{self, RelInfo};
 use crate::scoped_flag::ScopedFlag;
-use crate::spi::CachedPlan;
+use crate::spi::{text_datum, CachedPlan};
 
 /// One counter per decision, then the conflicts among them.
 const COUNTERS: usize = Decision::ALL.len() + 1;
@@ -437,15 +437,7 @@ unsafe fn log_row(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolution) {
             row(r.incoming_row),
         )
     };
-    let text = |s: &str| {
-        // SAFETY: copies s into a palloc'd text.
-        unsafe {
-            pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
-                s.as_ptr().cast(),
-                s.len() as i32,
-            ))
-        }
-    };
+    let text = |s: &str| text_datum(s.as_bytes());
     let criterion = |v: Option<&Version>| v.and_then(|v| v.criterion).map(pg_sys::Datum::from);
     let node = |v: Option<&Version>| v.and_then(|v| v.node).map(pg_sys::Datum::from);
     let values = [

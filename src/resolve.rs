@@ -321,16 +321,11 @@ unsafe fn replicated_update(
         let outcome = decide::resolve(&info.order, &stored, &incoming);
         // An UPDATE that carries out an INSERT's conversion is reported as that INSERT.
         if !Converting::active() {
-            let decision = match outcome {
-                Outcome::IncomingWins => Decision::Applied,
-                Outcome::StoredWins => Decision::KeptLocal,
-                Outcome::SameVersion => Decision::DuplicateDropped,
-            };
             conflicts::report(
                 info,
                 tupdesc,
                 &Resolution {
-                    decision,
+                    decision: outcome.into(),
                     stored: Some(stored),
                     stored_row: Some(Row::Tuple(old)),
                     incoming,
@@ -483,12 +478,7 @@ unsafe fn replicated_insert(
                 }
                 InsertAction::Skip(outcome) => {
                     keylock::release_previous();
-                    let decision = if outcome == Outcome::SameVersion {
-                        Decision::DuplicateDropped
-                    } else {
-                        Decision::KeptLocal
-                    };
-                    report(decision, stored.or(tombstone), stored_row);
+                    report(outcome.into(), stored.or(tombstone), stored_row);
                     return Ok(None);
                 }
             }

@@ -6,6 +6,17 @@ use std::ffi::CString;
 
 use pgrx::pg_sys;
 
+/// `bytes` as a text (or bytea: they share the layout) statement parameter, palloc'd.
+pub fn text_datum(bytes: &[u8]) -> pg_sys::Datum {
+    // SAFETY: copies `bytes` into a palloc'd varlena.
+    unsafe {
+        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+            bytes.as_ptr().cast(),
+            bytes.len() as i32,
+        ))
+    }
+}
+
 pub struct CachedPlan {
     pub sql: String,
     argtypes: Vec<pg_sys::Oid>,

@@ -27,7 +27,7 @@ use crate::probe::{self, Probe};
 use crate::relinfo::{self, stable_hash, PrimaryKey, RelInfo};
 use crate::resolve::is_replicated_session;
 use crate::scoped_flag::ScopedFlag;
-use crate::spi::CachedPlan;
+use crate::spi::{text_datum, CachedPlan};
 
 /// A tombstone as read from its row.
 #[derive(Clone, Copy, Debug)]
@@ -141,16 +141,6 @@ pub fn table() -> Rc<TombstoneTable> {
     };
     TABLE.with(|t| *t.borrow_mut() = Some(Rc::clone(&table)));
     table
-}
-
-fn text_datum(bytes: &[u8]) -> pg_sys::Datum {
-    // SAFETY: copies `bytes` into a palloc'd varlena (text and bytea share the layout).
-    unsafe {
-        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
-            bytes.as_ptr().cast(),
-            bytes.len() as i32,
-        ))
-    }
 }
 
 fn opt_datum<T: Into<pg_sys::Datum>>(value: Option<T>) -> Option<pg_sys::Datum> {

@@ -1,6 +1,7 @@
 //! How a replicated change ended, and whether that is a conflict: what `mm_conflict.conflict_log`
 //! records and `mm_conflict.conflict_stats` counts.
 
+use crate::decide::Outcome;
 use crate::version::Version;
 
 /// The outcome of one replicated change at the node that received it. Each change the trigger
@@ -68,6 +69,17 @@ impl Decision {
     }
 }
 
+/// A replicated row change that was compared with the stored row ends as its outcome says.
+impl From<Outcome> for Decision {
+    fn from(outcome: Outcome) -> Decision {
+        match outcome {
+            Outcome::IncomingWins => Decision::Applied,
+            Outcome::StoredWins => Decision::KeptLocal,
+            Outcome::SameVersion => Decision::DuplicateDropped,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +99,16 @@ mod tests {
         }
         let names: std::collections::HashSet<_> = Decision::ALL.iter().map(|d| d.name()).collect();
         assert_eq!(names.len(), Decision::ALL.len());
+    }
+
+    #[test]
+    fn outcomes_map_to_decisions() {
+        assert_eq!(Decision::from(Outcome::IncomingWins), Decision::Applied);
+        assert_eq!(Decision::from(Outcome::StoredWins), Decision::KeptLocal);
+        assert_eq!(
+            Decision::from(Outcome::SameVersion),
+            Decision::DuplicateDropped
+        );
     }
 
     #[test]
