@@ -72,6 +72,19 @@ BEGIN
 END
 $$;
 
+-- Node ids are smallints 1..32767, taken as integer parameters (integer literals do not resolve
+-- to smallint ones).
+CREATE FUNCTION mm_conflict._check_node_id(node_id integer) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF node_id IS NULL OR node_id NOT BETWEEN 1 AND 32767 THEN
+        RAISE EXCEPTION 'mm_conflict: node id must be between 1 and 32767, got %', coalesce(node_id::text, 'NULL')
+            USING ERRCODE = '22003';
+    END IF;
+END
+$$;
+
 -- Quoted, schema-qualified name of a table (the form tombstones record).
 CREATE FUNCTION mm_conflict._table_name(tbl regclass) RETURNS text
 LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, pg_temp
@@ -235,10 +248,7 @@ AS $$
 DECLARE
     current smallint;
 BEGIN
-    IF node_id IS NULL OR node_id NOT BETWEEN 1 AND 32767 THEN
-        RAISE EXCEPTION 'mm_conflict: node id must be between 1 and 32767, got %', coalesce(node_id::text, 'NULL')
-            USING ERRCODE = '22003';
-    END IF;
+    PERFORM mm_conflict._check_node_id(node_id);
     IF node_name IS NOT NULL AND btrim(node_name) = '' THEN
         RAISE EXCEPTION 'mm_conflict: node name must not be empty' USING ERRCODE = '22023';
     END IF;
@@ -396,9 +406,7 @@ BEGIN
     IF peer_node_id IS NULL OR conninfo IS NULL OR copy_data IS NULL THEN
         RAISE EXCEPTION 'mm_conflict: subscribe() arguments must not be NULL' USING ERRCODE = '22004';
     END IF;
-    IF peer_node_id NOT BETWEEN 1 AND 32767 THEN
-        RAISE EXCEPTION 'mm_conflict: node id must be between 1 and 32767, got %', peer_node_id USING ERRCODE = '22003';
-    END IF;
+    PERFORM mm_conflict._check_node_id(peer_node_id);
     IF peer_node_id = me THEN
         RAISE EXCEPTION 'mm_conflict: node % cannot subscribe to itself', me USING ERRCODE = '22023';
     END IF;

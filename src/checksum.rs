@@ -15,7 +15,7 @@ use pgrx::{PgMemoryContexts, PgRelation};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::error::{MmError, OrRaise};
-use crate::relinfo::qualified_name;
+use crate::relinfo::{self, qualified_name};
 
 const BOOKKEEPING: [&str; 4] = [COL_ISLOCAL, COL_NODEID, COL_XACTTIME, COL_STATTIME];
 
@@ -34,11 +34,8 @@ struct Column {
 /// # Safety
 /// `rel` must be open.
 unsafe fn user_columns(rel: pg_sys::Relation) -> (Vec<Column>, u64) {
-    // SAFETY: natts bounds the descriptor's attribute array of the open relation.
-    let attrs = unsafe {
-        let tupdesc = (*rel).rd_att;
-        (*tupdesc).attrs.as_slice((*tupdesc).natts as usize)
-    };
+    // SAFETY: the relation is open, so its descriptor is valid.
+    let attrs = unsafe { relinfo::attrs((*rel).rd_att) };
     let mut named: Vec<(String, Column)> = attrs
         .iter()
         .enumerate()
@@ -64,16 +61,11 @@ unsafe fn user_columns(rel: pg_sys::Relation) -> (Vec<Column>, u64) {
     (named.into_iter().map(|(_, c)| c).collect(), seed)
 }
 
-/// Hashes a non-NULL datum of `column` into `seed`; sets `detoasted` when it had to allocate.
+/// Hashes a non-NULL datum of `column` into `seed` (a detoasted copy goes to the current context).
 ///
 /// # Safety
 /// `datum` must be a valid, non-NULL datum of the column's type.
-unsafe fn hash_datum(
-    column: &Column,
-    datum: pg_sys::Datum,
-    seed: u64,
-    detoasted: &mut bool,
-) -> u64 {
+unsafe fn hash_datum(column: &Column, datum: pg_sys::Datum, seed: u64) -> u64 {
     if column.by_value {
         let bytes = datum.value().to_le_bytes();
         return xxh3_64_with_seed(&bytes[..column.len as usize], seed);
@@ -85,7 +77,6 @@ unsafe fn hash_datum(
             -1 => {
                 let raw = datum.cast_mut_ptr::<pg_sys::varlena>();
                 let plain = pg_sys::pg_detoast_datum_packed(raw);
-                *detoasted |= plain != raw;
                 std::slice::from_raw_parts(
                     pgrx::varlena::vardata_any(plain).cast::<u8>(),
                     pgrx::varlena::varsize_any_exhdr(plain),
@@ -141,20 +132,18 @@ fn checksum(rel: &PgRelation) -> i64 {
             pg_sys::slot_getallattrs(slot);
             let values = (*slot).tts_values;
             let nulls = (*slot).tts_isnull;
-            let mut detoasted = false;
             let row_hash = per_row.switch_to(|_| {
                 columns.iter().fold(seed, |h, column| {
                     if *nulls.add(column.index) {
                         h.rotate_left(23) ^ NULL_MARK
                     } else {
-                        hash_datum(column, *values.add(column.index), h, &mut detoasted)
+                        hash_datum(column, *values.add(column.index), h)
                     }
                 })
             });
             sum = sum.wrapping_add(row_hash);
-            if detoasted {
-                per_row.reset();
-            }
+            // Frees detoasted copies; a no-op (PostgreSQL checks) when the row allocated nothing.
+            per_row.reset();
             rows += 1;
             if rows % 4096 == 0 {
                 pg_sys::check_for_interrupts!();

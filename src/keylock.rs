@@ -32,6 +32,8 @@ use std::cell::Cell;
 
 use pgrx::pg_sys;
 
+use crate::relinfo::stable_hash;
+
 const KEY_LOCK_FIELD4: u16 = 0x4D4D;
 
 thread_local! {
@@ -90,12 +92,13 @@ pub fn release_previous() {
     }
 }
 
-/// Takes the key lock of a key (after releasing the previous one). Both hashes are stable across
-/// nodes and sessions: of the table's qualified name and of the key's binary form, so that row
-/// writes and tombstone writes of one key take the same lock.
-pub fn lock_key(table_hash: u32, key_hash: u32) {
+/// Takes the key lock of `key`, a primary key in binary form (after releasing the previous lock).
+/// The lock is named by two hashes, stable across nodes and sessions: `table_hash`, of the table's
+/// qualified name, and one of `key`, so that row writes and tombstone writes of one key take the
+/// same lock.
+pub fn lock_key(table_hash: u32, key: &[u8]) {
     release_previous();
-    let tag = tag(table_hash, key_hash);
+    let tag = tag(table_hash, stable_hash(key));
     // SAFETY: a transaction-level lock (sessionLock = false) is released by the lock manager at
     // (sub)transaction end even if we never get to release it ourselves.
     as_transaction_owner(|| unsafe {

@@ -29,9 +29,9 @@ pub enum Probe<T> {
 /// Takes the key lock and runs `probe`; while it finds a transaction in progress, releases the
 /// lock, waits for that transaction and tries again. Returns what it found with the key lock
 /// held (`None` for absent), so that the caller can insert before anyone else.
-pub fn locked<T>(table_hash: u32, key_hash: u32, probe: impl Fn() -> Probe<T>) -> Option<T> {
+pub fn locked<T>(table_hash: u32, key: &[u8], probe: impl Fn() -> Probe<T>) -> Option<T> {
     loop {
-        keylock::lock_key(table_hash, key_hash);
+        keylock::lock_key(table_hash, key);
         match probe() {
             Probe::Absent => return None,
             Probe::Present(found) => return Some(found),

@@ -87,6 +87,14 @@ pub fn register_invalidation() {
     unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(invalidate), pg_sys::Datum::from(0)) };
 }
 
+/// The cached entry of trigger `tgoid`, if any (applying a pending flush of all entries first).
+fn cached(tgoid: pg_sys::Oid) -> Option<Rc<RelInfo>> {
+    if FLUSH_ALL.with(|f| f.replace(false)) {
+        CACHE.with(|c| c.borrow_mut().clear());
+    }
+    CACHE.with(|c| c.borrow().get(&tgoid).cloned())
+}
+
 /// The cached entry for `trigger` on `rel`, built on first use.
 ///
 /// # Safety
@@ -95,10 +103,7 @@ pub unsafe fn lookup(
     rel: pg_sys::Relation,
     trigger: &pg_sys::Trigger,
 ) -> Result<Rc<RelInfo>, MmError> {
-    if FLUSH_ALL.with(|f| f.replace(false)) {
-        CACHE.with(|c| c.borrow_mut().clear());
-    }
-    if let Some(info) = CACHE.with(|c| c.borrow().get(&trigger.tgoid).cloned()) {
+    if let Some(info) = cached(trigger.tgoid) {
         return Ok(info);
     }
     // Build without holding the borrow: catalog access below may run invalidation callbacks.
@@ -123,6 +128,10 @@ pub unsafe fn lookup_for_relation(rel: pg_sys::Relation) -> Result<Option<Rc<Rel
         let triggers =
             std::slice::from_raw_parts((*trigdesc).triggers, (*trigdesc).numtriggers as usize);
         for trigger in triggers {
+            // Only mm_resolve triggers are cached: a hit needs no catalog lookup.
+            if let Some(info) = cached(trigger.tgoid) {
+                return Ok(Some(info));
+            }
             let name = pg_sys::get_func_name(trigger.tgfoid);
             if !name.is_null() && CStr::from_ptr(name).to_bytes() == b"mm_resolve" {
                 return lookup(rel, trigger).map(Some);
@@ -486,39 +495,8 @@ impl PrimaryKey {
 }
 
 impl RelInfo {
-    /// Reads the bookkeeping values (and the user criterion) of a heap tuple.
-    ///
-    /// # Safety
-    /// `tuple` must be a valid tuple of this relation described by `tupdesc`.
-    pub unsafe fn stamps(&self, tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> RowStamps {
-        // SAFETY: forwarded from the caller; all attnums were validated against this descriptor.
-        unsafe {
-            let time = |attnum: pg_sys::AttrNumber| {
-                let mut isnull = false;
-                let d = pg_sys::heap_getattr(tuple, attnum as i32, tupdesc, &mut isnull);
-                (!isnull).then(|| d.value() as i64)
-            };
-            let mut isnull = false;
-            let node = pg_sys::heap_getattr(tuple, self.att_nodeid as i32, tupdesc, &mut isnull);
-            RowStamps {
-                xacttime: time(self.att_xacttime),
-                stattime: time(self.att_stattime),
-                node: (!isnull).then(|| node.value() as i16),
-                user_criterion: self.att_criterion.and_then(time),
-            }
-        }
-    }
-
-    /// The bookkeeping values of a row given as statement parameters (live columns in order).
-    pub fn stamps_from_parameters(&self, params: &[Option<pg_sys::Datum>]) -> RowStamps {
-        let get = |attnum: pg_sys::AttrNumber| {
-            let i = self
-                .live_attnums
-                .iter()
-                .position(|&a| a == attnum)
-                .expect("live column");
-            params[i]
-        };
+    /// The bookkeeping values (and the user criterion), each column read by `get` (`None`: NULL).
+    fn stamps_by(&self, get: impl Fn(pg_sys::AttrNumber) -> Option<pg_sys::Datum>) -> RowStamps {
         let time = |attnum| get(attnum).map(|d: pg_sys::Datum| d.value() as i64);
         RowStamps {
             xacttime: time(self.att_xacttime),
@@ -526,6 +504,32 @@ impl RelInfo {
             node: get(self.att_nodeid).map(|d| d.value() as i16),
             user_criterion: self.att_criterion.and_then(time),
         }
+    }
+
+    /// Reads the bookkeeping values (and the user criterion) of a heap tuple.
+    ///
+    /// # Safety
+    /// `tuple` must be a valid tuple of this relation described by `tupdesc`.
+    pub unsafe fn stamps(&self, tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> RowStamps {
+        self.stamps_by(|attnum| {
+            let mut isnull = false;
+            // SAFETY: forwarded from the caller; all attnums were validated against this
+            // descriptor.
+            let d = unsafe { pg_sys::heap_getattr(tuple, attnum as i32, tupdesc, &mut isnull) };
+            (!isnull).then_some(d)
+        })
+    }
+
+    /// The bookkeeping values of a row given as statement parameters (live columns in order).
+    pub fn stamps_from_parameters(&self, params: &[Option<pg_sys::Datum>]) -> RowStamps {
+        self.stamps_by(|attnum| {
+            let i = self
+                .live_attnums
+                .iter()
+                .position(|&a| a == attnum)
+                .expect("live column");
+            params[i]
+        })
     }
 
     /// The values of `tuple`'s live columns, in the order of the statements' parameters.

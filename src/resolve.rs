@@ -4,14 +4,14 @@
 //! (key lock, key probes, tombstones, overwrite and re-send of rows).
 
 use mm_conflict_core::decide::{self, DeleteAction, InsertAction, LocalAction, Outcome};
-use mm_conflict_core::stamp::{stamp_above_all, stamp_local, Clock, Stamps};
+use mm_conflict_core::stamp::{stamp_local, Clock, Stamps};
 use mm_conflict_core::{Criterion, Decision, Direction, Version};
 use pgrx::pg_sys;
 
 use crate::conflicts::{self, Converting, Resolution, Row};
 use crate::error::MmError;
 use crate::probe::{self, Probe};
-use crate::relinfo::{stable_hash, PrimaryKey, RelInfo};
+use crate::relinfo::{PrimaryKey, RelInfo};
 use crate::tombstone::{self, OwnWrite, Tombstone};
 use crate::{gucs, keylock, relinfo};
 
@@ -147,7 +147,7 @@ unsafe fn as_replicated(
     }
 }
 
-/// The binary key of `tuple` and the key lock's hash of it.
+/// The key values of `tuple` and the key in binary form.
 unsafe fn key_of(
     pk: &PrimaryKey,
     tuple: pg_sys::HeapTuple,
@@ -165,9 +165,7 @@ unsafe fn key_of(
 /// still being written. Returns with the lock held.
 fn lock_and_find_tombstone(info: &RelInfo, key: &[u8]) -> Option<Tombstone> {
     let table = tombstone::table();
-    probe::locked(info.table_hash, stable_hash(key), || {
-        table.probe(&info.table, key)
-    })
+    probe::locked(info.table_hash, key, || table.probe(&info.table, key))
 }
 
 fn conflict_error(
@@ -201,7 +199,7 @@ unsafe fn local_insert(
             Some(pk) => lock_and_find_tombstone(info, &key_of(pk, tuple, tupdesc).1),
             None => None,
         };
-        let stamps = stamp_above_all(clock(), &[tombstone.as_ref().map(|t| &t.stamps)]);
+        let stamps = stamp_local(clock(), tombstone.as_ref().map(|t| &t.stamps));
         if let Some(t) = &tombstone {
             let written = info
                 .policy
@@ -236,7 +234,7 @@ unsafe fn local_delete(
     // SAFETY: forwarded from `fire`.
     unsafe {
         let (_, key) = key_of(pk, old, tupdesc);
-        keylock::lock_key(info.table_hash, stable_hash(&key));
+        keylock::lock_key(info.table_hash, &key);
         let stored = info.stamps(old, tupdesc);
         let stamps = stamp_local(clock(), Some(&stored));
         let tombstone = info.policy.tombstone_version(&stored, &stamps);
@@ -425,19 +423,18 @@ unsafe fn replicated_insert(
         };
         // Probe under the key lock; never wait while holding it (see keylock and probe).
         loop {
-            let (stored, stored_row) =
-                match probe::locked(info.table_hash, stable_hash(&key), || {
-                    probe::probe(rel, pk, &values, &|row| {
-                        let copy = copy_row.then(|| pg_sys::heap_copytuple(row));
-                        (info.stamps(row, tupdesc), copy)
-                    })
-                }) {
-                    Some((stamps, copy)) => {
-                        keylock::release_previous();
-                        (Some(info.policy.version(&stamps)), copy)
-                    }
-                    None => (None, None),
-                };
+            let (stored, stored_row) = match probe::locked(info.table_hash, &key, || {
+                probe::probe(rel, pk, &values, &|row| {
+                    let copy = copy_row.then(|| pg_sys::heap_copytuple(row));
+                    (info.stamps(row, tupdesc), copy)
+                })
+            }) {
+                Some((stamps, copy)) => {
+                    keylock::release_previous();
+                    (Some(info.policy.version(&stamps)), copy)
+                }
+                None => (None, None),
+            };
             // No row: the key's tombstone decides (still under the key lock).
             let tombstone = match stored {
                 Some(_) => None,

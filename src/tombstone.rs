@@ -303,9 +303,7 @@ unsafe fn resolve_replicated_tombstone(
         let key = bytes_of(tuple, tupdesc, table.att_pk);
         let incoming = table.read(tuple, tupdesc);
         let name_str = String::from_utf8_lossy(&name).into_owned();
-        match probe::locked(stable_hash(&name), stable_hash(&key), || {
-            table.probe(&name_str, &key)
-        }) {
+        match probe::locked(stable_hash(&name), &key, || table.probe(&name_str, &key)) {
             // Keep the lock until our index entry exists.
             None => Some(tuple),
             Some(stored) if !incoming.order.beats(&incoming.version, &stored.version) => {
@@ -446,7 +444,7 @@ unsafe fn settle_row(
             return Ok(());
         };
         let tupdesc = (*rel).rd_att;
-        let found = probe::locked(info.table_hash, stable_hash(key), || {
+        let found = probe::locked(info.table_hash, key, || {
             probe::probe(rel, pk, &values, &|row| pg_sys::heap_copytuple(row))
         });
         keylock::release_previous();

@@ -517,12 +517,13 @@ impl Mesh {
 
     /// Waits until the mesh is quiet: rounds of "every slot confirms what its node had", until two
     /// rounds in a row see the same checksums, equal on all nodes (applying relayed copies writes
-    /// WAL, so one round is not enough). Returns how long that took, or the last checksums seen.
+    /// WAL, so one round is not enough). Returns how long that took and the row count every node
+    /// has, or the last checksums seen.
     pub fn wait_quiet(
         &self,
         table: &str,
         timeout: Duration,
-    ) -> Result<Duration, Vec<(i64, String)>> {
+    ) -> Result<(Duration, i64), Vec<(i64, String)>> {
         let start = Instant::now();
         let deadline = start + timeout;
         let mut previous: Option<Vec<(i64, String)>> = None;
@@ -531,7 +532,7 @@ impl Mesh {
             let sums = self.checksums(table);
             let all_equal = sums.iter().all(|s| s == &sums[0]);
             if caught_up && all_equal && previous.as_ref() == Some(&sums) {
-                return Ok(start.elapsed());
+                return Ok((start.elapsed(), sums[0].0));
             }
             if Instant::now() > deadline {
                 return Err(sums);
@@ -639,7 +640,7 @@ impl Mesh {
     /// (rows, time to converge).
     pub fn assert_converged(&self, table: &str) -> Converged {
         self.assert_no_apply_errors();
-        let took = self
+        let (took, rows) = self
             .wait_quiet(table, Duration::from_secs(120))
             .unwrap_or_else(|sums| {
                 panic!("nodes did not converge: (rows, checksum) per node = {sums:?}")
@@ -650,7 +651,7 @@ impl Mesh {
             .parse()
             .unwrap();
         Converged {
-            rows: self.checksums(table)[0].0,
+            rows,
             took,
             apply_deadlocks,
             tombstones,

@@ -15,6 +15,21 @@ const ARTICLE_TABLE: &str = "CREATE TABLE mm(id int PRIMARY KEY, info text, mod_
 const TZ_TABLE: &str = "CREATE TABLE mm(id int PRIMARY KEY, info text, mod_time timestamptz,
     mm_islocal boolean, mm_nodeid int2, mm_last_xacttime timestamptz, mm_last_stattime timestamptz)";
 
+/// Starts `script(node)` on each of `nodes` at once for `seconds`, with `clients` clients each,
+/// without waiting for them.
+fn start_load(
+    nodes: &[Node],
+    script: impl Fn(i16) -> String,
+    clients: u32,
+    seconds: u32,
+    pgoptions: Option<&str>,
+) -> Vec<std::process::Child> {
+    nodes
+        .iter()
+        .map(|n| n.pgbench(&workload(&script(n.id)), clients, seconds, pgoptions))
+        .collect()
+}
+
 /// Runs `script(node)` on every node at once for `seconds`, with `clients` clients each.
 fn load(
     mesh: &Mesh,
@@ -23,12 +38,20 @@ fn load(
     seconds: u32,
     pgoptions: Option<&str>,
 ) -> Vec<f64> {
-    let runs: Vec<_> = mesh
-        .nodes
-        .iter()
-        .map(|n| n.pgbench(&workload(&script(n.id)), clients, seconds, pgoptions))
-        .collect();
-    runs.into_iter().map(pgbench_tps).collect()
+    start_load(&mesh.nodes, script, clients, seconds, pgoptions)
+        .into_iter()
+        .map(pgbench_tps)
+        .collect()
+}
+
+/// A node's rows of `mm` as `id:info:mm_nodeid`, comma-separated in key order.
+fn rows_of(node: &Node) -> String {
+    node.sql("SELECT string_agg(id || ':' || info || ':' || mm_nodeid, ',' ORDER BY id) FROM mm")
+}
+
+/// The article's script a node runs: test1/2/3.sql on nodes 1/2/3 (nodes past 3 repeat them).
+fn article_script(id: i16) -> String {
+    format!("article_test{}.sql", (id - 1) % 3 + 1)
 }
 
 fn report(name: &str, mesh: &Mesh, tps: &[f64], c: &Converged) {
@@ -57,13 +80,7 @@ fn article_scenario_by_hand() {
 
 /// The article's test1/2/3.sql on every node at once (nodes past 3 repeat them), then convergence.
 fn run_article_workload(name: &str, mesh: &Mesh) {
-    let tps = load(
-        mesh,
-        |id| format!("article_test{}.sql", (id - 1) % 3 + 1),
-        4,
-        load_seconds(),
-        None,
-    );
+    let tps = load(mesh, article_script, 4, load_seconds(), None);
     let c = mesh.assert_converged("mm");
     assert!(c.rows > 1000, "the load inserted rows");
     assert!(c.tombstones > 100, "the load really deleted");
@@ -81,13 +98,7 @@ fn article_scenario_with_create_mesh() {
 
 /// Starts the article's scripts on `nodes` (2 clients each) without waiting for them.
 fn start_article_load(nodes: &[Node], seconds: u32) -> Vec<std::process::Child> {
-    nodes
-        .iter()
-        .map(|n| {
-            let script = workload(&format!("article_test{}.sql", (n.id - 1) % 3 + 1));
-            n.pgbench(&script, 2, seconds, None)
-        })
-        .collect()
+    start_load(nodes, article_script, 2, seconds, None)
 }
 
 /// A fourth node joins a 3-node mesh while the article's workload runs on the three: it copies
@@ -121,13 +132,12 @@ fn node_crashes_mid_load() {
     mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
     mesh.nodes_go_down = true;
     let seconds = load_seconds();
-    let runs = start_article_load(&mesh.nodes, seconds);
+    let mut runs = start_article_load(&mesh.nodes, seconds);
     std::thread::sleep(std::time::Duration::from_secs(u64::from(seconds) / 3));
     mesh.nodes[2].stop("immediate");
     std::thread::sleep(std::time::Duration::from_secs(2));
     mesh.nodes[2].restart();
     // Node 3's pgbench ends with the crash.
-    let mut runs = runs;
     let crashed = runs.pop().unwrap();
     let mut tps: Vec<f64> = runs.into_iter().map(pgbench_tps).collect();
     tps.push(pgbench_tps_until_crash(crashed));
@@ -315,14 +325,7 @@ fn delete_against_a_concurrent_update() {
 
     let c = mesh.assert_converged("mm");
     for node in &mesh.nodes {
-        assert_eq!(
-            node.sql(
-                "SELECT string_agg(id || ':' || info || ':' || mm_nodeid, ',' ORDER BY id) FROM mm"
-            ),
-            "1:updated on node 2:2",
-            "node {}",
-            node.id
-        );
+        assert_eq!(rows_of(node), "1:updated on node 2:2", "node {}", node.id);
     }
     assert_eq!(c.tombstones, 2);
     eprintln!(
@@ -382,14 +385,7 @@ fn conflicts_are_logged_and_counted() {
     mesh.set_replication(true);
     mesh.assert_converged("mm");
     for node in &mesh.nodes {
-        assert_eq!(
-            node.sql(
-                "SELECT string_agg(id || ':' || info || ':' || mm_nodeid, ',' ORDER BY id) FROM mm"
-            ),
-            "1:n2:2,3:n2:2,5:n2:2",
-            "node {}",
-            node.id
-        );
+        assert_eq!(rows_of(node), "1:n2:2,3:n2:2,5:n2:2", "node {}", node.id);
     }
     // Node 1 gets node 2's key 1 (applied over its own update) and key 5 (its insert overwritten);
     // node 2's updates of keys 3 and 4, deleted here, are skipped by PostgreSQL itself (no row, no
