@@ -49,13 +49,33 @@ if [ "${REPORTS:-0}" = 1 ]; then
 fi
 
 script="$(mktemp)"
+echo "INSERT INTO mm(id, info, mod_time) SELECT n, md5(n::text), now() FROM nextval('ids') n;" >"$script"
 results="$(mktemp)"
-apply_worker() { # DB SUBSCRIPTION: pid of the subscription's apply worker, if running
-    psql_db "$sub" "$1" -At -c "SELECT pid FROM pg_stat_subscription WHERE subname = '$2' AND relid IS NULL AND pid IS NOT NULL"
+
+# catch_up DB SUBSCRIPTION CONDITION: enables the subscription alone, waits until CONDITION (a
+# query returning true once the round is applied) holds in DB, disables the subscription and
+# waits for its worker to exit, so that the next one runs alone. Sets TOOK_MS, and CPU_TICKS to
+# the worker's own CPU time (1/100 s since it started).
+catch_up() {
+    local db="$1" subname="$2" condition="$3" start worker=""
+    start="$(ms)"
+    psql_db "$sub" "$db" -c "ALTER SUBSCRIPTION $subname ENABLE"
+    until [ "$(psql_db "$sub" "$db" -At -c "$condition")" = t ]; do
+        [ -n "$worker" ] || worker="$(apply_worker_pid "$sub" "$db" "$subname")"
+        sleep 0.05
+    done
+    TOOK_MS=$(($(ms) - start))
+    [ -n "$worker" ] || worker="$(apply_worker_pid "$sub" "$db" "$subname")"
+    CPU_TICKS="$(worker_cpu_ticks "$worker")"
+    psql_db "$sub" "$db" -c "ALTER SUBSCRIPTION $subname DISABLE"
+    until [ "$(psql_db "$sub" "$db" -At -c "SELECT count(*) FROM pg_stat_subscription
+                 WHERE subname = '$subname' AND pid IS NOT NULL")" = 0 ]; do
+        sleep 0.05
+    done
 }
+
 for round in $(seq "$ROUNDS"); do
     offset=$(((round - 1) * N))
-    echo "INSERT INTO mm(id, info, mod_time) SELECT n, md5(n::text), now() FROM nextval('ids') n;" >"$script"
     # Exactly N single-row transactions, each a new key.
     "$PGBIN/pgbench" -n -h 127.0.0.1 -U postgres -p "$pub" -c 1 -t "$N" -f "$script" postgres >/dev/null
     rows="$(psql_at "$pub" -Atc "SELECT count(*) FROM mm WHERE id > $offset")"
@@ -63,28 +83,14 @@ for round in $(seq "$ROUNDS"); do
     for k in "${!VARIANTS[@]}"; do
         v="$(rotated_variant "$round" "$k")"
         db="apply_$v"
-        start_ms=$(($(date +%s%N) / 1000000))
-        psql_db "$sub" "$db" -c "ALTER SUBSCRIPTION sub_$v ENABLE"
         # One apply worker commits in the publisher's order: the last key arrives last. (The
         # slot's confirmed position would lag by the feedback interval.)
-        worker=""
-        until [ "$(psql_db "$sub" "$db" -At -c "SELECT coalesce(max(id), 0) >= $last FROM mm")" = t ]; do
-            [ -n "$worker" ] || worker="$(apply_worker "$db" "sub_$v")"
-            sleep 0.05
-        done
-        took_ms=$(($(date +%s%N) / 1000000 - start_ms))
-        [ -n "$worker" ] || worker="$(apply_worker "$db" "sub_$v")"
-        # The worker's own CPU time (user + system, in 1/100 s since it started) per row.
-        echo "$v $(awk -v rows="$rows" '{print ($14 + $15) * 10000 / rows}' "/proc/$worker/stat")" >>"$results.cpu"
-        psql_db "$sub" "$db" -c "ALTER SUBSCRIPTION sub_$v DISABLE"
+        catch_up "$db" "sub_$v" "SELECT coalesce(max(id), 0) >= $last FROM mm"
         applied="$(psql_db "$sub" "$db" -At -c "SELECT count(*) FROM mm WHERE id > $offset")"
         [ "$applied" = "$rows" ] || { echo "apply_$v has $applied rows of round $round, expected $rows" >&2; exit 1; }
-        printf 'round %s %-10s %6s rows in %6s ms\n' "$round" "$v" "$rows" "$took_ms"
-        echo "$v $(python3 -c "print($rows / ($took_ms / 1000))")" >>"$results"
-        # Wait for the worker to exit before the next variant runs alone.
-        until [ "$(psql_db "$sub" "$db" -At -c "SELECT count(*) FROM pg_stat_subscription WHERE subname = 'sub_$v' AND pid IS NOT NULL")" = 0 ]; do
-            sleep 0.05
-        done
+        printf 'round %s %-10s %6s rows in %6s ms\n' "$round" "$v" "$rows" "$TOOK_MS"
+        echo "$v $(python3 -c "print($rows / ($TOOK_MS / 1000))")" >>"$results"
+        echo "$v $(python3 -c "print($CPU_TICKS * 10000 / $rows)")" >>"$results.cpu"
     done
     for k in "${!REPORT_MODES[@]}"; do
         mode="${REPORT_MODES[$(((k + round) % ${#REPORT_MODES[@]}))]}"
@@ -92,37 +98,18 @@ for round in $(seq "$ROUNDS"); do
         # Newer local rows for the round's keys: every replicated row loses (kept_local).
         psql_db "$sub" "$db" -q -c "INSERT INTO mm(id, info) SELECT g, 'local' FROM generate_series($((offset + 1)), $last) g" \
             -c "SELECT mm_conflict.reset_conflict_stats()"
-        start_ms=$(($(date +%s%N) / 1000000))
-        psql_db "$sub" "$db" -c "ALTER SUBSCRIPTION sub_report_$mode ENABLE"
-        until [ "$(psql_db "$sub" "$db" -At -c "SELECT coalesce(sum(kept_local), 0) >= $rows FROM mm_conflict.conflict_stats")" = t ]; do
-            sleep 0.05
-        done
-        took_ms=$(($(date +%s%N) / 1000000 - start_ms))
-        psql_db "$sub" "$db" -c "ALTER SUBSCRIPTION sub_report_$mode DISABLE"
+        catch_up "$db" "sub_report_$mode" "SELECT coalesce(sum(kept_local), 0) >= $rows FROM mm_conflict.conflict_stats"
         logged="$(psql_db "$sub" "$db" -At -c "SELECT count(*) FROM mm_conflict.conflict_log")"
-        printf 'round %s conflicts, log_conflicts = %-5s %6s rows in %6s ms (%s conflict_log rows in all)\n' "$round" "$mode" "$rows" "$took_ms" "$logged"
-        echo "$mode $(python3 -c "print($rows / ($took_ms / 1000))")" >>"$results.reports"
-        until [ "$(psql_db "$sub" "$db" -At -c "SELECT count(*) FROM pg_stat_subscription WHERE subname = 'sub_report_$mode' AND pid IS NOT NULL")" = 0 ]; do
-            sleep 0.05
-        done
+        printf 'round %s conflicts, log_conflicts = %-5s %6s rows in %6s ms (%s conflict_log rows in all)\n' "$round" "$mode" "$rows" "$TOOK_MS" "$logged"
+        echo "$mode $(python3 -c "print($rows / ($TOOK_MS / 1000))")" >>"$results.reports"
     done
 done
 median_table "$results" "apply catch-up of $N single-row transactions" "rows/s"
 median_table "$results.cpu" "the apply worker's CPU time per row during that catch-up" "µs"
-rm -f "$results.cpu"
 if [ "${#REPORT_MODES[@]}" -gt 0 ]; then
-    python3 - "$results.reports" <<'PY'
-import statistics, sys
-values = {}
-for line in open(sys.argv[1]):
-    mode, v = line.split()
-    values.setdefault(mode, []).append(float(v))
-base = statistics.median(values["off"])
-print("apply catch-up where every row is a conflict (kept_local), per log_conflicts (rows/s: median, min-max, ratio to off):")
-for mode in ("off", "log", "table"):
-    m = statistics.median(values[mode])
-    print(f"  {mode:16} {m:10.1f} ({min(values[mode]):.1f}-{max(values[mode]):.1f})  {m / base:5.2f}x")
-PY
-    rm -f "$results.reports"
+    median_table "$results.reports" \
+        "apply catch-up where every row is a conflict (kept_local), per log_conflicts" "rows/s" \
+        off "${REPORT_MODES[@]}"
 fi
+rm -f "$results.cpu" "$results.reports"
 rm -f "$script" "$results"

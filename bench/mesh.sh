@@ -24,42 +24,21 @@ start_fresh_clusters bench_mesh 5 55480
 ports=("${CLUSTER_PORTS[@]}")
 for p in "${ports[@]}"; do psql_at "$p" -q -c "CREATE EXTENSION mm_conflict CASCADE"; done
 
-nodes_json() { # N: the first N nodes as create_mesh's list
-    local json="[" i
-    for i in $(seq 0 $(($1 - 1))); do
-        [ "$i" -gt 0 ] && json+=", "
-        json+="{\"id\": $((i + 1)), \"conninfo\": \"host=127.0.0.1 port=${ports[$i]} user=postgres dbname=postgres\"}"
-    done
-    echo "$json]"
-}
-ms() { echo $(($(date +%s%N) / 1000000)); }
 state() { psql_at "$1" -Atc "SELECT count(*) || ':' || mm_conflict.table_checksum('$2') FROM $2"; }
 same_on() { # N TABLE: true when the first N nodes have the same rows and checksum
     local first i
     first="$(state "${ports[0]}" "$2")"
     for i in $(seq 1 $(($1 - 1))); do [ "$(state "${ports[$i]}" "$2")" = "$first" ] || return 1; done
 }
-sync_all() { # N
-    local round i
-    for round in 1 2; do
-        for i in $(seq 0 $(($1 - 1))); do
-            [ "$(psql_at "${ports[$i]}" -Atc "SELECT mm_conflict.wait_for_sync('120 s')")" = t ] ||
-                { echo "node $((i + 1)) did not sync" >&2; exit 1; }
-        done
-    done
-}
+first() { echo "${ports[@]:0:$1}"; } # N: the first N nodes' ports
 
 # ---- part 1: the article's workload on 3 nodes -------------------------------------------------
 for i in 0 1 2; do psql_at "${ports[$i]}" -q -c "$ARTICLE_TABLE_SQL"; done
-psql_at "${ports[0]}" -q -c "SELECT mm_conflict.create_mesh('$(nodes_json 3)', ARRAY['mm']::regclass[], 'last_xacttime', 'last', 2)"
+psql_at "${ports[0]}" -q -c "SELECT mm_conflict.create_mesh('$(mesh_nodes_json $(first 3))', ARRAY['mm']::regclass[], 'last_xacttime', 'last', 2)"
 results="$(mktemp)"
 for round in $(seq "$ROUNDS"); do
-    pids=()
-    for i in 0 1 2; do
-        "$PGBIN/pgbench" -n -h 127.0.0.1 -U postgres -p "${ports[$i]}" -c 2 -j 2 -T "$LOAD_SECONDS" --max-tries=20 \
-            -f "$ROOT/mesh_tests/workloads/article_test$((i + 1)).sql" postgres >"$CLUSTER_ROOT/bench_mesh$((i + 1))/pgbench.out" 2>&1 &
-        pids+=($!)
-    done
+    start_article_load "$LOAD_SECONDS" bench_mesh $(first 3)
+    pids=("${LOAD_PIDS[@]}")
     total=0
     for i in 0 1 2; do
         wait "${pids[$i]}" || { tail -5 "$CLUSTER_ROOT/bench_mesh$((i + 1))/pgbench.out"; exit 1; }
@@ -69,7 +48,7 @@ for round in $(seq "$ROUNDS"); do
     end="$(ms)"
     until same_on 3 mm; do sleep 0.1; done
     converged=$(($(ms) - end))
-    sync_all 3
+    sync_all $(first 3)
     same_on 3 mm || { echo "round $round: the nodes differ after wait_for_sync" >&2; exit 1; }
     rows="$(psql_at "${ports[0]}" -Atc "SELECT count(*) FROM mm")"
     printf 'round %s: %8.1f tps in total, checksums equal %5d ms after the load (%s rows)\n' "$round" "$total" "$converged" "$rows"
@@ -113,7 +92,7 @@ for n in 2 3 4 5; do
             mm_islocal boolean, mm_nodeid int2, mm_last_xacttime timestamptz, mm_last_stattime timestamptz);
             DROP SEQUENCE IF EXISTS vol_ids; CREATE SEQUENCE vol_ids;"
     done
-    psql_at "${ports[0]}" -q -c "SELECT mm_conflict.create_mesh('$(nodes_json "$n")', ARRAY['vol']::regclass[])"
+    psql_at "${ports[0]}" -q -c "SELECT mm_conflict.create_mesh('$(mesh_nodes_json $(first "$n"))', ARRAY['vol']::regclass[])"
     for i in $(seq 0 $((n - 1))); do psql_at "${ports[$i]}" -q -c "SELECT mm_conflict.reset_conflict_stats()"; done
     read -r t0 b0 < <(slot_totals "$n")
     script="$(mktemp)"
@@ -126,7 +105,7 @@ for n in 2 3 4 5; do
     done
     for pid in "${pids[@]}"; do wait "$pid"; done
     until [ "$(psql_at "${ports[$((n - 1))]}" -Atc "SELECT count(*) FROM vol")" = $((n * K)) ] && same_on "$n" vol; do sleep 0.2; done
-    sync_all "$n"
+    sync_all $(first "$n")
     sleep 1.5 # walsenders report slot statistics as they decode; let the last reports land
     read -r t1 b1 < <(slot_totals "$n")
     read -r applied dropped < <(resolved_totals "$n")

@@ -11,9 +11,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 source "$ROOT/bench/variants.sh"
 ROUNDS="${ROUNDS:-5}"
 trap stop_started_clusters EXIT
-rm -rf "$CLUSTER_ROOT/bench_per_row"
-port="$(free_port 55460)"
-start_cluster bench_per_row "$port"
+start_fresh_clusters bench_per_row 1 55460
+port="${CLUSTER_PORTS[0]}"
 {
     for v in "${VARIANTS[@]}"; do
         echo "${ARTICLE_TABLE_SQL/CREATE TABLE mm/CREATE TABLE t_$v};"

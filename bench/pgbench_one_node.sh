@@ -8,9 +8,8 @@ source "$ROOT/bench/variants.sh"
 ROUNDS="${ROUNDS:-3}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-10}"
 trap stop_started_clusters EXIT
-rm -rf "$CLUSTER_ROOT/bench_pgbench"
-port="$(free_port 55480)"
-start_cluster bench_pgbench "$port"
+start_fresh_clusters bench_pgbench 1 55480
+port="${CLUSTER_PORTS[0]}"
 for v in "${VARIANTS[@]}"; do
     variant_database "$port" "pgbench_$v" "$v" 1
 done

@@ -32,20 +32,20 @@ psql_db "$sub" profile -c "ALTER SUBSCRIPTION sub ENABLE"
 pid=""
 until [ -n "$pid" ]; do
     sleep 0.05
-    pid="$(psql_db "$sub" profile -At -c "SELECT pid FROM pg_stat_subscription WHERE subname = 'sub' AND relid IS NULL AND pid IS NOT NULL")"
+    pid="$(apply_worker_pid "$sub" profile sub)"
 done
 sleep 0.5 # past the worker's start-up
 data="$CLUSTER_ROOT/profile2/perf.data"
-ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; } # user + system CPU, 1/100 s
 before="$(psql_db "$sub" profile -At -c "SELECT count(*) FROM mm")"
-cpu_before="$(ticks)"
+cpu_before="$(worker_cpu_ticks "$pid")"
 # DWARF call graphs: the release build has no frame pointers, and inclusive time is what tells
 # which of mm_resolve's steps costs what (the flat profile puts it in PostgreSQL's functions).
 perf record -F 499 --call-graph dwarf,16384 -o "$data" -p "$pid" -- sleep "$PERF_SECONDS" 2>/dev/null
-cpu_after="$(ticks)"
+cpu_after="$(worker_cpu_ticks "$pid")"
 after="$(psql_db "$sub" profile -At -c "SELECT count(*) FROM mm")"
 [ "$after" -lt "$N" ] || echo "warning: the backlog ran out during the profile; raise N" >&2
 rows=$((after - before))
+[ "$rows" -gt 0 ] || { echo "no rows were applied during the profile; raise N" >&2; exit 1; }
 echo "variant $VARIANT: $rows rows applied in the window; the apply worker used $((cpu_after - cpu_before))0 ms of CPU," \
     "$(python3 -c "print(f'{($cpu_after - $cpu_before) * 10000 / $rows:.1f}')") µs per row"
 perf report -i "$data" --no-children --stdio --sort symbol -g folded,0,caller,count --percent-limit 0 2>/dev/null |

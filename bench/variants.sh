@@ -44,25 +44,36 @@ variant_database() {
 # that no variant always runs first.
 rotated_variant() { echo "${VARIANTS[$((($2 + $1) % ${#VARIANTS[@]}))]}"; }
 
-# The article's table.
-ARTICLE_TABLE_SQL="CREATE TABLE mm(id int PRIMARY KEY, info text, mod_time timestamp, mm_islocal boolean,
-    mm_nodeid int2, mm_last_xacttime timestamp, mm_last_stattime timestamp)"
-
-# median_table FILE TITLE UNIT: FILE has lines "variant value"; prints median (min-max) and the
-# ratio to none per variant.
+# median_table FILE TITLE UNIT [BASE KEY...]: FILE has lines "key value"; prints, per KEY (default:
+# the variants, labelled by VARIANT_NAME), the median with min-max and the ratio to BASE's median
+# (default: none).
 median_table() {
-    python3 - "$1" "$2" "$3" <<'PY'
+    local file="$1" title="$2" unit="$3" base="${4:-none}" key pairs=()
+    local keys=("${@:5}")
+    [ "${#keys[@]}" -gt 0 ] || keys=("${VARIANTS[@]}")
+    for key in "${keys[@]}"; do pairs+=("$key=${VARIANT_NAME[$key]:-$key}"); done
+    python3 - "$file" "$title" "$unit" "$base" "${pairs[@]}" <<'PY'
 import statistics, sys
-path, title, unit = sys.argv[1:4]
-names = {"none": "none", "mm_resolve": "mm_resolve", "article": "plpgsql-article", "lean": "plpgsql-lean"}
-values = {v: [float(l.split()[1]) for l in open(path) if l.split()[0] == v] for v in names}
-values = {v: vals for v, vals in values.items() if vals}
-base = statistics.median(values["none"])
-print(f"{title} ({unit}: median, min-max, ratio to none):")
-for v, name in names.items():
-    if v not in values:
-        continue
-    m = statistics.median(values[v])
-    print(f"  {name:16} {m:10.1f} ({min(values[v]):.1f}-{max(values[v]):.1f})  {m / base:5.2f}x")
+path, title, unit, base_key = sys.argv[1:5]
+values = {}
+for line in open(path):
+    key, value = line.split()
+    values.setdefault(key, []).append(float(value))
+base = statistics.median(values[base_key])
+print(f"{title} ({unit}: median, min-max, ratio to {base_key}):")
+for key, label in (pair.split("=", 1) for pair in sys.argv[5:]):
+    if key in values:
+        v = values[key]
+        m = statistics.median(v)
+        print(f"  {label:16} {m:10.1f} ({min(v):.1f}-{max(v):.1f})  {m / base:5.2f}x")
 PY
 }
+
+# apply_worker_pid PORT DB SUBSCRIPTION: the pid of the subscription's apply worker, if it runs.
+apply_worker_pid() {
+    psql_db "$1" "$2" -At -c "SELECT pid FROM pg_stat_subscription
+        WHERE subname = '$3' AND relid IS NULL AND pid IS NOT NULL"
+}
+
+# worker_cpu_ticks PID: the process's user + system CPU time since it started, in 1/100 s.
+worker_cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

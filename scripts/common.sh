@@ -71,9 +71,8 @@ free_port() {
 
 STARTED_CLUSTERS=()
 
-# start_cluster NAME PORT: initdb (if new) and start a cluster for logical replication.
-# Starts (creating if needed) cluster $1 on port $2, with mm_conflict in shared_preload_libraries
-# unless PRELOAD says otherwise (PRELOAD= for none).
+# start_cluster NAME PORT: initdb (if new) and start a cluster for logical replication, with
+# mm_conflict in shared_preload_libraries unless PRELOAD says otherwise (PRELOAD= for none).
 start_cluster() {
     local name="$1" port="$2"
     local dir="$CLUSTER_ROOT/$name"
@@ -146,4 +145,50 @@ psql_at() {
     local port="$1"
     shift
     psql_db "$port" postgres "$@"
+}
+
+# Milliseconds since the epoch, for timing steps.
+ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# The article's table, unchanged.
+ARTICLE_TABLE_SQL="CREATE TABLE mm(id int PRIMARY KEY, info text, mod_time timestamp, mm_islocal boolean,
+    mm_nodeid int2, mm_last_xacttime timestamp, mm_last_stattime timestamp)"
+
+# mesh_nodes_json PORT...: create_mesh's node list, node i on the i-th port (default names node<i>).
+mesh_nodes_json() {
+    local json="[" id=0 port
+    for port in "$@"; do
+        id=$((id + 1))
+        [ "$id" -gt 1 ] && json+=", "
+        json+="{\"id\": $id, \"conninfo\": \"host=127.0.0.1 port=$port user=postgres dbname=postgres\"}"
+    done
+    echo "$json]"
+}
+
+# sync_all PORT...: mm_conflict.wait_for_sync on every node in turn, twice (a node that applies a
+# change writes WAL that its peers must confirm too). Fails when a node does not sync in 120 s.
+sync_all() {
+    local round port
+    for round in 1 2; do
+        for port in "$@"; do
+            [ "$(psql_at "$port" -Atc "SELECT mm_conflict.wait_for_sync('120 s')")" = t ] ||
+                { echo "the node on port $port did not sync within 120 s" >&2; return 1; }
+        done
+    done
+}
+
+# start_article_load SECONDS PREFIX PORT1 PORT2 PORT3 [PGBENCH OPTION...]: the article's
+# test1/2/3.sql on the three nodes at once, 2 clients each, output in $CLUSTER_ROOT/PREFIX<n>/pgbench.out;
+# the pgbench pids go to LOAD_PIDS.
+start_article_load() {
+    local seconds="$1" prefix="$2" n
+    local ports=("$3" "$4" "$5")
+    shift 5
+    LOAD_PIDS=()
+    for n in 1 2 3; do
+        "$PGBIN/pgbench" -n -h 127.0.0.1 -U postgres -p "${ports[$((n - 1))]}" -c 2 -j 2 -T "$seconds" \
+            --max-tries=20 "$@" -f "$ROOT/mesh_tests/workloads/article_test$n.sql" postgres \
+            >"$CLUSTER_ROOT/$prefix$n/pgbench.out" 2>&1 &
+        LOAD_PIDS+=($!)
+    done
 }

@@ -30,30 +30,16 @@ ports=("${CLUSTER_PORTS[@]}")
 log "3 clusters on ports ${ports[*]}"
 
 # The article's table, unchanged, on every node.
-for p in "${ports[@]}"; do
-    psql_at "$p" -c "CREATE TABLE mm(id int PRIMARY KEY, info text, mod_time timestamp,
-        mm_islocal boolean, mm_nodeid int2, mm_last_xacttime timestamp, mm_last_stattime timestamp)"
-done
-
-nodes="["
-for i in 0 1 2; do
-    [ "$i" -gt 0 ] && nodes+=", "
-    nodes+="{\"id\": $((i + 1)), \"name\": \"node$((i + 1))\", \"conninfo\": \"host=127.0.0.1 port=${ports[$i]} user=postgres dbname=postgres\"}"
-done
-nodes+="]"
+for p in "${ports[@]}"; do psql_at "$p" -c "$ARTICLE_TABLE_SQL"; done
+nodes="$(mesh_nodes_json "${ports[@]}")"
 log "one call on node 1: mm_conflict.create_mesh(...)"
 psql_at "${ports[0]}" -c "CREATE EXTENSION mm_conflict CASCADE" \
     -c "SELECT mm_conflict.create_mesh('$nodes', ARRAY['mm']::regclass[], 'last_xacttime', 'last', 2)"
 psql_at "${ports[0]}" -c "SELECT node_id, node_name, subscription, peer_slot FROM mm_conflict.status"
 
 log "running the article's workload (test1/2/3.sql, 2 clients each) on the three nodes for $seconds s"
-pids=()
-for i in 0 1 2; do
-    "$PGBIN/pgbench" -n -h 127.0.0.1 -U postgres -p "${ports[$i]}" -c 2 -j 2 -T "$seconds" --max-tries=20 -P 1 \
-        -f "$ROOT/mesh_tests/workloads/article_test$((i + 1)).sql" postgres \
-        >"$CLUSTER_ROOT/demo$((i + 1))/pgbench.out" 2>&1 &
-    pids+=($!)
-done
+start_article_load "$seconds" demo "${ports[@]}" -P 1
+pids=("${LOAD_PIDS[@]}")
 
 # pgbench -P 1 reports each second's tps; the lag is the WAL a node's peers have not confirmed.
 tps_of() { grep -o 'progress: [0-9.]* s, [0-9.]* tps' "$CLUSTER_ROOT/demo$1/pgbench.out" 2>/dev/null | tail -1 | awk '{print $4}' | grep . || echo -; }
@@ -70,14 +56,9 @@ for i in 0 1 2; do
 done
 
 log "load done; waiting for sync (mm_conflict.wait_for_sync on every node, twice)"
-start_ms=$(($(date +%s%N) / 1000000))
-for round in 1 2; do
-    for p in "${ports[@]}"; do
-        [ "$(psql_at "$p" -Atc "SELECT mm_conflict.wait_for_sync('120 s')")" = t ] ||
-            { log "node on port $p did not sync within 120 s"; exit 1; }
-    done
-done
-took_ms=$(($(date +%s%N) / 1000000 - start_ms))
+start_ms="$(ms)"
+sync_all "${ports[@]}" || exit 1
+took_ms=$(($(ms) - start_ms))
 log "synced $((took_ms / 1000)).$(printf '%03d' $((took_ms % 1000))) s after the load"
 
 results=()
