@@ -5,16 +5,23 @@
 //! * [`decide`]: what the trigger does with a local or replicated write.
 //! * [`stamp`]: the hybrid-logical-clock stamps of local writes.
 //! * [`report`]: how a replicated change ended, and whether that is a conflict.
+//! * [`engine`]: the sequence of every path (look up, lock, decide, write, re-send, report),
+//!   written against a small store trait that PostgreSQL implements in production and an
+//!   in-memory mesh implements in the property test.
 //!
-//! The `mm_resolve` trigger in the extension crate is a thin shim over these functions.
+//! Module order (imports point down only): engine → report → decide → policy → stamp → version.
 
 pub mod decide;
+pub mod engine;
 pub mod policy;
 pub mod report;
 pub mod stamp;
 pub mod version;
 
 pub use decide::{DeleteAction, InsertAction, LocalAction, LocalConflictMode, Outcome};
+pub use engine::{
+    Action, Local, Lookup, Operation, Refusal, Resolution, Store, Stored, Tombstone, Tombstones,
+};
 pub use policy::{Criterion, Direction, Policy, PolicyError, MAX_NODE_ID, MIN_NODE_ID};
 pub use report::Decision;
 pub use stamp::{Clock, Stamps};

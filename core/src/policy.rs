@@ -3,7 +3,9 @@
 //! `mm_resolve(node_id, criterion, first|last|winning_node, preferred_node)` is parsed here once per
 //! relation (the shim caches the result), so nothing in this module is on the per-row path.
 
-use crate::version::{NodeId, RowStamps, Version, VersionOrder};
+use crate::stamp::Stamps;
+pub use crate::version::Direction;
+use crate::version::{Micros, NodeId, RowStamps, Version, VersionOrder};
 
 /// Smallest and largest node id a mesh may use (`mm_nodeid` is a `smallint`; 0 and negatives are
 /// reserved so that "no node" can never collide with a real one).
@@ -22,13 +24,6 @@ pub enum Criterion {
     NodeId { winner: NodeId },
     /// A `timestamp`/`timestamptz` column the application maintains; the trigger never changes it.
     Column(String),
-}
-
-/// Whether the greater (`Last`) or the smaller (`First`) criterion value wins.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    First,
-    Last,
 }
 
 /// A parsed `mm_resolve(...)` argument list.
@@ -163,17 +158,13 @@ impl Policy {
     /// delete's own `stamps`. Under a user criterion column the tombstone keeps the deleted row's
     /// value (a delete carries no new one), so it beats exactly what it deleted and loses to a
     /// write with a newer value.
-    pub fn tombstone_version(&self, old: &RowStamps, stamps: &crate::Stamps) -> Version {
+    pub fn tombstone_version(&self, old: &RowStamps, stamps: &Stamps) -> Version {
         self.local_version(stamps, old.user_criterion)
     }
 
     /// The version a local write on this node makes: its `stamps`, this node's id, and the user
     /// criterion value it carries (for `Criterion::Column`).
-    pub fn local_version(
-        &self,
-        stamps: &crate::Stamps,
-        user_criterion: Option<crate::Micros>,
-    ) -> Version {
+    pub fn local_version(&self, stamps: &Stamps, user_criterion: Option<Micros>) -> Version {
         self.version(&RowStamps {
             xacttime: Some(stamps.xacttime),
             stattime: Some(stamps.stattime),

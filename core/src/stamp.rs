@@ -37,17 +37,6 @@ pub fn stamp_local(clock: Clock, superseded: Option<&RowStamps>) -> Stamps {
     }
 }
 
-/// The stamps of a local write that must beat both the row it replaces (if any) and the
-/// tombstone of its key (if any): the hybrid clock runs above the greater of the two.
-pub fn stamp_above_all(clock: Clock, superseded: &[Option<&RowStamps>]) -> Stamps {
-    let mut floor = RowStamps::default();
-    for s in superseded.iter().flatten() {
-        floor.xacttime = floor.xacttime.max(s.xacttime);
-        floor.stattime = floor.stattime.max(s.stattime);
-    }
-    stamp_local(clock, Some(&floor))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,37 +100,5 @@ mod tests {
             ..old
         };
         assert_eq!(stamp_local(c, Some(&infinite)).xacttime, i64::MAX);
-    }
-
-    #[test]
-    fn stamps_above_row_and_tombstone() {
-        let c = Clock {
-            xact_start: 10,
-            wall: 12,
-        };
-        let row = RowStamps {
-            xacttime: Some(20),
-            stattime: Some(5),
-            ..RowStamps::default()
-        };
-        let tomb = RowStamps {
-            xacttime: Some(15),
-            stattime: Some(30),
-            ..RowStamps::default()
-        };
-        assert_eq!(
-            stamp_above_all(c, &[Some(&row), Some(&tomb)]),
-            Stamps {
-                xacttime: 21,
-                stattime: 31
-            }
-        );
-        assert_eq!(
-            stamp_above_all(c, &[None, None]),
-            Stamps {
-                xacttime: 10,
-                stattime: 12
-            }
-        );
     }
 }

@@ -6,7 +6,12 @@
 
 use std::cmp::Ordering;
 
-use crate::policy::Direction;
+/// Whether the greater (`Last`) or the smaller (`First`) criterion value wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    First,
+    Last,
+}
 
 /// A node id (`mm_nodeid smallint`).
 pub type NodeId = i16;

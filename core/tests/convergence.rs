@@ -1,13 +1,15 @@
-//! Property test: N simulated replicas running the core's rules converge.
+//! Property test: N simulated replicas, each running the production engine
+//! ([`mm_conflict_core::engine`]) over an in-memory store, converge.
 //!
-//! The model follows PostgreSQL 15 native logical replication in a full mesh:
+//! The model follows PostgreSQL 15 native logical replication in a full mesh, and the store
+//! follows what PostgreSQL does around the trigger:
 //! * every node publishes every transaction it writes, local or applied from a peer (PG15 has no
 //!   `origin = none`), to each peer over its own FIFO path, with the changes it actually made;
 //! * a replicated UPDATE or DELETE for a key the node does not have is skipped without firing a
-//!   trigger;
-//! * a local DELETE writes a tombstone (a versioned delete) in the same transaction, before the
-//!   row's DELETE; a node that keeps its row against a tombstone that is new there re-sends the
-//!   row as DELETE + INSERT;
+//!   trigger; a local write of an existing key is an UPDATE, of a new key an INSERT;
+//! * the engine's own writes (an INSERT converted to an UPDATE, a re-send's DELETE + INSERT) go
+//!   through the engine again, as they go through the trigger again in PostgreSQL;
+//! * a lookup may meet a version still being written and must wait for it without the key lock;
 //! * paths deliver in any interleaving, and a transaction may be delivered twice (a worker restart
 //!   replays from the last flushed position).
 //!
@@ -15,11 +17,14 @@
 //! the best version ever written for it (a row, or absent when that is a tombstone), and no local
 //! `last`-mode write on an automatic criterion may have been refused.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
-use mm_conflict_core::decide::{self, DeleteAction, InsertAction, LocalAction, LocalConflictMode};
-use mm_conflict_core::stamp::{stamp_above_all, stamp_local, Clock};
-use mm_conflict_core::{Criterion, Direction, Policy, RowStamps, Version};
+use mm_conflict_core::engine::{self, Action, Local, Lookup, Refusal, Resolution, Stored};
+use mm_conflict_core::stamp::Clock;
+use mm_conflict_core::{
+    Criterion, Decision, Direction, LocalConflictMode, Policy, RowStamps, Store, Tombstone,
+    Tombstones, Version,
+};
 use proptest::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +39,7 @@ enum Change {
     Insert(u8, Row),
     Update(u8, Row),
     Delete(u8),
-    Tombstone(u8, Version),
+    Tombstone(u8, Tombstone),
 }
 
 type Txn = Vec<Change>;
@@ -51,7 +56,122 @@ enum Step {
 #[derive(Clone, Default)]
 struct Replica {
     rows: BTreeMap<u8, Row>,
-    tombstones: BTreeMap<u8, Version>,
+    tombstones: BTreeMap<u8, Tombstone>,
+}
+
+/// One node's table and tombstones, serving one key to the engine. What it writes goes to `out`,
+/// the node's transaction as its peers will receive it.
+struct NodeStore<'a> {
+    replica: &'a mut Replica,
+    policy: &'a Policy,
+    key: u8,
+    out: &'a mut Txn,
+    /// Lookups that first meet a concurrent writer (consumed one per lookup).
+    busy: &'a mut VecDeque<bool>,
+    decisions: &'a mut Vec<Decision>,
+    key_locked: bool,
+}
+
+impl NodeStore<'_> {
+    fn lookup<T>(&mut self, found: Option<T>) -> Lookup<T, ()> {
+        assert!(self.key_locked, "a lookup without the key lock");
+        if self.busy.pop_front().unwrap_or(false) {
+            return Lookup::InProgress(());
+        }
+        found.map_or(Lookup::Absent, Lookup::Found)
+    }
+}
+
+impl Tombstones for NodeStore<'_> {
+    type Waiter = ();
+
+    fn lock_key(&mut self) {
+        self.key_locked = true;
+    }
+
+    fn unlock_key(&mut self) {
+        self.key_locked = false;
+    }
+
+    fn wait(&mut self, _: ()) {
+        assert!(!self.key_locked, "waiting while holding the key lock");
+    }
+
+    fn find_tombstone(&mut self) -> Lookup<Tombstone, ()> {
+        let found = self.replica.tombstones.get(&self.key).copied();
+        self.lookup(found)
+    }
+
+    fn record_tombstone(&mut self, tombstone: &Tombstone) {
+        self.replica.tombstones.insert(self.key, *tombstone);
+        self.out.push(Change::Tombstone(self.key, *tombstone));
+    }
+
+    fn remove_tombstone(&mut self) {
+        // Peers skip the replicated DELETE of a tombstone: nothing to publish.
+        self.replica.tombstones.remove(&self.key);
+    }
+}
+
+impl Store for NodeStore<'_> {
+    type Row = Row;
+
+    fn keyed(&self) -> bool {
+        true
+    }
+
+    fn stamps(&self, row: &Row) -> RowStamps {
+        row.stamps
+    }
+
+    fn find_row(&mut self) -> Lookup<Stored<Row>, ()> {
+        let found = self.replica.rows.get(&self.key).map(|r| Stored {
+            stamps: r.stamps,
+            row: Some(*r),
+        });
+        self.lookup(found)
+    }
+
+    fn overwrite(&mut self, row: &Row) -> bool {
+        // UPDATE ... WHERE key: no row, nothing updated and no trigger fired.
+        let Some(stored) = self.replica.rows.get(&self.key).copied() else {
+            return false;
+        };
+        let policy = self.policy;
+        if engine::replicated_update(self, policy, &stored, row, true) != Action::Apply {
+            return false;
+        }
+        self.replica.rows.insert(self.key, *row);
+        self.out.push(Change::Update(self.key, *row));
+        true
+    }
+
+    fn take_row(&mut self) -> Option<Row> {
+        let row = self.replica.rows.get(&self.key).copied()?;
+        let policy = self.policy;
+        assert_eq!(
+            engine::replicated_delete(self, policy, &row, true),
+            Action::Pass
+        );
+        self.replica.rows.remove(&self.key);
+        self.out.push(Change::Delete(self.key));
+        Some(row)
+    }
+
+    fn put_row(&mut self, row: &Row) {
+        let policy = self.policy;
+        match engine::replicated_insert(self, policy, row, true) {
+            Ok(Action::Pass) => {
+                self.replica.rows.insert(self.key, *row);
+                self.out.push(Change::Insert(self.key, *row));
+            }
+            other => panic!("a re-send was not inserted: {other:?}"),
+        }
+    }
+
+    fn report(&mut self, resolution: &Resolution<Row>) {
+        self.decisions.push(resolution.decision);
+    }
 }
 
 /// The best version ever written for a key: a row or a tombstone.
@@ -62,7 +182,8 @@ enum Written {
 }
 
 struct Mesh {
-    policy: Policy,
+    /// Each node's policy: the same order, its own node id.
+    policies: Vec<Policy>,
     nodes: Vec<Replica>,
     /// paths[from][to]
     paths: Vec<Vec<VecDeque<Txn>>>,
@@ -70,24 +191,42 @@ struct Mesh {
     tick: i64,
     next_write: u32,
     written: BTreeMap<u8, Vec<Written>>,
+    busy: VecDeque<bool>,
+    decisions: Vec<Decision>,
 }
 
 impl Mesh {
     fn new(policy: Policy, skew: Vec<i64>) -> Mesh {
+        Mesh::with_busy(policy, skew, Vec::new())
+    }
+
+    fn with_busy(policy: Policy, skew: Vec<i64>, busy: Vec<bool>) -> Mesh {
         let n = skew.len();
+        let policies = (1..=n as i16)
+            .map(|node_id| Policy {
+                node_id,
+                ..policy.clone()
+            })
+            .collect();
         Mesh {
-            policy,
+            policies,
             nodes: vec![Replica::default(); n],
             paths: vec![vec![VecDeque::new(); n]; n],
             skew,
             tick: 0,
             next_write: 0,
             written: BTreeMap::new(),
+            busy: busy.into(),
+            decisions: Vec::new(),
         }
     }
 
+    fn policy(&self) -> &Policy {
+        &self.policies[0]
+    }
+
     fn version(&self, row: &Row) -> Version {
-        self.policy.version(&row.stamps)
+        self.policy().version(&row.stamps)
     }
 
     fn written_version(&self, w: &Written) -> Version {
@@ -118,186 +257,159 @@ impl Mesh {
 
     fn automatic(&self) -> bool {
         matches!(
-            self.policy.criterion,
+            self.policy().criterion,
             Criterion::LastXactTime | Criterion::LastStatTime
-        ) && self.policy.direction == Direction::Last
+        ) && self.policy().direction == Direction::Last
     }
 
+    /// Runs `f` with node `node`'s store for `key`; returns what it wrote (the node's
+    /// transaction) and `f`'s result.
+    fn with_store<T>(
+        &mut self,
+        node: usize,
+        key: u8,
+        f: impl FnOnce(&mut NodeStore) -> T,
+    ) -> (Txn, T) {
+        let mut out = Vec::new();
+        let mut store = NodeStore {
+            replica: &mut self.nodes[node],
+            policy: &self.policies[node],
+            key,
+            out: &mut out,
+            busy: &mut self.busy,
+            decisions: &mut self.decisions,
+            key_locked: false,
+        };
+        let result = f(&mut store);
+        (out, result)
+    }
+
+    fn local(&mut self, node: usize) -> Local {
+        Local {
+            clock: self.clock(node),
+            mode: LocalConflictMode::Error,
+        }
+    }
+
+    /// A local INSERT (new key) or UPDATE (existing key).
     fn local_write(&mut self, node: usize, key: u8, user_value: i64) {
-        let clock = self.clock(node);
-        let stored = self.nodes[node].rows.get(&key).copied();
-        let tombstone = self.nodes[node].tombstones.get(&key).copied();
-        let tombstone_stamps = tombstone.map(|t| RowStamps {
-            xacttime: t.criterion,
-            stattime: t.stattime,
-            ..RowStamps::default()
-        });
-        let stamps = stamp_above_all(
-            clock,
-            &[
-                stored.as_ref().map(|r| &r.stamps),
-                tombstone_stamps.as_ref(),
-            ],
-        );
+        let local = self.local(node);
         self.next_write += 1;
-        let row = Row {
+        let new = Row {
             stamps: RowStamps {
-                xacttime: Some(stamps.xacttime),
-                stattime: Some(stamps.stattime),
-                node: Some(node as i16 + 1),
                 user_criterion: Some(user_value),
+                ..RowStamps::default()
             },
             write_id: self.next_write,
         };
-        // A local write must beat what it replaces: the row, or else the key's tombstone.
-        let replaced = stored.map(|r| self.version(&r)).or(tombstone);
-        if let Some(replaced) = replaced {
-            let action = decide::local_write(
-                &self.policy.order(),
-                &replaced,
-                &self.version(&row),
-                LocalConflictMode::Error,
-            );
-            if self.automatic() {
-                assert_eq!(
-                    action,
-                    LocalAction::Write,
-                    "a local last-mode write was refused"
-                );
+        let stored = self.nodes[node].rows.get(&key).copied();
+        let policy = self.policies[node].clone();
+        let (mut out, action) = self.with_store(node, key, |s| match &stored {
+            Some(old) => engine::local_update(s, &policy, local, old, &new),
+            None => engine::local_insert(s, &policy, local, &new),
+        });
+        match action {
+            Ok(Action::Stamp(stamps)) => {
+                let row = Row {
+                    stamps: RowStamps {
+                        xacttime: Some(stamps.xacttime),
+                        stattime: Some(stamps.stattime),
+                        node: Some(policy.node_id),
+                        ..new.stamps
+                    },
+                    ..new
+                };
+                self.nodes[node].rows.insert(key, row);
+                self.written.entry(key).or_default().push(Written::Row(row));
+                out.push(if stored.is_some() {
+                    Change::Update(key, row)
+                } else {
+                    Change::Insert(key, row)
+                });
             }
-            if action != LocalAction::Write {
-                return;
+            Err(Refusal::LocalConflict { .. }) => {
+                assert!(!self.automatic(), "a local last-mode write was refused");
             }
+            other => panic!("unexpected result of a local write: {other:?}"),
         }
-        self.nodes[node].rows.insert(key, row);
-        self.written.entry(key).or_default().push(Written::Row(row));
-        let change = if stored.is_some() {
-            Change::Update(key, row)
-        } else {
-            Change::Insert(key, row)
-        };
-        self.publish(node, vec![change]);
+        self.publish(node, out);
     }
 
     fn local_delete(&mut self, node: usize, key: u8) {
         let Some(old) = self.nodes[node].rows.get(&key).copied() else {
             return;
         };
-        let clock = self.clock(node);
-        let stamps = stamp_local(clock, Some(&old.stamps));
-        let mut policy = self.policy.clone();
-        policy.node_id = node as i16 + 1;
-        let tombstone = policy.tombstone_version(&old.stamps, &stamps);
-        let action = decide::local_write(
-            &self.policy.order(),
-            &self.version(&old),
-            &tombstone,
-            LocalConflictMode::Error,
-        );
-        if self.automatic() {
-            assert_eq!(
-                action,
-                LocalAction::Write,
-                "a local last-mode delete was refused"
-            );
+        let local = self.local(node);
+        let policy = self.policies[node].clone();
+        let (mut out, action) =
+            self.with_store(node, key, |s| engine::local_delete(s, &policy, local, &old));
+        match action {
+            Ok(Action::Pass) => {
+                self.nodes[node].rows.remove(&key);
+                let tombstone = self.nodes[node].tombstones[&key];
+                self.written
+                    .entry(key)
+                    .or_default()
+                    .push(Written::Tombstone(tombstone.version));
+                out.push(Change::Delete(key));
+            }
+            Err(Refusal::LocalConflict { .. }) => {
+                assert!(!self.automatic(), "a local last-mode delete was refused");
+            }
+            other => panic!("unexpected result of a local delete: {other:?}"),
         }
-        if action != LocalAction::Write {
-            return;
-        }
-        let replica = &mut self.nodes[node];
-        replica.rows.remove(&key);
-        replica.tombstones.insert(key, tombstone);
-        self.written
-            .entry(key)
-            .or_default()
-            .push(Written::Tombstone(tombstone));
-        self.publish(
-            node,
-            vec![Change::Tombstone(key, tombstone), Change::Delete(key)],
-        );
+        self.publish(node, out);
     }
 
-    /// Applies one transaction at `to` and returns what `to` publishes in turn.
+    /// Applies one transaction at `to` as its apply worker would; returns what `to` publishes.
     fn apply(&mut self, to: usize, txn: &Txn) -> Txn {
-        let order = self.policy.order();
-        let mut out = Vec::new();
+        let policy = self.policies[to].clone();
+        let mut published = Vec::new();
         for change in txn {
-            match *change {
-                Change::Tombstone(key, t) => {
-                    let wins = self.nodes[to]
-                        .tombstones
-                        .get(&key)
-                        .is_none_or(|old| order.beats(&t, old));
-                    if !wins {
-                        continue;
+            let (out, ()) = match *change {
+                Change::Tombstone(key, t) => self.with_store(to, key, |s| {
+                    if engine::tombstone_arrives(s, &t) {
+                        s.replica.tombstones.insert(key, t);
+                        s.out.push(Change::Tombstone(key, t));
+                        // The AFTER trigger of the tombstone table.
+                        engine::settle(s, &policy, &t);
                     }
-                    self.nodes[to].tombstones.insert(key, t);
-                    out.push(Change::Tombstone(key, t));
-                    // A new tombstone settles the row here and now: a relay that had no row
-                    // forwards the tombstone without the DELETE, so the DELETE cannot be relied on.
-                    let Some(row) = self.nodes[to].rows.get(&key).copied() else {
-                        continue;
-                    };
-                    match decide::new_tombstone(&order, &self.version(&row), &t) {
-                        DeleteAction::Delete => {
-                            self.nodes[to].rows.remove(&key);
-                            out.push(Change::Delete(key));
-                        }
-                        DeleteAction::KeepAndResend => {
-                            out.push(Change::Delete(key));
-                            out.push(Change::Insert(key, row));
-                        }
-                        DeleteAction::Keep => {}
-                    }
-                }
-                Change::Delete(key) => {
+                }),
+                Change::Delete(key) => self.with_store(to, key, |s| {
                     // PostgreSQL skips a DELETE of a missing row without firing any trigger.
-                    let Some(row) = self.nodes[to].rows.get(&key).copied() else {
-                        continue;
+                    let Some(row) = s.replica.rows.get(&key).copied() else {
+                        return;
                     };
-                    let tombstone = self.nodes[to].tombstones.get(&key).copied();
-                    if decide::replicated_delete(&order, &self.version(&row), tombstone.as_ref())
-                        == DeleteAction::Delete
-                    {
-                        self.nodes[to].rows.remove(&key);
-                        out.push(Change::Delete(key));
+                    if engine::replicated_delete(s, &policy, &row, false) == Action::Pass {
+                        s.replica.rows.remove(&key);
+                        s.out.push(Change::Delete(key));
                     }
-                }
-                Change::Insert(key, row) => {
-                    let stored = self.nodes[to].rows.get(&key).map(|r| self.version(r));
-                    let tombstone = self.nodes[to].tombstones.get(&key).copied();
-                    match decide::replicated_insert(
-                        &order,
-                        stored.as_ref(),
-                        tombstone.as_ref(),
-                        &self.version(&row),
-                    ) {
-                        InsertAction::Insert => {
-                            self.nodes[to].rows.insert(key, row);
-                            out.push(Change::Insert(key, row));
+                }),
+                Change::Insert(key, row) => self.with_store(to, key, |s| {
+                    match engine::replicated_insert(s, &policy, &row, false) {
+                        Ok(Action::Apply) => {
+                            s.replica.rows.insert(key, row);
+                            s.out.push(Change::Insert(key, row));
                         }
-                        InsertAction::ConvertToUpdate => {
-                            self.nodes[to].rows.insert(key, row);
-                            out.push(Change::Update(key, row));
-                        }
-                        InsertAction::Skip(_) => {}
+                        Ok(Action::Skip) => {}
+                        other => panic!("unexpected result of a replicated insert: {other:?}"),
                     }
-                }
-                Change::Update(key, row) => {
+                }),
+                Change::Update(key, row) => self.with_store(to, key, |s| {
                     // PostgreSQL skips an UPDATE of a missing row without firing any trigger.
-                    let Some(stored) = self.nodes[to].rows.get(&key).copied() else {
-                        continue;
+                    let Some(stored) = s.replica.rows.get(&key).copied() else {
+                        return;
                     };
-                    if decide::resolve(&order, &self.version(&stored), &self.version(&row))
-                        == decide::Outcome::IncomingWins
+                    if engine::replicated_update(s, &policy, &stored, &row, false) == Action::Apply
                     {
-                        self.nodes[to].rows.insert(key, row);
-                        out.push(Change::Update(key, row));
+                        s.replica.rows.insert(key, row);
+                        s.out.push(Change::Update(key, row));
                     }
-                }
-            }
+                }),
+            };
+            published.extend(out);
         }
-        out
+        published
     }
 
     fn deliver(&mut self, from: usize, to: usize, duplicate: bool) {
@@ -335,7 +447,7 @@ impl Mesh {
     }
 
     fn check_converged(&self) {
-        let order = self.policy.order();
+        let order = self.policy().order();
         for (i, node) in self.nodes.iter().enumerate().skip(1) {
             assert_eq!(
                 node.rows,
@@ -397,13 +509,17 @@ fn steps_strategy(nodes: usize) -> impl Strategy<Value = Vec<Step>> {
     proptest::collection::vec(step, 1..300)
 }
 
-fn scenario() -> impl Strategy<Value = (Policy, Vec<i64>, Vec<Step>, Vec<usize>)> {
+type Scenario = (Policy, Vec<i64>, Vec<Step>, Vec<usize>, Vec<bool>);
+
+fn scenario() -> impl Strategy<Value = Scenario> {
     (2usize..=5).prop_flat_map(|n| {
         (
             policy_strategy(),
             proptest::collection::vec(-30i64..30, n),
             steps_strategy(n),
             proptest::collection::vec(0usize..1000, 64),
+            // Which lookups first meet a writer still in progress.
+            proptest::collection::vec(proptest::bool::weighted(0.05), 0..200),
         )
     })
 }
@@ -412,8 +528,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     #[test]
-    fn replicas_converge_to_the_best_version((policy, skew, steps, drain_choices) in scenario()) {
-        let mut mesh = Mesh::new(policy, skew);
+    fn replicas_converge_to_the_best_version((policy, skew, steps, drain_choices, busy) in scenario()) {
+        let mut mesh = Mesh::with_busy(policy, skew, busy);
         for step in steps {
             match step {
                 Step::Write(n, k, v) => mesh.local_write(n, k, v),
@@ -459,4 +575,6 @@ fn newer_update_survives_a_concurrent_delete() {
     mesh.drain(|_| 0);
     mesh.check_converged();
     assert_eq!(mesh.nodes[0].rows[&3].stamps.node, Some(2));
+    // Node 2 kept its row against node 1's older delete (and re-sent it).
+    assert!(mesh.decisions.contains(&Decision::DeleteSkipped));
 }

@@ -1,0 +1,490 @@
+//! The engine: the sequence of every path `mm_resolve` takes, written once, against the small
+//! [`Store`] trait.
+//!
+//! PostgreSQL drives it in production (the extension implements [`Store`] over heap tuples, the
+//! key lock, the primary-key probe and prepared statements); the convergence property test drives
+//! the very same functions over an in-memory mesh. What wins is decided in [`crate::decide`]; this
+//! module says in which order a path looks things up, locks, decides, writes, re-sends and reports.
+//!
+//! Paths, by what PostgreSQL fires:
+//! * a local INSERT, UPDATE or DELETE: [`local_insert`], [`local_update`], [`local_delete`];
+//! * a replicated INSERT, UPDATE or DELETE (apply or table-sync worker): [`replicated_insert`],
+//!   [`replicated_update`], [`replicated_delete`];
+//! * a tombstone arriving from a peer: [`tombstone_arrives`] (against the key's stored tombstone),
+//!   then [`settle`] (against the key's row: delete it, or keep it and re-send it).
+//!
+//! A store serves one key at a time (the key of the row being written, or of the tombstone).
+
+use crate::decide::{self, DeleteAction, InsertAction, LocalAction, LocalConflictMode, Outcome};
+use crate::policy::Policy;
+use crate::report::Decision;
+use crate::stamp::{stamp_local, Clock, Stamps};
+use crate::version::{RowStamps, Version, VersionOrder};
+
+/// A versioned delete of one key, as stored in `mm_conflict.tombstone`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    /// The delete's version.
+    pub version: Version,
+    /// The delete's clock stamps: a later local write of the key is stamped above them.
+    pub stamps: RowStamps,
+    /// The order of the table the delete was made under.
+    pub order: VersionOrder,
+}
+
+/// What a lookup of the key found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup<T, W> {
+    /// Nothing with this key.
+    Absent,
+    /// A version written by a transaction still running: wait for it (without the key lock),
+    /// then look again.
+    InProgress(W),
+    Found(T),
+}
+
+/// A stored row as a lookup returns it: its stamps, and the row itself when the store keeps it
+/// (production copies a row only when a report could show it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored<R> {
+    pub stamps: RowStamps,
+    pub row: Option<R>,
+}
+
+/// What one resolution of a replicated change looked like, for counters and conflict reports.
+#[derive(Debug)]
+pub struct Resolution<'a, R> {
+    pub decision: Decision,
+    /// The stored version it was compared with: the row's, or the key's tombstone's; `None` when
+    /// the key had neither.
+    pub stored: Option<Version>,
+    pub stored_row: Option<&'a R>,
+    /// The incoming row's version, or the incoming tombstone's.
+    pub incoming: Version,
+    /// `None` for a delete.
+    pub incoming_row: Option<&'a R>,
+}
+
+/// The tombstones of one key and the lock that serialises writers of that key.
+pub trait Tombstones {
+    /// A transaction of another session that a lookup may have to wait for.
+    type Waiter;
+
+    /// Takes the key lock (releasing any key lock this session took before).
+    fn lock_key(&mut self);
+    /// Releases the key lock, if held.
+    fn unlock_key(&mut self);
+    /// Waits for a transaction to end; never called with the key lock held.
+    fn wait(&mut self, waiter: Self::Waiter);
+    /// The key's stored tombstone (called with the key lock held).
+    fn find_tombstone(&mut self) -> Lookup<Tombstone, Self::Waiter>;
+    /// Stores `tombstone` as the key's, replacing a stored one.
+    fn record_tombstone(&mut self, tombstone: &Tombstone);
+    /// Removes the key's stored tombstone (as mm_conflict's own write, which peers skip).
+    fn remove_tombstone(&mut self);
+}
+
+/// The rows of one key of a replicated table, and what the engine does with them.
+pub trait Store: Tombstones {
+    /// A row: one a write carries, or one read back from the table.
+    type Row;
+
+    /// Whether the table has a primary key (without one, nothing is versioned by key).
+    fn keyed(&self) -> bool;
+    /// The bookkeeping values (and user criterion) of a row.
+    fn stamps(&self, row: &Self::Row) -> RowStamps;
+    /// The key's stored row, seeing rows of transactions still running (key lock held).
+    fn find_row(&mut self) -> Lookup<Stored<Self::Row>, Self::Waiter>;
+    /// An INSERT that beat the stored row becomes an UPDATE of it to `row`. The UPDATE goes
+    /// through [`replicated_update`] again (with `converting`); false when it updated nothing
+    /// (the row changed or went meanwhile).
+    fn overwrite(&mut self, row: &Self::Row) -> bool;
+    /// Deletes the key's row as mm_conflict's own write (its trigger lets it pass) and returns it
+    /// as it was; `None` when it is gone.
+    fn take_row(&mut self) -> Option<Self::Row>;
+    /// Inserts `row` again as mm_conflict's own write: with [`Store::take_row`], the re-send of a
+    /// row that beat a tombstone.
+    fn put_row(&mut self, row: &Self::Row);
+    /// Counts a resolution and reports it if it is a conflict.
+    fn report(&mut self, resolution: &Resolution<Self::Row>);
+}
+
+/// What the trigger does with the row PostgreSQL is about to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// A local write: write it with these stamps (`mm_islocal = true`, this node's id).
+    Stamp(Stamps),
+    /// A replicated write that won: write it as it came, marked `mm_islocal = false`.
+    Apply,
+    /// Write it unchanged (deletes, mm_conflict's own writes, tables without a primary key).
+    Pass,
+    /// Do not write it: no new row version, no WAL, nothing relayed.
+    Skip,
+}
+
+/// Which local write lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Operation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Insert => "insert",
+            Operation::Update => "update",
+            Operation::Delete => "delete",
+        }
+    }
+}
+
+/// Why the engine refused a write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A local write that loses to the stored version (`mm_conflict.local_conflict = error`).
+    LocalConflict {
+        operation: Operation,
+        stored: Version,
+        written: Version,
+    },
+    /// A replicated INSERT into a table without a primary key: it cannot be resolved.
+    NoPrimaryKey,
+}
+
+/// The settings a local write runs under.
+#[derive(Clone, Copy, Debug)]
+pub struct Local {
+    pub clock: Clock,
+    pub mode: LocalConflictMode,
+}
+
+/// Looks `find` up under the key lock, waiting (without the lock) for versions still being
+/// written. Returns with the key lock held.
+fn locked<S: Tombstones + ?Sized, T>(
+    store: &mut S,
+    find: impl Fn(&mut S) -> Lookup<T, S::Waiter>,
+) -> Option<T> {
+    loop {
+        store.lock_key();
+        match find(store) {
+            Lookup::Absent => return None,
+            Lookup::Found(found) => return Some(found),
+            Lookup::InProgress(waiter) => {
+                store.unlock_key();
+                store.wait(waiter);
+            }
+        }
+    }
+}
+
+fn check_local(
+    order: &VersionOrder,
+    mode: LocalConflictMode,
+    operation: Operation,
+    stored: Version,
+    written: Version,
+) -> Result<bool, Refusal> {
+    match decide::local_write(order, &stored, &written, mode) {
+        LocalAction::Write => Ok(true),
+        LocalAction::Skip => Ok(false),
+        LocalAction::RaiseConflict => Err(Refusal::LocalConflict {
+            operation,
+            stored,
+            written,
+        }),
+    }
+}
+
+/// A local INSERT. A key deleted before must be re-inserted above its tombstone, so the key lock
+/// is taken and the tombstone looked up; the lock stays until the next key-locked write of this
+/// session (by then the row's index entry exists, and others' probes see it).
+pub fn local_insert<S: Store + ?Sized>(
+    store: &mut S,
+    policy: &Policy,
+    local: Local,
+    new: &S::Row,
+) -> Result<Action, Refusal> {
+    let tombstone = if store.keyed() {
+        locked(store, S::find_tombstone)
+    } else {
+        None
+    };
+    let stamps = stamp_local(local.clock, tombstone.as_ref().map(|t| &t.stamps));
+    if let Some(t) = &tombstone {
+        let written = policy.local_version(&stamps, store.stamps(new).user_criterion);
+        if !check_local(
+            &policy.order(),
+            local.mode,
+            Operation::Insert,
+            t.version,
+            written,
+        )? {
+            return Ok(Action::Skip);
+        }
+    }
+    Ok(Action::Stamp(stamps))
+}
+
+/// A local UPDATE: stamped above the row it replaces, and refused (or skipped) if it would still
+/// lose to it on every other node.
+pub fn local_update<S: Store + ?Sized>(
+    store: &mut S,
+    policy: &Policy,
+    local: Local,
+    old: &S::Row,
+    new: &S::Row,
+) -> Result<Action, Refusal> {
+    let stored = store.stamps(old);
+    let stamps = stamp_local(local.clock, Some(&stored));
+    let written = policy.local_version(&stamps, store.stamps(new).user_criterion);
+    if !check_local(
+        &policy.order(),
+        local.mode,
+        Operation::Update,
+        policy.version(&stored),
+        written,
+    )? {
+        return Ok(Action::Skip);
+    }
+    Ok(Action::Stamp(stamps))
+}
+
+/// A local DELETE: a versioned write. Its tombstone, stamped above the row, is recorded under
+/// the key lock before the row goes.
+pub fn local_delete<S: Store + ?Sized>(
+    store: &mut S,
+    policy: &Policy,
+    local: Local,
+    old: &S::Row,
+) -> Result<Action, Refusal> {
+    // Without a primary key a delete cannot be versioned (PostgreSQL itself refuses to publish
+    // deletes of a table without a replica identity).
+    if !store.keyed() {
+        return Ok(Action::Pass);
+    }
+    store.lock_key();
+    let stored = store.stamps(old);
+    let stamps = stamp_local(local.clock, Some(&stored));
+    let version = policy.tombstone_version(&stored, &stamps);
+    if !check_local(
+        &policy.order(),
+        local.mode,
+        Operation::Delete,
+        policy.version(&stored),
+        version,
+    )? {
+        return Ok(Action::Skip);
+    }
+    store.record_tombstone(&Tombstone {
+        version,
+        stamps: RowStamps {
+            xacttime: Some(stamps.xacttime),
+            stattime: Some(stamps.stattime),
+            node: Some(policy.node_id),
+            user_criterion: None,
+        },
+        order: policy.order(),
+    });
+    Ok(Action::Pass)
+}
+
+/// A replicated UPDATE: applied only if its version beats the stored row's. `converting`: the
+/// UPDATE that carries out an INSERT's conversion, which that INSERT reports.
+pub fn replicated_update<S: Store + ?Sized>(
+    store: &mut S,
+    policy: &Policy,
+    old: &S::Row,
+    new: &S::Row,
+    converting: bool,
+) -> Action {
+    let stored = policy.version(&store.stamps(old));
+    let incoming = policy.version(&store.stamps(new));
+    let outcome = decide::resolve(&policy.order(), &stored, &incoming);
+    if !converting {
+        store.report(&Resolution {
+            decision: outcome.into(),
+            stored: Some(stored),
+            stored_row: Some(old),
+            incoming,
+            incoming_row: Some(new),
+        });
+    }
+    match outcome {
+        Outcome::IncomingWins => Action::Apply,
+        Outcome::StoredWins | Outcome::SameVersion => Action::Skip,
+    }
+}
+
+/// A replicated DELETE applies only when the key's tombstone (which travels before it in the
+/// same transaction) beats the row. A DELETE without one (an unversioned delete, or the first half
+/// of a re-send) is skipped: a row that beats its tombstone was settled, and reported, when the
+/// tombstone arrived. `own_write`: mm_conflict's own re-send, which passes.
+pub fn replicated_delete<S: Store + ?Sized>(
+    store: &mut S,
+    policy: &Policy,
+    old: &S::Row,
+    own_write: bool,
+) -> Action {
+    // Without a primary key there is no tombstone to compare with: apply as PostgreSQL would.
+    if own_write || !store.keyed() {
+        return Action::Pass;
+    }
+    let tombstone = locked(store, S::find_tombstone);
+    store.unlock_key();
+    let stored = policy.version(&store.stamps(old));
+    match tombstone {
+        Some(t)
+            if decide::replicated_delete(&policy.order(), &stored, Some(&t.version))
+                == DeleteAction::Delete =>
+        {
+            store.report(&Resolution {
+                decision: Decision::DeleteApplied,
+                stored: Some(stored),
+                stored_row: Some(old),
+                incoming: t.version,
+                incoming_row: None,
+            });
+            Action::Pass
+        }
+        _ => Action::Skip,
+    }
+}
+
+/// A replicated INSERT: the key is probed under the key lock (seeing inserts still running, and
+/// waiting for them without the lock). No row: the key's tombstone decides; inserted, the key
+/// lock is kept until the row's index entry exists. A row that loses: overwritten (the INSERT
+/// becomes an UPDATE). A row that wins, or is the same version: the INSERT is skipped.
+/// Replication never stops on a duplicate key. `own_write`: mm_conflict's own re-send, which is
+/// resolved like any INSERT but not reported.
+pub fn replicated_insert<S: Store + ?Sized>(
+    store: &mut S,
+    policy: &Policy,
+    new: &S::Row,
+    own_write: bool,
+) -> Result<Action, Refusal> {
+    if !store.keyed() {
+        return Err(Refusal::NoPrimaryKey);
+    }
+    let order = policy.order();
+    let incoming = policy.version(&store.stamps(new));
+    let report = |store: &mut S, decision, stored: Option<Version>, stored_row: Option<&S::Row>| {
+        if !own_write {
+            store.report(&Resolution {
+                decision,
+                stored,
+                stored_row,
+                incoming,
+                incoming_row: Some(new),
+            });
+        }
+    };
+    loop {
+        let found = locked(store, S::find_row);
+        // The trigger never waits while holding the key lock: a stored row is overwritten or
+        // kept, and neither needs the lock.
+        if found.is_some() {
+            store.unlock_key();
+        }
+        let stored = found.as_ref().map(|f| policy.version(&f.stamps));
+        // No row: the key's tombstone decides (still under the key lock).
+        let tombstone = match found {
+            Some(_) => None,
+            None => match store.find_tombstone() {
+                Lookup::Absent => None,
+                Lookup::Found(t) => Some(t.version),
+                Lookup::InProgress(waiter) => {
+                    store.unlock_key();
+                    store.wait(waiter);
+                    continue;
+                }
+            },
+        };
+        let stored_row = found.as_ref().and_then(|f| f.row.as_ref());
+        match decide::replicated_insert(&order, stored.as_ref(), tombstone.as_ref(), &incoming) {
+            InsertAction::Insert => {
+                report(store, Decision::Applied, tombstone, None);
+                return Ok(if own_write {
+                    Action::Pass
+                } else {
+                    Action::Apply
+                });
+            }
+            InsertAction::ConvertToUpdate => {
+                if store.overwrite(new) {
+                    report(store, Decision::InsertConvertedToUpdate, stored, stored_row);
+                    return Ok(Action::Skip);
+                }
+                // The row changed or went since the probe: decide again.
+            }
+            InsertAction::Skip(outcome) => {
+                store.unlock_key();
+                report(store, outcome.into(), stored.or(tombstone), stored_row);
+                return Ok(Action::Skip);
+            }
+        }
+    }
+}
+
+/// A replicated tombstone: stored if its key has none, or if it beats the stored one (which it
+/// then replaces); skipped otherwise. Stored, the key lock is kept until its index entry exists.
+pub fn tombstone_arrives<S: Tombstones + ?Sized>(store: &mut S, incoming: &Tombstone) -> bool {
+    match locked(store, S::find_tombstone) {
+        None => true,
+        Some(stored) if !incoming.order.beats(&incoming.version, &stored.version) => {
+            store.unlock_key();
+            false
+        }
+        Some(_) => {
+            store.remove_tombstone();
+            true
+        }
+    }
+}
+
+/// A replicated UPDATE of a tombstone row (tombstones are replaced by DELETE + INSERT, but an
+/// UPDATE is resolved too): applied only when the new version beats the old.
+pub fn tombstone_updated(old: &Tombstone, new: &Tombstone) -> bool {
+    new.order.beats(&new.version, &old.version)
+}
+
+/// A replicated DELETE of a tombstone row: purges stay on the node that ran them, so peers skip
+/// them; mm_conflict's own removals (a tombstone replaced by a newer one) pass.
+pub fn tombstone_deleted(replicated: bool, own_write: bool) -> bool {
+    !replicated || own_write
+}
+
+/// A tombstone that is new on this node settles the key's row at once: the row is deleted if the
+/// tombstone beats it; if the row beats it, the row is kept and re-sent (DELETE + INSERT, same
+/// version), because nodes that applied the delete skip an UPDATE of a row they no longer have but
+/// accept an INSERT that beats their tombstone. Deciding here, when the tombstone lands, and not
+/// when the DELETE does, matters: a relay that had no row forwards the tombstone alone.
+pub fn settle<S: Store + ?Sized>(store: &mut S, policy: &Policy, tombstone: &Tombstone) {
+    let found = locked(store, S::find_row);
+    store.unlock_key();
+    if found.is_none() {
+        return;
+    }
+    // Delete the row as it is now (the store locks it, so a concurrent update is not lost), then
+    // put it back if it beats the tombstone.
+    let Some(row) = store.take_row() else {
+        return; // gone meanwhile
+    };
+    let stored = policy.version(&store.stamps(&row));
+    let action = decide::new_tombstone(&policy.order(), &stored, &tombstone.version);
+    if action == DeleteAction::KeepAndResend {
+        store.put_row(&row);
+    }
+    store.report(&Resolution {
+        decision: if action == DeleteAction::Delete {
+            Decision::DeleteApplied
+        } else {
+            Decision::DeleteSkipped
+        },
+        stored: Some(stored),
+        stored_row: Some(&row),
+        incoming: tombstone.version,
+        incoming_row: None,
+    });
+}
