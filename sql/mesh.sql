@@ -85,15 +85,6 @@ BEGIN
 END
 $$;
 
--- Quoted, schema-qualified name of a table (the form tombstones record).
-CREATE FUNCTION mm_conflict._table_name(tbl regclass) RETURNS text
-LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT format('%I.%I', n.nspname, c.relname)
-      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.oid = tbl
-$$;
-
 -- Raises an error caught earlier, again; empty detail and hint are left out.
 CREATE FUNCTION mm_conflict._raise(state text, message text, detail text, hint text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp

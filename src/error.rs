@@ -1,13 +1,22 @@
-//! The extension's errors: one enum, each variant with its own SQLSTATE, raised as a proper
-//! PostgreSQL error (not pgrx's generic `XX000`), so clients can branch on the code.
+//! Every error (and warning) a user can meet from mm_conflict, from Rust or from its SQL: one
+//! enum, each variant with one wording, one SQLSTATE, and its detail and hint, raised as a proper
+//! PostgreSQL error (never pgrx's generic `XX000`), so that clients can branch on the code.
+//!
+//! The SQL functions raise them too: `mm_conflict._fail(jsonb)` takes a variant as JSON
+//! (`{"error": "cannot_connect", "who": "node 2", "detail": "..."}`), so no message text lives in
+//! SQL.
 
 use mm_conflict_core::PolicyError;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
+use serde::Deserialize;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, Deserialize)]
+#[serde(tag = "error", rename_all = "snake_case", deny_unknown_fields)]
 pub enum MmError {
+    // ---- the trigger and its table --------------------------------------------------------
     #[error("{0}")]
+    #[serde(skip)]
     BadArgument(#[from] PolicyError),
 
     #[error("mm_resolve must be fired BEFORE INSERT, UPDATE or DELETE FOR EACH ROW, not {fired}")]
@@ -28,114 +37,347 @@ pub enum MmError {
         table: String,
         column: String,
         found: String,
-        expected: &'static str,
+        expected: String,
     },
 
-    #[error(
-        "table {table} has no primary key, which mm_resolve needs to resolve replicated inserts"
-    )]
+    #[error("table {table} has no primary key")]
     NoPrimaryKey { table: String },
-
-    #[error("{function} needs an ordinary table, and {relation} is not one")]
-    NotATable {
-        relation: String,
-        function: &'static str,
-    },
-
-    #[error("table {table} has no mm_resolve trigger")]
-    NotReplicated { table: String },
-
-    #[error("invalid mesh description: {message}")]
-    BadMeshSpec { message: String },
 
     #[error("local {operation} on table {table} loses to the stored version of the row")]
     LocalConflict {
         table: String,
-        operation: &'static str,
+        operation: String,
         detail: String,
         hint: String,
     },
+
+    // ---- tables the mesh works on ---------------------------------------------------------
+    #[error("{function} needs an ordinary table, and {relation} is not one")]
+    NotATable { relation: String, function: String },
+
+    #[error("table {table} belongs to mm_conflict itself")]
+    ExtensionTable { table: String },
+
+    #[error("table {table} has no mm_resolve trigger")]
+    NotReplicated { table: String },
+
+    #[error("table {table} already has an mm_resolve trigger, \"{trigger}\"")]
+    OtherResolveTrigger { table: String, trigger: String },
+
+    #[error("trigger \"{trigger}\" on {table} fires before mm_resolve")]
+    TriggerFiresFirst { table: String, trigger: String },
+
+    // ---- this node ------------------------------------------------------------------------
+    #[error("this node has no node id yet")]
+    NoNodeId,
+
+    #[error("node id must be between 1 and 32767, got {value}")]
+    NodeIdOutOfRange { value: String },
+
+    #[error("node name must not be empty")]
+    EmptyNodeName,
+
+    #[error("this node is already node {current}, not {wanted}")]
+    NodeIdTaken { current: i64, wanted: i64 },
+
+    #[error("{function}: argument {argument} must not be NULL")]
+    NullArgument { function: String, argument: String },
+
+    #[error("{function} requires superuser")]
+    NotSuperuser { function: String },
+
+    // ---- reaching peers -------------------------------------------------------------------
+    #[error("extension dblink is not installed, and {function} needs it to reach other nodes")]
+    DblinkMissing { function: String },
+
+    #[error("cannot connect to {who}")]
+    CannotConnect { who: String, detail: String },
+
+    #[error("replication slot {slot} is still in use")]
+    SlotStillActive { slot: String },
+
+    // ---- subscriptions --------------------------------------------------------------------
+    #[error("node {node} cannot subscribe to itself")]
+    SubscribeToSelf { node: i64 },
+
+    #[error("node {node} already subscribes to node {peer} with another conninfo")]
+    SubscribedElsewhere {
+        node: i64,
+        peer: i64,
+        subscription: String,
+    },
+
+    #[error("node {peer} has no mm_conflict extension")]
+    PeerWithoutExtension { peer: i64 },
+
+    #[error("node {peer} runs with wal_level = {wal_level}")]
+    PeerWalLevel { peer: i64, wal_level: String },
+
+    #[error("node {peer} has no node id yet")]
+    PeerWithoutNodeId { peer: i64 },
+
+    #[error("the node at this conninfo is node {found}, not node {expected}")]
+    PeerIsAnotherNode { found: i64, expected: i64 },
+
+    #[error("node {peer} has no publication {publication}")]
+    PeerWithoutPublication { peer: i64, publication: String },
+
+    #[error("replication slot {slot} on node {peer} is in use")]
+    SlotInUse { slot: String, peer: i64 },
+
+    // ---- create_mesh ----------------------------------------------------------------------
+    #[error("invalid mesh description: {message}")]
+    BadMeshSpec { message: String },
+
+    #[error("create_mesh() cannot run in a transaction that has already written")]
+    MeshInWrittenTransaction,
+
+    #[error("create_mesh() needs at least one table")]
+    MeshWithoutTables,
+
+    #[error("the role of this conninfo is not a superuser there")]
+    RemoteNotSuperuser,
+
+    #[error("wal_level is {wal_level}, not logical")]
+    RemoteWalLevel { wal_level: String },
+
+    #[error("PostgreSQL {version} is too old")]
+    RemoteTooOld { version: i64 },
+
+    #[error("the extension is not installed on this server")]
+    RemoteWithoutPackage,
+
+    #[error("table {table} does not exist there")]
+    RemoteTableMissing { table: String },
+
+    #[error("the node at this conninfo is already node {node_id}")]
+    RemoteIsAnotherNode { node_id: i64 },
+
+    #[error("table {table} differs between the nodes")]
+    TablesDiffer { table: String },
+
+    // ---- counters, the extension itself ---------------------------------------------------
+    #[error("mm_conflict's conflict counters are not available")]
+    CountersNotLoaded,
+
+    #[error("mm_conflict's {object} is damaged")]
+    ExtensionDamaged { object: String, detail: String },
+
+    /// A broken invariant of mm_conflict itself (never the user's input).
+    #[error("mm_conflict internal error: {what}")]
+    Internal { what: String },
 }
 
 impl MmError {
     pub fn sqlstate(&self) -> PgSqlErrorCode {
+        use MmError::*;
         use PgSqlErrorCode::*;
         match self {
-            MmError::BadArgument(PolicyError::NodeIdNotInteger { .. }) => {
+            BadArgument(PolicyError::NodeIdNotInteger { .. }) => {
                 ERRCODE_INVALID_TEXT_REPRESENTATION
             }
-            MmError::BadArgument(PolicyError::NodeIdOutOfRange { .. }) => {
+            BadArgument(PolicyError::NodeIdOutOfRange { .. }) | NodeIdOutOfRange { .. } => {
                 ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE
             }
-            MmError::BadArgument(_) => ERRCODE_INVALID_PARAMETER_VALUE,
-            MmError::WrongTriggerEvent { .. } => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-            MmError::MissingColumn { .. } | MmError::UnknownCriterionColumn { .. } => {
-                ERRCODE_UNDEFINED_COLUMN
+            BadArgument(_) | BadMeshSpec { .. } | EmptyNodeName | MeshWithoutTables => {
+                ERRCODE_INVALID_PARAMETER_VALUE
             }
-            MmError::UnsupportedColumnType { .. } => ERRCODE_DATATYPE_MISMATCH,
-            MmError::NoPrimaryKey { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            MmError::LocalConflict { .. } => ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION,
-            MmError::NotATable { .. } => ERRCODE_WRONG_OBJECT_TYPE,
-            MmError::NotReplicated { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            MmError::BadMeshSpec { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            SubscribeToSelf { .. } | PeerIsAnotherNode { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            WrongTriggerEvent { .. } => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+            MissingColumn { .. } | UnknownCriterionColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
+            UnsupportedColumnType { .. } => ERRCODE_DATATYPE_MISMATCH,
+            LocalConflict { .. } => ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION,
+            NotATable { .. } | ExtensionTable { .. } => ERRCODE_WRONG_OBJECT_TYPE,
+            OtherResolveTrigger { .. } | SubscribedElsewhere { .. } | SlotInUse { .. } => {
+                ERRCODE_DUPLICATE_OBJECT
+            }
+            NoPrimaryKey { .. }
+            | NotReplicated { .. }
+            | NoNodeId
+            | NodeIdTaken { .. }
+            | DblinkMissing { .. }
+            | PeerWalLevel { .. }
+            | PeerWithoutNodeId { .. }
+            | RemoteWalLevel { .. }
+            | RemoteIsAnotherNode { .. }
+            | CountersNotLoaded
+            | ExtensionDamaged { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            NullArgument { .. } => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            NotSuperuser { .. } | RemoteNotSuperuser => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            CannotConnect { .. } => ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+            SlotStillActive { .. } => ERRCODE_OBJECT_IN_USE,
+            PeerWithoutExtension { .. } | PeerWithoutPublication { .. } => ERRCODE_UNDEFINED_OBJECT,
+            MeshInWrittenTransaction => ERRCODE_ACTIVE_SQL_TRANSACTION,
+            RemoteTooOld { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+            RemoteWithoutPackage => ERRCODE_UNDEFINED_FILE,
+            RemoteTableMissing { .. } => ERRCODE_UNDEFINED_TABLE,
+            TriggerFiresFirst { .. } | TablesDiffer { .. } => ERRCODE_WARNING,
+            Internal { .. } => ERRCODE_INTERNAL_ERROR,
         }
     }
 
     pub fn detail(&self) -> Option<String> {
-        match self {
-            MmError::LocalConflict { detail, .. } => Some(detail.clone()),
-            _ => None,
-        }
+        use MmError::*;
+        Some(match self {
+            LocalConflict { detail, .. } | ExtensionDamaged { detail, .. } => detail.clone(),
+            CannotConnect { detail, .. } => detail.clone(),
+            NoPrimaryKey { .. } => {
+                "Replicated inserts, updates and deletes find their row by primary key.".into()
+            }
+            NodeIdTaken { .. } => "Replicated tables and subscriptions carry the node id.".into(),
+            NotSuperuser { .. } => {
+                "mm_conflict creates and drops subscriptions and replication slots, which needs a superuser on every node."
+                    .into()
+            }
+            RemoteNotSuperuser => {
+                "mm_conflict creates subscriptions and replication slots there, which needs a superuser."
+                    .into()
+            }
+            DblinkMissing { .. } => {
+                "Only the functions that reach other nodes need it; the trigger does not.".into()
+            }
+            SlotInUse { .. } => {
+                "Another subscriber (or a mesh in another database of that cluster) uses it.".into()
+            }
+            MeshInWrittenTransaction => {
+                "Creating replication slots waits for every open transaction that has written, this one included."
+                    .into()
+            }
+            TablesDiffer { .. } => {
+                "create_mesh() does not copy rows; rows that differ now stay different until written again."
+                    .into()
+            }
+            CountersNotLoaded => {
+                "They live in shared memory, which an extension gets only when loaded at server start."
+                    .into()
+            }
+            _ => return None,
+        })
     }
 
     pub fn hint(&self) -> Option<String> {
-        match self {
-            MmError::BadArgument(PolicyError::WrongArgCount { .. }) => Some(
+        use MmError::*;
+        Some(match self {
+            BadArgument(PolicyError::WrongArgCount { .. }) => {
                 "Use mm_resolve(node_id, criterion, first|last, preferred_node), or mm_resolve(node_id, 'nodeid', winning_node [, preferred_node])."
-                    .into(),
-            ),
-            MmError::BadArgument(PolicyError::BadDirection { .. }) => {
-                Some("Argument 3 is first or last (for criterion nodeid: the winning node id).".into())
+                    .into()
             }
-            MmError::WrongTriggerEvent { .. } => Some(
-                "CREATE TRIGGER ... BEFORE INSERT OR UPDATE OR DELETE ON tbl FOR EACH ROW EXECUTE FUNCTION mm_resolve(...)".into(),
-            ),
-            MmError::MissingColumn { add_column_sql, .. } => Some(format!("Run: {add_column_sql}")),
-            MmError::UnknownCriterionColumn { .. } => Some(
+            BadArgument(PolicyError::BadDirection { .. }) => {
+                "Argument 3 is first or last (for criterion nodeid: the winning node id).".into()
+            }
+            WrongTriggerEvent { .. } => {
+                "CREATE TRIGGER ... BEFORE INSERT OR UPDATE OR DELETE ON tbl FOR EACH ROW EXECUTE FUNCTION mm_resolve(...)"
+                    .into()
+            }
+            MissingColumn { add_column_sql, .. } => format!("Run: {add_column_sql}"),
+            UnknownCriterionColumn { .. } => {
                 "The criterion is last_xacttime, last_stattime, nodeid, or the name of a timestamp/timestamptz column of the table."
-                    .into(),
-            ),
-            MmError::NoPrimaryKey { table } => Some(format!(
-                "Add one with ALTER TABLE {table} ADD PRIMARY KEY (...)."
-            )),
-            MmError::LocalConflict { hint, .. } => Some(hint.clone()),
-            MmError::NotATable { .. } => Some(
-                "Partitioned tables, views and foreign tables are not supported; use the table itself.".into(),
-            ),
-            MmError::NotReplicated { table } => Some(format!(
+                    .into()
+            }
+            NoPrimaryKey { table } => {
+                format!("Add one with ALTER TABLE {table} ADD PRIMARY KEY (...).")
+            }
+            LocalConflict { hint, .. } => hint.clone(),
+            NotATable { .. } => {
+                "Partitioned tables, views and foreign tables are not supported; use the table itself."
+                    .into()
+            }
+            NotReplicated { table } => format!(
                 "Run SELECT mm_conflict.replicate_table('{}');",
                 table.replace('\'', "''")
-            )),
-            MmError::BadMeshSpec { .. } => Some(
-                r#"nodes is a JSON array of objects: [{"id": 1, "name": "a", "conninfo": "host=... dbname=..."}, ...]"#.into(),
             ),
-            _ => None,
-        }
+            OtherResolveTrigger { table, trigger } => format!(
+                "Drop it first (DROP TRIGGER \"{}\" ON {table}); replicate_table creates its own.",
+                trigger.replace('"', "\"\"")
+            ),
+            TriggerFiresFirst { .. } => {
+                "Rename it so that it sorts after \"!mm_resolve\", or it also runs for changes that lose."
+                    .into()
+            }
+            NoNodeId => {
+                "Run SELECT mm_conflict.node_init(<node id>, <name>), or set up the whole mesh with mm_conflict.create_mesh()."
+                    .into()
+            }
+            NodeIdTaken { .. } => "Run SELECT mm_conflict.drop_mesh() first to change it.".into(),
+            DblinkMissing { .. } => {
+                "Run CREATE EXTENSION dblink; as a role allowed to (dblink is part of contrib; install the server's contrib package where it is missing)."
+                    .into()
+            }
+            CannotConnect { .. } => {
+                "Check that the node runs and that its conninfo works from this node's host.".into()
+            }
+            SubscribedElsewhere { subscription, .. } => format!(
+                "Change it with ALTER SUBSCRIPTION \"{}\" CONNECTION '...', or drop the mesh first.",
+                subscription.replace('"', "\"\"")
+            ),
+            PeerWithoutExtension { .. } => {
+                "Run CREATE EXTENSION mm_conflict there, then node_init() and replicate_table()."
+                    .into()
+            }
+            PeerWalLevel { .. } | RemoteWalLevel { .. } => {
+                "Set wal_level = logical there and restart it.".into()
+            }
+            PeerWithoutNodeId { peer } => format!("Run SELECT mm_conflict.node_init({peer}) there."),
+            PeerIsAnotherNode { .. } => {
+                "Check the conninfo, or the node id passed to subscribe().".into()
+            }
+            PeerWithoutPublication { .. } => {
+                "Run SELECT mm_conflict.replicate_table(...) there first.".into()
+            }
+            BadMeshSpec { .. } => {
+                r#"nodes is a JSON array of objects: [{"id": 1, "name": "a", "conninfo": "host=... dbname=..."}, ...]"#.into()
+            }
+            MeshInWrittenTransaction => {
+                "Call it on its own, outside an explicit transaction block.".into()
+            }
+            RemoteTooOld { .. } => "mm_conflict needs PostgreSQL 15 or later.".into(),
+            RemoteWithoutPackage => {
+                "Install the mm_conflict package (cargo pgrx install) there.".into()
+            }
+            RemoteTableMissing { .. } => {
+                "Create the tables on every node first (same schema, same columns).".into()
+            }
+            RemoteIsAnotherNode { .. } => {
+                "Fix the node list, or run mm_conflict.drop_mesh() there first.".into()
+            }
+            TablesDiffer { .. } => {
+                "Make the tables identical first, or fill one node and join the others with subscribe(..., copy_data => true)."
+                    .into()
+            }
+            CountersNotLoaded => {
+                "Add mm_conflict to shared_preload_libraries in postgresql.conf and restart the server."
+                    .into()
+            }
+            ExtensionDamaged { .. } => {
+                "Recreate the extension (DROP EXTENSION mm_conflict; CREATE EXTENSION mm_conflict), or restore the object from a dump."
+                    .into()
+            }
+            _ => return None,
+        })
     }
 
-    /// Raises this error as a PostgreSQL `ERROR` with its SQLSTATE, detail and hint.
-    /// Never returns: control goes back to PostgreSQL's error handling.
-    #[track_caller]
-    pub fn raise(self) -> ! {
-        let mut report = ErrorReport::new(self.sqlstate(), self.to_string(), "mm_resolve");
+    fn report_at(&self, level: PgLogLevel) {
+        let mut report = ErrorReport::new(self.sqlstate(), self.to_string(), "mm_conflict");
         if let Some(detail) = self.detail() {
             report = report.set_detail(detail);
         }
         if let Some(hint) = self.hint() {
             report = report.set_hint(hint);
         }
-        report.report(PgLogLevel::ERROR);
+        report.report(level);
+    }
+
+    /// Raises this error as a PostgreSQL `ERROR` with its SQLSTATE, detail and hint.
+    /// Never returns: control goes back to PostgreSQL's error handling.
+    #[track_caller]
+    pub fn raise(self) -> ! {
+        self.report_at(PgLogLevel::ERROR);
         unreachable!("ereport(ERROR) returned")
+    }
+
+    /// Reports this as a `WARNING` (for the variants that are warnings) and goes on.
+    pub fn warn(&self) {
+        self.report_at(PgLogLevel::WARNING);
     }
 }
 
@@ -151,5 +393,27 @@ impl<T> OrRaise<T> for Result<T, MmError> {
             Ok(value) => value,
             Err(err) => err.raise(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sql_raises_variants_by_name() {
+        let e: MmError = serde_json::from_value(
+            serde_json::json!({"error": "cannot_connect", "who": "node 2", "detail": "refused"}),
+        )
+        .unwrap();
+        assert_eq!(e.to_string(), "cannot connect to node 2");
+        assert_eq!(e.detail().as_deref(), Some("refused"));
+        assert!(
+            serde_json::from_value::<MmError>(serde_json::json!({"error": "no_such"})).is_err()
+        );
+        assert!(serde_json::from_value::<MmError>(
+            serde_json::json!({"error": "no_node_id", "extra": 1})
+        )
+        .is_err());
     }
 }

@@ -1,32 +1,24 @@
 //! mm_conflict: conflict resolution for multi-master PostgreSQL over native logical replication.
 //!
-//! * `trigger` — the `mm_resolve` trigger function (a thin shim over `resolve`).
-//! * `resolve` — what the trigger does with one row; the decisions come from `mm_conflict_core`.
-//! * `relinfo` — per-trigger cache of column numbers, policy and primary key.
-//! * `keylock` — serialises concurrent inserts of the same key.
-//! * `probe` — finds the stored version of a key, robust to concurrent updates.
-//! * `tombstone` — versioned deletes, replicated in `mm_conflict.tombstone`.
-//! * `spi` — prepared statements of the rare paths.
-//! * `mesh` — `create_mesh`'s node list and table checks (the mesh API itself is `sql/mesh.sql`).
-//! * `checksum` — `mm_conflict.table_checksum`.
-//! * `conflicts` — conflict counters (shared memory), `conflict_log` rows and log lines.
-//! * `api` — other SQL functions in schema `mm_conflict`.
-//! * `error`, `gucs` — SQLSTATE-mapped errors and settings.
+//! Layers, imports pointing down only (the pure decision core, `mm_conflict_core`, is the bottom):
+//! * [`api`]: every function PostgreSQL calls (`#[pg_trigger]`, `#[pg_extern]`).
+//! * [`apply`]: runs the core's engine for what PostgreSQL fires; its store over PostgreSQL.
+//! * [`verify`]: comparing nodes (`table_checksum`).
+//! * [`mesh`]: the mesh API's decisions (node lists).
+//! * [`report`]: conflict counters (shared memory), `conflict_log` rows and log lines.
+//! * [`catalog`]: per-table caches (a replicated table; the tombstone table).
+//! * [`pg`]: small wrappers over PostgreSQL's C API, and the shims between majors.
+//! * [`error`], [`gucs`]: the one error enum (a SQLSTATE each), the settings.
 
 mod api;
-mod checksum;
-mod conflicts;
+mod apply;
+mod catalog;
 mod error;
 mod gucs;
-mod keylock;
 mod mesh;
-mod probe;
-mod relinfo;
-mod resolve;
-mod scoped_flag;
-mod spi;
-mod tombstone;
-mod trigger;
+mod pg;
+mod report;
+mod verify;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
@@ -39,8 +31,8 @@ pgrx::extension_sql_file!(
     name = "tombstones",
     requires = [
         "bootstrap",
-        tombstone::mm_conflict::tombstone_resolve,
-        tombstone::mm_conflict::tombstone_settle
+        api::triggers::mm_conflict::tombstone_resolve,
+        api::triggers::mm_conflict::tombstone_settle
     ]
 );
 
@@ -49,9 +41,9 @@ pgrx::extension_sql_file!(
     name = "conflicts",
     requires = [
         "bootstrap",
-        conflicts::mm_conflict::_conflict_counters_state,
-        conflicts::mm_conflict::_conflict_counters,
-        conflicts::mm_conflict::_reset_conflict_counters
+        api::functions::mm_conflict::_conflict_counters_state,
+        api::functions::mm_conflict::_conflict_counters,
+        api::functions::mm_conflict::_reset_conflict_counters
     ]
 );
 
@@ -61,17 +53,18 @@ pgrx::extension_sql_file!(
     requires = [
         "bootstrap",
         "tombstones",
-        mesh::mm_conflict::mesh_nodes,
-        mesh::mm_conflict::check_table,
-        checksum::mm_conflict::table_checksum
+        api::functions::mm_conflict::mesh_nodes,
+        api::functions::mm_conflict::check_table,
+        api::functions::mm_conflict::table_checksum,
+        api::functions::mm_conflict::_table_name
     ]
 );
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
-    conflicts::init();
-    relinfo::register_invalidation();
+    report::counters::init();
+    catalog::relinfo::register_invalidation();
 }
 
 /// Required by `cargo pgrx test`.

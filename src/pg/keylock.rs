@@ -18,7 +18,7 @@
 //!
 //! Lock order: UPDATEs never take this lock, and the trigger never waits for another transaction
 //! while holding it: when a probe finds a row (to overwrite or keep) or a transaction in progress,
-//! the lock is released first (`release_and_wait`). What remains: a DELETE takes the lock while
+//! the lock is released first (the engine unlocks, then `wait`s). What remains: a DELETE takes the lock while
 //! holding its row's lock, and a local `INSERT ... ON CONFLICT DO UPDATE` holds it while waiting
 //! for the conflicting row's lock; two such sessions on the same key (local, or local and an apply
 //! worker) can deadlock. The deadlock detector aborts one; apply workers retry their transaction.
@@ -32,7 +32,7 @@ use std::cell::Cell;
 
 use pgrx::pg_sys;
 
-use crate::relinfo::stable_hash;
+use super::names::stable_hash;
 
 const KEY_LOCK_FIELD4: u16 = 0x4D4D;
 
@@ -84,7 +84,8 @@ pub fn release_previous() {
         // SAFETY: plain lock-manager calls on a tag we built; LockHeldByMe guards against a lock
         // already released by the end of its (sub)transaction.
         as_transaction_owner(|| unsafe {
-            if pg_sys::GetCurrentSubTransactionId() == taken_in && pg_sys::LockHeldByMe(&tag, mode)
+            if pg_sys::GetCurrentSubTransactionId() == taken_in
+                && super::compat::lock_held_by_me(&tag, mode)
             {
                 pg_sys::LockRelease(&tag, mode, false);
             }
@@ -113,11 +114,10 @@ pub fn lock_key(table_hash: u32, key: &[u8]) {
     HELD.set(Some((tag, unsafe { pg_sys::GetCurrentSubTransactionId() })));
 }
 
-/// Releases the key lock, then waits for transaction `xid` to end: the wait for another
-/// transaction never happens while holding the key lock (see "Lock order" above).
-pub fn release_and_wait(xid: pg_sys::TransactionId) {
-    release_previous();
-    // SAFETY: waits on a transaction id read from a tuple; no key lock is held any more.
+/// Waits for transaction `xid` to end. Callers release the key lock first: the wait for another
+/// transaction never happens while holding it (see "Lock order" above).
+pub fn wait(xid: pg_sys::TransactionId) {
+    // SAFETY: waits on a transaction id read from a tuple.
     unsafe {
         pg_sys::XactLockTableWait(
             xid,

@@ -1,10 +1,19 @@
-//! Prepared statements that the trigger runs on its rare paths (overwrite, re-send, tombstones),
-//! prepared on first use and kept for the life of their cache entry.
+//! Prepared statements (the trigger's rare paths: overwrite, re-send, tombstones, conflict log),
+//! prepared on first use and kept for the life of their owner.
 
 use std::cell::Cell;
 use std::ffi::CString;
 
 use pgrx::pg_sys;
+
+use crate::error::MmError;
+
+fn failed(sql: &str, what: String) -> ! {
+    MmError::Internal {
+        what: format!("{what} (statement \"{sql}\")"),
+    }
+    .raise()
+}
 
 /// `bytes` as a text (or bytea: they share the layout) statement parameter, palloc'd.
 pub fn text_datum(bytes: &[u8]) -> pg_sys::Datum {
@@ -21,6 +30,8 @@ pub struct CachedPlan {
     pub sql: String,
     argtypes: Vec<pg_sys::Oid>,
     plan: Cell<pg_sys::SPIPlanPtr>,
+    /// Run with this role's rights instead of the current user's.
+    owner: Option<pg_sys::Oid>,
 }
 
 impl CachedPlan {
@@ -29,7 +40,14 @@ impl CachedPlan {
             sql,
             argtypes,
             plan: Cell::new(std::ptr::null_mut()),
+            owner: None,
         }
+    }
+
+    /// The same statement, run with `owner`'s rights (see [`super::security::as_user`]).
+    pub fn run_as(mut self, owner: pg_sys::Oid) -> CachedPlan {
+        self.owner = Some(owner);
+        self
     }
 
     /// Runs the statement with `values` (`None` = NULL) and returns the number of rows it
@@ -39,7 +57,7 @@ impl CachedPlan {
     /// Must run inside a transaction; `values` must match the argument types.
     pub unsafe fn execute(&self, values: &[Option<pg_sys::Datum>], expected: u32) -> u64 {
         // SAFETY: forwarded from the caller.
-        unsafe { self.run(values, expected, false).0 }
+        unsafe { self.run_with_rights(values, expected, false).0 }
     }
 
     /// Like [`CachedPlan::execute`], for a statement with a RETURNING list: also returns the first
@@ -53,7 +71,23 @@ impl CachedPlan {
         expected: u32,
     ) -> Option<Vec<Option<pg_sys::Datum>>> {
         // SAFETY: forwarded from the caller.
-        unsafe { self.run(values, expected, true).1 }
+        unsafe { self.run_with_rights(values, expected, true).1 }
+    }
+
+    unsafe fn run_with_rights(
+        &self,
+        values: &[Option<pg_sys::Datum>],
+        expected: u32,
+        returning: bool,
+    ) -> (u64, Option<Vec<Option<pg_sys::Datum>>>) {
+        match self.owner {
+            // SAFETY: forwarded from the caller.
+            Some(owner) => {
+                super::security::as_user(owner, || unsafe { self.run(values, expected, returning) })
+            }
+            // SAFETY: forwarded from the caller.
+            None => unsafe { self.run(values, expected, returning) },
+        }
     }
 
     unsafe fn run(
@@ -71,16 +105,18 @@ impl CachedPlan {
         // SAFETY: SPI is connected and finished here; the kept plan lives until Drop.
         unsafe {
             if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-                pgrx::error!("mm_conflict: SPI_connect failed");
+                failed(&self.sql, "SPI_connect failed".into());
             }
             let mut plan = self.plan.get();
             if plan.is_null() {
-                let sql = CString::new(self.sql.as_str()).expect("SQL without NUL");
+                let Ok(sql) = CString::new(self.sql.as_str()) else {
+                    failed(&self.sql, "a NUL byte in the statement".into());
+                };
                 let mut argtypes = self.argtypes.clone();
                 plan =
                     pg_sys::SPI_prepare(sql.as_ptr(), argtypes.len() as i32, argtypes.as_mut_ptr());
                 if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
-                    pgrx::error!("mm_conflict: could not prepare \"{}\"", self.sql);
+                    failed(&self.sql, "SPI_prepare failed".into());
                 }
                 self.plan.set(plan);
             }
@@ -95,7 +131,7 @@ impl CachedPlan {
             nulls.push(0);
             let rc = pg_sys::SPI_execute_plan(plan, datums.as_mut_ptr(), nulls.as_ptr(), false, 0);
             if rc != expected as i32 {
-                pgrx::error!("mm_conflict: \"{}\" failed (SPI code {rc})", self.sql);
+                failed(&self.sql, format!("unexpected SPI result {rc}"));
             }
             let processed = pg_sys::SPI_processed;
             let mut first_row = None;
@@ -104,7 +140,7 @@ impl CachedPlan {
                 let table = &*pg_sys::SPI_tuptable;
                 let tuple = *table.vals;
                 let natts = (*table.tupdesc).natts;
-                let attrs = (*table.tupdesc).attrs.as_slice(natts as usize);
+                let attrs = super::compat::attributes(table.tupdesc);
                 first_row = Some(
                     (1..=natts)
                         .map(|i| {

@@ -14,8 +14,9 @@ use pgrx::prelude::*;
 use pgrx::{PgMemoryContexts, PgRelation};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::error::{MmError, OrRaise};
-use crate::relinfo::{self, qualified_name};
+use crate::error::MmError;
+use crate::pg::names::relation_identity;
+use crate::pg::{compat, tuple};
 
 const BOOKKEEPING: [&str; 4] = [COL_ISLOCAL, COL_NODEID, COL_XACTTIME, COL_STATTIME];
 
@@ -35,16 +36,13 @@ struct Column {
 /// `rel` must be open.
 unsafe fn user_columns(rel: pg_sys::Relation) -> (Vec<Column>, u64) {
     // SAFETY: the relation is open, so its descriptor is valid.
-    let attrs = unsafe { relinfo::attrs((*rel).rd_att) };
+    let attrs = unsafe { compat::attributes((*rel).rd_att) };
     let mut named: Vec<(String, Column)> = attrs
         .iter()
         .enumerate()
         .filter(|(_, a)| !a.attisdropped)
         .filter_map(|(index, a)| {
-            // SAFETY: attname is NUL-terminated NameData.
-            let name = unsafe { CStr::from_ptr(a.attname.data.as_ptr()) }
-                .to_string_lossy()
-                .into_owned();
+            let name = tuple::attname(a).to_string();
             (!BOOKKEEPING.contains(&name.as_str())).then_some((
                 name,
                 Column {
@@ -89,17 +87,17 @@ unsafe fn hash_datum(column: &Column, datum: pg_sys::Datum, seed: u64) -> u64 {
     xxh3_64_with_seed(bytes, seed)
 }
 
-fn checksum(rel: &PgRelation) -> i64 {
+/// The checksum of `rel` (see the module doc).
+pub fn checksum(rel: &PgRelation) -> Result<i64, MmError> {
     let raw = rel.as_ptr();
     // SAFETY: rel is open with AccessShareLock (PgRelation's contract), rd_rel is valid.
     let relkind = unsafe { (*(*raw).rd_rel).relkind } as u8;
     if relkind != pg_sys::RELKIND_RELATION {
-        Err::<(), _>(MmError::NotATable {
+        return Err(MmError::NotATable {
             // SAFETY: rel is open.
-            relation: unsafe { qualified_name(raw) },
-            function: "table_checksum",
-        })
-        .or_raise();
+            relation: unsafe { relation_identity(raw) },
+            function: "table_checksum".into(),
+        });
     }
     // SAFETY: plain catalog lookups for an open relation; aclcheck_error raises on failure.
     unsafe {
@@ -152,18 +150,5 @@ fn checksum(rel: &PgRelation) -> i64 {
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         pg_sys::table_endscan(scan);
     }
-    sum as i64
-}
-
-#[pg_schema]
-mod mm_conflict {
-    use pgrx::prelude::*;
-    use pgrx::PgRelation;
-
-    /// Order-independent checksum of a table's rows over its user columns (bookkeeping columns
-    /// excluded). Equal on two nodes ⇔ (with overwhelming probability) the same rows.
-    #[pg_extern(stable, strict)]
-    fn table_checksum(tbl: PgRelation) -> i64 {
-        super::checksum(&tbl)
-    }
+    Ok(sum as i64)
 }

@@ -1,6 +1,5 @@
-//! The Rust side of the mesh API: parsing `create_mesh`'s node list and checking a replicated
-//! table's trigger configuration. Everything that talks to other nodes is SQL in
-//! `sql/mesh.sql` (through dblink); see there for why.
+//! The mesh API's decisions: parsing `create_mesh`'s node list. Everything that talks to other
+//! nodes is SQL in `sql/mesh.sql` (through dblink); see there for why.
 
 use std::collections::HashSet;
 
@@ -75,48 +74,6 @@ pub fn parse_nodes(nodes: serde_json::Value) -> Result<Vec<NodeSpec>, MmError> {
         }
     }
     Ok(parsed)
-}
-
-#[pgrx::pg_schema]
-mod mm_conflict {
-    use pgrx::prelude::*;
-    use pgrx::{JsonB, PgRelation};
-
-    use crate::error::{MmError, OrRaise};
-    use crate::relinfo;
-
-    /// `create_mesh`'s node list as rows, checked; errors name the bad element and field.
-    #[pg_extern(immutable, strict)]
-    fn mesh_nodes(
-        nodes: JsonB,
-    ) -> TableIterator<
-        'static,
-        (
-            name!(node_id, i16),
-            name!(node_name, Option<String>),
-            name!(conninfo, String),
-        ),
-    > {
-        let nodes = super::parse_nodes(nodes.0).or_raise();
-        TableIterator::new(nodes.into_iter().map(|n| (n.id as i16, n.name, n.conninfo)))
-    }
-
-    /// Raises the error `mm_resolve` would raise on its first row, if any: bad trigger
-    /// arguments, missing or mistyped bookkeeping or criterion columns, no primary key.
-    #[pg_extern(strict)]
-    fn check_table(tbl: PgRelation) {
-        let raw = tbl.as_ptr();
-        // SAFETY: tbl is open with AccessShareLock for the duration of the call.
-        let table = unsafe { relinfo::qualified_name(raw) };
-        // SAFETY: as above; lookup_for_relation reads the open relation's triggers.
-        let info = unsafe { relinfo::lookup_for_relation(raw) }.or_raise();
-        let Some(info) = info else {
-            MmError::NotReplicated { table }.raise()
-        };
-        if info.primary_key.is_none() {
-            MmError::NoPrimaryKey { table }.raise()
-        }
-    }
 }
 
 #[cfg(test)]

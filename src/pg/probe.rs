@@ -11,34 +11,16 @@
 //! only move the row further along a chain we follow. It never waits; it reports a transaction
 //! still in progress instead, and the caller waits after releasing the key lock.
 
+use mm_conflict_core::Lookup;
 use pgrx::pg_sys;
 
-use crate::keylock;
-use crate::relinfo::PrimaryKey;
+use super::compat;
+use super::key::PrimaryKey;
 
-/// What the probe found for a key.
-pub enum Probe<T> {
-    /// No live row with this key.
-    Absent,
-    /// A row version whose inserting or updating/deleting transaction is still running.
-    InProgress(pg_sys::TransactionId),
-    /// A committed row (or one of this transaction), as read by the caller's reader.
-    Present(T),
-}
-
-/// Takes the key lock and runs `probe`; while it finds a transaction in progress, releases the
-/// lock, waits for that transaction and tries again. Returns what it found with the key lock
-/// held (`None` for absent), so that the caller can insert before anyone else.
-pub fn locked<T>(table_hash: u32, key: &[u8], probe: impl Fn() -> Probe<T>) -> Option<T> {
-    loop {
-        keylock::lock_key(table_hash, key);
-        match probe() {
-            Probe::Absent => return None,
-            Probe::Present(found) => return Some(found),
-            Probe::InProgress(xid) => keylock::release_and_wait(xid),
-        }
-    }
-}
+/// What the probe found for a key: absent, a version whose inserting or updating/deleting
+/// transaction is still running (its id), or a committed row (or one of this transaction), as read
+/// by the caller's reader.
+pub type Probe<T> = Lookup<T, pg_sys::TransactionId>;
 
 /// An update chain longer than this is not followed further (a guard, not a real limit:
 /// chains are pruned by every page access).
@@ -77,13 +59,8 @@ pub unsafe fn probe<T>(
             );
             keys[i].sk_collation = col.collation;
         }
-        let scan = pg_sys::index_beginscan(
-            rel,
-            index,
-            &raw mut pg_sys::SnapshotAnyData,
-            nkeys as i32,
-            0,
-        );
+        let scan =
+            compat::index_beginscan(rel, index, &raw mut pg_sys::SnapshotAnyData, nkeys as i32);
         pg_sys::index_rescan(
             scan,
             keys.as_mut_ptr(),
@@ -92,7 +69,7 @@ pub unsafe fn probe<T>(
             0,
         );
         let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-        let mut result = Probe::Absent;
+        let mut result = Lookup::Absent;
         while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
             if let Some(found) = newest_version(rel, pk, (*slot).tts_tid, key, read) {
                 result = found;
@@ -134,15 +111,15 @@ unsafe fn newest_version<T>(
             }
             if visible {
                 // A recycled line pointer could hold an unrelated row: check the key.
-                let same_key = key_matches(pk, &mut tuple, tupdesc, key);
+                let same_key = pk.matches(&mut tuple, tupdesc, key);
                 let found = if !same_key {
                     None
                 } else if dirty.xmin != pg_sys::InvalidTransactionId {
-                    Some(Probe::InProgress(dirty.xmin))
+                    Some(Lookup::InProgress(dirty.xmin))
                 } else if dirty.xmax != pg_sys::InvalidTransactionId {
-                    Some(Probe::InProgress(dirty.xmax))
+                    Some(Lookup::InProgress(dirty.xmax))
                 } else {
-                    Some(Probe::Present(read(&mut tuple)))
+                    Some(Lookup::Found(read(&mut tuple)))
                 };
                 pg_sys::ReleaseBuffer(buffer);
                 return found;
@@ -163,22 +140,4 @@ unsafe fn newest_version<T>(
         }
     }
     None
-}
-
-unsafe fn key_matches(
-    pk: &PrimaryKey,
-    tuple: pg_sys::HeapTuple,
-    tupdesc: pg_sys::TupleDesc,
-    key_values: &[pg_sys::Datum],
-) -> bool {
-    pk.columns.iter().zip(key_values).all(|(col, &wanted)| {
-        let mut isnull = false;
-        // SAFETY: the tuple is pinned by the caller and described by tupdesc; the equality
-        // function is the index opclass's own.
-        unsafe {
-            let have = pg_sys::heap_getattr(tuple, col.attnum as i32, tupdesc, &mut isnull);
-            !isnull
-                && pg_sys::FunctionCall2Coll(col.eq.get(), col.collation, have, wanted).value() != 0
-        }
-    })
 }

@@ -1,0 +1,5 @@
+//! Every function PostgreSQL calls: the triggers ([`triggers`]) and the SQL functions in schema
+//! `mm_conflict` ([`functions`]). Each is a thin shim that raises errors with their own SQLSTATE.
+
+pub mod functions;
+pub mod triggers;

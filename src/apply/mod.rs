@@ -1,0 +1,275 @@
+//! Runs the engine for what PostgreSQL fires: the `mm_resolve` trigger's rows
+//! ([`fire`]) and the tombstone table's triggers ([`tombstone`]). The engine
+//! (`mm_conflict_core::engine`) decides the sequence; [`store`] is its store over PostgreSQL; this
+//! module turns the engine's actions into the tuple the trigger returns.
+
+pub mod store;
+pub mod tombstone;
+
+use std::cell::Cell;
+
+use mm_conflict_core::engine::{self, Action, Local, Refusal};
+use mm_conflict_core::stamp::{Clock, Stamps};
+use mm_conflict_core::{Criterion, Direction};
+use pgrx::pg_sys;
+
+use crate::catalog::relinfo::{self, RelInfo, Row};
+use crate::error::MmError;
+use crate::gucs;
+use crate::pg::flag::ScopedFlag;
+use crate::pg::{is_replicated_session, tuple};
+use store::PgStore;
+
+thread_local! {
+    /// True during mm_conflict's own writes (see `OwnWrite`).
+    static OWN_WRITE: Cell<bool> = const { Cell::new(false) };
+    /// Set while a replicated INSERT is being converted into an UPDATE (see `Converting`).
+    static CONVERTING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks mm_conflict's own writes (a re-send's DELETE + INSERT, the removal of a replaced
+/// tombstone) for the life of the guard, so that its triggers let them pass unresolved. Restores
+/// the previous state on drop, also when an error unwinds.
+pub struct OwnWrite;
+
+impl OwnWrite {
+    pub fn start() -> ScopedFlag {
+        ScopedFlag::raise(&OWN_WRITE)
+    }
+
+    pub fn active() -> bool {
+        OWN_WRITE.with(|r| r.get())
+    }
+}
+
+/// Marks the UPDATE that carries out an INSERT's conversion: that UPDATE's resolution is part of
+/// the INSERT's, which reports it.
+pub struct Converting;
+
+impl Converting {
+    pub fn start() -> ScopedFlag {
+        ScopedFlag::raise(&CONVERTING)
+    }
+
+    pub fn active() -> bool {
+        CONVERTING.with(|c| c.get())
+    }
+}
+
+fn describe_event(event: u32) -> String {
+    let timing = match event & pg_sys::TRIGGER_EVENT_TIMINGMASK {
+        pg_sys::TRIGGER_EVENT_BEFORE => "BEFORE",
+        pg_sys::TRIGGER_EVENT_INSTEAD => "INSTEAD OF",
+        _ => "AFTER",
+    };
+    let op = match event & pg_sys::TRIGGER_EVENT_OPMASK {
+        pg_sys::TRIGGER_EVENT_INSERT => "INSERT",
+        pg_sys::TRIGGER_EVENT_UPDATE => "UPDATE",
+        pg_sys::TRIGGER_EVENT_DELETE => "DELETE",
+        _ => "TRUNCATE",
+    };
+    let level = if event & pg_sys::TRIGGER_EVENT_ROW != 0 {
+        "ROW"
+    } else {
+        "STATEMENT"
+    };
+    format!("{timing} {op} FOR EACH {level}")
+}
+
+fn local() -> Local {
+    // SAFETY: both read the backend's clocks and cannot fail.
+    let clock = unsafe {
+        Clock {
+            xact_start: pg_sys::GetCurrentTransactionStartTimestamp(),
+            wall: pg_sys::GetCurrentTimestamp(),
+        }
+    };
+    Local {
+        clock,
+        mode: gucs::local_conflict_mode(),
+    }
+}
+
+/// Runs `mm_resolve` for one row: returns the tuple to write, or `None` to skip the row (no new
+/// row version, no WAL).
+///
+/// # Safety
+/// `td` must be the `TriggerData` of a trigger PostgreSQL is firing.
+pub unsafe fn fire(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTuple>, MmError> {
+    let event = td.tg_event;
+    let op = event & pg_sys::TRIGGER_EVENT_OPMASK;
+    if event & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_BEFORE
+        || event & pg_sys::TRIGGER_EVENT_ROW == 0
+        || op == pg_sys::TRIGGER_EVENT_TRUNCATE
+    {
+        return Err(MmError::WrongTriggerEvent {
+            fired: describe_event(event),
+        });
+    }
+    // SAFETY (whole body): td and everything it points to is valid during the firing (caller's
+    // contract); tuples belong to td.tg_relation and are described by its rd_att.
+    unsafe {
+        let info = relinfo::lookup(td.tg_relation, &*td.tg_trigger)?;
+        let policy = &info.policy;
+        let tupdesc = (*td.tg_relation).rd_att;
+        let (old, new) = (td.tg_trigtuple, td.tg_newtuple);
+        let replicated = is_replicated_session();
+        let own_write = OwnWrite::active();
+        // A replicated INSERT's probe copies the stored row only when a conflict could show it.
+        let copy_rows = replicated
+            && op == pg_sys::TRIGGER_EVENT_INSERT
+            && !own_write
+            && crate::report::rows_wanted();
+        let mut store = PgStore::for_tuple(&info, td.tg_relation, old, copy_rows);
+        let (old_row, new_row) = (Row::Tuple(old), Row::Tuple(new));
+        let (action, written) = match (op, replicated) {
+            (pg_sys::TRIGGER_EVENT_INSERT, false) => (
+                engine::local_insert(&mut store, policy, local(), &old_row),
+                old,
+            ),
+            (pg_sys::TRIGGER_EVENT_UPDATE, false) => (
+                engine::local_update(&mut store, policy, local(), &old_row, &new_row),
+                new,
+            ),
+            (pg_sys::TRIGGER_EVENT_DELETE, false) => (
+                engine::local_delete(&mut store, policy, local(), &old_row),
+                old,
+            ),
+            (pg_sys::TRIGGER_EVENT_INSERT, true) => (
+                engine::replicated_insert(&mut store, policy, &old_row, own_write),
+                old,
+            ),
+            (pg_sys::TRIGGER_EVENT_UPDATE, true) => (
+                Ok(engine::replicated_update(
+                    &mut store,
+                    policy,
+                    &old_row,
+                    &new_row,
+                    Converting::active(),
+                )),
+                new,
+            ),
+            _ => (
+                Ok(engine::replicated_delete(
+                    &mut store, policy, &old_row, own_write,
+                )),
+                old,
+            ),
+        };
+        match action.map_err(|refusal| refused(&info, refusal))? {
+            Action::Stamp(stamps) => Ok(Some(with_bookkeeping(
+                &info,
+                written,
+                tupdesc,
+                Some(stamps),
+            ))),
+            Action::Apply => Ok(Some(as_replicated(&info, written, tupdesc))),
+            Action::Pass => Ok(Some(written)),
+            Action::Skip => Ok(None),
+        }
+    }
+}
+
+/// A copy of `tuple` with the bookkeeping columns set: a local write gets `mm_islocal = true`,
+/// this node's id and `stamps`; a replicated one (`stamps = None`) only `mm_islocal = false`.
+///
+/// # Safety
+/// `tuple` is a valid tuple of `info`'s relation described by `tupdesc`; the result is palloc'd in
+/// the trigger's memory context, as PostgreSQL expects of a returned tuple.
+unsafe fn with_bookkeeping(
+    info: &RelInfo,
+    tuple: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+    stamps: Option<Stamps>,
+) -> pg_sys::HeapTuple {
+    let cols = [
+        info.att_islocal,
+        info.att_nodeid,
+        info.att_xacttime,
+        info.att_stattime,
+    ];
+    // SAFETY: forwarded from the caller; the values have the columns' types (boolean, smallint,
+    // timestamp(tz) as microseconds).
+    unsafe {
+        match stamps {
+            Some(s) => tuple::modify(
+                tuple,
+                tupdesc,
+                &cols,
+                &[
+                    Some(pg_sys::Datum::from(true)),
+                    Some(pg_sys::Datum::from(info.policy.node_id)),
+                    Some(pg_sys::Datum::from(s.xacttime)),
+                    Some(pg_sys::Datum::from(s.stattime)),
+                ],
+            ),
+            None => tuple::modify(
+                tuple,
+                tupdesc,
+                &cols[..1],
+                &[Some(pg_sys::Datum::from(false))],
+            ),
+        }
+    }
+}
+
+/// `tuple` marked as arrived from a peer (`mm_islocal = false`), copied only if needed.
+///
+/// # Safety
+/// As for [`with_bookkeeping`].
+unsafe fn as_replicated(
+    info: &RelInfo,
+    tuple: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+) -> pg_sys::HeapTuple {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if tuple::get(tuple, tupdesc, info.att_islocal).is_some_and(|d| d.value() == 0) {
+            return tuple;
+        }
+        with_bookkeeping(info, tuple, tupdesc, None)
+    }
+}
+
+/// The error a refusal of the engine raises.
+fn refused(info: &RelInfo, refusal: Refusal) -> MmError {
+    match refusal {
+        Refusal::NoPrimaryKey => MmError::NoPrimaryKey {
+            table: info.table.clone(),
+        },
+        Refusal::LocalConflict {
+            operation,
+            stored,
+            written,
+        } => {
+            let column = info.policy.criterion_column();
+            MmError::LocalConflict {
+                table: info.table.clone(),
+                operation: operation.name().into(),
+                detail: format!(
+                    "Stored version: {}. This write: {}.",
+                    stored.describe(column),
+                    written.describe(column)
+                ),
+                hint: local_conflict_hint(info),
+            }
+        }
+    }
+}
+
+fn local_conflict_hint(info: &RelInfo) -> String {
+    let escape = "or SET mm_conflict.local_conflict = skip (drop such writes) or apply (write anyway; this node then diverges from its peers).";
+    match (&info.policy.criterion, info.policy.direction) {
+        (Criterion::NodeId { winner }, _) => {
+            format!("Under criterion nodeid, rows last written by node {winner} can only be changed by node {winner}; make the change there, {escape}")
+        }
+        (Criterion::Column(column), direction) => format!(
+            "Under \"{}\" on column \"{column}\", a write must carry a {} value than the stored row: set \"{column}\" accordingly, {escape}",
+            if direction == Direction::Last { "last" } else { "first" },
+            if direction == Direction::Last { "newer" } else { "older" },
+        ),
+        (_, _) => format!(
+            "Under \"first\", the first version of a row wins on every node, so updates and deletes are refused; use \"last\" to let updates win, {escape}"
+        ),
+    }
+}

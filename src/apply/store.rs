@@ -1,0 +1,256 @@
+//! The engine's store over PostgreSQL: the key lock, the primary-key probe, the tombstone table,
+//! and the prepared statements that overwrite and re-send rows.
+
+use std::cell::OnceCell;
+
+use mm_conflict_core::engine::{Lookup, Resolution, Store, Stored, Tombstones};
+use mm_conflict_core::{RowStamps, Tombstone};
+use pgrx::pg_sys;
+
+use super::{Converting, OwnWrite};
+use crate::catalog::relinfo::{RelInfo, Row};
+use crate::catalog::tombstones::{self, TombstoneTable};
+use crate::error::MmError;
+use crate::pg::names::stable_hash;
+use crate::pg::{keylock, probe};
+use crate::report;
+
+/// The tombstones of one key of one table (named by its stable name), and the key lock.
+pub struct KeyTombstones<'a> {
+    table: std::rc::Rc<TombstoneTable>,
+    table_name: &'a [u8],
+    table_hash: u32,
+    key: &'a [u8],
+}
+
+impl<'a> KeyTombstones<'a> {
+    pub fn new(table_name: &'a [u8], key: &'a [u8]) -> Result<KeyTombstones<'a>, MmError> {
+        Ok(KeyTombstones {
+            table: tombstones::table()?,
+            table_name,
+            table_hash: stable_hash(table_name),
+            key,
+        })
+    }
+}
+
+impl Tombstones for KeyTombstones<'_> {
+    type Waiter = pg_sys::TransactionId;
+
+    fn lock_key(&mut self) {
+        keylock::lock_key(self.table_hash, self.key);
+    }
+
+    fn unlock_key(&mut self) {
+        keylock::release_previous();
+    }
+
+    fn wait(&mut self, xid: pg_sys::TransactionId) {
+        keylock::wait(xid);
+    }
+
+    fn find_tombstone(&mut self) -> Lookup<Tombstone, pg_sys::TransactionId> {
+        self.table.probe(self.table_name, self.key)
+    }
+
+    fn record_tombstone(&mut self, tombstone: &Tombstone) {
+        self.remove_tombstone();
+        self.table.insert(self.table_name, self.key, tombstone);
+    }
+
+    fn remove_tombstone(&mut self) {
+        let _own_write = OwnWrite::start();
+        self.table.remove(self.table_name, self.key);
+    }
+}
+
+/// The key of a row, computed on first use (UPDATE paths never need it).
+struct Key {
+    values: Vec<pg_sys::Datum>,
+    bytes: Vec<u8>,
+}
+
+/// One key of a replicated table, for the engine.
+pub struct PgStore<'a> {
+    info: &'a RelInfo,
+    rel: pg_sys::Relation,
+    tupdesc: pg_sys::TupleDesc,
+    /// The row whose key this store serves (the written row, or the deleted one).
+    keyed_row: Option<pg_sys::HeapTuple>,
+    key: OnceCell<Key>,
+    tombstones: OnceCell<std::rc::Rc<TombstoneTable>>,
+    /// Copy stored rows found by the probe (only when a report could show them).
+    copy_rows: bool,
+}
+
+impl<'a> PgStore<'a> {
+    /// A store for the key of `row` (a tuple of `rel`).
+    ///
+    /// # Safety
+    /// `rel` is open and locked and described by `info`; `row` is one of its tuples, valid while
+    /// the store is used.
+    pub unsafe fn for_tuple(
+        info: &'a RelInfo,
+        rel: pg_sys::Relation,
+        row: pg_sys::HeapTuple,
+        copy_rows: bool,
+    ) -> PgStore<'a> {
+        PgStore {
+            info,
+            rel,
+            // SAFETY: rel is open (caller's contract).
+            tupdesc: unsafe { (*rel).rd_att },
+            keyed_row: Some(row),
+            key: OnceCell::new(),
+            tombstones: OnceCell::new(),
+            copy_rows,
+        }
+    }
+
+    /// A store for a key given by its values and binary form (a tombstone's key).
+    ///
+    /// # Safety
+    /// As for [`PgStore::for_tuple`]; `values` are the key's column values.
+    pub unsafe fn for_key(
+        info: &'a RelInfo,
+        rel: pg_sys::Relation,
+        values: Vec<pg_sys::Datum>,
+        bytes: Vec<u8>,
+        copy_rows: bool,
+    ) -> PgStore<'a> {
+        let key = OnceCell::new();
+        let _ = key.set(Key { values, bytes });
+        PgStore {
+            info,
+            rel,
+            // SAFETY: rel is open (caller's contract).
+            tupdesc: unsafe { (*rel).rd_att },
+            keyed_row: None,
+            key,
+            tombstones: OnceCell::new(),
+            copy_rows,
+        }
+    }
+
+    fn key(&self) -> &Key {
+        self.key.get_or_init(|| {
+            let (pk, row) = match (&self.info.primary_key, self.keyed_row) {
+                (Some(pk), Some(row)) => (pk, row),
+                // The engine asks for the key only of tables with a primary key, and stores made
+                // from a key have one set.
+                _ => unreachable!("a key of a table without a primary key"),
+            };
+            // SAFETY: the row is a tuple of the relation (constructor's contract).
+            unsafe {
+                let values = pk.values(row, self.tupdesc);
+                let bytes = pk.encode(&values);
+                Key { values, bytes }
+            }
+        })
+    }
+
+    fn key_tombstones(&self) -> KeyTombstones<'_> {
+        let table = self
+            .tombstones
+            .get_or_init(|| tombstones::table().unwrap_or_else(|e| e.raise()));
+        KeyTombstones {
+            table: std::rc::Rc::clone(table),
+            table_name: self.info.table.as_bytes(),
+            table_hash: self.info.table_hash,
+            key: &self.key().bytes,
+        }
+    }
+}
+
+impl Tombstones for PgStore<'_> {
+    type Waiter = pg_sys::TransactionId;
+
+    fn lock_key(&mut self) {
+        keylock::lock_key(self.info.table_hash, &self.key().bytes);
+    }
+
+    fn unlock_key(&mut self) {
+        keylock::release_previous();
+    }
+
+    fn wait(&mut self, xid: pg_sys::TransactionId) {
+        keylock::wait(xid);
+    }
+
+    fn find_tombstone(&mut self) -> Lookup<Tombstone, pg_sys::TransactionId> {
+        self.key_tombstones().find_tombstone()
+    }
+
+    fn record_tombstone(&mut self, tombstone: &Tombstone) {
+        self.key_tombstones().record_tombstone(tombstone);
+    }
+
+    fn remove_tombstone(&mut self) {
+        self.key_tombstones().remove_tombstone();
+    }
+}
+
+impl Store for PgStore<'_> {
+    type Row = Row;
+
+    fn keyed(&self) -> bool {
+        self.info.primary_key.is_some()
+    }
+
+    fn stamps(&self, row: &Row) -> RowStamps {
+        // SAFETY: rows handed to the engine are tuples of this relation or its parameter values.
+        unsafe { self.info.row_stamps(row, self.tupdesc) }
+    }
+
+    fn find_row(&mut self) -> Lookup<Stored<Row>, pg_sys::TransactionId> {
+        let (info, tupdesc, copy) = (self.info, self.tupdesc, self.copy_rows);
+        let Some(pk) = &info.primary_key else {
+            return Lookup::Absent;
+        };
+        // SAFETY: rel is open and locked; the key values are valid during the probe; the reader
+        // runs on a pinned tuple of the relation.
+        unsafe {
+            probe::probe(self.rel, pk, &self.key().values, &|tuple| Stored {
+                stamps: info.stamps(tuple, tupdesc),
+                row: copy.then(|| Row::Tuple(pg_sys::heap_copytuple(tuple))),
+            })
+        }
+    }
+
+    fn overwrite(&mut self, row: &Row) -> bool {
+        let _converting = Converting::start();
+        // SAFETY: the parameters are the row's own values, which outlive the call.
+        unsafe {
+            let params = self.info.row_values(row, self.tupdesc);
+            self.info.overwrite.execute(&params, pg_sys::SPI_OK_UPDATE) > 0
+        }
+    }
+
+    fn take_row(&mut self) -> Option<Row> {
+        let _own_write = OwnWrite::start();
+        let params = self.info.key_parameters(&self.key().values);
+        // SAFETY: the key parameters match the statement's argument types.
+        unsafe {
+            self.info
+                .resend_delete
+                .execute_returning(&params, pg_sys::SPI_OK_DELETE_RETURNING)
+        }
+        .map(Row::Values)
+    }
+
+    fn put_row(&mut self, row: &Row) {
+        let _own_write = OwnWrite::start();
+        // SAFETY: the row's values match the statement's argument types.
+        unsafe {
+            let params = self.info.row_values(row, self.tupdesc);
+            self.info
+                .resend_insert
+                .execute(&params, pg_sys::SPI_OK_INSERT);
+        }
+    }
+
+    fn report(&mut self, resolution: &Resolution<Row>) {
+        // SAFETY: the rows are of this relation (tuples or parameter values).
+        unsafe { report::report(self.info, self.tupdesc, resolution) }
+    }
+}

@@ -1,0 +1,337 @@
+//! Per-trigger cache of everything the engine needs to know about a replicated table: the parsed
+//! policy, the attribute numbers of the bookkeeping and criterion columns, the primary key with
+//! its equality and binary I/O functions, and the prepared statements of the rare paths.
+//!
+//! Built on the first firing of a trigger in a backend and dropped by a relcache invalidation
+//! (ALTER TABLE, CREATE/DROP TRIGGER, …), so the per-row path does no catalog lookups.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use mm_conflict_core::{
+    Criterion, Policy, RowStamps, COL_ISLOCAL, COL_NODEID, COL_STATTIME, COL_XACTTIME,
+};
+use pgrx::pg_sys;
+
+use super::statements::{self, StatementColumn};
+use crate::error::MmError;
+use crate::pg::key::PrimaryKey;
+use crate::pg::names::{self, cstr_to_string, stable_hash};
+use crate::pg::spi::CachedPlan;
+use crate::pg::tuple;
+
+pub struct RelInfo {
+    pub relid: pg_sys::Oid,
+    /// The table's stable name (`pg::names::identity`): its identity in tombstones, key locks and
+    /// reports, the same on every node (unlike its OID) and in every session.
+    pub table: String,
+    /// Hash of `table`, the table part of the key lock.
+    pub table_hash: u32,
+    pub policy: Policy,
+    pub att_islocal: pg_sys::AttrNumber,
+    pub att_nodeid: pg_sys::AttrNumber,
+    pub att_xacttime: pg_sys::AttrNumber,
+    pub att_stattime: pg_sys::AttrNumber,
+    /// The user criterion column, for `Criterion::Column`.
+    pub att_criterion: Option<pg_sys::AttrNumber>,
+    pub primary_key: Option<PrimaryKey>,
+    /// Attribute numbers of the live (not dropped) columns: the parameters of the statements below.
+    pub live_attnums: Vec<pg_sys::AttrNumber>,
+    /// See [`statements::Statements`].
+    pub overwrite: CachedPlan,
+    pub resend_delete: CachedPlan,
+    pub resend_insert: CachedPlan,
+}
+
+thread_local! {
+    static CACHE: RefCell<HashMap<pg_sys::Oid, Rc<RelInfo>>> = RefCell::new(HashMap::new());
+    /// Set when an invalidation arrives while the map is borrowed; the next lookup flushes all.
+    static FLUSH_ALL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Relcache invalidation callback: forget entries of `relid` (all entries for InvalidOid).
+#[pgrx::pg_guard]
+extern "C-unwind" fn invalidate(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    CACHE.with(|cache| match cache.try_borrow_mut() {
+        Ok(mut map) if relid != pg_sys::InvalidOid => map.retain(|_, info| info.relid != relid),
+        Ok(mut map) => map.clear(),
+        Err(_) => FLUSH_ALL.with(|f| f.set(true)),
+    });
+    super::tombstones::invalidate(relid);
+}
+
+pub fn register_invalidation() {
+    // SAFETY: called once from _PG_init; the callback only touches this backend's caches.
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(invalidate), pg_sys::Datum::from(0)) };
+}
+
+/// The cached entry of trigger `tgoid`, if any (applying a pending flush of all entries first).
+fn cached(tgoid: pg_sys::Oid) -> Option<Rc<RelInfo>> {
+    if FLUSH_ALL.with(|f| f.replace(false)) {
+        CACHE.with(|c| c.borrow_mut().clear());
+    }
+    CACHE.with(|c| c.borrow().get(&tgoid).cloned())
+}
+
+/// The cached entry for `trigger` on `rel`, built on first use.
+///
+/// # Safety
+/// `rel` must be open and locked; `trigger` one of its triggers.
+pub unsafe fn lookup(
+    rel: pg_sys::Relation,
+    trigger: &pg_sys::Trigger,
+) -> Result<Rc<RelInfo>, MmError> {
+    if let Some(info) = cached(trigger.tgoid) {
+        return Ok(info);
+    }
+    // Build without holding the borrow: catalog access below may run invalidation callbacks.
+    // SAFETY: forwarded from the caller.
+    let info = Rc::new(unsafe { build(rel, trigger)? });
+    CACHE.with(|c| c.borrow_mut().insert(trigger.tgoid, Rc::clone(&info)));
+    Ok(info)
+}
+
+/// The entry of the `mm_resolve` trigger of `rel`, if it has one (for tombstones, which name
+/// their table but arrive without its trigger).
+///
+/// # Safety
+/// `rel` must be open and locked.
+pub unsafe fn lookup_for_relation(rel: pg_sys::Relation) -> Result<Option<Rc<RelInfo>>, MmError> {
+    // SAFETY: trigdesc and its array belong to the open relation.
+    unsafe {
+        let trigdesc = (*rel).trigdesc;
+        if trigdesc.is_null() {
+            return Ok(None);
+        }
+        let triggers =
+            std::slice::from_raw_parts((*trigdesc).triggers, (*trigdesc).numtriggers as usize);
+        for trigger in triggers {
+            // Only mm_resolve triggers are cached: a hit needs no catalog lookup.
+            if let Some(info) = cached(trigger.tgoid) {
+                return Ok(Some(info));
+            }
+            let name = pg_sys::get_func_name(trigger.tgfoid);
+            if !name.is_null() && std::ffi::CStr::from_ptr(name).to_bytes() == b"mm_resolve" {
+                return lookup(rel, trigger).map(Some);
+            }
+        }
+        Ok(None)
+    }
+}
+
+const TIME_TYPES: &str = "timestamptz or timestamp";
+
+fn is_time_type(typid: pg_sys::Oid) -> bool {
+    typid == pg_sys::TIMESTAMPTZOID || typid == pg_sys::TIMESTAMPOID
+}
+
+/// Finds a bookkeeping column and checks its type.
+///
+/// # Safety
+/// `tupdesc` must be valid.
+unsafe fn require(
+    tupdesc: pg_sys::TupleDesc,
+    table: &str,
+    name: &str,
+    sql_type: &'static str,
+    ok: fn(pg_sys::Oid) -> bool,
+) -> Result<pg_sys::AttrNumber, MmError> {
+    // SAFETY: forwarded from the caller.
+    let column =
+        unsafe { tuple::find_column(tupdesc, name) }.ok_or_else(|| MmError::MissingColumn {
+            table: table.to_string(),
+            column: name.to_string(),
+            add_column_sql: format!("ALTER TABLE {table} ADD COLUMN {name} {sql_type};"),
+        })?;
+    if !ok(column.typid) {
+        return Err(MmError::UnsupportedColumnType {
+            table: table.to_string(),
+            column: name.to_string(),
+            // SAFETY: any type oid is accepted.
+            found: unsafe { names::type_name(column.typid) },
+            expected: sql_type.into(),
+        });
+    }
+    Ok(column.attnum)
+}
+
+/// # Safety
+/// `rel` must be open and locked; `trigger` one of its triggers.
+unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelInfo, MmError> {
+    // SAFETY: rel is open and locked (caller's contract), so its descriptor, rd_rel and the
+    // trigger's argument array are valid for the duration of the call.
+    unsafe {
+        let args: Vec<String> = (0..trigger.tgnargs as usize)
+            .map(|i| cstr_to_string(*trigger.tgargs.add(i)))
+            .collect();
+        let policy = Policy::parse(&args)?;
+        let (schema, relname) = names::relation_names(rel);
+        let table = names::identity(&schema, &relname);
+        let tupdesc = (*rel).rd_att;
+
+        let att_islocal = require(tupdesc, &table, COL_ISLOCAL, "boolean", |t| {
+            t == pg_sys::BOOLOID
+        })?;
+        let att_nodeid = require(tupdesc, &table, COL_NODEID, "smallint", |t| {
+            t == pg_sys::INT2OID
+        })?;
+        let att_xacttime = require(tupdesc, &table, COL_XACTTIME, "timestamptz", is_time_type)?;
+        let att_stattime = require(tupdesc, &table, COL_STATTIME, "timestamptz", is_time_type)?;
+        let att_criterion = match &policy.criterion {
+            Criterion::Column(name) => {
+                let column = tuple::find_column(tupdesc, name).ok_or_else(|| {
+                    MmError::UnknownCriterionColumn {
+                        table: table.clone(),
+                        column: name.clone(),
+                    }
+                })?;
+                if !is_time_type(column.typid) {
+                    return Err(MmError::UnsupportedColumnType {
+                        table: table.clone(),
+                        column: name.clone(),
+                        found: names::type_name(column.typid),
+                        expected: TIME_TYPES.into(),
+                    });
+                }
+                Some(column.attnum)
+            }
+            _ => None,
+        };
+        let primary_key = PrimaryKey::of(rel);
+        let key_attnums: Vec<pg_sys::AttrNumber> =
+            primary_key.iter().flat_map(|pk| pk.attnums()).collect();
+
+        let live: Vec<&pg_sys::FormData_pg_attribute> = tuple::live_attributes(tupdesc).collect();
+        let columns: Vec<StatementColumn> = live
+            .iter()
+            .map(|a| StatementColumn {
+                name: tuple::attname(a).to_string(),
+                generated: a.attgenerated != 0,
+                identity_always: a.attidentity == b'a' as std::ffi::c_char,
+                key: key_attnums.contains(&a.attnum),
+            })
+            .collect();
+        let sql = statements::build(&names::sql_qualified(&schema, &relname), &columns);
+        let argtypes: Vec<pg_sys::Oid> = live.iter().map(|a| a.atttypid).collect();
+
+        Ok(RelInfo {
+            relid: (*rel).rd_id,
+            table_hash: stable_hash(table.as_bytes()),
+            table,
+            policy,
+            att_islocal,
+            att_nodeid,
+            att_xacttime,
+            att_stattime,
+            att_criterion,
+            primary_key,
+            live_attnums: live.iter().map(|a| a.attnum).collect(),
+            overwrite: CachedPlan::new(sql.overwrite, argtypes.clone()),
+            resend_delete: CachedPlan::new(sql.resend_delete, argtypes.clone()),
+            resend_insert: CachedPlan::new(sql.resend_insert, argtypes),
+        })
+    }
+}
+
+/// A row of a replicated table: a heap tuple (described by the relation's descriptor), or its
+/// live columns' values in the statements' parameter order (a row read back by a statement).
+#[derive(Clone, Debug)]
+pub enum Row {
+    Tuple(pg_sys::HeapTuple),
+    Values(Vec<Option<pg_sys::Datum>>),
+}
+
+impl RelInfo {
+    /// The stamps of a row.
+    ///
+    /// # Safety
+    /// A tuple row must be a valid tuple of this relation described by `tupdesc`.
+    pub unsafe fn row_stamps(&self, row: &Row, tupdesc: pg_sys::TupleDesc) -> RowStamps {
+        match row {
+            // SAFETY: forwarded from the caller.
+            Row::Tuple(tuple) => unsafe { self.stamps(*tuple, tupdesc) },
+            Row::Values(values) => self.stamps_from_parameters(values),
+        }
+    }
+
+    /// A row's live column values, in the statements' parameter order.
+    ///
+    /// # Safety
+    /// As for [`RelInfo::row_stamps`].
+    pub unsafe fn row_values(
+        &self,
+        row: &Row,
+        tupdesc: pg_sys::TupleDesc,
+    ) -> Vec<Option<pg_sys::Datum>> {
+        match row {
+            // SAFETY: forwarded from the caller.
+            Row::Tuple(tuple) => unsafe { self.parameters(*tuple, tupdesc) },
+            Row::Values(values) => values.clone(),
+        }
+    }
+
+    /// The bookkeeping values (and the user criterion), each column read by `get` (`None`: NULL).
+    fn stamps_by(&self, get: impl Fn(pg_sys::AttrNumber) -> Option<pg_sys::Datum>) -> RowStamps {
+        let time = |attnum| get(attnum).map(|d: pg_sys::Datum| d.value() as i64);
+        RowStamps {
+            xacttime: time(self.att_xacttime),
+            stattime: time(self.att_stattime),
+            node: get(self.att_nodeid).map(|d| d.value() as i16),
+            user_criterion: self.att_criterion.and_then(time),
+        }
+    }
+
+    /// Reads the bookkeeping values (and the user criterion) of a heap tuple.
+    ///
+    /// # Safety
+    /// `tuple` must be a valid tuple of this relation described by `tupdesc`.
+    pub unsafe fn stamps(&self, tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> RowStamps {
+        // SAFETY: forwarded from the caller; all attnums were validated against this descriptor.
+        self.stamps_by(|attnum| unsafe { tuple::get(tuple, tupdesc, attnum) })
+    }
+
+    /// The position of a live column among the statements' parameters.
+    fn parameter_of(&self, attnum: pg_sys::AttrNumber) -> Option<usize> {
+        self.live_attnums.iter().position(|&a| a == attnum)
+    }
+
+    /// The bookkeeping values of a row given as statement parameters (live columns in order).
+    pub fn stamps_from_parameters(&self, params: &[Option<pg_sys::Datum>]) -> RowStamps {
+        self.stamps_by(|attnum| self.parameter_of(attnum).and_then(|i| params[i]))
+    }
+
+    /// The values of `tuple`'s live columns, in the order of the statements' parameters.
+    ///
+    /// # Safety
+    /// `tuple` must be a valid tuple of this relation described by `tupdesc`.
+    pub unsafe fn parameters(
+        &self,
+        tuple: pg_sys::HeapTuple,
+        tupdesc: pg_sys::TupleDesc,
+    ) -> Vec<Option<pg_sys::Datum>> {
+        // SAFETY: forwarded from the caller.
+        let all = unsafe { tuple::deform(tuple, tupdesc) };
+        self.live_attnums
+            .iter()
+            .map(|&a| all[a as usize - 1])
+            .collect()
+    }
+
+    /// Statement parameters that hold only the key `values` (other columns NULL): enough for the
+    /// statements that match a row by key.
+    pub fn key_parameters(&self, values: &[pg_sys::Datum]) -> Vec<Option<pg_sys::Datum>> {
+        let mut params = vec![None; self.live_attnums.len()];
+        for (attnum, &value) in self
+            .primary_key
+            .iter()
+            .flat_map(|pk| pk.attnums())
+            .zip(values)
+        {
+            if let Some(i) = self.parameter_of(attnum) {
+                params[i] = Some(value);
+            }
+        }
+        params
+    }
+}

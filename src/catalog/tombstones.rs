@@ -1,0 +1,281 @@
+//! `mm_conflict.tombstone`: one row per deleted key of a replicated table (its stable name, the
+//! key in binary form, the delete's version and the table's order). Replicated with the tables.
+//!
+//! Reads go straight to the heap and the primary-key index (no permission check, no SQL); writes
+//! are prepared statements run with the rights of the table's owner (the extension's owner), so
+//! that any role that may delete from a replicated table records its tombstones, while no
+//! ordinary role can write tombstones directly.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use mm_conflict_core::{Direction, RowStamps, Tombstone, Version, VersionOrder};
+use pgrx::pg_sys;
+
+use crate::error::MmError;
+use crate::pg::key::PrimaryKey;
+use crate::pg::probe::{self, Probe};
+use crate::pg::spi::{text_datum, CachedPlan};
+use crate::pg::{compat, tuple};
+
+pub struct TombstoneTable {
+    relid: pg_sys::Oid,
+    pk: PrimaryKey,
+    att_table_name: pg_sys::AttrNumber,
+    att_pk: pg_sys::AttrNumber,
+    att_criterion: pg_sys::AttrNumber,
+    att_xacttime: pg_sys::AttrNumber,
+    att_stattime: pg_sys::AttrNumber,
+    att_nodeid: pg_sys::AttrNumber,
+    att_order_last: pg_sys::AttrNumber,
+    att_order_winner: pg_sys::AttrNumber,
+    att_order_preferred: pg_sys::AttrNumber,
+    /// Inserts a key's tombstone (after `remove` of an older one).
+    insert: CachedPlan,
+    /// Removes the key's stored tombstone before a newer one is inserted. A tombstone is never
+    /// replaced by an UPDATE: a node that purged the old one would skip the UPDATE (no row), while
+    /// it resolves an INSERT; and peers skip the replicated DELETE, as they skip purges.
+    remove: CachedPlan,
+}
+
+thread_local! {
+    static TABLE: RefCell<Option<Rc<TombstoneTable>>> = const { RefCell::new(None) };
+    /// The statement (local transaction, command id) that last found the tombstone table empty.
+    /// A tombstone committed by another session during that statement is missed by its later rows;
+    /// that is harmless: a replicated tombstone settles the new row when it lands, and a local one
+    /// needs the row to exist first. Our own writes advance the command id, which ends the cache.
+    static EMPTY_IN_STATEMENT: Cell<Option<(u32, u32)>> = const { Cell::new(None) };
+}
+
+/// Forgets the cached table description when the table changes.
+pub fn invalidate(relid: pg_sys::Oid) {
+    TABLE.with(|t| {
+        if let Ok(mut table) = t.try_borrow_mut() {
+            if relid == pg_sys::InvalidOid || table.as_ref().is_some_and(|x| x.relid == relid) {
+                *table = None;
+            }
+        }
+    });
+}
+
+const COLUMNS: &str =
+    "table_name, pk, criterion, mm_last_xacttime, mm_last_stattime, mm_nodeid, order_last, order_winner, order_preferred";
+
+const COLUMN_NAMES: [&str; 9] = [
+    "table_name",
+    "pk",
+    "criterion",
+    "mm_last_xacttime",
+    "mm_last_stattime",
+    "mm_nodeid",
+    "order_last",
+    "order_winner",
+    "order_preferred",
+];
+
+fn damaged(detail: String) -> MmError {
+    MmError::ExtensionDamaged {
+        object: "table mm_conflict.tombstone".into(),
+        detail,
+    }
+}
+
+/// The tombstone table's description, looked up once per backend.
+pub fn table() -> Result<Rc<TombstoneTable>, MmError> {
+    if let Some(t) = TABLE.with(|t| t.borrow().clone()) {
+        return Ok(t);
+    }
+    // SAFETY: catalog lookups in a transaction; the relation is opened and closed here.
+    let table = unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"mm_conflict".as_ptr(), true);
+        let relid = if namespace == pg_sys::InvalidOid {
+            pg_sys::InvalidOid
+        } else {
+            pg_sys::get_relname_relid(c"tombstone".as_ptr(), namespace)
+        };
+        if relid == pg_sys::InvalidOid {
+            return Err(damaged("It does not exist.".into()));
+        }
+        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let tupdesc = (*rel).rd_att;
+        let owner = (*(*rel).rd_rel).relowner;
+        let mut atts = [0; COLUMN_NAMES.len()];
+        for (att, name) in atts.iter_mut().zip(COLUMN_NAMES) {
+            *att = match tuple::find_column(tupdesc, name) {
+                Some(c) => c.attnum,
+                None => {
+                    pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+                    return Err(damaged(format!("Its column \"{name}\" is missing.")));
+                }
+            };
+        }
+        let pk = PrimaryKey::of(rel);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let Some(pk) = pk else {
+            return Err(damaged("Its primary key is missing.".into()));
+        };
+        let types = vec![
+            pg_sys::TEXTOID,
+            pg_sys::BYTEAOID,
+            pg_sys::TIMESTAMPTZOID,
+            pg_sys::TIMESTAMPTZOID,
+            pg_sys::TIMESTAMPTZOID,
+            pg_sys::INT2OID,
+            pg_sys::BOOLOID,
+            pg_sys::INT2OID,
+            pg_sys::INT2OID,
+        ];
+        let [att_table_name, att_pk, att_criterion, att_xacttime, att_stattime, att_nodeid, att_order_last, att_order_winner, att_order_preferred] =
+            atts;
+        Rc::new(TombstoneTable {
+            relid,
+            pk,
+            att_table_name,
+            att_pk,
+            att_criterion,
+            att_xacttime,
+            att_stattime,
+            att_nodeid,
+            att_order_last,
+            att_order_winner,
+            att_order_preferred,
+            insert: CachedPlan::new(
+                format!(
+                    "INSERT INTO mm_conflict.tombstone ({COLUMNS}, deleted_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, pg_catalog.now())"
+                ),
+                types.clone(),
+            )
+            .run_as(owner),
+            remove: CachedPlan::new(
+                "DELETE FROM mm_conflict.tombstone WHERE table_name = $1 AND pk = $2".to_string(),
+                types[..2].to_vec(),
+            )
+            .run_as(owner),
+        })
+    };
+    TABLE.with(|t| *t.borrow_mut() = Some(Rc::clone(&table)));
+    Ok(table)
+}
+
+fn opt_datum<T: Into<pg_sys::Datum>>(value: Option<T>) -> Option<pg_sys::Datum> {
+    value.map(Into::into)
+}
+
+/// (local transaction id, command id): identifies the running statement.
+fn current_statement() -> (u32, u32) {
+    // SAFETY: reading the command id has no side effects (used = false).
+    (compat::local_transaction_id(), unsafe {
+        pg_sys::GetCurrentCommandId(false)
+    })
+}
+
+impl TombstoneTable {
+    /// Reads a tombstone row.
+    ///
+    /// # Safety
+    /// `tuple` is a tuple of the tombstone table described by `tupdesc`.
+    pub unsafe fn read(&self, tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> Tombstone {
+        // SAFETY: forwarded from the caller; the attribute numbers are the table's.
+        let get = |attnum| unsafe { tuple::get(tuple, tupdesc, attnum) };
+        let time = |attnum| get(attnum).map(|d| d.value() as i64);
+        let node = |attnum| get(attnum).map(|d| d.value() as i16);
+        Tombstone {
+            version: Version {
+                criterion: time(self.att_criterion),
+                stattime: time(self.att_stattime),
+                node: node(self.att_nodeid),
+            },
+            stamps: RowStamps {
+                xacttime: time(self.att_xacttime),
+                stattime: time(self.att_stattime),
+                node: node(self.att_nodeid),
+                user_criterion: None,
+            },
+            order: VersionOrder {
+                direction: if get(self.att_order_last).is_some_and(|d| d.value() != 0) {
+                    Direction::Last
+                } else {
+                    Direction::First
+                },
+                winner: node(self.att_order_winner),
+                preferred: node(self.att_order_preferred),
+            },
+        }
+    }
+
+    /// The table name and key of a tombstone row.
+    ///
+    /// # Safety
+    /// As for [`TombstoneTable::read`].
+    pub unsafe fn name_and_key(
+        &self,
+        tuple: pg_sys::HeapTuple,
+        tupdesc: pg_sys::TupleDesc,
+    ) -> (Vec<u8>, Vec<u8>) {
+        // SAFETY: forwarded from the caller; both columns are NOT NULL text/bytea.
+        unsafe {
+            let bytes = |attnum| {
+                tuple::get(tuple, tupdesc, attnum)
+                    .map(|d| tuple::varlena_bytes(d))
+                    .unwrap_or_default()
+            };
+            (bytes(self.att_table_name), bytes(self.att_pk))
+        }
+    }
+
+    /// The tombstone of `key` in table `table_name`, seeing tombstones still being written.
+    /// The caller holds the key lock.
+    pub fn probe(&self, table_name: &[u8], key: &[u8]) -> Probe<Tombstone> {
+        // An empty table (the common case before the first delete) needs no index scan, and a
+        // statement that found it empty need not look again for its next rows.
+        let statement = current_statement();
+        if EMPTY_IN_STATEMENT.with(|e| e.get()) == Some(statement) {
+            return Probe::Absent;
+        }
+        // SAFETY: the relation is opened here and kept locked until transaction end; the key
+        // datums are palloc'd copies valid during the probe.
+        unsafe {
+            let rel = pg_sys::table_open(self.relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            let empty =
+                pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM) == 0;
+            let tupdesc = (*rel).rd_att;
+            let found = if empty {
+                EMPTY_IN_STATEMENT.with(|e| e.set(Some(statement)));
+                Probe::Absent
+            } else {
+                let values = [text_datum(table_name), text_datum(key)];
+                probe::probe(rel, &self.pk, &values, &|tuple| self.read(tuple, tupdesc))
+            };
+            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            found
+        }
+    }
+
+    /// Inserts `tombstone` as the tombstone of `key` in `table_name` (the caller removed an older
+    /// one and holds the key lock).
+    pub fn insert(&self, table_name: &[u8], key: &[u8], tombstone: &Tombstone) {
+        let (version, stamps, order) = (&tombstone.version, &tombstone.stamps, &tombstone.order);
+        let values = [
+            Some(text_datum(table_name)),
+            Some(text_datum(key)),
+            opt_datum(version.criterion),
+            opt_datum(stamps.xacttime),
+            opt_datum(stamps.stattime),
+            opt_datum(version.node),
+            Some((order.direction == Direction::Last).into()),
+            opt_datum(order.winner),
+            opt_datum(order.preferred),
+        ];
+        // SAFETY: the values match the statement's argument types.
+        unsafe { self.insert.execute(&values, pg_sys::SPI_OK_INSERT) };
+    }
+
+    /// Deletes the stored tombstone of `key` in `table_name` (the caller holds the key lock and
+    /// marks the delete as mm_conflict's own write, which the table's trigger lets pass).
+    pub fn remove(&self, table_name: &[u8], key: &[u8]) {
+        let values = [Some(text_datum(table_name)), Some(text_datum(key))];
+        // SAFETY: the values match the statement's argument types.
+        unsafe { self.remove.execute(&values, pg_sys::SPI_OK_DELETE) };
+    }
+}

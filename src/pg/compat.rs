@@ -1,0 +1,119 @@
+//! Every difference between the PostgreSQL majors that mm_conflict meets, behind one function
+//! each, so that the rest of the code is the same on every major (15, 16 and 18 are built and
+//! tested; 17 is written for from its published headers but not built here).
+//!
+//! * A tuple descriptor's attributes: an array field up to 17, `TupleDescAttr()` from 18 (where
+//!   the descriptor also carries compact attributes).
+//! * `index_beginscan` takes an instrumentation pointer from 18.
+//! * The local transaction id of a backend: `PGPROC.lxid` up to 16, `PGPROC.vxid.lxid` from 17.
+//! * `LockHeldByMe` takes an `orstronger` flag from 17, `RelationGetPrimaryKeyIndex` a
+//!   `deferrable_ok` flag from 18.
+
+use pgrx::pg_sys;
+
+/// The attributes of a tuple descriptor (dropped ones included), in attribute-number order.
+///
+/// # Safety
+/// `tupdesc` must be a valid descriptor that outlives the returned slice.
+pub unsafe fn attributes<'a>(tupdesc: pg_sys::TupleDesc) -> &'a [pg_sys::FormData_pg_attribute] {
+    // SAFETY: natts bounds the descriptor's attribute array (the caller guarantees a valid
+    // descriptor); from 18 on the array starts at TupleDescAttr(tupdesc, 0) and is contiguous.
+    unsafe {
+        let natts = (*tupdesc).natts as usize;
+        #[cfg(not(feature = "pg18"))]
+        {
+            (*tupdesc).attrs.as_slice(natts)
+        }
+        #[cfg(feature = "pg18")]
+        {
+            if natts == 0 {
+                return &[];
+            }
+            std::slice::from_raw_parts(pg_sys::TupleDescAttr(tupdesc, 0), natts)
+        }
+    }
+}
+
+/// Starts an index scan of `index` (on `heap`) with `nkeys` scan keys under `snapshot`.
+///
+/// # Safety
+/// Both relations must be open and locked; the snapshot valid for the scan's life.
+pub unsafe fn index_beginscan(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    snapshot: pg_sys::Snapshot,
+    nkeys: i32,
+) -> pg_sys::IndexScanDesc {
+    // SAFETY: forwarded to PostgreSQL with the caller's guarantees; no instrumentation.
+    unsafe {
+        #[cfg(not(feature = "pg18"))]
+        {
+            pg_sys::index_beginscan(heap, index, snapshot, nkeys, 0)
+        }
+        #[cfg(feature = "pg18")]
+        {
+            pg_sys::index_beginscan(heap, index, snapshot, std::ptr::null_mut(), nkeys, 0)
+        }
+    }
+}
+
+/// The oid of `rel`'s primary-key index (deferrable or not), or `InvalidOid`.
+///
+/// # Safety
+/// `rel` must be open.
+pub unsafe fn primary_key_index(rel: pg_sys::Relation) -> pg_sys::Oid {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        #[cfg(not(feature = "pg18"))]
+        {
+            pg_sys::RelationGetPrimaryKeyIndex(rel)
+        }
+        #[cfg(feature = "pg18")]
+        {
+            pg_sys::RelationGetPrimaryKeyIndex(rel, true)
+        }
+    }
+}
+
+/// True when this backend holds `tag` in exactly `mode`.
+///
+/// # Safety
+/// `tag` must be a valid lock tag.
+pub unsafe fn lock_held_by_me(tag: &pg_sys::LOCKTAG, mode: pg_sys::LOCKMODE) -> bool {
+    // SAFETY: a lookup in the backend's local lock table.
+    unsafe {
+        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
+        {
+            pg_sys::LockHeldByMe(tag, mode)
+        }
+        #[cfg(any(feature = "pg17", feature = "pg18"))]
+        {
+            pg_sys::LockHeldByMe(tag, mode, false)
+        }
+    }
+}
+
+/// This backend's local transaction id (with the command id, it identifies a statement).
+pub fn local_transaction_id() -> u32 {
+    // SAFETY: MyProc is set for every backend that runs SQL; a plain field read.
+    unsafe {
+        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
+        {
+            (*pg_sys::MyProc).lxid
+        }
+        #[cfg(any(feature = "pg17", feature = "pg18"))]
+        {
+            (*pg_sys::MyProc).vxid.lxid
+        }
+    }
+}
+
+/// True in a session that applies changes made elsewhere: an apply or table-sync worker (also a
+/// parallel apply worker, from 16), or any session that set up a replication origin with
+/// `pg_replication_origin_session_setup`.
+pub fn is_replicated_session() -> bool {
+    // SAFETY: a plain read of a backend-local global.
+    unsafe {
+        pg_sys::replorigin_session_origin != pg_sys::InvalidRepOriginId as pg_sys::RepOriginId
+    }
+}

@@ -1,0 +1,24 @@
+//! Small safe(r) wrappers over PostgreSQL's C API, and the shims for the differences between
+//! PostgreSQL majors. Nothing here knows about mm_conflict's tables or rules.
+//!
+//! * [`compat`]: every difference between majors the extension meets, in one place.
+//! * [`names`]: identifiers (quoting, a relation's stable name) and the stable hash.
+//! * [`tuple`]: reading columns of heap tuples and descriptors.
+//! * [`key`]: a primary key's columns, values and binary form.
+//! * [`probe`]: the primary-key probe that follows update chains.
+//! * [`keylock`]: the per-key lock.
+//! * [`spi`]: prepared statements.
+//! * [`security`]: running work with another role's rights.
+//! * [`flag`]: backend-local flags raised for a scope.
+
+pub mod compat;
+pub mod flag;
+pub mod key;
+pub mod keylock;
+pub mod names;
+pub mod probe;
+pub mod security;
+pub mod spi;
+pub mod tuple;
+
+pub use compat::is_replicated_session;

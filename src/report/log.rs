@@ -1,0 +1,275 @@
+//! Conflict reports: a server-log line, or a row in `mm_conflict.conflict_log`.
+
+use std::cell::RefCell;
+use std::ffi::CStr;
+
+use mm_conflict_core::version::format_micros;
+use mm_conflict_core::Version;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use serde_json::{Map, Value};
+
+use super::Resolution;
+use crate::catalog::relinfo::{RelInfo, Row};
+use crate::gucs;
+use crate::pg::spi::{text_datum, CachedPlan};
+use crate::pg::tuple;
+
+/// Longest value (in characters) of a row shown in a log line.
+const LOG_VALUE_CHARS: usize = 64;
+
+thread_local! {
+    static LOG_INSERT: RefCell<Option<CachedPlan>> = const { RefCell::new(None) };
+}
+
+/// The owner of `mm_conflict.conflict_log` (the extension's owner): its rows are written with that
+/// role's rights, whoever applies the change.
+fn conflict_log_owner() -> pg_sys::Oid {
+    // SAFETY: catalog lookups inside a transaction; missing_ok lookups return InvalidOid.
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"mm_conflict".as_ptr(), true);
+        let relid = pg_sys::get_relname_relid(c"conflict_log".as_ptr(), namespace);
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::RELOID as i32,
+            pg_sys::Datum::from(relid),
+        );
+        if tuple.is_null() {
+            return pg_sys::GetUserId();
+        }
+        let owner = (*(pg_sys::GETSTRUCT(tuple) as *const pg_sys::FormData_pg_class)).relowner;
+        pg_sys::ReleaseSysCache(tuple);
+        owner
+    }
+}
+
+/// The row's live columns as a JSON object; `only` restricts it to these attribute numbers.
+unsafe fn row_json(
+    info: &RelInfo,
+    tupdesc: pg_sys::TupleDesc,
+    row: &Row,
+    only: Option<&[pg_sys::AttrNumber]>,
+) -> Value {
+    // SAFETY: forwarded from the caller.
+    let values = unsafe { info.row_values(row, tupdesc) };
+    let mut object = Map::new();
+    for (&attnum, value) in info.live_attnums.iter().zip(values) {
+        if only.is_some_and(|only| !only.contains(&attnum)) {
+            continue;
+        }
+        // SAFETY: attnum is a live column of this descriptor; value is that column's datum.
+        unsafe {
+            let att = tuple::attribute(tupdesc, attnum);
+            object.insert(
+                tuple::attname(att).to_string(),
+                value.map_or(Value::Null, |d| datum_json(att.atttypid, d)),
+            );
+        }
+    }
+    Value::Object(object)
+}
+
+/// A column value as JSON: booleans, integers, finite floats and json/jsonb as themselves, dates
+/// and times in ISO 8601 (as `to_jsonb` writes them), every other type as its text output.
+unsafe fn datum_json(typid: pg_sys::Oid, datum: pg_sys::Datum) -> Value {
+    match typid {
+        pg_sys::BOOLOID => return Value::Bool(datum.value() != 0),
+        pg_sys::INT2OID => return Value::from(datum.value() as i16),
+        pg_sys::INT4OID => return Value::from(datum.value() as i32),
+        pg_sys::INT8OID => return Value::from(datum.value() as i64),
+        pg_sys::DATEOID
+        | pg_sys::TIMEOID
+        | pg_sys::TIMETZOID
+        | pg_sys::TIMESTAMPOID
+        | pg_sys::TIMESTAMPTZOID => {
+            // SAFETY: json's own ISO 8601 encoder for these types (as to_jsonb uses), palloc'd.
+            return unsafe {
+                let cstr = pg_sys::JsonEncodeDateTime(
+                    std::ptr::null_mut(),
+                    datum,
+                    typid,
+                    std::ptr::null(),
+                );
+                Value::String(CStr::from_ptr(cstr).to_string_lossy().into_owned())
+            };
+        }
+        _ => {}
+    }
+    // SAFETY: the output function of the value's own type.
+    let text = unsafe {
+        let (mut output, mut is_varlena) = (pg_sys::InvalidOid, false);
+        pg_sys::getTypeOutputInfo(typid, &mut output, &mut is_varlena);
+        let cstr = pg_sys::OidOutputFunctionCall(output, datum);
+        let text = CStr::from_ptr(cstr).to_string_lossy().into_owned();
+        pg_sys::pfree(cstr.cast());
+        text
+    };
+    match typid {
+        pg_sys::FLOAT4OID | pg_sys::FLOAT8OID => text
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or(Value::String(text), Value::Number),
+        pg_sys::JSONOID | pg_sys::JSONBOID => {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        }
+        _ => Value::String(text),
+    }
+}
+
+/// Shortens every string in `value` to `max` characters (marking the cut with "…").
+fn truncate_strings(value: &mut Value, max: usize) {
+    match value {
+        Value::String(s) if s.chars().count() > max => {
+            let cut: String = s.chars().take(max).collect();
+            *s = cut + "…";
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| truncate_strings(v, max)),
+        Value::Object(map) => map.values_mut().for_each(|v| truncate_strings(v, max)),
+        _ => {}
+    }
+}
+
+/// The key (primary-key columns) as JSON, from whichever row the resolution has.
+unsafe fn key_json(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolution) -> Value {
+    let key_attnums: Vec<_> = info
+        .primary_key
+        .iter()
+        .flat_map(|pk| pk.attnums())
+        .collect();
+    match r.incoming_row.or(r.stored_row) {
+        // SAFETY: forwarded from the caller.
+        Some(row) => unsafe { row_json(info, tupdesc, row, Some(&key_attnums)) },
+        None => Value::Null,
+    }
+}
+
+/// The replication origin of this session: its name (`pg_<subscription oid>` for a subscription).
+fn origin_name() -> Option<String> {
+    // SAFETY: reads the session's origin; the name is palloc'd by replorigin_by_oid.
+    unsafe {
+        let origin = pg_sys::replorigin_session_origin;
+        let mut name: *mut std::ffi::c_char = std::ptr::null_mut();
+        (origin != pg_sys::InvalidRepOriginId as pg_sys::RepOriginId
+            && pg_sys::replorigin_by_oid(origin, true, &mut name)
+            && !name.is_null())
+        .then(|| CStr::from_ptr(name).to_string_lossy().into_owned())
+    }
+}
+
+fn describe(version: Option<&Version>, column: &str) -> String {
+    match version {
+        Some(v) => format!(
+            "{column} {}, node {}",
+            v.criterion
+                .map_or_else(|| "NULL".into(), |t| format_micros(t) + "+00"),
+            v.node.map_or_else(|| "NULL".into(), |n| n.to_string())
+        ),
+        None => "none".into(),
+    }
+}
+
+pub unsafe fn log_line(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolution) {
+    // SAFETY: forwarded from the caller.
+    let (key, rows) = unsafe {
+        let row = |row: Option<&Row>| {
+            row.map_or(Value::Null, |row| {
+                let mut json = row_json(info, tupdesc, row, None);
+                truncate_strings(&mut json, LOG_VALUE_CHARS);
+                json
+            })
+        };
+        let mut key = key_json(info, tupdesc, r);
+        truncate_strings(&mut key, LOG_VALUE_CHARS);
+        (key, [row(r.stored_row), row(r.incoming_row)])
+    };
+    let column = info.policy.criterion_column();
+    let message = format!(
+        "mm_conflict: conflict on {} key {key}: {} (stored: {}; incoming: {}; origin {}); stored row {}; incoming row {}",
+        info.table,
+        r.decision.name(),
+        describe(r.stored.as_ref(), column),
+        describe(Some(&r.incoming), column),
+        origin_name().unwrap_or_else(|| "none".into()),
+        rows[0],
+        rows[1],
+    );
+    ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+        message,
+        "mm_resolve",
+    )
+    .report(gucs::log_level());
+}
+
+pub unsafe fn log_row(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolution) {
+    // SAFETY: forwarded from the caller.
+    let (key, stored_row, incoming_row) = unsafe {
+        let row = |row: Option<&Row>| row.map(|row| row_json(info, tupdesc, row, None).to_string());
+        (
+            key_json(info, tupdesc, r).to_string(),
+            row(r.stored_row),
+            row(r.incoming_row),
+        )
+    };
+    let text = |s: &str| text_datum(s.as_bytes());
+    let criterion = |v: Option<&Version>| v.and_then(|v| v.criterion).map(pg_sys::Datum::from);
+    let node = |v: Option<&Version>| v.and_then(|v| v.node).map(pg_sys::Datum::from);
+    let values = [
+        Some(text(&info.table)),
+        Some(text(&key)),
+        Some(text(r.decision.name())),
+        Some(text(info.policy.criterion_column())),
+        criterion(r.stored.as_ref()),
+        node(r.stored.as_ref()),
+        criterion(Some(&r.incoming)),
+        node(Some(&r.incoming)),
+        stored_row.as_deref().map(text),
+        incoming_row.as_deref().map(text),
+        origin_name().as_deref().map(text),
+    ];
+    LOG_INSERT.with(|plan| {
+        let mut plan = plan.borrow_mut();
+        let plan = plan.get_or_insert_with(|| {
+            CachedPlan::new(
+                "INSERT INTO mm_conflict.conflict_log (table_name, key, decision, criterion, \
+                 stored_value, stored_node, incoming_value, incoming_node, stored_row, incoming_row, \
+                 origin, subscription) \
+                 VALUES ($1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11, \
+                 (SELECT s.subname FROM pg_catalog.pg_subscription s WHERE 'pg_' || s.oid = $11))"
+                    .into(),
+                vec![
+                    pg_sys::TEXTOID,
+                    pg_sys::TEXTOID,
+                    pg_sys::TEXTOID,
+                    pg_sys::TEXTOID,
+                    pg_sys::TIMESTAMPTZOID,
+                    pg_sys::INT2OID,
+                    pg_sys::TIMESTAMPTZOID,
+                    pg_sys::INT2OID,
+                    pg_sys::TEXTOID,
+                    pg_sys::TEXTOID,
+                    pg_sys::TEXTOID,
+                ],
+            )
+            .run_as(conflict_log_owner())
+        });
+        // SAFETY: the values match the argument types; we run inside the trigger's transaction.
+        unsafe { plan.execute(&values, pg_sys::SPI_OK_INSERT) };
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_marks_the_cut_and_keeps_short_values() {
+        let mut v = serde_json::json!({"a": "x".repeat(70), "b": "short", "c": 5, "d": ["ééééé"]});
+        truncate_strings(&mut v, 4);
+        assert_eq!(
+            v,
+            serde_json::json!({"a": "xxxx…", "b": "shor…", "c": 5, "d": ["éééé…"]})
+        );
+    }
+}

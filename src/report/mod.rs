@@ -1,0 +1,37 @@
+//! Conflict visibility: every replicated change the engine resolves is counted per table
+//! ([`counters`]), and each conflict among them is reported as `mm_conflict.log_conflicts` says
+//! ([`log`]: a server-log line, a row in `mm_conflict.conflict_log`, or nothing).
+
+pub mod counters;
+pub mod log;
+
+use pgrx::pg_sys;
+
+use crate::catalog::relinfo::{RelInfo, Row};
+use crate::gucs::{self, LogConflicts};
+
+/// One resolution, as the engine reports it.
+pub type Resolution<'a> = mm_conflict_core::Resolution<'a, Row>;
+
+/// True when a conflict would be written somewhere: the caller may skip copying rows otherwise.
+pub fn rows_wanted() -> bool {
+    gucs::LOG_CONFLICTS.get() != LogConflicts::Off
+}
+
+/// Counts a resolution and, if it is a conflict, reports it as `log_conflicts` says.
+///
+/// # Safety
+/// The rows are of `info`'s relation, described by `tupdesc`; runs inside the trigger's transaction.
+pub unsafe fn report(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolution) {
+    let conflict = r.decision.is_conflict(r.stored.as_ref(), &r.incoming);
+    counters::count(info.relid, r.decision, conflict);
+    if !conflict {
+        return;
+    }
+    match gucs::LOG_CONFLICTS.get() {
+        LogConflicts::Off => {}
+        // SAFETY: forwarded from the caller.
+        LogConflicts::Log => unsafe { log::log_line(info, tupdesc, r) },
+        LogConflicts::Table => unsafe { log::log_row(info, tupdesc, r) },
+    }
+}

@@ -1,0 +1,3 @@
+//! Comparing nodes: `mm_conflict.table_checksum`.
+
+pub mod checksum;
