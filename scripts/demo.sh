@@ -33,7 +33,9 @@ log "3 clusters on ports ${ports[*]}"
 for p in "${ports[@]}"; do psql_at "$p" -c "$ARTICLE_TABLE_SQL"; done
 nodes="$(mesh_nodes_json "${ports[@]}")"
 log "one call on node 1: mm_conflict.create_mesh(...)"
-psql_at "${ports[0]}" -c "CREATE EXTENSION mm_conflict CASCADE" \
+# create_mesh reaches the nodes through dblink, which it needs here first (in a transaction of
+# its own); it creates the extension on the other nodes itself.
+psql_at "${ports[0]}" -c "CREATE EXTENSION mm_conflict" -c "CREATE EXTENSION dblink" \
     -c "SELECT mm_conflict.create_mesh('$nodes', ARRAY['mm']::regclass[], 'last_xacttime', 'last', 2)"
 psql_at "${ports[0]}" -c "SELECT node_id, node_name, subscription, peer_slot FROM mm_conflict.status"
 

@@ -1,67 +1,93 @@
 #!/usr/bin/env bash
-# Runs every test tier: pure Rust (decision core and its property test), #[pg_test] in a real
-# PostgreSQL 15, pg_regress, and the multi-node tests on real clusters. Installs what is missing
-# first.
+# Runs every test tier, on every supported PostgreSQL major. Installs what is missing first.
+#   1. pure Rust: the decision core, the engine and its convergence property test (once);
+#   2. #[pg_test]s in a real server (cargo pgrx test pgNN);
+#   3. pg_regress (messages), isolation specs (races), and on 15 the upgrade test;
+#   4. multi-node tests on real clusters: every scenario on majors with dblink (15, 18); on the
+#      16 build, which has no contrib (no dblink), the meshes built by hand.
 # As root, PostgreSQL runs as the `postgres` user.
-# Usage: scripts/test.sh [TIER...]   (tiers 1-4; default: all)
+# Usage: [PG_VERSIONS="15 16 18"] scripts/test.sh [TIER...]   (tiers 1-4; default: all)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$ROOT"
 ensure_deps
 
-PGRX_TEST_DATA="$ROOT/target/pgrx-test-data"
-runas=()
-if is_root; then
-    pg_owned_dir "$PGRX_TEST_DATA"
-    runas=(--runas postgres --pgdata "$PGRX_TEST_DATA")
-fi
+TIERS=("${@:-1 2 3 4}")
+want() { [[ " ${TIERS[*]} " == *" $1 "* ]]; }
 
-# pg_regress on a fresh cluster of our own. (`cargo pgrx regress pg15` reads the same files, but
-# pgrx 0.18.1 starts its server without --runas, so it cannot run as root.)
+# pg_regress and the isolation specs on a fresh cluster of the current major. (`cargo pgrx
+# regress` reads the same files, but pgrx 0.18.1 starts its server without --runas, so it cannot
+# run as root.) Alternative expected files (name_1.out) hold what differs on a server without
+# dblink.
 run_pg_regress() {
-    install_extension
-    local port
+    local port out="$ROOT/target/pg_regress/$PG_MAJOR" iso="$ROOT/target/isolation/$PG_MAJOR"
     port="$(free_port 55432)"
-    rm -rf "$CLUSTER_ROOT/regress"
+    rm -rf "$CLUSTER_ROOT/regress-$PG_MAJOR" "$out" "$iso"
+    mkdir -p "$out" "$iso"
     trap stop_started_clusters EXIT
     # Without shared_preload_libraries: the tests also see the counters' "not available" fallback.
-    PRELOAD= start_cluster regress "$port"
-    mkdir -p "$ROOT/target/pg_regress"
-    local tests
+    PRELOAD= start_cluster "regress-$PG_MAJOR" "$port"
+    local tests specs
     tests="$(cd tests/pg_regress/sql && ls ./*.sql | sed 's|^\./||; s|\.sql$||' | grep -v '^setup$' | sort)"
     PGOPTIONS="-c client_min_messages=warning" "$($PG_CONFIG --pkglibdir)/pgxs/src/test/regress/pg_regress" \
-        --inputdir="$ROOT/tests/pg_regress" --outputdir="$ROOT/target/pg_regress" \
+        --inputdir="$ROOT/tests/pg_regress" --outputdir="$out" \
         --bindir="$PGBIN" --host=127.0.0.1 --port="$port" --user=postgres \
         --dbname=mm_conflict_regress setup $tests || {
-        cat "$ROOT/target/pg_regress/regression.diffs" 2>/dev/null || true
+        cat "$out/regression.diffs" 2>/dev/null || true
+        return 1
+    }
+    # Races made deterministic: isolation specs (PostgreSQL's isolation tester, from pgxs), on the
+    # same cluster, in a database of their own.
+    specs="$(cd tests/isolation/specs && ls ./*.spec | sed 's|^\./||; s|\.spec$||' | sort)"
+    "$($PG_CONFIG --pkglibdir)/pgxs/src/test/isolation/pg_isolation_regress" \
+        --inputdir="$ROOT/tests/isolation" --outputdir="$iso" \
+        --bindir="$PGBIN" --host=127.0.0.1 --port="$port" --user=postgres \
+        --dbname=mm_conflict_isolation --load-extension=mm_conflict $specs || {
+        cat "$iso/regression.diffs" 2>/dev/null || true
         return 1
     }
     stop_started_clusters
 }
 
-TIERS=("${@:-1 2 3 4}")
-want() { [[ " ${TIERS[*]} " == *" $1 "* ]]; }
-
 if want 1; then
-    log "tier 1: pure Rust (decision core, property test)"
+    log "tier 1: pure Rust (decision core, engine, convergence property test)"
     cargo test -p mm_conflict_core
 fi
 
-if want 2; then
-    log "tier 2: #[pg_test] (cargo pgrx test pg15)"
-    cargo pgrx test pg15 "${runas[@]}"
-fi
+for major in $PG_VERSIONS; do
+    use_pg "$major"
+    if want 2; then
+        log "tier 2 on PostgreSQL $major: #[pg_test] (cargo pgrx test pg$major)"
+        runas=()
+        if is_root; then
+            pg_owned_dir "$ROOT/target/pgrx-test-data-$major"
+            runas=(--runas postgres --pgdata "$ROOT/target/pgrx-test-data-$major")
+        fi
+        cargo pgrx test "pg$major" "${runas[@]}"
+    fi
+    # After `cargo pgrx test`, the installed build is the test build: install the normal one.
+    if want 3 || want 4; then
+        install_extension >/dev/null
+    fi
+    if want 3; then
+        log "tier 3 on PostgreSQL $major: pg_regress (tests/pg_regress), isolation specs (tests/isolation)"
+        run_pg_regress
+        if [ "$major" = 15 ]; then
+            # 0.1.0 was built for 15 only.
+            bash "$ROOT/scripts/upgrade_test.sh"
+        fi
+    fi
+    if want 4; then
+        # Clusters run one test at a time; MM_LONG=1 for the long tier (60 s loads, 5 nodes).
+        if has_dblink; then
+            log "tier 4 on PostgreSQL $major: multi-node (real clusters in a full mesh)"
+            filter=()
+        else
+            log "tier 4 on PostgreSQL $major: multi-node, the meshes built by hand (no dblink here)"
+            filter=(by_hand)
+        fi
+        MM_PGBIN="$PGBIN" MM_PG_MAJOR="$major" \
+            cargo test -p mm_conflict_mesh_tests -- --test-threads=1 --nocapture "${filter[@]}"
+    fi
+done
 
-if want 3; then
-    log "tier 3: pg_regress (tests/pg_regress)"
-    run_pg_regress
-fi
-
-if want 4; then
-    log "tier 4: multi-node (real clusters in a full mesh; MM_LONG=1 for 60 s loads)"
-    # The normal build is installed by tier 3 (installed here when tier 3 did not run); clusters
-    # run one test at a time.
-    want 3 || install_extension
-    cargo test -p mm_conflict_mesh_tests -- --test-threads=1 --nocapture
-fi
-
-log "tiers ${TIERS[*]} passed"
+log "tiers ${TIERS[*]} passed on PostgreSQL ${PG_VERSIONS// /, }"

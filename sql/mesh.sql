@@ -1,17 +1,23 @@
--- Mesh management: this node's identity, replicated tables, subscriptions, setup of a whole mesh
--- from one node, status, sync and tear-down.
+-- Mesh management: the functions that reach other nodes (subscribe, create_mesh, drop_mesh), the
+-- catalog of this node's identity and peers, and the views that watch the mesh.
 --
--- How nodes talk to each other: through dblink (contrib, a required extension). It is the only
--- way a SQL function can run statements on another node *as separate, committed transactions*,
--- which the mesh needs: a logical replication slot must be created outside the caller's
--- transaction (CREATE SUBSCRIPTION cannot create it inside one), and a node being set up must
--- commit before its peers can subscribe to it. PostgreSQL's walreceiver API only speaks the
--- replication protocol, and a Rust client would block the backend without interrupt handling.
+-- Everything these functions decide (checks, create_mesh's plan and how each step is undone, the
+-- SQL sent to peers, every message) is Rust (src/mesh/, raised through mm_conflict._fail); what is
+-- left here carries it between nodes and runs it. This node's own functions (node_init,
+-- replicate_table, unreplicate_table, this_node) are Rust too.
+--
+-- How nodes talk to each other: through dblink (contrib), the only way a SQL function can run
+-- statements on another node *as separate, committed transactions*, which the mesh needs: a
+-- logical replication slot must be created outside the caller's transaction (CREATE SUBSCRIPTION
+-- cannot create it inside one), and a node being set up must commit before its peers can
+-- subscribe to it. PostgreSQL's walreceiver API only speaks the replication protocol, and a Rust
+-- client would block the backend without interrupt handling. dblink is not required by the
+-- extension (the trigger never needs it): the functions below create it on first use, or say how.
 --
 -- Rules kept throughout:
 -- * conninfo strings never appear in messages (they may carry passwords); nodes are named by id
 --   and name, and remote sessions turn statement logging off;
--- * every identifier put into SQL is quoted with %I / %L;
+-- * SQL sent to a peer is made by Rust with every value quoted once; here only %L/%I, once;
 -- * no SECURITY DEFINER; every function pins search_path.
 
 -- This node's identity: one row, set by node_init().
@@ -31,59 +37,6 @@ CREATE TABLE mm_conflict.peer (
 );
 COMMENT ON TABLE mm_conflict.peer IS 'mm_conflict: peers this node subscribes to (written by mm_conflict.subscribe)';
 SELECT pg_catalog.pg_extension_config_dump('mm_conflict.peer', '');
-
--- The publication every node offers its peers.
-CREATE FUNCTION mm_conflict.publication_name() RETURNS name
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
-AS $$ SELECT 'mm_conflict'::name $$;
-
--- Changes from node `publisher` to node `subscriber` travel through a slot on the publisher and
--- a subscription on the subscriber, both with this name.
-CREATE FUNCTION mm_conflict.channel_name(publisher integer, subscriber integer) RETURNS name
-LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp
-AS $$ SELECT format('mm_conflict_%s_to_%s', publisher, subscriber)::name $$;
-
--- This node's id; 55000 until node_init() ran.
-CREATE FUNCTION mm_conflict.this_node() RETURNS smallint
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    id smallint;
-BEGIN
-    SELECT node_id INTO id FROM mm_conflict.node;
-    IF id IS NULL THEN
-        RAISE EXCEPTION 'mm_conflict: this node has no node id yet'
-            USING ERRCODE = '55000',
-                  HINT = 'Run SELECT mm_conflict.node_init(<node id>, <name>), or set up the whole mesh with mm_conflict.create_mesh().';
-    END IF;
-    RETURN id;
-END
-$$;
-
-CREATE FUNCTION mm_conflict._require_superuser(what text) RETURNS void
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF current_setting('is_superuser') <> 'on' THEN
-        RAISE EXCEPTION 'mm_conflict: % requires superuser', what
-            USING ERRCODE = '42501',
-                  DETAIL = 'PostgreSQL 15 lets only superusers create and drop subscriptions.';
-    END IF;
-END
-$$;
-
--- Node ids are smallints 1..32767, taken as integer parameters (integer literals do not resolve
--- to smallint ones).
-CREATE FUNCTION mm_conflict._check_node_id(node_id integer) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF node_id IS NULL OR node_id NOT BETWEEN 1 AND 32767 THEN
-        RAISE EXCEPTION 'mm_conflict: node id must be between 1 and 32767, got %', coalesce(node_id::text, 'NULL')
-            USING ERRCODE = '22003';
-    END IF;
-END
-$$;
 
 -- Raises an error caught earlier, again; empty detail and hint are left out.
 CREATE FUNCTION mm_conflict._raise(state text, message text, detail text, hint text) RETURNS void
@@ -107,21 +60,37 @@ $$;
 ------------------------------------------------------------------------------------------------
 -- Talking to other nodes (dblink, wherever it is installed).
 
-CREATE FUNCTION mm_conflict._dblink(fn text) RETURNS text
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+-- Makes sure dblink is there: creates it when missing, allowed and `may_create`, else raises
+-- with a HINT. create_mesh() may not: creating it writes, and a replication slot created on this
+-- node during the call would then wait for the call's own transaction. (node_init() creates it
+-- when it can, so a node set up by hand has it before subscribe() runs.)
+CREATE FUNCTION mm_conflict._require_dblink(caller text, may_create boolean DEFAULT true) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    schema name;
 BEGIN
-    SELECT n.nspname INTO schema
-      FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
-     WHERE e.extname = 'dblink';
-    IF schema IS NULL THEN
-        RAISE EXCEPTION 'mm_conflict: extension dblink is missing'
-            USING ERRCODE = '55000', HINT = 'CREATE EXTENSION dblink;';
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'dblink') THEN
+        IF NOT may_create THEN
+            PERFORM mm_conflict._fail(jsonb_build_object('error', 'dblink_missing', 'function', caller));
+        END IF;
+        BEGIN
+            -- Beside mm_conflict (search_path is pinned to pg_catalog here).
+            EXECUTE format('CREATE EXTENSION IF NOT EXISTS dblink SCHEMA %I',
+                           (SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+                             WHERE e.extname = 'mm_conflict'));
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM mm_conflict._fail(jsonb_build_object('error', 'dblink_missing', 'function', caller));
+        END;
     END IF;
-    RETURN format('%I.%I', schema, fn);
 END
+$$;
+
+-- The schema-qualified name of dblink function `fn`.
+CREATE FUNCTION mm_conflict._dblink(fn text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('%I.%I', n.nspname, fn)
+      FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+     WHERE e.extname = 'dblink'
 $$;
 
 CREATE FUNCTION mm_conflict._disconnect(conn text) RETURNS void
@@ -155,34 +124,24 @@ BEGIN
                      THEN conninfo ELSE conninfo || ' connect_timeout=10' END;
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
-        RAISE EXCEPTION 'mm_conflict: cannot connect to %', who
-            USING ERRCODE = '08001',
-                  DETAIL = coalesce(nullif(detail, ''), msg),
-                  HINT = 'Check that the node runs and that its conninfo works from this node''s host.';
+        PERFORM mm_conflict._fail(jsonb_build_object(
+            'error', 'cannot_connect', 'who', who, 'detail', coalesce(nullif(detail, ''), msg)));
     END;
-    -- Statements sent to peers can carry conninfos: keep them out of the peer's log.
+    -- Statements sent to peers can carry conninfos: keep them out of the peer's log. Remote
+    -- sessions resolve names only in pg_catalog.
     PERFORM mm_conflict._remote_exec(conn,
         'SET log_min_error_statement = panic; SET log_statement = none; SET log_min_duration_statement = -1; '
-        'SET application_name = mm_conflict');
+        'SET application_name = mm_conflict; SET search_path = pg_catalog, pg_temp');
 END
 $$;
 
--- Runs `cmd` on connection `conn`; a remote error is raised here with its SQLSTATE, message,
--- detail and hint.
+-- Runs command `cmd` (no rows returned) on connection `conn`; a remote error is raised here with
+-- its SQLSTATE, message, detail and hint.
 CREATE FUNCTION mm_conflict._remote_exec(conn text, cmd text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     EXECUTE format('SELECT %s($1, $2)', mm_conflict._dblink('dblink_exec')) USING conn, cmd;
-END
-$$;
-
--- Runs PL/pgSQL statements `body` on connection `conn`, as one transaction there.
-CREATE FUNCTION mm_conflict._remote_do(conn text, body text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM mm_conflict._remote_exec(conn, format('DO %L', format('BEGIN %s END', body)));
 END
 $$;
 
@@ -199,171 +158,46 @@ BEGIN
 END
 $$;
 
+-- Runs `sql` on `conn`: a query (its one value returned) or a command (NULL returned).
+CREATE FUNCTION mm_conflict._remote_run(conn text, sql text, is_query boolean) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF is_query THEN
+        RETURN mm_conflict._remote_value(conn, sql);
+    END IF;
+    PERFORM mm_conflict._remote_exec(conn, sql);
+    RETURN NULL;
+END
+$$;
+
 -- Drops replication slot `slot` on the node behind `conn`, ending the walsender that still holds
 -- it (its subscriber is already gone). No-op when the slot does not exist.
 CREATE FUNCTION mm_conflict._drop_remote_slot(conn text, slot name) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
-BEGIN
-    PERFORM mm_conflict._remote_exec(conn, format($remote$
-        DO $do$
-        DECLARE
-            holder int;
-        BEGIN
-            FOR attempt IN 1..100 LOOP
-                SELECT active_pid INTO holder FROM pg_catalog.pg_replication_slots
-                 WHERE slot_name = %1$L AND database = pg_catalog.current_database();
-                IF NOT FOUND THEN
-                    RETURN;
-                ELSIF holder IS NULL THEN
-                    PERFORM pg_catalog.pg_drop_replication_slot(%1$L);
-                    RETURN;
-                END IF;
-                PERFORM pg_catalog.pg_terminate_backend(holder);
-                PERFORM pg_catalog.pg_sleep(0.1);
-            END LOOP;
-            RAISE EXCEPTION 'replication slot %% is still in use', %1$L USING ERRCODE = '55006';
-        END
-        $do$
-    $remote$, slot));
-END
-$$;
-
-------------------------------------------------------------------------------------------------
--- This node.
-
-CREATE FUNCTION mm_conflict.node_init(node_id integer, node_name text DEFAULT NULL)
-RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-AS $$
 DECLARE
-    current smallint;
+    holder text;
 BEGIN
-    PERFORM mm_conflict._check_node_id(node_id);
-    IF node_name IS NOT NULL AND btrim(node_name) = '' THEN
-        RAISE EXCEPTION 'mm_conflict: node name must not be empty' USING ERRCODE = '22023';
-    END IF;
-    SELECT n.node_id INTO current FROM mm_conflict.node n;
-    IF current IS NULL THEN
-        INSERT INTO mm_conflict.node(node_id, node_name)
-        VALUES (node_init.node_id, coalesce(node_init.node_name, 'node' || node_init.node_id));
-    ELSIF current = node_init.node_id THEN
-        UPDATE mm_conflict.node n SET node_name = coalesce(node_init.node_name, n.node_name);
-    ELSE
-        RAISE EXCEPTION 'mm_conflict: this node is already node %, not %', current, node_init.node_id
-            USING ERRCODE = '55000',
-                  DETAIL = 'Replicated tables and subscriptions carry the node id.',
-                  HINT = 'Run SELECT mm_conflict.drop_mesh() first to change it.';
-    END IF;
+    FOR attempt IN 1..100 LOOP
+        holder := mm_conflict._remote_value(conn, format(
+            'SELECT coalesce(active_pid::text, %L) FROM pg_catalog.pg_replication_slots '
+            'WHERE slot_name = %L AND database = pg_catalog.current_database()', 'free', slot));
+        IF holder IS NULL THEN
+            RETURN;
+        ELSIF holder = 'free' THEN
+            PERFORM mm_conflict._remote_value(conn, format('SELECT pg_catalog.pg_drop_replication_slot(%L)', slot));
+            RETURN;
+        END IF;
+        PERFORM mm_conflict._remote_value(conn, format('SELECT pg_catalog.pg_terminate_backend(%s)', holder::int));
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+    PERFORM mm_conflict._fail(jsonb_build_object('error', 'slot_still_active', 'slot', slot));
 END
 $$;
 
 ------------------------------------------------------------------------------------------------
 -- Tables.
-
-CREATE FUNCTION mm_conflict.replicate_table(
-    tbl regclass,
-    criterion text DEFAULT 'last_xacttime',
-    method text DEFAULT 'last',
-    preferred_node integer DEFAULT NULL)
-RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    me smallint := mm_conflict.this_node();
-    pub name := mm_conflict.publication_name();
-    t text := mm_conflict._table_name(tbl);
-    kind "char";
-    other record;
-    missing text[];
-    args text;
-BEGIN
-    SELECT relkind INTO kind FROM pg_class WHERE oid = tbl;
-    IF kind <> 'r' THEN
-        RAISE EXCEPTION 'mm_conflict: % is not an ordinary table', t
-            USING ERRCODE = '42809',
-                  HINT = 'Partitioned tables, views and foreign tables cannot be replicated by mm_conflict.';
-    END IF;
-    IF (SELECT relnamespace FROM pg_class WHERE oid = tbl) = 'mm_conflict'::regnamespace THEN
-        RAISE EXCEPTION 'mm_conflict: % belongs to mm_conflict itself', t USING ERRCODE = '42809';
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = tbl AND indisprimary) THEN
-        RAISE EXCEPTION 'mm_conflict: table % has no primary key', t
-            USING ERRCODE = '55000',
-                  DETAIL = 'Replicated inserts, updates and deletes find their row by primary key.',
-                  HINT = format('Add one with ALTER TABLE %s ADD PRIMARY KEY (...).', t);
-    END IF;
-    FOR other IN
-        SELECT tg.tgname FROM pg_trigger tg
-         WHERE tg.tgrelid = tbl AND NOT tg.tgisinternal AND tg.tgname <> '!mm_resolve'
-           AND tg.tgfoid IN (SELECT p.oid FROM pg_proc p WHERE p.proname = 'mm_resolve')
-    LOOP
-        RAISE EXCEPTION 'mm_conflict: table % already has an mm_resolve trigger, "%"', t, other.tgname
-            USING ERRCODE = '42710',
-                  HINT = format('Drop it first (DROP TRIGGER %I ON %s); replicate_table creates its own.', other.tgname, t);
-    END LOOP;
-
-    -- Bookkeeping columns (existing ones are checked by check_table below).
-    SELECT array_agg(format('ADD COLUMN %I %s', c.name, c.type) ORDER BY c.ord) INTO missing
-      FROM (VALUES (1, 'mm_islocal', 'boolean'), (2, 'mm_nodeid', 'smallint'),
-                   (3, 'mm_last_xacttime', 'timestamptz'), (4, 'mm_last_stattime', 'timestamptz'))
-           AS c(ord, name, type)
-     WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
-                        WHERE a.attrelid = tbl AND a.attname = c.name AND NOT a.attisdropped);
-    IF missing IS NOT NULL THEN
-        EXECUTE format('ALTER TABLE %s %s', t, array_to_string(missing, ', '));
-    END IF;
-
-    -- "!" sorts before letters, digits and "_": BEFORE triggers fire in name order, and the
-    -- resolution must come first (a trigger before it would act on changes that then lose).
-    args := concat_ws(', ', quote_literal(me), quote_literal(criterion), quote_literal(method),
-                      quote_literal(preferred_node));
-    EXECUTE format(
-        'CREATE OR REPLACE TRIGGER "!mm_resolve" BEFORE INSERT OR UPDATE OR DELETE ON %s '
-        'FOR EACH ROW EXECUTE FUNCTION %I.mm_resolve(%s)',
-        t, (SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
-             WHERE e.extname = 'mm_conflict'), args);
-    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER "!mm_resolve"', t);
-    FOR other IN
-        SELECT tg.tgname FROM pg_trigger tg
-         WHERE tg.tgrelid = tbl AND NOT tg.tgisinternal
-           AND tg.tgtype & 3 = 3              -- BEFORE ... FOR EACH ROW
-           AND tg.tgname COLLATE "C" < '!mm_resolve'
-    LOOP
-        RAISE WARNING 'mm_conflict: trigger "%" on % fires before mm_resolve', other.tgname, t
-            USING HINT = 'Rename it so that it sorts after "!mm_resolve", or it also runs for changes that lose.';
-    END LOOP;
-    -- Raises what the trigger would raise on its first row (bad policy, mistyped columns).
-    PERFORM mm_conflict.check_table(tbl);
-
-    IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = pub) THEN
-        EXECUTE format('CREATE PUBLICATION %I FOR TABLE mm_conflict.tombstone', pub);
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
-                    WHERE p.pubname = pub AND r.prrelid = tbl) THEN
-        EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', pub, t);
-    END IF;
-END
-$$;
-
-CREATE FUNCTION mm_conflict.unreplicate_table(tbl regclass)
-RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    me smallint := mm_conflict.this_node();
-    pub name := mm_conflict.publication_name();
-    t text := mm_conflict._table_name(tbl);
-BEGIN
-    EXECUTE format('DROP TRIGGER IF EXISTS "!mm_resolve" ON %s', t);
-    IF EXISTS (SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
-                WHERE p.pubname = pub AND r.prrelid = tbl) THEN
-        EXECUTE format('ALTER PUBLICATION %I DROP TABLE %s', pub, t);
-    END IF;
-    -- Local only: peers skip replicated deletes of tombstones.
-    DELETE FROM mm_conflict.tombstone WHERE table_name = t;
-END
-$$;
 
 -- Tables this node replicates (those with the trigger replicate_table creates).
 CREATE VIEW mm_conflict.replicated_tables AS
@@ -383,27 +217,28 @@ RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    me smallint := mm_conflict.this_node();
+    me smallint;
     channel name;
     conn text := 'mm_conflict_subscribe';
-    who text := format('node %s', peer_node_id);
     existing record;
     remote jsonb;
-    peer_name text;
     slot_created boolean := false;
     e_state text; e_msg text; e_detail text; e_hint text;
 BEGIN
-    PERFORM mm_conflict._require_superuser('mm_conflict.subscribe()');
+    PERFORM mm_conflict._require_superuser('subscribe()');
     IF peer_node_id IS NULL OR conninfo IS NULL OR copy_data IS NULL THEN
-        RAISE EXCEPTION 'mm_conflict: subscribe() arguments must not be NULL' USING ERRCODE = '22004';
+        PERFORM mm_conflict._fail(jsonb_build_object('error', 'null_argument', 'function', 'subscribe()',
+            'argument', CASE WHEN peer_node_id IS NULL THEN 'peer_node_id'
+                             WHEN conninfo IS NULL THEN 'conninfo' ELSE 'copy_data' END));
     END IF;
+    me := mm_conflict.this_node();
     PERFORM mm_conflict._check_node_id(peer_node_id);
     IF peer_node_id = me THEN
-        RAISE EXCEPTION 'mm_conflict: node % cannot subscribe to itself', me USING ERRCODE = '22023';
+        PERFORM mm_conflict._fail(jsonb_build_object('error', 'subscribe_to_self', 'node', me));
     END IF;
     channel := mm_conflict.channel_name(peer_node_id, me);
 
-    SELECT s.subconninfo, s.subenabled INTO existing
+    SELECT s.subconninfo INTO existing
       FROM pg_subscription s
      WHERE s.subname = channel AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database());
     IF FOUND THEN
@@ -411,54 +246,18 @@ BEGIN
             RAISE NOTICE 'mm_conflict: node % already subscribes to node %', me, peer_node_id;
             RETURN;
         END IF;
-        RAISE EXCEPTION 'mm_conflict: node % already subscribes to node % with another conninfo', me, peer_node_id
-            USING ERRCODE = '42710',
-                  HINT = format('Change it with ALTER SUBSCRIPTION %I CONNECTION ''...'', or drop the mesh first.', channel);
+        PERFORM mm_conflict._fail(jsonb_build_object('error', 'subscribed_elsewhere',
+            'node', me, 'peer', peer_node_id, 'subscription', channel));
     END IF;
 
-    PERFORM mm_conflict._connect(conn, conninfo, who);
+    PERFORM mm_conflict._require_dblink('subscribe()');
+    PERFORM mm_conflict._connect(conn, conninfo, format('node %s', peer_node_id));
     BEGIN
-        remote := mm_conflict._remote_value(conn, $q$
-            SELECT pg_catalog.json_build_object(
-                'extension', (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'mm_conflict'),
-                'wal_level', pg_catalog.current_setting('wal_level'))
-        $q$)::jsonb;
-        IF remote->>'extension' IS NULL THEN
-            RAISE EXCEPTION 'mm_conflict: node % has no mm_conflict extension', peer_node_id
-                USING ERRCODE = '42704', HINT = 'Run CREATE EXTENSION mm_conflict CASCADE there, then node_init() and replicate_table().';
+        remote := mm_conflict._remote_value(conn, mm_conflict._peer_query(channel))::jsonb;
+        IF remote->>'extension' IS NOT NULL THEN
+            remote := remote || coalesce(mm_conflict._remote_value(conn, mm_conflict._peer_identity_query())::jsonb, '{}');
         END IF;
-        IF remote->>'wal_level' <> 'logical' THEN
-            RAISE EXCEPTION 'mm_conflict: node % runs with wal_level = %', peer_node_id, remote->>'wal_level'
-                USING ERRCODE = '55000', HINT = 'Set wal_level = logical there and restart it.';
-        END IF;
-        remote := mm_conflict._remote_value(conn, format($q$
-            SELECT pg_catalog.json_build_object(
-                'node_id', (SELECT node_id FROM mm_conflict.node),
-                'node_name', (SELECT node_name FROM mm_conflict.node),
-                'publication', EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = %L),
-                'slot_active', (SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = %L),
-                'slot_database', (SELECT database FROM pg_catalog.pg_replication_slots WHERE slot_name = %L),
-                'database', pg_catalog.current_database())
-        $q$, mm_conflict.publication_name(), channel, channel))::jsonb;
-        IF remote->>'node_id' IS NULL THEN
-            RAISE EXCEPTION 'mm_conflict: node % has no node id yet', peer_node_id
-                USING ERRCODE = '55000', HINT = format('Run SELECT mm_conflict.node_init(%s) there.', peer_node_id);
-        END IF;
-        IF (remote->>'node_id')::smallint <> peer_node_id THEN
-            RAISE EXCEPTION 'mm_conflict: the node at this conninfo is node %, not node %', remote->>'node_id', peer_node_id
-                USING ERRCODE = '22023', HINT = 'Check the conninfo, or the node id passed to subscribe().';
-        END IF;
-        peer_name := remote->>'node_name';
-        IF NOT (remote->>'publication')::boolean THEN
-            RAISE EXCEPTION 'mm_conflict: node % has no publication %', peer_node_id, mm_conflict.publication_name()
-                USING ERRCODE = '42704', HINT = 'Run SELECT mm_conflict.replicate_table(...) there first.';
-        END IF;
-        IF remote->>'slot_active' IS NOT NULL THEN
-            IF (remote->>'slot_active')::boolean OR remote->>'slot_database' <> remote->>'database' THEN
-                RAISE EXCEPTION 'mm_conflict: replication slot % on node % is in use', channel, peer_node_id
-                    USING ERRCODE = '42710',
-                          DETAIL = 'Another subscriber (or a mesh in another database of that cluster) uses it.';
-            END IF;
+        IF mm_conflict._check_peer(peer_node_id, channel, remote) THEN
             -- Left behind by an interrupted subscribe() or drop_mesh(): no subscription uses it.
             PERFORM mm_conflict._drop_remote_slot(conn, channel);
         END IF;
@@ -469,20 +268,16 @@ BEGIN
             'SELECT lsn FROM pg_catalog.pg_create_logical_replication_slot(%L, %L)', channel, 'pgoutput'));
         slot_created := true;
         BEGIN
-            EXECUTE format(
-                'CREATE SUBSCRIPTION %I CONNECTION %L PUBLICATION %I '
-                'WITH (create_slot = false, slot_name = %L, copy_data = %s, enabled = true)',
-                channel, conninfo, mm_conflict.publication_name(), channel, copy_data::text);
+            EXECUTE mm_conflict._subscription_sql(channel, conninfo, copy_data);
         EXCEPTION WHEN OTHERS THEN
             -- Re-raised without the statement (and its conninfo) in the error context.
             GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT,
                                     e_detail = PG_EXCEPTION_DETAIL, e_hint = PG_EXCEPTION_HINT;
-            e_msg := format('mm_conflict: cannot subscribe to node %s: %s', peer_node_id,
-                            regexp_replace(e_msg, '^mm_conflict: ', ''));
-            PERFORM mm_conflict._raise(e_state, e_msg, e_detail, e_hint);
+            PERFORM mm_conflict._raise(e_state, format('cannot subscribe to node %s: %s', peer_node_id, e_msg),
+                                       e_detail, e_hint);
         END;
         INSERT INTO mm_conflict.peer(node_id, node_name, subscription)
-        VALUES (peer_node_id, peer_name, channel)
+        VALUES (peer_node_id, coalesce(remote->>'node_name', 'node' || peer_node_id), channel)
         ON CONFLICT (node_id) DO UPDATE SET node_name = excluded.node_name, subscription = excluded.subscription;
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT,
@@ -529,13 +324,18 @@ BEGIN
         RETURN NULL;
     END IF;
     BEGIN
+        PERFORM mm_conflict._require_dblink('drop_mesh()');
         PERFORM mm_conflict._connect(conn, sub.subconninfo, format('node %s', peer_node_id));
         PERFORM mm_conflict._drop_remote_slot(conn, sub.subslotname);
         PERFORM mm_conflict._disconnect(conn);
         RETURN NULL;
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-        PERFORM mm_conflict._disconnect(conn);
+        BEGIN
+            PERFORM mm_conflict._disconnect(conn);
+        EXCEPTION WHEN OTHERS THEN
+            NULL;
+        END;
         RETURN format('replication slot %s on node %s was not dropped (%s); drop it there with SELECT pg_drop_replication_slot(%L)',
                       sub.subslotname, peer_node_id, msg, sub.subslotname);
     END;
@@ -545,10 +345,21 @@ $$;
 ------------------------------------------------------------------------------------------------
 -- Watching.
 
+-- One row per subscription of this database (the peers subscribe() made, and any other) and per
+-- peer whose subscription is missing. Only leader apply workers count: from PostgreSQL 16 on, a
+-- subscription's parallel apply workers have rows of their own (with a leader_pid).
 CREATE VIEW mm_conflict.status AS
+WITH subs AS (
+    SELECT s.oid, s.subname, s.subenabled
+      FROM pg_subscription s
+     WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+), leaders AS (
+    SELECT w.* FROM pg_stat_subscription w
+     WHERE w.relid IS NULL AND (to_jsonb(w) ->> 'leader_pid') IS NULL
+)
 SELECT p.node_id,
        p.node_name,
-       s.subname                          AS subscription,
+       coalesce(s.subname, p.subscription) AS subscription,
        s.subenabled                       AS enabled,
        w.pid IS NOT NULL                  AS worker_running,
        w.received_lsn,
@@ -560,12 +371,17 @@ SELECT p.node_id,
        slot.active                        AS peer_connected,
        slot.confirmed_flush_lsn           AS peer_confirmed_lsn,
        pg_wal_lsn_diff(pg_current_wal_insert_lsn(), slot.confirmed_flush_lsn)::bigint AS lag_bytes,
-       r.replay_lag                       AS lag_time
-  FROM mm_conflict.peer p
-  LEFT JOIN pg_subscription s
-         ON s.subname = p.subscription
-        AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-  LEFT JOIN pg_stat_subscription w ON w.subid = s.oid AND w.relid IS NULL
+       r.replay_lag                       AS lag_time,
+       mm_conflict._subscription_origin(s.oid) AS origin,
+       CASE WHEN s.oid IS NULL THEN 'the subscription is missing'
+            WHEN mm_conflict._subscription_origin(s.oid) = 'none'
+                THEN 'origin = none: this node drops the changes its peer applied from others, which the mesh needs to converge; ALTER SUBSCRIPTION ... SET (origin = any)'
+            WHEN NOT s.subenabled THEN 'disabled'
+            WHEN w.pid IS NULL THEN 'no apply worker running'
+       END                                AS problem
+  FROM subs s
+  FULL JOIN mm_conflict.peer p ON p.subscription = s.subname
+  LEFT JOIN leaders w ON w.subid = s.oid
   LEFT JOIN pg_stat_subscription_stats st ON st.subid = s.oid
   LEFT JOIN pg_replication_origin_status o ON o.external_id = 'pg_' || s.oid
   LEFT JOIN mm_conflict.node me ON true
@@ -574,7 +390,7 @@ SELECT p.node_id,
         AND slot.database = current_database()
   LEFT JOIN pg_stat_replication r ON r.pid = slot.active_pid;
 COMMENT ON VIEW mm_conflict.status IS
-    'mm_conflict: one row per peer: this node''s subscription to it, and its slot on this node';
+    'mm_conflict: one row per subscription of this node (and per peer whose subscription is missing), and the peer''s slot on this node';
 
 CREATE FUNCTION mm_conflict.wait_for_sync(timeout interval DEFAULT '60 seconds')
 RETURNS boolean
@@ -663,7 +479,7 @@ DECLARE
     tbl regclass;
     problems text[];
 BEGIN
-    PERFORM mm_conflict._require_superuser('mm_conflict.drop_mesh()');
+    PERFORM mm_conflict._require_superuser('drop_mesh()');
     SELECT node_id INTO me FROM mm_conflict.node;
     IF me IS NULL THEN
         RAISE NOTICE 'mm_conflict: this node is not part of a mesh';
@@ -678,6 +494,8 @@ BEGIN
      WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database());
     IF NOT everywhere THEN
         peer_ids := '{}';
+    ELSIF cardinality(peer_ids) > 0 THEN
+        PERFORM mm_conflict._require_dblink('drop_mesh()');
     END IF;
     -- Everywhere: first every subscription on every node, then the rest, so that no subscription
     -- is left pointing at a publication that is already gone.
@@ -702,7 +520,8 @@ $$;
 -- Everything happens over connections to the nodes (this one included), each step committed on
 -- its node: a node must have committed its publication before a peer can subscribe to it, and a
 -- slot cannot be created on a node while a transaction there that has written is still open.
--- That is also why the calling transaction must not have written anything.
+-- That is also why the calling transaction must not have written anything. The steps, and how
+-- each is undone, are mm_conflict._create_mesh_plan's; this runs them.
 CREATE FUNCTION mm_conflict.create_mesh(
     nodes jsonb,
     tables regclass[],
@@ -714,209 +533,104 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     ids smallint[];
-    names text[];
     conninfos text[];
+    labels text[];
     tnames text[];
-    n int;
     conns text[] := '{}';
-    labels text[] := '{}';        -- "node <id> (<name>)", for messages
-    before jsonb[] := '{}';       -- per node: what existed before this call
-    installed int[] := '{}';      -- nodes whose install step committed, in order
-    sub_node int[] := '{}';       -- subscriptions created: node sub_node[k] to node sub_peer[k]
-    sub_peer int[] := '{}';
-    node_label text := 'the first node';
-    step text := 'read the node list';
+    states jsonb[] := '{}';
     state jsonb;
-    cmd text;
-    tables_added boolean := false;
-    sums bigint[];
-    t text;
-    channel text;
+    step record;
+    done jsonb[] := '{}';         -- the steps run so far, as rows of _create_mesh_plan
+    sums text[];
+    node_label text := 'the first node';
+    step_name text := 'read the node list';
     undone text[] := '{}';
     not_undone text[] := '{}';
     e_state text; e_msg text; e_detail text; e_hint text; u_msg text;
+    failure record;
 BEGIN
     IF txid_current_if_assigned() IS NOT NULL THEN
-        RAISE EXCEPTION 'mm_conflict: create_mesh() cannot run in a transaction that has already written'
-            USING ERRCODE = '25001',
-                  DETAIL = 'Creating replication slots waits for every open transaction that has written, this one included.',
-                  HINT = 'Call it on its own, outside an explicit transaction block.';
+        PERFORM mm_conflict._fail('{"error": "mesh_in_written_transaction"}');
     END IF;
-    PERFORM mm_conflict._require_superuser('mm_conflict.create_mesh()');
+    PERFORM mm_conflict._require_superuser('create_mesh()');
     IF tables IS NULL OR cardinality(tables) = 0 THEN
-        RAISE EXCEPTION 'mm_conflict: create_mesh() needs at least one table' USING ERRCODE = '22023';
+        PERFORM mm_conflict._fail('{"error": "mesh_without_tables"}');
     END IF;
-    SELECT array_agg(node_id ORDER BY ord), array_agg(node_name ORDER BY ord), array_agg(conninfo ORDER BY ord)
-      INTO ids, names, conninfos
+    PERFORM mm_conflict._require_dblink('create_mesh()', false);
+    SELECT array_agg(m.node_id ORDER BY ord), array_agg(m.conninfo ORDER BY ord),
+           array_agg(format('node %s', m.node_id) || CASE WHEN m.node_name IS NULL THEN ''
+                                                           ELSE format(' (%s)', m.node_name) END ORDER BY ord),
+           array_agg(format('mm_conflict_mesh_%s', m.node_id) ORDER BY ord)
+      INTO ids, conninfos, labels, conns
       FROM mm_conflict.mesh_nodes(nodes) WITH ORDINALITY AS m(node_id, node_name, conninfo, ord);
     SELECT array_agg(mm_conflict._table_name(x) ORDER BY ord) INTO tnames
       FROM unnest(tables) WITH ORDINALITY AS u(x, ord);
-    n := cardinality(ids);
-    FOR i IN 1..n LOOP
-        conns := conns || format('mm_conflict_mesh_%s', ids[i]);
-        labels := labels || format('node %s%s', ids[i], coalesce(format(' (%s)', names[i]), ''));
-    END LOOP;
 
     BEGIN
         -- 1. Reach and inspect every node; nothing is changed until all pass.
-        FOR i IN 1..n LOOP
+        FOR i IN 1..cardinality(ids) LOOP
             node_label := labels[i];
-            step := 'connect';
+            step_name := 'connect';
             PERFORM mm_conflict._connect(conns[i], conninfos[i], node_label);
-            step := 'inspect';
-            state := mm_conflict._remote_value(conns[i], format($q$
-                SELECT json_build_object(
-                    'superuser', current_setting('is_superuser') = 'on',
-                    'wal_level', current_setting('wal_level'),
-                    'version', current_setting('server_version_num')::int,
-                    'extension', EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'mm_conflict'),
-                    'available', EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'mm_conflict'),
-                    'missing', (SELECT coalesce(json_agg(t), '[]') FROM unnest(%1$L::text[]) t
-                                 WHERE to_regclass(t) IS NULL),
-                    'replicated', (SELECT coalesce(json_agg(t), '[]') FROM unnest(%1$L::text[]) t
-                                    WHERE EXISTS (SELECT 1 FROM pg_trigger
-                                                   WHERE tgrelid = to_regclass(t) AND tgname = '!mm_resolve')),
-                    'publication', EXISTS (SELECT 1 FROM pg_publication WHERE pubname = %2$L),
-                    'subscriptions', (SELECT coalesce(json_agg(subname), '[]') FROM pg_subscription
-                                       WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-                                         AND subname ~ '^mm_conflict_[0-9]+_to_[0-9]+$'))
-            $q$, tnames, mm_conflict.publication_name()))::jsonb;
-            IF NOT (state->>'superuser')::boolean THEN
-                RAISE EXCEPTION 'mm_conflict: the role of this conninfo is not a superuser there'
-                    USING ERRCODE = '42501', DETAIL = 'PostgreSQL 15 lets only superusers create subscriptions.';
-            ELSIF state->>'wal_level' <> 'logical' THEN
-                RAISE EXCEPTION 'mm_conflict: wal_level is %, not logical', state->>'wal_level'
-                    USING ERRCODE = '55000', HINT = 'Set wal_level = logical and restart the node.';
-            ELSIF (state->>'version')::int < 150000 THEN
-                RAISE EXCEPTION 'mm_conflict: PostgreSQL % is too old', state->>'version'
-                    USING ERRCODE = '0A000', HINT = 'mm_conflict needs PostgreSQL 15 or later.';
-            ELSIF NOT (state->>'available')::boolean THEN
-                RAISE EXCEPTION 'mm_conflict: the extension is not installed on this server'
-                    USING ERRCODE = '58P01', HINT = 'Install the mm_conflict package (cargo pgrx install) there.';
-            ELSIF jsonb_array_length(state->'missing') > 0 THEN
-                RAISE EXCEPTION 'mm_conflict: table % does not exist there', state->'missing'->>0
-                    USING ERRCODE = '42P01', HINT = 'Create the tables on every node first (same schema, same columns).';
-            END IF;
+            step_name := 'inspect';
+            state := mm_conflict._remote_value(conns[i], mm_conflict._inspect_query(tnames))::jsonb;
             IF (state->>'extension')::boolean THEN
                 state := state || jsonb_build_object('node_id',
-                    mm_conflict._remote_value(conns[i], 'SELECT node_id FROM mm_conflict.node'));
-                IF state->>'node_id' IS NOT NULL AND (state->>'node_id')::smallint <> ids[i] THEN
-                    RAISE EXCEPTION 'mm_conflict: the node at this conninfo is already node %', state->>'node_id'
-                        USING ERRCODE = '55000', HINT = 'Fix the node list, or run mm_conflict.drop_mesh() there first.';
-                END IF;
+                    mm_conflict._remote_value(conns[i], 'SELECT node_id FROM mm_conflict.node')::int);
             END IF;
-            before := before || state;
+            PERFORM mm_conflict._check_mesh_node(state, ids[i]);
+            states := states || state;
         END LOOP;
 
-        -- 2. Install, identify, replicate the tables: one transaction per node.
-        step := 'install the extension, node_init, replicate_table';
-        FOR i IN 1..n LOOP
-            node_label := labels[i];
-            cmd := format('CREATE EXTENSION IF NOT EXISTS mm_conflict CASCADE; PERFORM mm_conflict.node_init(%s, %L);',
-                          ids[i], names[i]);
-            FOREACH t IN ARRAY tnames LOOP
-                cmd := cmd || format(' PERFORM mm_conflict.replicate_table(%L, %L, %L, %L::integer);',
-                                     t, criterion, method, preferred_node);
-                tables_added := tables_added OR NOT (before[i]->'replicated' ? t);
-            END LOOP;
-            PERFORM mm_conflict._remote_do(conns[i], cmd);
-            installed := installed || i;
-        END LOOP;
-
-        -- Rows are not copied: say so when the tables already differ.
-        FOREACH t IN ARRAY tnames LOOP
-            sums := '{}';
-            FOR i IN 1..n LOOP
-                sums := sums || mm_conflict._remote_value(conns[i],
-                    format('SELECT mm_conflict.table_checksum(%L)', t))::bigint;
-            END LOOP;
-            IF (SELECT count(DISTINCT s) FROM unnest(sums) s) > 1 THEN
-                RAISE WARNING 'mm_conflict: table % differs between the nodes', t
-                    USING DETAIL = 'create_mesh() does not copy rows; rows that differ now stay different until written again.',
-                          HINT = 'Make the tables identical first, or fill one node and join the others with subscribe(..., copy_data => true).';
-            END IF;
-        END LOOP;
-
-        -- 3. The N-1 subscriptions of every node.
-        FOR i IN 1..n LOOP
-            node_label := labels[i];
-            FOR j IN 1..n LOOP
-                CONTINUE WHEN j = i;
-                channel := mm_conflict.channel_name(ids[j], ids[i]);
-                IF before[i]->'subscriptions' ? channel THEN
-                    IF tables_added THEN
-                        step := format('refresh the subscription to node %s', ids[j]);
-                        PERFORM mm_conflict._remote_exec(conns[i], format(
-                            'ALTER SUBSCRIPTION %I REFRESH PUBLICATION WITH (copy_data = false)', channel));
-                    END IF;
-                    CONTINUE;
+        -- 2. The plan's steps, in order.
+        FOR step IN SELECT * FROM mm_conflict._create_mesh_plan(nodes, states, tnames, criterion, method,
+                                                                 coalesce(preferred_node, 0)) LOOP
+            node_label := labels[step.node];
+            step_name := step.step;
+            IF step.compare_table IS NOT NULL THEN
+                -- Rows are not copied: say so when a table already differs between the nodes.
+                sums := '{}';
+                FOR i IN 1..cardinality(ids) LOOP
+                    sums := sums || mm_conflict._remote_run(conns[i], step.command, true);
+                END LOOP;
+                IF (SELECT count(DISTINCT s) FROM unnest(sums) s) > 1 THEN
+                    PERFORM mm_conflict._warn(jsonb_build_object('error', 'tables_differ', 'table', step.compare_table));
                 END IF;
-                step := format('subscribe to node %s', ids[j]);
-                PERFORM mm_conflict._remote_value(conns[i], format('SELECT mm_conflict.subscribe(%s, %L, false)',
-                                                                   ids[j], conninfos[j]));
-                sub_node := sub_node || i;
-                sub_peer := sub_peer || j;
-            END LOOP;
+                CONTINUE;
+            END IF;
+            PERFORM mm_conflict._remote_run(conns[step.node], step.command, step.command_is_query);
+            done := done || to_jsonb(step);
         END LOOP;
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT,
                                 e_detail = PG_EXCEPTION_DETAIL, e_hint = PG_EXCEPTION_HINT;
         -- Undo what this call did, newest first; what existed before stays.
-        FOR k IN REVERSE cardinality(sub_node)..1 LOOP
+        FOR k IN REVERSE cardinality(done)..1 LOOP
+            CONTINUE WHEN done[k]->>'undo' IS NULL;
             BEGIN
-                u_msg := mm_conflict._remote_value(conns[sub_node[k]],
-                    format('SELECT mm_conflict._unsubscribe(%s)', ids[sub_peer[k]]));
-                undone := undone || format('subscription of node %s to node %s', ids[sub_node[k]], ids[sub_peer[k]]);
+                u_msg := mm_conflict._remote_run(conns[(done[k]->>'node')::int], done[k]->>'undo',
+                                                 (done[k]->>'undo_is_query')::boolean);
+                undone := undone || (done[k]->>'undo_name');
                 IF u_msg IS NOT NULL THEN
                     not_undone := not_undone || u_msg;
                 END IF;
             EXCEPTION WHEN OTHERS THEN
                 GET STACKED DIAGNOSTICS u_msg = MESSAGE_TEXT;
-                not_undone := not_undone || format('subscription of node %s to node %s (%s)',
-                                                   ids[sub_node[k]], ids[sub_peer[k]], u_msg);
+                not_undone := not_undone || format('%s (%s)', done[k]->>'undo_name', u_msg);
             END;
         END LOOP;
-        FOR k IN REVERSE cardinality(installed)..1 LOOP
-            DECLARE
-                i int := installed[k];
-                b jsonb := before[installed[k]];
+        FOR i IN 1..cardinality(conns) LOOP
             BEGIN
-                cmd := '';
-                FOREACH t IN ARRAY tnames LOOP
-                    IF NOT (b->'replicated' ? t) THEN
-                        cmd := cmd || format('PERFORM mm_conflict.unreplicate_table(%L); ', t);
-                    END IF;
-                END LOOP;
-                IF NOT (b->>'publication')::boolean THEN
-                    cmd := cmd || format('DROP PUBLICATION IF EXISTS %I; ', mm_conflict.publication_name());
-                END IF;
-                IF b->>'node_id' IS NULL THEN
-                    cmd := cmd || 'DELETE FROM mm_conflict.node; ';
-                END IF;
-                IF NOT (b->>'extension')::boolean THEN
-                    cmd := cmd || 'DROP EXTENSION mm_conflict; ';
-                END IF;
-                IF cmd <> '' THEN
-                    PERFORM mm_conflict._remote_do(conns[i], cmd);
-                    undone := undone || format('setup of node %s', ids[i]);
-                END IF;
+                PERFORM mm_conflict._disconnect(conns[i]);
             EXCEPTION WHEN OTHERS THEN
-                GET STACKED DIAGNOSTICS u_msg = MESSAGE_TEXT;
-                not_undone := not_undone || format('setup of node %s (%s)', ids[installed[k]], u_msg);
+                NULL;
             END;
         END LOOP;
-        FOR i IN 1..n LOOP
-            PERFORM mm_conflict._disconnect(conns[i]);
-        END LOOP;
-        e_msg := format('mm_conflict: create_mesh() failed on %s at step "%s": %s',
-                        node_label, step, regexp_replace(e_msg, '^mm_conflict: ', ''));
-        e_detail := concat_ws(E'\n', nullif(e_detail, ''),
-            CASE WHEN cardinality(undone) = 0 AND cardinality(not_undone) = 0 THEN 'Nothing was changed.'
-                 ELSE 'Undone: ' || coalesce(nullif(array_to_string(undone, '; '), ''), 'nothing') || '.' END,
-            'Could not undo: ' || nullif(array_to_string(not_undone, '; '), '') || '.');
-        PERFORM mm_conflict._raise(e_state, e_msg, e_detail, e_hint);
+        SELECT * INTO failure
+          FROM mm_conflict._create_mesh_failure(node_label, step_name, e_msg, e_detail, undone, not_undone);
+        PERFORM mm_conflict._raise(e_state, failure.message, failure.detail, e_hint);
     END;
-    FOR i IN 1..n LOOP
+    FOR i IN 1..cardinality(conns) LOOP
         PERFORM mm_conflict._disconnect(conns[i]);
     END LOOP;
 END

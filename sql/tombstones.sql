@@ -30,7 +30,9 @@ SELECT pg_catalog.pg_extension_config_dump('mm_conflict.tombstone', '');
 -- Removes tombstones older than the retention, on this node only (peers skip replicated deletes
 -- of tombstones). A tombstone is still needed while a change made before it may arrive: so the
 -- cut-off never passes the send time of the last message received from any peer, and nothing is
--- purged while a subscription of this node has no running worker.
+-- purged while a subscription of this node has no running worker. Only leader apply workers count:
+-- from PostgreSQL 16 on, parallel apply workers have rows of their own (with a leader_pid), and an
+-- idle one has no last_msg_send_time.
 CREATE FUNCTION mm_conflict.purge_tombstones(retention interval DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -48,7 +50,8 @@ BEGIN
                 ELSE min(w.last_msg_send_time) END
       INTO peers_seen_until
       FROM pg_subscription s
-      LEFT JOIN pg_stat_subscription w ON w.subid = s.oid AND w.relid IS NULL
+      LEFT JOIN pg_stat_subscription w
+             ON w.subid = s.oid AND w.relid IS NULL AND (to_jsonb(w) ->> 'leader_pid') IS NULL
      WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database());
     cutoff := least(cutoff, coalesce(peers_seen_until, cutoff));
     DELETE FROM mm_conflict.tombstone WHERE deleted_at < cutoff;

@@ -300,7 +300,7 @@ impl MmError {
             }
             NodeIdTaken { .. } => "Run SELECT mm_conflict.drop_mesh() first to change it.".into(),
             DblinkMissing { .. } => {
-                "Run CREATE EXTENSION dblink; as a role allowed to (dblink is part of contrib; install the server's contrib package where it is missing)."
+                "Run CREATE EXTENSION dblink; on its own first (dblink is part of contrib: install the server's contrib package where it is missing), then call again."
                     .into()
             }
             CannotConnect { .. } => {
@@ -411,9 +411,10 @@ mod tests {
         assert!(
             serde_json::from_value::<MmError>(serde_json::json!({"error": "no_such"})).is_err()
         );
-        assert!(serde_json::from_value::<MmError>(
-            serde_json::json!({"error": "no_node_id", "extra": 1})
-        )
-        .is_err());
+        // A missing field is refused too.
+        assert!(
+            serde_json::from_value::<MmError>(serde_json::json!({"error": "cannot_connect"}))
+                .is_err()
+        );
     }
 }

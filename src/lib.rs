@@ -54,9 +54,12 @@ pgrx::extension_sql_file!(
         "bootstrap",
         "tombstones",
         api::functions::mm_conflict::mesh_nodes,
-        api::functions::mm_conflict::check_table,
         api::functions::mm_conflict::table_checksum,
-        api::functions::mm_conflict::_table_name
+        api::functions::mm_conflict::_table_name,
+        api::mesh::mm_conflict::publication_name,
+        api::mesh::mm_conflict::channel_name,
+        api::mesh::mm_conflict::_subscription_origin,
+        api::mesh::mm_conflict::this_node
     ]
 );
 

@@ -1,4 +1,4 @@
-//! Harness for multi-node tests: real PostgreSQL 15 clusters on free loopback ports under
+//! Harness for multi-node tests: real PostgreSQL clusters (of the major `MM_PGBIN` points to) on free loopback ports under
 //! `target/mm_clusters/`, a full mesh of native publications and subscriptions, pgbench load, and the
 //! checks every scenario ends with (quiet mesh, equal checksums, no apply errors).
 //!
@@ -11,7 +11,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub const PGBIN: &str = "/usr/lib/postgresql/15/bin";
+/// The PostgreSQL binaries the clusters run: `MM_PGBIN` (scripts/test.sh sets it for each major),
+/// else the system PostgreSQL 15.
+pub fn pgbin() -> String {
+    std::env::var("MM_PGBIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string())
+}
+
+/// The major of [`pgbin`], from `MM_PG_MAJOR` (default 15).
+pub fn pg_major() -> u32 {
+    std::env::var("MM_PG_MAJOR")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(15)
+}
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -24,15 +36,19 @@ extern "C" {
 }
 
 /// A command for a server-side binary, run as `postgres` when we are root.
+/// Servers run without RUST_BACKTRACE: pgrx would add a backtrace to the DETAIL of errors it
+/// re-raises.
 fn server_command(binary: &str) -> Command {
-    let path = format!("{PGBIN}/{binary}");
-    if is_root() {
+    let path = format!("{}/{binary}", pgbin());
+    let mut c = if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--", &path]);
         c
     } else {
         Command::new(path)
-    }
+    };
+    c.env_remove("RUST_BACKTRACE");
+    c
 }
 
 fn run(mut cmd: Command) -> Output {
@@ -151,7 +167,7 @@ impl Node {
     }
 
     fn psql_command(&self) -> Command {
-        let mut c = Command::new(format!("{PGBIN}/psql"));
+        let mut c = Command::new(format!("{}/psql", pgbin()));
         c.args([
             "-X",
             "-A",
@@ -200,7 +216,7 @@ impl Node {
         seconds: u32,
         pgoptions: Option<&str>,
     ) -> Child {
-        let mut cmd = Command::new(format!("{PGBIN}/pgbench"));
+        let mut cmd = Command::new(format!("{}/pgbench", pgbin()));
         if let Some(options) = pgoptions {
             cmd.env("PGOPTIONS", options);
         }
@@ -313,7 +329,7 @@ impl Mesh {
             mesh.nodes.push(Node::start(test, id));
         }
         for node in &mesh.nodes {
-            node.sql("CREATE EXTENSION mm_conflict CASCADE");
+            node.sql("CREATE EXTENSION mm_conflict");
         }
         mesh
     }
@@ -348,6 +364,8 @@ impl Mesh {
             node.sql(table_sql);
         }
         let preferred = preferred.map_or("NULL".to_string(), |p| p.to_string());
+        // create_mesh reaches the nodes through dblink, which it needs on this node first.
+        self.nodes[0].sql("CREATE EXTENSION IF NOT EXISTS dblink");
         self.nodes[0].sql(&format!(
             "SELECT mm_conflict.create_mesh('{}', ARRAY['{table}']::regclass[], '{criterion}', '{method}', {preferred})",
             Self::nodes_json(&self.nodes)
@@ -370,7 +388,7 @@ impl Mesh {
         let new = Node::start(test, id);
         let start = Instant::now();
         new.sql(&format!(
-            "CREATE EXTENSION mm_conflict CASCADE; {table_sql}; SELECT mm_conflict.node_init({id}, 'n{id}'); \
+            "CREATE EXTENSION mm_conflict; {table_sql}; SELECT mm_conflict.node_init({id}, 'n{id}'); \
              SELECT mm_conflict.replicate_table('{table}', {policy})"
         ));
         for peer in &self.nodes {
@@ -581,57 +599,87 @@ impl Mesh {
     /// (logged worker errors other than deadlocks, deadlocks, nodes whose error counters exceed
     /// what their log shows)
     fn apply_errors(&self) -> (String, usize, String) {
+        struct NodeErrors {
+            id: i16,
+            counts: Vec<usize>,
+            deadlocks: usize,
+            lost_connections: usize,
+            /// Worker restart races: (the line, counted as an apply error on this node?).
+            restart_races: Vec<(String, bool)>,
+            others: Vec<String>,
+        }
+        let per_node: Vec<NodeErrors> = self
+            .nodes
+            .iter()
+            .map(|node| {
+                let counts: Vec<usize> = node
+                    .sql(
+                        "SELECT coalesce(sum(apply_error_count), 0) || ' ' || coalesce(sum(sync_error_count), 0)
+                           FROM pg_stat_subscription_stats",
+                    )
+                    .split(' ')
+                    .map(|c| c.parse().unwrap())
+                    .collect();
+                let mut e = NodeErrors {
+                    id: node.id,
+                    counts,
+                    deadlocks: 0,
+                    lost_connections: 0,
+                    restart_races: Vec::new(),
+                    others: Vec::new(),
+                };
+                for line in node.server_log().lines() {
+                    // log_line_prefix has the backend type: any ERROR not from a client session
+                    // (our own psql calls, pgbench) comes from a worker or a walsender.
+                    if !line.contains("ERROR:") || line.contains(" client backend ") {
+                        continue;
+                    }
+                    if line.contains("deadlock detected") {
+                        e.deadlocks += 1;
+                    } else if self.nodes_go_down && is_lost_connection(line) {
+                        // Expected while a peer is down; what matters is the data afterwards.
+                        e.lost_connections += 1;
+                    } else if let Some(counted) = restart_race(line) {
+                        e.restart_races.push((line.to_string(), counted));
+                    } else {
+                        e.others.push(line.to_string());
+                    }
+                }
+                e
+            })
+            .collect();
+        // PostgreSQL restarts an apply worker after its error (a deadlock, or a lost connection to
+        // a peer that went down) while the exiting one may still hold its replication origin, or
+        // its walsender on the publisher may still hold the slot: the new worker fails at
+        // startup, before applying anything, and is started again. Tolerated only when such an
+        // error happened in the mesh.
+        let restarts_expected = per_node
+            .iter()
+            .any(|e| e.deadlocks + e.lost_connections > 0);
         let mut report = String::new();
         let mut unlogged = String::new();
         let mut deadlocks = 0;
-        for node in &self.nodes {
-            let counts: Vec<usize> = node
-                .sql(
-                    "SELECT coalesce(sum(apply_error_count), 0) || ' ' || coalesce(sum(sync_error_count), 0)
-                       FROM pg_stat_subscription_stats",
+        for e in &per_node {
+            for line in &e.others {
+                writeln!(report, "node {}: {line}", e.id).unwrap();
+            }
+            let mut tolerated_races = 0;
+            for (line, counted) in &e.restart_races {
+                if restarts_expected {
+                    tolerated_races += usize::from(*counted);
+                } else {
+                    writeln!(report, "node {}: {line}", e.id).unwrap();
+                }
+            }
+            if e.counts[0] + e.counts[1] > e.deadlocks + e.lost_connections + tolerated_races {
+                writeln!(
+                    unlogged,
+                    "node {}: apply/sync error counts {:?}, {} deadlocks logged",
+                    e.id, e.counts, e.deadlocks
                 )
-                .split(' ')
-                .map(|c| c.parse().unwrap())
-                .collect();
-            let mut node_deadlocks = 0;
-            let mut lost_connections = 0;
-            let mut restart_races = Vec::new();
-            for line in node.server_log().lines() {
-                // log_line_prefix has the backend type: any ERROR not from a client session
-                // (our own psql calls, pgbench) comes from a worker.
-                if line.contains("ERROR:") && !line.contains(" client backend ") {
-                    if line.contains("deadlock detected") {
-                        node_deadlocks += 1;
-                    } else if self.nodes_go_down && is_lost_connection(line) {
-                        // Expected while a peer is down; what matters is the data afterwards.
-                        lost_connections += 1;
-                    } else if line.contains("replication origin with ID")
-                        && line.contains("is already active for PID")
-                    {
-                        // PostgreSQL 15 restarts an apply worker after its error (a deadlock, or
-                        // a lost connection to a peer that went down) while the exiting one may
-                        // still hold the replication origin; the new worker fails at startup,
-                        // before applying anything, and is started again. Tolerated only after
-                        // such an error on the same node.
-                        restart_races.push(line.to_string());
-                    } else {
-                        writeln!(report, "node {}: {line}", node.id).unwrap();
-                    }
-                }
+                .unwrap();
             }
-            let tolerated_races = if node_deadlocks + lost_connections == 0 {
-                for line in &restart_races {
-                    writeln!(report, "node {}: {line}", node.id).unwrap();
-                }
-                0
-            } else {
-                restart_races.len()
-            };
-            if counts[0] + counts[1] > node_deadlocks + lost_connections + tolerated_races {
-                writeln!(unlogged, "node {}: apply/sync error counts {counts:?}, {node_deadlocks} deadlocks logged", node.id)
-                    .unwrap();
-            }
-            deadlocks += node_deadlocks;
+            deadlocks += e.deadlocks;
         }
         (report, deadlocks, unlogged)
     }
@@ -656,6 +704,20 @@ impl Mesh {
             apply_deadlocks,
             tombstones,
         }
+    }
+}
+
+/// A worker's (or walsender's) error of a worker restart race; `Some(true)` when the subscription
+/// statistics count it as an apply error on this node.
+fn restart_race(line: &str) -> Option<bool> {
+    if line.contains("replication origin with ID") && line.contains("is already active for PID") {
+        Some(true)
+    } else if line.contains("replication slot") && line.contains("is active for PID") {
+        // The worker's side ("could not start WAL streaming: ...") is counted; the walsender's
+        // (on the publisher) is not.
+        Some(line.contains("logical replication"))
+    } else {
+        None
     }
 }
 

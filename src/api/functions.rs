@@ -5,8 +5,7 @@ pub mod mm_conflict {
     use pgrx::prelude::*;
     use pgrx::{JsonB, PgRelation};
 
-    use crate::catalog::relinfo;
-    use crate::error::{MmError, OrRaise};
+    use crate::error::OrRaise;
     use crate::pg::names;
     use crate::report::counters;
 
@@ -46,23 +45,6 @@ pub mod mm_conflict {
     > {
         let nodes = crate::mesh::parse_nodes(nodes.0).or_raise();
         TableIterator::new(nodes.into_iter().map(|n| (n.id as i16, n.name, n.conninfo)))
-    }
-
-    /// Raises the error `mm_resolve` would raise on its first row, if any: bad trigger
-    /// arguments, missing or mistyped bookkeeping or criterion columns, no primary key.
-    #[pg_extern(strict)]
-    fn check_table(tbl: PgRelation) {
-        let raw = tbl.as_ptr();
-        // SAFETY: tbl is open with AccessShareLock for the duration of the call.
-        let table = unsafe { names::relation_identity(raw) };
-        // SAFETY: as above; lookup_for_relation reads the open relation's triggers.
-        let info = unsafe { relinfo::lookup_for_relation(raw) }.or_raise();
-        let Some(info) = info else {
-            MmError::NotReplicated { table }.raise()
-        };
-        if info.primary_key.is_none() {
-            MmError::NoPrimaryKey { table }.raise()
-        }
     }
 
     /// 'ok', 'not_loaded' (no shared_preload_libraries) or 'full' (no free counter slot).

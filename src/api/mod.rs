@@ -1,5 +1,6 @@
 //! Every function PostgreSQL calls: the triggers ([`triggers`]) and the SQL functions in schema
-//! `mm_conflict` ([`functions`]). Each is a thin shim that raises errors with their own SQLSTATE.
+//! `mm_conflict` ([`functions`], [`mesh`]). Each is a thin shim that raises errors with their own SQLSTATE.
 
 pub mod functions;
+pub mod mesh;
 pub mod triggers;

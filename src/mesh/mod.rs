@@ -1,5 +1,10 @@
-//! The mesh API's decisions: parsing `create_mesh`'s node list. Everything that talks to other
-//! nodes is SQL in `sql/mesh.sql` (through dblink); see there for why.
+//! The mesh API: this node's identity and tables ([`local`], through SPI), and everything the
+//! functions that reach other nodes decide ([`plan`]: checks, `create_mesh`'s plan and its undo,
+//! the SQL sent to peers). `sql/mesh.sql` only carries that between nodes through dblink and runs
+//! it; see there for why dblink.
+
+pub mod local;
+pub mod plan;
 
 use std::collections::HashSet;
 

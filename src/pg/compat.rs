@@ -108,6 +108,18 @@ pub fn local_transaction_id() -> u32 {
     }
 }
 
+/// The `origin` setting of subscription `subid` (`None`: no such subscription): `any` or `none`
+/// from 16 on; before 16 every subscription takes changes of any origin.
+pub fn subscription_origin(subid: pg_sys::Oid) -> Option<String> {
+    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+    let query = "SELECT 'any'::text FROM pg_catalog.pg_subscription WHERE oid = $1";
+    #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+    let query = "SELECT suborigin::text FROM pg_catalog.pg_subscription WHERE oid = $1";
+    super::spi::read_one::<String>(query, &[subid.into()])
+        .ok()
+        .flatten()
+}
+
 /// True in a session that applies changes made elsewhere: an apply or table-sync worker (also a
 /// parallel apply worker, from 16), or any session that set up a replication origin with
 /// `pg_replication_origin_session_setup`.

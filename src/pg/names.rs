@@ -26,6 +26,17 @@ pub fn sql_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
+/// `value` as a SQL string literal (`E'...'` when it holds a backslash), whatever
+/// `standard_conforming_strings` is.
+pub fn sql_literal(value: &str) -> String {
+    let quoted = value.replace('\'', "''");
+    if value.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
+}
+
 fn plain(part: &str) -> bool {
     let mut chars = part.chars();
     chars
@@ -171,5 +182,7 @@ mod tests {
     #[test]
     fn sql_quoting() {
         assert_eq!(sql_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(sql_literal("it's"), "'it''s'");
+        assert_eq!(sql_literal("a\\b"), "E'a\\\\b'");
     }
 }

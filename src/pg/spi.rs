@@ -15,6 +15,23 @@ fn failed(sql: &str, what: String) -> ! {
     .raise()
 }
 
+/// The first column of the first row of `query`, read-only (`None`: no row, or NULL). pgrx's
+/// `Spi::get_one` marks the transaction as writing (it assigns a transaction id), which a read
+/// must not: creating a replication slot waits for every transaction that has one.
+pub fn read_one<T: pgrx::FromDatum + pgrx::IntoDatum>(
+    query: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<Option<T>, pgrx::spi::Error> {
+    pgrx::spi::Spi::connect(|client| {
+        let table = client.select(query, Some(1), args)?;
+        if table.is_empty() {
+            Ok(None)
+        } else {
+            table.first().get_one::<T>()
+        }
+    })
+}
+
 /// `bytes` as a text (or bytea: they share the layout) statement parameter, palloc'd.
 pub fn text_datum(bytes: &[u8]) -> pg_sys::Datum {
     // SAFETY: copies `bytes` into a palloc'd varlena.

@@ -124,7 +124,7 @@ SELECT mm_conflict.subscribe(2, 'host=127.0.0.1 port=1 dbname=nowhere password=s
 SELECT mm_conflict.subscribe(2, :'peer');
 \echo :LAST_ERROR_SQLSTATE
 \c mm_regress_peer
-CREATE EXTENSION mm_conflict CASCADE;
+CREATE EXTENSION mm_conflict;
 \c :home
 SELECT mm_conflict.subscribe(2, :'peer');
 \echo :LAST_ERROR_SQLSTATE

@@ -1,5 +1,5 @@
 -- Runs first, in a fresh database: the extension installs and reports its version.
-CREATE EXTENSION mm_conflict CASCADE;
+CREATE EXTENSION mm_conflict;
 SELECT extname, extversion, extversion = mm_conflict.version() AS matches_library,
        extrelocatable
   FROM pg_extension WHERE extname = 'mm_conflict';

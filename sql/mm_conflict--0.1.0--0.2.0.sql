@@ -1,0 +1,838 @@
+-- mm_conflict 0.1.0 -> 0.2.0
+--
+-- What changes: the mesh functions' decisions move to Rust (one error enum: messages lose their
+-- "mm_conflict: " prefix, some wordings are unified); dblink is no longer required by the
+-- extension (the functions that reach peers create it when they can); the status view shows
+-- every subscription, its origin and a problem column, and counts leader apply workers only;
+-- purge_tombstones ignores parallel apply workers; tables are named the same way whatever
+-- quote_all_identifiers says (tombstones of tables whose name is a keyword are renamed).
+-- Data (tombstones, node, peer, conflict_log) is kept as it is.
+
+\echo Use "ALTER EXTENSION mm_conflict UPDATE TO '0.2.0'" to load this file. \quit
+
+-- The views that use functions replaced below.
+DROP VIEW mm_conflict.status;
+DROP VIEW mm_conflict.replicated_tables;
+
+-- The mesh functions of 0.1.0 (PL/pgSQL and SQL), replaced by Rust or by new PL/pgSQL below.
+
+DROP FUNCTION mm_conflict.publication_name();
+DROP FUNCTION mm_conflict.channel_name(integer, integer);
+DROP FUNCTION mm_conflict.this_node();
+DROP FUNCTION mm_conflict._require_superuser(text);
+DROP FUNCTION mm_conflict._check_node_id(integer);
+DROP FUNCTION mm_conflict._table_name(regclass);
+DROP FUNCTION mm_conflict._raise(text, text, text, text);
+DROP FUNCTION mm_conflict._dblink(text);
+DROP FUNCTION mm_conflict._disconnect(text);
+DROP FUNCTION mm_conflict._connect(text, text, text);
+DROP FUNCTION mm_conflict._remote_exec(text, text);
+DROP FUNCTION mm_conflict._remote_do(text, text);
+DROP FUNCTION mm_conflict._remote_value(text, text);
+DROP FUNCTION mm_conflict._drop_remote_slot(text, name);
+DROP FUNCTION mm_conflict.node_init(integer, text);
+DROP FUNCTION mm_conflict.replicate_table(regclass, text, text, integer);
+DROP FUNCTION mm_conflict.unreplicate_table(regclass);
+DROP FUNCTION mm_conflict.subscribe(integer, text, boolean);
+DROP FUNCTION mm_conflict._unsubscribe(integer);
+DROP FUNCTION mm_conflict.wait_for_sync(interval);
+DROP FUNCTION mm_conflict._unsubscribe_all();
+DROP FUNCTION mm_conflict._on_peers(int[], text[], text);
+DROP FUNCTION mm_conflict.drop_mesh(boolean);
+DROP FUNCTION mm_conflict.create_mesh(jsonb, regclass[], text, text, integer);
+
+-- The mesh API's decisions, in Rust.
+CREATE FUNCTION mm_conflict."_fail"(
+	"error" jsonb /* JsonB */
+) RETURNS void
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_fail_wrapper';
+CREATE FUNCTION mm_conflict."_warn"(
+	"error" jsonb /* JsonB */
+) RETURNS void
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_warn_wrapper';
+CREATE FUNCTION mm_conflict."this_node"() RETURNS smallint /* i16 */
+STRICT STABLE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'this_node_wrapper';
+CREATE FUNCTION mm_conflict."node_init"(
+	"node_id" INT, /* Option < i32 > */
+	"node_name" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS void
+VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'node_init_wrapper';
+CREATE FUNCTION mm_conflict."_check_node_id"(
+	"node_id" INT /* Option < i32 > */
+) RETURNS void
+IMMUTABLE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_check_node_id_wrapper';
+CREATE FUNCTION mm_conflict."_require_superuser"(
+	"what" TEXT /* & str */
+) RETURNS void
+STRICT STABLE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_require_superuser_wrapper';
+CREATE FUNCTION mm_conflict."replicate_table"(
+	"tbl" regclass, /* Option < PgRelation > */
+	"criterion" TEXT DEFAULT 'last_xacttime', /* Option < & str > */
+	"method" TEXT DEFAULT 'last', /* Option < & str > */
+	"preferred_node" INT DEFAULT NULL /* Option < i32 > */
+) RETURNS void
+VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'replicate_table_wrapper';
+CREATE FUNCTION mm_conflict."unreplicate_table"(
+	"tbl" regclass /* PgRelation */
+) RETURNS void
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'unreplicate_table_wrapper';
+CREATE FUNCTION mm_conflict."publication_name"() RETURNS TEXT /* & '_ str */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'publication_name_wrapper';
+CREATE FUNCTION mm_conflict."channel_name"(
+	"publisher" INT, /* i32 */
+	"subscriber" INT /* i32 */
+) RETURNS TEXT /* String */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'channel_name_wrapper';
+CREATE FUNCTION mm_conflict."_inspect_query"(
+	"tables" TEXT[] /* Vec < String > */
+) RETURNS TEXT /* String */
+IMMUTABLE STRICT
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_inspect_query_wrapper';
+CREATE FUNCTION mm_conflict."_check_mesh_node"(
+	"state" jsonb, /* JsonB */
+	"node_id" INT /* i32 */
+) RETURNS void
+IMMUTABLE STRICT
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_check_mesh_node_wrapper';
+CREATE FUNCTION mm_conflict."_create_mesh_plan"(
+	"nodes" jsonb, /* JsonB */
+	"states" jsonb[], /* Vec < JsonB > */
+	"tables" TEXT[], /* Vec < String > */
+	"criterion" TEXT, /* & str */
+	"method" TEXT, /* & str */
+	"preferred_node" INT /* i32 */
+) RETURNS TABLE (
+	"node" INT,  /* i32 */
+	"step" TEXT,  /* String */
+	"compare_table" TEXT,  /* Option < String > */
+	"command" TEXT,  /* String */
+	"command_is_query" bool,  /* bool */
+	"undo" TEXT,  /* Option < String > */
+	"undo_is_query" bool,  /* Option < bool > */
+	"undo_name" TEXT  /* Option < String > */
+)
+IMMUTABLE STRICT
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_create_mesh_plan_wrapper';
+CREATE FUNCTION mm_conflict."_create_mesh_failure"(
+	"node_label" TEXT, /* & str */
+	"step" TEXT, /* & str */
+	"message" TEXT, /* & str */
+	"detail" TEXT, /* Option < & str > */
+	"undone" TEXT[], /* Vec < String > */
+	"not_undone" TEXT[] /* Vec < String > */
+) RETURNS TABLE (
+	"message" TEXT,  /* String */
+	"detail" TEXT  /* String */
+)
+IMMUTABLE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_create_mesh_failure_wrapper';
+CREATE FUNCTION mm_conflict."_peer_query"(
+	"channel" TEXT /* & str */
+) RETURNS TEXT /* String */
+IMMUTABLE STRICT
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_peer_query_wrapper';
+CREATE FUNCTION mm_conflict."_peer_identity_query"() RETURNS TEXT /* & '_ str */
+IMMUTABLE STRICT
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_peer_identity_query_wrapper';
+CREATE FUNCTION mm_conflict."_check_peer"(
+	"peer" INT, /* i32 */
+	"channel" TEXT, /* & str */
+	"state" jsonb /* JsonB */
+) RETURNS bool /* bool */
+IMMUTABLE STRICT
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_check_peer_wrapper';
+CREATE FUNCTION mm_conflict."_subscription_sql"(
+	"channel" TEXT, /* & str */
+	"conninfo" TEXT, /* & str */
+	"copy_data" bool /* bool */
+) RETURNS TEXT /* String */
+IMMUTABLE STRICT
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_subscription_sql_wrapper';
+CREATE FUNCTION mm_conflict."_subscription_origin"(
+	"subid" oid /* pg_sys :: Oid */
+) RETURNS TEXT /* Option < String > */
+STRICT STABLE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_subscription_origin_wrapper';
+CREATE FUNCTION mm_conflict."_table_name"(
+	"tbl" regclass /* PgRelation */
+) RETURNS TEXT /* String */
+STRICT STABLE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_table_name_wrapper';
+
+-- The functions that reach other nodes, the views.
+
+-- Raises an error caught earlier, again; empty detail and hint are left out.
+CREATE FUNCTION mm_conflict._raise(state text, message text, detail text, hint text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    detail := nullif(detail, '');
+    hint := nullif(hint, '');
+    IF detail IS NOT NULL AND hint IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message, DETAIL = detail, HINT = hint;
+    ELSIF detail IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message, DETAIL = detail;
+    ELSIF hint IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message, HINT = hint;
+    ELSE
+        RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message;
+    END IF;
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Talking to other nodes (dblink, wherever it is installed).
+
+-- Makes sure dblink is there: creates it when missing, allowed and `may_create`, else raises
+-- with a HINT. create_mesh() may not: creating it writes, and a replication slot created on this
+-- node during the call would then wait for the call's own transaction. (node_init() creates it
+-- when it can, so a node set up by hand has it before subscribe() runs.)
+CREATE FUNCTION mm_conflict._require_dblink(caller text, may_create boolean DEFAULT true) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'dblink') THEN
+        IF NOT may_create THEN
+            PERFORM mm_conflict._fail(jsonb_build_object('error', 'dblink_missing', 'function', caller));
+        END IF;
+        BEGIN
+            -- Beside mm_conflict (search_path is pinned to pg_catalog here).
+            EXECUTE format('CREATE EXTENSION IF NOT EXISTS dblink SCHEMA %I',
+                           (SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+                             WHERE e.extname = 'mm_conflict'));
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM mm_conflict._fail(jsonb_build_object('error', 'dblink_missing', 'function', caller));
+        END;
+    END IF;
+END
+$$;
+
+-- The schema-qualified name of dblink function `fn`.
+CREATE FUNCTION mm_conflict._dblink(fn text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('%I.%I', n.nspname, fn)
+      FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+     WHERE e.extname = 'dblink'
+$$;
+
+CREATE FUNCTION mm_conflict._disconnect(conn text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    open text[];
+BEGIN
+    EXECUTE format('SELECT %s()', mm_conflict._dblink('dblink_get_connections')) INTO open;
+    IF conn = ANY (open) THEN
+        EXECUTE format('SELECT %s($1)', mm_conflict._dblink('dblink_disconnect')) USING conn;
+    END IF;
+END
+$$;
+
+-- Opens dblink connection `conn`; 08001 naming `who` (never the conninfo) when the node cannot
+-- be reached.
+CREATE FUNCTION mm_conflict._connect(conn text, conninfo text, who text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    msg text;
+    detail text;
+BEGIN
+    PERFORM mm_conflict._disconnect(conn);
+    BEGIN
+        -- An unreachable host must not hang the call for the OS's TCP timeout.
+        EXECUTE format('SELECT %s($1, $2)', mm_conflict._dblink('dblink_connect'))
+          USING conn,
+                CASE WHEN conninfo ~* '^\s*postgres(ql)?://' OR conninfo ~ 'connect_timeout'
+                     THEN conninfo ELSE conninfo || ' connect_timeout=10' END;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
+        PERFORM mm_conflict._fail(jsonb_build_object(
+            'error', 'cannot_connect', 'who', who, 'detail', coalesce(nullif(detail, ''), msg)));
+    END;
+    -- Statements sent to peers can carry conninfos: keep them out of the peer's log. Remote
+    -- sessions resolve names only in pg_catalog.
+    PERFORM mm_conflict._remote_exec(conn,
+        'SET log_min_error_statement = panic; SET log_statement = none; SET log_min_duration_statement = -1; '
+        'SET application_name = mm_conflict; SET search_path = pg_catalog, pg_temp');
+END
+$$;
+
+-- Runs command `cmd` (no rows returned) on connection `conn`; a remote error is raised here with
+-- its SQLSTATE, message, detail and hint.
+CREATE FUNCTION mm_conflict._remote_exec(conn text, cmd text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format('SELECT %s($1, $2)', mm_conflict._dblink('dblink_exec')) USING conn, cmd;
+END
+$$;
+
+-- The first column of the first row of `query` on connection `conn`, as text.
+CREATE FUNCTION mm_conflict._remote_value(conn text, query text) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    result text;
+BEGIN
+    EXECUTE format('SELECT v FROM %s($1, $2) AS r(v text) LIMIT 1', mm_conflict._dblink('dblink'))
+       INTO result USING conn, query;
+    RETURN result;
+END
+$$;
+
+-- Runs `sql` on `conn`: a query (its one value returned) or a command (NULL returned).
+CREATE FUNCTION mm_conflict._remote_run(conn text, sql text, is_query boolean) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF is_query THEN
+        RETURN mm_conflict._remote_value(conn, sql);
+    END IF;
+    PERFORM mm_conflict._remote_exec(conn, sql);
+    RETURN NULL;
+END
+$$;
+
+-- Drops replication slot `slot` on the node behind `conn`, ending the walsender that still holds
+-- it (its subscriber is already gone). No-op when the slot does not exist.
+CREATE FUNCTION mm_conflict._drop_remote_slot(conn text, slot name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    holder text;
+BEGIN
+    FOR attempt IN 1..100 LOOP
+        holder := mm_conflict._remote_value(conn, format(
+            'SELECT coalesce(active_pid::text, %L) FROM pg_catalog.pg_replication_slots '
+            'WHERE slot_name = %L AND database = pg_catalog.current_database()', 'free', slot));
+        IF holder IS NULL THEN
+            RETURN;
+        ELSIF holder = 'free' THEN
+            PERFORM mm_conflict._remote_value(conn, format('SELECT pg_catalog.pg_drop_replication_slot(%L)', slot));
+            RETURN;
+        END IF;
+        PERFORM mm_conflict._remote_value(conn, format('SELECT pg_catalog.pg_terminate_backend(%s)', holder::int));
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+    PERFORM mm_conflict._fail(jsonb_build_object('error', 'slot_still_active', 'slot', slot));
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Tables.
+
+-- Tables this node replicates (those with the trigger replicate_table creates).
+CREATE VIEW mm_conflict.replicated_tables AS
+SELECT tg.tgrelid::regclass AS table_name,
+       tg.tgenabled = 'A' AS enabled_always,
+       EXISTS (SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+                WHERE p.pubname = mm_conflict.publication_name() AND r.prrelid = tg.tgrelid) AS published,
+       pg_get_triggerdef(tg.oid) AS trigger
+  FROM pg_trigger tg
+ WHERE tg.tgname = '!mm_resolve';
+
+------------------------------------------------------------------------------------------------
+-- Subscriptions.
+
+CREATE FUNCTION mm_conflict.subscribe(peer_node_id integer, conninfo text, copy_data boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    me smallint;
+    channel name;
+    conn text := 'mm_conflict_subscribe';
+    existing record;
+    remote jsonb;
+    slot_created boolean := false;
+    e_state text; e_msg text; e_detail text; e_hint text;
+BEGIN
+    PERFORM mm_conflict._require_superuser('subscribe()');
+    IF peer_node_id IS NULL OR conninfo IS NULL OR copy_data IS NULL THEN
+        PERFORM mm_conflict._fail(jsonb_build_object('error', 'null_argument', 'function', 'subscribe()',
+            'argument', CASE WHEN peer_node_id IS NULL THEN 'peer_node_id'
+                             WHEN conninfo IS NULL THEN 'conninfo' ELSE 'copy_data' END));
+    END IF;
+    me := mm_conflict.this_node();
+    PERFORM mm_conflict._check_node_id(peer_node_id);
+    IF peer_node_id = me THEN
+        PERFORM mm_conflict._fail(jsonb_build_object('error', 'subscribe_to_self', 'node', me));
+    END IF;
+    channel := mm_conflict.channel_name(peer_node_id, me);
+
+    SELECT s.subconninfo INTO existing
+      FROM pg_subscription s
+     WHERE s.subname = channel AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database());
+    IF FOUND THEN
+        IF existing.subconninfo = conninfo THEN
+            RAISE NOTICE 'mm_conflict: node % already subscribes to node %', me, peer_node_id;
+            RETURN;
+        END IF;
+        PERFORM mm_conflict._fail(jsonb_build_object('error', 'subscribed_elsewhere',
+            'node', me, 'peer', peer_node_id, 'subscription', channel));
+    END IF;
+
+    PERFORM mm_conflict._require_dblink('subscribe()');
+    PERFORM mm_conflict._connect(conn, conninfo, format('node %s', peer_node_id));
+    BEGIN
+        remote := mm_conflict._remote_value(conn, mm_conflict._peer_query(channel))::jsonb;
+        IF remote->>'extension' IS NOT NULL THEN
+            remote := remote || coalesce(mm_conflict._remote_value(conn, mm_conflict._peer_identity_query())::jsonb, '{}');
+        END IF;
+        IF mm_conflict._check_peer(peer_node_id, channel, remote) THEN
+            -- Left behind by an interrupted subscribe() or drop_mesh(): no subscription uses it.
+            PERFORM mm_conflict._drop_remote_slot(conn, channel);
+        END IF;
+
+        -- The slot is created over the peer connection, in its own transaction there; so this
+        -- function works inside a transaction block, where CREATE SUBSCRIPTION could not create it.
+        PERFORM mm_conflict._remote_value(conn, format(
+            'SELECT lsn FROM pg_catalog.pg_create_logical_replication_slot(%L, %L)', channel, 'pgoutput'));
+        slot_created := true;
+        BEGIN
+            EXECUTE mm_conflict._subscription_sql(channel, conninfo, copy_data);
+        EXCEPTION WHEN OTHERS THEN
+            -- Re-raised without the statement (and its conninfo) in the error context.
+            GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT,
+                                    e_detail = PG_EXCEPTION_DETAIL, e_hint = PG_EXCEPTION_HINT;
+            PERFORM mm_conflict._raise(e_state, format('cannot subscribe to node %s: %s', peer_node_id, e_msg),
+                                       e_detail, e_hint);
+        END;
+        INSERT INTO mm_conflict.peer(node_id, node_name, subscription)
+        VALUES (peer_node_id, coalesce(remote->>'node_name', 'node' || peer_node_id), channel)
+        ON CONFLICT (node_id) DO UPDATE SET node_name = excluded.node_name, subscription = excluded.subscription;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT,
+                                e_detail = PG_EXCEPTION_DETAIL, e_hint = PG_EXCEPTION_HINT;
+        IF slot_created THEN
+            BEGIN
+                PERFORM mm_conflict._drop_remote_slot(conn, channel);
+            EXCEPTION WHEN OTHERS THEN
+                e_detail := concat_ws(E'\n', e_detail,
+                    format('Replication slot %s on node %s could not be dropped; drop it there by hand.', channel, peer_node_id));
+            END;
+        END IF;
+        PERFORM mm_conflict._disconnect(conn);
+        PERFORM mm_conflict._raise(e_state, e_msg, e_detail, e_hint);
+    END;
+    PERFORM mm_conflict._disconnect(conn);
+END
+$$;
+
+-- Drops this node's subscription to `peer_node_id` and its slot on the peer. Returns a
+-- description of anything that could not be done (NULL when everything was).
+CREATE FUNCTION mm_conflict._unsubscribe(peer_node_id integer) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    channel name := mm_conflict.channel_name(peer_node_id, mm_conflict.this_node());
+    sub record;
+    conn text := 'mm_conflict_unsubscribe';
+    msg text;
+BEGIN
+    SELECT s.subname, s.subconninfo, s.subslotname INTO sub
+      FROM pg_subscription s
+     WHERE s.subname = channel AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database());
+    DELETE FROM mm_conflict.peer WHERE node_id = peer_node_id;
+    IF sub.subname IS NULL THEN
+        RETURN NULL;
+    END IF;
+    -- DROP SUBSCRIPTION only stays transactional without a slot: detach it, drop the slot on
+    -- the peer ourselves.
+    EXECUTE format('ALTER SUBSCRIPTION %I DISABLE', channel);
+    EXECUTE format('ALTER SUBSCRIPTION %I SET (slot_name = NONE)', channel);
+    EXECUTE format('DROP SUBSCRIPTION %I', channel);
+    IF sub.subslotname IS NULL THEN
+        RETURN NULL;
+    END IF;
+    BEGIN
+        PERFORM mm_conflict._require_dblink('drop_mesh()');
+        PERFORM mm_conflict._connect(conn, sub.subconninfo, format('node %s', peer_node_id));
+        PERFORM mm_conflict._drop_remote_slot(conn, sub.subslotname);
+        PERFORM mm_conflict._disconnect(conn);
+        RETURN NULL;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+        BEGIN
+            PERFORM mm_conflict._disconnect(conn);
+        EXCEPTION WHEN OTHERS THEN
+            NULL;
+        END;
+        RETURN format('replication slot %s on node %s was not dropped (%s); drop it there with SELECT pg_drop_replication_slot(%L)',
+                      sub.subslotname, peer_node_id, msg, sub.subslotname);
+    END;
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Watching.
+
+-- One row per subscription of this database (the peers subscribe() made, and any other) and per
+-- peer whose subscription is missing. Only leader apply workers count: from PostgreSQL 16 on, a
+-- subscription's parallel apply workers have rows of their own (with a leader_pid).
+CREATE VIEW mm_conflict.status AS
+WITH subs AS (
+    SELECT s.oid, s.subname, s.subenabled
+      FROM pg_subscription s
+     WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+), leaders AS (
+    SELECT w.* FROM pg_stat_subscription w
+     WHERE w.relid IS NULL AND (to_jsonb(w) ->> 'leader_pid') IS NULL
+)
+SELECT p.node_id,
+       p.node_name,
+       coalesce(s.subname, p.subscription) AS subscription,
+       s.subenabled                       AS enabled,
+       w.pid IS NOT NULL                  AS worker_running,
+       w.received_lsn,
+       o.remote_lsn                       AS replayed_lsn,
+       w.last_msg_receipt_time,
+       st.apply_error_count,
+       st.sync_error_count,
+       slot.slot_name                     AS peer_slot,
+       slot.active                        AS peer_connected,
+       slot.confirmed_flush_lsn           AS peer_confirmed_lsn,
+       pg_wal_lsn_diff(pg_current_wal_insert_lsn(), slot.confirmed_flush_lsn)::bigint AS lag_bytes,
+       r.replay_lag                       AS lag_time,
+       mm_conflict._subscription_origin(s.oid) AS origin,
+       CASE WHEN s.oid IS NULL THEN 'the subscription is missing'
+            WHEN mm_conflict._subscription_origin(s.oid) = 'none'
+                THEN 'origin = none: this node drops the changes its peer applied from others, which the mesh needs to converge; ALTER SUBSCRIPTION ... SET (origin = any)'
+            WHEN NOT s.subenabled THEN 'disabled'
+            WHEN w.pid IS NULL THEN 'no apply worker running'
+       END                                AS problem
+  FROM subs s
+  FULL JOIN mm_conflict.peer p ON p.subscription = s.subname
+  LEFT JOIN leaders w ON w.subid = s.oid
+  LEFT JOIN pg_stat_subscription_stats st ON st.subid = s.oid
+  LEFT JOIN pg_replication_origin_status o ON o.external_id = 'pg_' || s.oid
+  LEFT JOIN mm_conflict.node me ON true
+  LEFT JOIN pg_replication_slots slot
+         ON slot.slot_name = mm_conflict.channel_name(me.node_id, p.node_id)
+        AND slot.database = current_database()
+  LEFT JOIN pg_stat_replication r ON r.pid = slot.active_pid;
+COMMENT ON VIEW mm_conflict.status IS
+    'mm_conflict: one row per subscription of this node (and per peer whose subscription is missing), and the peer''s slot on this node';
+
+CREATE FUNCTION mm_conflict.wait_for_sync(timeout interval DEFAULT '60 seconds')
+RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    me smallint := mm_conflict.this_node();
+    -- The insert position: with synchronous_commit = off, a commit this session just made may
+    -- not be written yet, so the write position (pg_current_wal_lsn) can lie before it.
+    target pg_lsn := pg_current_wal_insert_lsn();
+    deadline timestamptz := clock_timestamp() + timeout;
+BEGIN
+    LOOP
+        IF NOT EXISTS (
+            SELECT 1 FROM pg_replication_slots
+             WHERE database = current_database()
+               AND slot_name ~ format('^mm_conflict_%s_to_[0-9]+$', me)
+               AND (confirmed_flush_lsn IS NULL OR confirmed_flush_lsn < target)) THEN
+            RETURN true;
+        END IF;
+        IF clock_timestamp() >= deadline THEN
+            RETURN false;
+        END IF;
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Tear-down.
+
+-- Drops all of this node's subscriptions (and their slots on the peers); returns what could not
+-- be done.
+CREATE FUNCTION mm_conflict._unsubscribe_all() RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    peer record;
+    problem text;
+    problems text[] := '{}';
+BEGIN
+    FOR peer IN SELECT node_id FROM mm_conflict.peer ORDER BY node_id LOOP
+        problem := mm_conflict._unsubscribe(peer.node_id);
+        IF problem IS NOT NULL THEN
+            problems := problems || problem;
+        END IF;
+    END LOOP;
+    RETURN problems;
+END
+$$;
+
+-- Runs `query` on each peer (ids and conninfos in step); returns the problems met: a peer that
+-- failed, and whatever text[] of problems the query itself returned.
+CREATE FUNCTION mm_conflict._on_peers(peer_ids int[], conninfos text[], query text) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    conn text := 'mm_conflict_on_peers';
+    result text;
+    problem text;
+    problems text[] := '{}';
+BEGIN
+    FOR k IN 1..cardinality(peer_ids) LOOP
+        BEGIN
+            PERFORM mm_conflict._connect(conn, conninfos[k], format('node %s', peer_ids[k]));
+            result := nullif(mm_conflict._remote_value(conn, query), '');
+            problems := problems || coalesce(result::text[], '{}');
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT;
+            problems := problems || format('node %s: %s', peer_ids[k], problem);
+        END;
+        PERFORM mm_conflict._disconnect(conn);
+    END LOOP;
+    RETURN problems;
+END
+$$;
+
+CREATE FUNCTION mm_conflict.drop_mesh(everywhere boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    me smallint;
+    peer_ids int[];
+    peer_conninfos text[];
+    tbl regclass;
+    problems text[];
+BEGIN
+    PERFORM mm_conflict._require_superuser('drop_mesh()');
+    SELECT node_id INTO me FROM mm_conflict.node;
+    IF me IS NULL THEN
+        RAISE NOTICE 'mm_conflict: this node is not part of a mesh';
+        RETURN;
+    END IF;
+    -- Peers' conninfos are known from this node's subscriptions to them.
+    SELECT coalesce(array_agg(p.node_id ORDER BY p.node_id), '{}'),
+           coalesce(array_agg(s.subconninfo ORDER BY p.node_id), '{}')
+      INTO peer_ids, peer_conninfos
+      FROM mm_conflict.peer p
+      JOIN pg_subscription s ON s.subname = p.subscription
+     WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database());
+    IF NOT everywhere THEN
+        peer_ids := '{}';
+    ELSIF cardinality(peer_ids) > 0 THEN
+        PERFORM mm_conflict._require_dblink('drop_mesh()');
+    END IF;
+    -- Everywhere: first every subscription on every node, then the rest, so that no subscription
+    -- is left pointing at a publication that is already gone.
+    problems := mm_conflict._on_peers(peer_ids, peer_conninfos, 'SELECT mm_conflict._unsubscribe_all()');
+    problems := problems || mm_conflict._unsubscribe_all();
+    problems := problems || mm_conflict._on_peers(peer_ids, peer_conninfos, 'SELECT mm_conflict.drop_mesh(false)');
+    FOR tbl IN SELECT tgrelid FROM pg_trigger WHERE tgname = '!mm_resolve' LOOP
+        PERFORM mm_conflict.unreplicate_table(tbl);
+    END LOOP;
+    EXECUTE format('DROP PUBLICATION IF EXISTS %I', mm_conflict.publication_name());
+    DELETE FROM mm_conflict.node;
+    IF cardinality(problems) > 0 THEN
+        RAISE WARNING 'mm_conflict: the mesh was dropped on this node, with problems'
+            USING DETAIL = array_to_string(problems, E'\n');
+    END IF;
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- A whole mesh in one call.
+
+-- Everything happens over connections to the nodes (this one included), each step committed on
+-- its node: a node must have committed its publication before a peer can subscribe to it, and a
+-- slot cannot be created on a node while a transaction there that has written is still open.
+-- That is also why the calling transaction must not have written anything. The steps, and how
+-- each is undone, are mm_conflict._create_mesh_plan's; this runs them.
+CREATE FUNCTION mm_conflict.create_mesh(
+    nodes jsonb,
+    tables regclass[],
+    criterion text DEFAULT 'last_xacttime',
+    method text DEFAULT 'last',
+    preferred_node integer DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ids smallint[];
+    conninfos text[];
+    labels text[];
+    tnames text[];
+    conns text[] := '{}';
+    states jsonb[] := '{}';
+    state jsonb;
+    step record;
+    done jsonb[] := '{}';         -- the steps run so far, as rows of _create_mesh_plan
+    sums text[];
+    node_label text := 'the first node';
+    step_name text := 'read the node list';
+    undone text[] := '{}';
+    not_undone text[] := '{}';
+    e_state text; e_msg text; e_detail text; e_hint text; u_msg text;
+    failure record;
+BEGIN
+    IF txid_current_if_assigned() IS NOT NULL THEN
+        PERFORM mm_conflict._fail('{"error": "mesh_in_written_transaction"}');
+    END IF;
+    PERFORM mm_conflict._require_superuser('create_mesh()');
+    IF tables IS NULL OR cardinality(tables) = 0 THEN
+        PERFORM mm_conflict._fail('{"error": "mesh_without_tables"}');
+    END IF;
+    PERFORM mm_conflict._require_dblink('create_mesh()', false);
+    SELECT array_agg(m.node_id ORDER BY ord), array_agg(m.conninfo ORDER BY ord),
+           array_agg(format('node %s', m.node_id) || CASE WHEN m.node_name IS NULL THEN ''
+                                                           ELSE format(' (%s)', m.node_name) END ORDER BY ord),
+           array_agg(format('mm_conflict_mesh_%s', m.node_id) ORDER BY ord)
+      INTO ids, conninfos, labels, conns
+      FROM mm_conflict.mesh_nodes(nodes) WITH ORDINALITY AS m(node_id, node_name, conninfo, ord);
+    SELECT array_agg(mm_conflict._table_name(x) ORDER BY ord) INTO tnames
+      FROM unnest(tables) WITH ORDINALITY AS u(x, ord);
+
+    BEGIN
+        -- 1. Reach and inspect every node; nothing is changed until all pass.
+        FOR i IN 1..cardinality(ids) LOOP
+            node_label := labels[i];
+            step_name := 'connect';
+            PERFORM mm_conflict._connect(conns[i], conninfos[i], node_label);
+            step_name := 'inspect';
+            state := mm_conflict._remote_value(conns[i], mm_conflict._inspect_query(tnames))::jsonb;
+            IF (state->>'extension')::boolean THEN
+                state := state || jsonb_build_object('node_id',
+                    mm_conflict._remote_value(conns[i], 'SELECT node_id FROM mm_conflict.node')::int);
+            END IF;
+            PERFORM mm_conflict._check_mesh_node(state, ids[i]);
+            states := states || state;
+        END LOOP;
+
+        -- 2. The plan's steps, in order.
+        FOR step IN SELECT * FROM mm_conflict._create_mesh_plan(nodes, states, tnames, criterion, method,
+                                                                 coalesce(preferred_node, 0)) LOOP
+            node_label := labels[step.node];
+            step_name := step.step;
+            IF step.compare_table IS NOT NULL THEN
+                -- Rows are not copied: say so when a table already differs between the nodes.
+                sums := '{}';
+                FOR i IN 1..cardinality(ids) LOOP
+                    sums := sums || mm_conflict._remote_run(conns[i], step.command, true);
+                END LOOP;
+                IF (SELECT count(DISTINCT s) FROM unnest(sums) s) > 1 THEN
+                    PERFORM mm_conflict._warn(jsonb_build_object('error', 'tables_differ', 'table', step.compare_table));
+                END IF;
+                CONTINUE;
+            END IF;
+            PERFORM mm_conflict._remote_run(conns[step.node], step.command, step.command_is_query);
+            done := done || to_jsonb(step);
+        END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT,
+                                e_detail = PG_EXCEPTION_DETAIL, e_hint = PG_EXCEPTION_HINT;
+        -- Undo what this call did, newest first; what existed before stays.
+        FOR k IN REVERSE cardinality(done)..1 LOOP
+            CONTINUE WHEN done[k]->>'undo' IS NULL;
+            BEGIN
+                u_msg := mm_conflict._remote_run(conns[(done[k]->>'node')::int], done[k]->>'undo',
+                                                 (done[k]->>'undo_is_query')::boolean);
+                undone := undone || (done[k]->>'undo_name');
+                IF u_msg IS NOT NULL THEN
+                    not_undone := not_undone || u_msg;
+                END IF;
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS u_msg = MESSAGE_TEXT;
+                not_undone := not_undone || format('%s (%s)', done[k]->>'undo_name', u_msg);
+            END;
+        END LOOP;
+        FOR i IN 1..cardinality(conns) LOOP
+            BEGIN
+                PERFORM mm_conflict._disconnect(conns[i]);
+            EXCEPTION WHEN OTHERS THEN
+                NULL;
+            END;
+        END LOOP;
+        SELECT * INTO failure
+          FROM mm_conflict._create_mesh_failure(node_label, step_name, e_msg, e_detail, undone, not_undone);
+        PERFORM mm_conflict._raise(e_state, failure.message, failure.detail, e_hint);
+    END;
+    FOR i IN 1..cardinality(conns) LOOP
+        PERFORM mm_conflict._disconnect(conns[i]);
+    END LOOP;
+END
+$$;
+
+-- Only leader apply workers count for the purge cut-off.
+-- Removes tombstones older than the retention, on this node only (peers skip replicated deletes
+-- of tombstones). A tombstone is still needed while a change made before it may arrive: so the
+-- cut-off never passes the send time of the last message received from any peer, and nothing is
+-- purged while a subscription of this node has no running worker. Only leader apply workers count:
+-- from PostgreSQL 16 on, parallel apply workers have rows of their own (with a leader_pid), and an
+-- idle one has no last_msg_send_time.
+CREATE OR REPLACE FUNCTION mm_conflict.purge_tombstones(retention interval DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cutoff timestamptz := now() - coalesce(
+        retention,
+        current_setting('mm_conflict.tombstone_retention', true)::interval,
+        interval '1 day');
+    peers_seen_until timestamptz;
+    purged bigint;
+BEGIN
+    SELECT CASE WHEN bool_or(w.pid IS NULL OR w.last_msg_send_time IS NULL) THEN '-infinity'
+                ELSE min(w.last_msg_send_time) END
+      INTO peers_seen_until
+      FROM pg_subscription s
+      LEFT JOIN pg_stat_subscription w
+             ON w.subid = s.oid AND w.relid IS NULL AND (to_jsonb(w) ->> 'leader_pid') IS NULL
+     WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database());
+    cutoff := least(cutoff, coalesce(peers_seen_until, cutoff));
+    DELETE FROM mm_conflict.tombstone WHERE deleted_at < cutoff;
+    GET DIAGNOSTICS purged = ROW_COUNT;
+    RETURN purged;
+END
+$$;
+COMMENT ON FUNCTION mm_conflict.purge_tombstones(interval) IS
+    'mm_conflict: removes tombstones older than the retention (default mm_conflict.tombstone_retention) on this node';
+
+-- Tombstones name their table as pg::names::identity does: a part is quoted only when it is not
+-- a plain lower-case name, whatever the keyword list (0.1.0 also quoted keywords, and every part
+-- under quote_all_identifiers).
+UPDATE mm_conflict.tombstone t
+   SET table_name = n.canonical
+  FROM (SELECT table_name AS old,
+               (SELECT string_agg(CASE WHEN p ~ '^[a-z_][a-z0-9_]*$' THEN p
+                                       ELSE '"' || replace(p, '"', '""') || '"' END, '.' ORDER BY i)
+                  FROM unnest(parse_ident(table_name)) WITH ORDINALITY AS u(p, i)) AS canonical
+          FROM (SELECT DISTINCT table_name FROM mm_conflict.tombstone) d) n
+ WHERE t.table_name = n.old AND n.canonical IS DISTINCT FROM n.old;

@@ -1,0 +1,234 @@
+//! The mesh API's SQL functions implemented in Rust: this node's identity and tables, and the
+//! decisions of the functions in `sql/mesh.sql` that reach other nodes.
+
+#[pgrx::pg_schema]
+pub mod mm_conflict {
+    use pgrx::prelude::*;
+    use pgrx::{JsonB, PgRelation};
+
+    use crate::error::{MmError, OrRaise};
+    use crate::mesh::plan::{self, NodeState, PeerState, StepKind, TablePolicy};
+    use crate::mesh::{local, parse_nodes};
+
+    fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value, what: &str) -> T {
+        serde_json::from_value(value).unwrap_or_else(|e| {
+            MmError::Internal {
+                what: format!("{what}: {e}"),
+            }
+            .raise()
+        })
+    }
+
+    /// The oid of a `regclass` argument, with the relation closed again (its lock is kept): DDL
+    /// on it in this session fails while it is open.
+    fn closed(tbl: PgRelation) -> pg_sys::Oid {
+        tbl.oid()
+    }
+
+    /// Raises the error described by `error` (`{"error": "<variant>", <fields>}`): how the SQL
+    /// functions raise mm_conflict's errors, so that every wording and SQLSTATE lives in one enum.
+    #[pg_extern(volatile)]
+    fn _fail(error: JsonB) {
+        from_json::<MmError>(error.0, "an error raised from SQL").raise()
+    }
+
+    /// Reports `error` (as for `_fail`) as a WARNING and goes on.
+    #[pg_extern(volatile)]
+    fn _warn(error: JsonB) {
+        from_json::<MmError>(error.0, "a warning raised from SQL").warn()
+    }
+
+    /// The `origin` setting of subscription `subid`: `any` or `none` (always `any` before
+    /// PostgreSQL 16, which relays everything).
+    #[pg_extern(stable, strict)]
+    fn _subscription_origin(subid: pg_sys::Oid) -> Option<String> {
+        crate::pg::compat::subscription_origin(subid)
+    }
+
+    /// This node's id (`55000` until `node_init`).
+    #[pg_extern(stable)]
+    fn this_node() -> i16 {
+        local::this_node().or_raise()
+    }
+
+    /// Records this node's id and name (default `node<id>`); again with the same id, renames it.
+    #[pg_extern(volatile)]
+    fn node_init(node_id: Option<i32>, node_name: default!(Option<&str>, "NULL")) {
+        local::node_init(node_id, node_name).or_raise()
+    }
+
+    /// `22003` unless `node_id` is a node id (1..32767).
+    #[pg_extern(immutable)]
+    fn _check_node_id(node_id: Option<i32>) {
+        local::check_node_id(node_id.map(i64::from)).or_raise();
+    }
+
+    /// `42501` unless the current role is a superuser (`what` names the caller).
+    #[pg_extern(stable)]
+    fn _require_superuser(what: &str) {
+        // SAFETY: a catalog lookup of the current role inside a transaction.
+        if !unsafe { pg_sys::superuser() } {
+            MmError::NotSuperuser {
+                function: what.into(),
+            }
+            .raise()
+        }
+    }
+
+    /// Makes `tbl` a replicated table on this node (see README "Step by step").
+    #[pg_extern(volatile)]
+    fn replicate_table(
+        tbl: Option<PgRelation>,
+        criterion: default!(Option<&str>, "'last_xacttime'"),
+        method: default!(Option<&str>, "'last'"),
+        preferred_node: default!(Option<i32>, "NULL"),
+    ) {
+        let Some(tbl) = tbl.map(closed) else {
+            MmError::NullArgument {
+                function: "replicate_table()".into(),
+                argument: "tbl".into(),
+            }
+            .raise()
+        };
+        local::replicate_table(tbl, criterion, method, preferred_node).or_raise()
+    }
+
+    /// Stops replicating `tbl` on this node.
+    #[pg_extern(volatile, strict)]
+    fn unreplicate_table(tbl: PgRelation) {
+        local::unreplicate_table(closed(tbl)).or_raise()
+    }
+
+    /// Raises the error `mm_resolve` would raise on its first row of `tbl`, if any.
+    #[pg_extern(strict)]
+    fn check_table(tbl: PgRelation) {
+        local::check_table(closed(tbl)).or_raise()
+    }
+
+    /// The publication every node offers its peers.
+    #[pg_extern(immutable, parallel_safe)]
+    fn publication_name() -> &'static str {
+        plan::PUBLICATION
+    }
+
+    /// The name of the slot and subscription that carry changes from `publisher` to `subscriber`.
+    #[pg_extern(immutable, parallel_safe, strict)]
+    fn channel_name(publisher: i32, subscriber: i32) -> String {
+        plan::channel_name(i64::from(publisher), i64::from(subscriber))
+    }
+
+    /// `create_mesh`: the query that inspects a node.
+    #[pg_extern(immutable, strict)]
+    fn _inspect_query(tables: Vec<String>) -> String {
+        plan::inspect_query(&tables)
+    }
+
+    /// `create_mesh`: raises what keeps node `node_id` (as inspected) from being set up.
+    #[pg_extern(immutable, strict)]
+    fn _check_mesh_node(state: JsonB, node_id: i32) {
+        let state: NodeState = from_json(state.0, "a node's state");
+        plan::check_node(&state, i64::from(node_id)).or_raise()
+    }
+
+    /// `create_mesh`'s plan, one row per step in order (`node` is 1-based in the node list).
+    #[pg_extern(immutable, strict)]
+    fn _create_mesh_plan(
+        nodes: JsonB,
+        states: Vec<JsonB>,
+        tables: Vec<String>,
+        criterion: &str,
+        method: &str,
+        preferred_node: i32,
+    ) -> TableIterator<
+        'static,
+        (
+            name!(node, i32),
+            name!(step, String),
+            name!(compare_table, Option<String>),
+            name!(command, String),
+            name!(command_is_query, bool),
+            name!(undo, Option<String>),
+            name!(undo_is_query, Option<bool>),
+            name!(undo_name, Option<String>),
+        ),
+    > {
+        let nodes = parse_nodes(nodes.0).or_raise();
+        let states: Vec<NodeState> = states
+            .into_iter()
+            .map(|s| from_json(s.0, "a node's state"))
+            .collect();
+        let policy = TablePolicy {
+            criterion: criterion.into(),
+            method: method.into(),
+            // 0: none (a strict function cannot take NULL).
+            preferred_node: (preferred_node != 0).then_some(i64::from(preferred_node)),
+        };
+        let steps = plan::create_plan(&nodes, &states, &tables, &policy);
+        TableIterator::new(steps.into_iter().map(|s| {
+            let compare = match s.kind {
+                StepKind::CompareTable(t) => Some(t),
+                StepKind::Exec => None,
+            };
+            let (undo, undo_query, undo_name) = match s.undo {
+                Some((r, name)) => (Some(r.sql), Some(r.query), Some(name)),
+                None => (None, None, None),
+            };
+            (
+                s.node as i32 + 1,
+                s.name,
+                compare,
+                s.command.sql,
+                s.command.query,
+                undo,
+                undo_query,
+                undo_name,
+            )
+        }))
+    }
+
+    /// `create_mesh`: the message and detail of a failed step.
+    #[pg_extern(immutable)]
+    fn _create_mesh_failure(
+        node_label: &str,
+        step: &str,
+        message: &str,
+        detail: Option<&str>,
+        undone: Vec<String>,
+        not_undone: Vec<String>,
+    ) -> TableIterator<'static, (name!(message, String), name!(detail, String))> {
+        let (message, detail) =
+            plan::failure(node_label, step, message, detail, &undone, &not_undone);
+        TableIterator::once((message, detail))
+    }
+
+    /// `subscribe`: the query that inspects the peer.
+    #[pg_extern(immutable, strict)]
+    fn _peer_query(channel: &str) -> String {
+        plan::peer_query(channel)
+    }
+
+    /// `subscribe`: the query for the peer's identity (once it has the extension).
+    #[pg_extern(immutable)]
+    fn _peer_identity_query() -> &'static str {
+        plan::PEER_IDENTITY_QUERY
+    }
+
+    /// `subscribe`: raises what keeps this node from subscribing to `peer` (as inspected); true
+    /// when a left-over slot of this name must be dropped on the peer first.
+    #[pg_extern(immutable, strict)]
+    fn _check_peer(peer: i32, channel: &str, state: JsonB) -> bool {
+        let state: PeerState = from_json(state.0, "a peer's state");
+        plan::check_peer(i64::from(peer), channel, &state).or_raise()
+    }
+
+    /// `subscribe`: the `CREATE SUBSCRIPTION` statement.
+    #[pg_extern(immutable, strict)]
+    fn _subscription_sql(channel: &str, conninfo: &str, copy_data: bool) -> String {
+        plan::subscription_sql(
+            channel,
+            conninfo,
+            copy_data,
+            i64::from(pg_sys::PG_VERSION_NUM),
+        )
+    }
+}

@@ -1,0 +1,352 @@
+//! The mesh functions that act on this node only: its identity (`node_init`, `this_node`) and the
+//! tables it replicates (`replicate_table`, `unreplicate_table`). They run SQL through SPI; every
+//! identifier is quoted by `pg::names` and every value passed as a parameter or a literal made by
+//! `sql_literal`, once.
+
+use mm_conflict_core::{MAX_NODE_ID, MIN_NODE_ID};
+use pgrx::prelude::*;
+use pgrx::spi::Spi;
+use pgrx::PgRelation;
+
+use super::plan::PUBLICATION;
+use crate::catalog::relinfo;
+use crate::error::MmError;
+use crate::pg::names::{self, sql_ident, sql_literal};
+
+/// The trigger `replicate_table` creates ("!" sorts before letters, digits and "_").
+pub const TRIGGER: &str = "!mm_resolve";
+
+/// The first column of the first row of `query` (`None`: no row or NULL). Read-only: unlike
+/// pgrx's `Spi::get_one`, it does not assign a transaction id (a subscription's slot creation
+/// waits for every transaction that has one).
+fn value<T: FromDatum + IntoDatum>(query: &str, args: &[pgrx::datum::DatumWithOid]) -> Option<T> {
+    crate::pg::spi::read_one(query, args).unwrap_or_else(|e| internal(&e))
+}
+
+fn run(sql: &str) {
+    Spi::run(sql).unwrap_or_else(|e| internal(&e));
+}
+
+fn internal(e: &dyn std::fmt::Display) -> ! {
+    MmError::Internal {
+        what: format!("SPI: {e}"),
+    }
+    .raise()
+}
+
+/// A node id argument, checked.
+pub fn check_node_id(value: Option<i64>) -> Result<i16, MmError> {
+    match value {
+        Some(v) if (MIN_NODE_ID..=MAX_NODE_ID).contains(&v) => Ok(v as i16),
+        other => Err(MmError::NodeIdOutOfRange {
+            value: other.map_or_else(|| "NULL".into(), |v| v.to_string()),
+        }),
+    }
+}
+
+/// This node's id.
+pub fn this_node() -> Result<i16, MmError> {
+    value::<i16>("SELECT node_id FROM mm_conflict.node", &[]).ok_or(MmError::NoNodeId)
+}
+
+/// Creates dblink beside mm_conflict when it is available but not installed and this role may:
+/// the functions that reach peers need it, and creating it in the transaction that sets the node
+/// up (not in the one that later creates a replication slot, which would wait for it) is what
+/// keeps them from waiting on themselves.
+fn create_dblink_if_possible() {
+    // SAFETY: a catalog lookup of the current role inside a transaction.
+    let superuser = unsafe { pg_sys::superuser() };
+    let wanted = value::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = 'dblink')
+            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'dblink')",
+        &[],
+    )
+    .unwrap_or(false);
+    if superuser && wanted {
+        if let Some(schema) = extension_schema() {
+            run(&format!(
+                "CREATE EXTENSION IF NOT EXISTS dblink SCHEMA {}",
+                sql_ident(&schema)
+            ));
+        }
+    }
+}
+
+/// The schema of the extension mm_conflict (where `mm_resolve` lives).
+fn extension_schema() -> Option<String> {
+    value::<String>(
+        "SELECT n.nspname::text FROM pg_catalog.pg_extension e
+           JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+          WHERE e.extname = 'mm_conflict'",
+        &[],
+    )
+}
+
+/// Records this node's id and name; again with the same id, renames it.
+pub fn node_init(node_id: Option<i32>, node_name: Option<&str>) -> Result<(), MmError> {
+    let id = check_node_id(node_id.map(i64::from))?;
+    if node_name.is_some_and(|n| n.trim().is_empty()) {
+        return Err(MmError::EmptyNodeName);
+    }
+    create_dblink_if_possible();
+    match value::<i16>("SELECT node_id FROM mm_conflict.node", &[]) {
+        None => {
+            let name = node_name.map_or_else(|| format!("node{id}"), str::to_string);
+            Spi::run_with_args(
+                "INSERT INTO mm_conflict.node(node_id, node_name) VALUES ($1, $2)",
+                &[id.into(), name.as_str().into()],
+            )
+            .unwrap_or_else(|e| internal(&e));
+        }
+        Some(current) if current == id => {
+            if let Some(name) = node_name {
+                Spi::run_with_args("UPDATE mm_conflict.node SET node_name = $1", &[name.into()])
+                    .unwrap_or_else(|e| internal(&e));
+            }
+        }
+        Some(current) => {
+            return Err(MmError::NodeIdTaken {
+                current: i64::from(current),
+                wanted: i64::from(id),
+            })
+        }
+    }
+    Ok(())
+}
+
+/// A table as the mesh functions need it.
+struct Table {
+    oid: pg_sys::Oid,
+    /// The stable name (tombstones, messages).
+    identity: String,
+    /// `"schema"."name"`, for SQL text.
+    sql: String,
+    schema: String,
+    relkind: String,
+}
+
+fn table(oid: pg_sys::Oid) -> Table {
+    let row = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT n.nspname::text, c.relname::text, c.relkind::text
+                   FROM pg_catalog.pg_class c
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.oid = $1",
+                Some(1),
+                &[oid.into()],
+            )?
+            .first()
+            .get_three::<String, String, String>()
+    })
+    .unwrap_or_else(|e| internal(&e));
+    let (Some(schema), Some(name), Some(relkind)) = row else {
+        internal(&format!("relation {oid:?} not found"))
+    };
+    Table {
+        oid,
+        identity: names::identity(&schema, &name),
+        sql: names::sql_qualified(&schema, &name),
+        schema,
+        relkind,
+    }
+}
+
+fn in_publication(oid: pg_sys::Oid) -> bool {
+    value::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel r
+                          JOIN pg_catalog.pg_publication p ON p.oid = r.prpubid
+                         WHERE p.pubname = $1 AND r.prrelid = $2)",
+        &[PUBLICATION.into(), oid.into()],
+    )
+    .unwrap_or(false)
+}
+
+fn null(argument: &str) -> MmError {
+    MmError::NullArgument {
+        function: "replicate_table()".into(),
+        argument: argument.into(),
+    }
+}
+
+/// Makes `tbl` a replicated table on this node: bookkeeping columns, the `"!mm_resolve"` trigger
+/// (`ENABLE ALWAYS`), and the publication.
+pub fn replicate_table(
+    tbl: pg_sys::Oid,
+    criterion: Option<&str>,
+    method: Option<&str>,
+    preferred_node: Option<i32>,
+) -> Result<(), MmError> {
+    let criterion = criterion.ok_or_else(|| null("criterion"))?;
+    let method = method.ok_or_else(|| null("method"))?;
+    let me = this_node()?;
+    let t = table(tbl);
+    if t.relkind != "r" {
+        return Err(MmError::NotATable {
+            relation: t.identity,
+            function: "replicate_table()".into(),
+        });
+    }
+    if t.schema == "mm_conflict" {
+        return Err(MmError::ExtensionTable { table: t.identity });
+    }
+    let has_pk = value::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index WHERE indrelid = $1 AND indisprimary)",
+        &[tbl.into()],
+    )
+    .unwrap_or(false);
+    if !has_pk {
+        return Err(MmError::NoPrimaryKey { table: t.identity });
+    }
+    if let Some(other) = value::<String>(
+        "SELECT tg.tgname::text FROM pg_catalog.pg_trigger tg
+          WHERE tg.tgrelid = $1 AND NOT tg.tgisinternal AND tg.tgname <> $2
+            AND tg.tgfoid IN (SELECT p.oid FROM pg_catalog.pg_proc p WHERE p.proname = 'mm_resolve')
+          ORDER BY 1 LIMIT 1",
+        &[tbl.into(), TRIGGER.into()],
+    ) {
+        return Err(MmError::OtherResolveTrigger {
+            table: t.identity,
+            trigger: other,
+        });
+    }
+
+    // Bookkeeping columns (existing ones are checked by the trigger's own checks below).
+    let missing: Vec<String> = [
+        ("mm_islocal", "boolean"),
+        ("mm_nodeid", "smallint"),
+        ("mm_last_xacttime", "timestamptz"),
+        ("mm_last_stattime", "timestamptz"),
+    ]
+    .iter()
+    .filter(|(name, _)| {
+        !value::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                             WHERE attrelid = $1 AND attname = $2 AND NOT attisdropped)",
+            &[tbl.into(), (*name).into()],
+        )
+        .unwrap_or(false)
+    })
+    .map(|(name, sql_type)| format!("ADD COLUMN {} {sql_type}", sql_ident(name)))
+    .collect();
+    if !missing.is_empty() {
+        run(&format!("ALTER TABLE {} {}", t.sql, missing.join(", ")));
+    }
+
+    // BEFORE triggers fire in name order, and the resolution must come first (a trigger before
+    // it would act on changes that then lose).
+    let schema = extension_schema().ok_or_else(|| MmError::Internal {
+        what: "the extension mm_conflict is not installed".into(),
+    })?;
+    let mut args = vec![
+        sql_literal(&me.to_string()),
+        sql_literal(criterion),
+        sql_literal(method),
+    ];
+    if let Some(p) = preferred_node {
+        args.push(sql_literal(&p.to_string()));
+    }
+    run(&format!(
+        "CREATE OR REPLACE TRIGGER {trigger} BEFORE INSERT OR UPDATE OR DELETE ON {table} \
+         FOR EACH ROW EXECUTE FUNCTION {schema}.mm_resolve({args})",
+        trigger = sql_ident(TRIGGER),
+        table = t.sql,
+        schema = sql_ident(&schema),
+        args = args.join(", ")
+    ));
+    run(&format!(
+        "ALTER TABLE {} ENABLE ALWAYS TRIGGER {}",
+        t.sql,
+        sql_ident(TRIGGER)
+    ));
+    let earlier = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT tg.tgname::text FROM pg_catalog.pg_trigger tg
+                  WHERE tg.tgrelid = $1 AND NOT tg.tgisinternal
+                    AND tg.tgtype & 3 = 3              -- BEFORE ... FOR EACH ROW
+                    AND tg.tgname COLLATE \"C\" < $2
+                  ORDER BY 1",
+                None,
+                &[tbl.into(), TRIGGER.into()],
+            )
+            .map(|rows| {
+                rows.filter_map(|row| row.get::<String>(1).ok().flatten())
+                    .collect::<Vec<_>>()
+            })
+    })
+    .unwrap_or_else(|e| internal(&e));
+    for trigger in earlier {
+        MmError::TriggerFiresFirst {
+            table: t.identity.clone(),
+            trigger,
+        }
+        .warn();
+    }
+    // Raises what the trigger would raise on its first row (bad policy, mistyped columns).
+    check_table(tbl)?;
+
+    let publication_exists = value::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)",
+        &[PUBLICATION.into()],
+    )
+    .unwrap_or(false);
+    if !publication_exists {
+        run(&format!(
+            "CREATE PUBLICATION {} FOR TABLE mm_conflict.tombstone",
+            sql_ident(PUBLICATION)
+        ));
+    }
+    if !in_publication(tbl) {
+        run(&format!(
+            "ALTER PUBLICATION {} ADD TABLE {}",
+            sql_ident(PUBLICATION),
+            t.sql
+        ));
+    }
+    Ok(())
+}
+
+/// Raises the error `mm_resolve` would raise on its first row of `tbl`, if any: bad trigger
+/// arguments, missing or mistyped bookkeeping or criterion columns, no primary key.
+pub fn check_table(tbl: pg_sys::Oid) -> Result<(), MmError> {
+    // SAFETY: tbl is the oid of an existing relation (a regclass argument); the relation is
+    // opened and locked here and closed when `rel` drops.
+    let rel = unsafe { PgRelation::with_lock(tbl, pg_sys::AccessShareLock as pg_sys::LOCKMODE) };
+    let raw = rel.as_ptr();
+    // SAFETY: rel is open with AccessShareLock until it is dropped at the end of this function.
+    let table = unsafe { names::relation_identity(raw) };
+    // SAFETY: as above; lookup_for_relation reads the open relation's triggers.
+    let Some(info) = (unsafe { relinfo::lookup_for_relation(raw) })? else {
+        return Err(MmError::NotReplicated { table });
+    };
+    if info.primary_key.is_none() {
+        return Err(MmError::NoPrimaryKey { table });
+    }
+    Ok(())
+}
+
+/// Stops replicating `tbl` on this node: drops the trigger, removes the table from the
+/// publication, deletes its tombstones here (peers skip replicated deletes of tombstones).
+pub fn unreplicate_table(tbl: pg_sys::Oid) -> Result<(), MmError> {
+    this_node()?;
+    let t = table(tbl);
+    run(&format!(
+        "DROP TRIGGER IF EXISTS {} ON {}",
+        sql_ident(TRIGGER),
+        t.sql
+    ));
+    if in_publication(t.oid) {
+        run(&format!(
+            "ALTER PUBLICATION {} DROP TABLE {}",
+            sql_ident(PUBLICATION),
+            t.sql
+        ));
+    }
+    Spi::run_with_args(
+        "DELETE FROM mm_conflict.tombstone WHERE table_name = $1",
+        &[t.identity.as_str().into()],
+    )
+    .unwrap_or_else(|e| internal(&e));
+    Ok(())
+}
