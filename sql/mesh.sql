@@ -243,7 +243,7 @@ BEGIN
      WHERE s.subname = channel AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database());
     IF FOUND THEN
         IF existing.subconninfo = conninfo THEN
-            RAISE NOTICE 'mm_conflict: node % already subscribes to node %', me, peer_node_id;
+            PERFORM mm_conflict._notice(jsonb_build_object('error', 'already_subscribed', 'node', me, 'peer', peer_node_id));
             RETURN;
         END IF;
         PERFORM mm_conflict._fail(jsonb_build_object('error', 'subscribed_elsewhere',
@@ -468,6 +468,42 @@ BEGIN
 END
 $$;
 
+-- Drops the replication slots on this node through which node `me` sent its changes to peers
+-- (ending the walsenders that hold them); returns the slots it could not drop.
+CREATE FUNCTION mm_conflict._drop_local_slots(me smallint) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    slot name;
+    holder int;
+    problems text[] := '{}';
+BEGIN
+    FOR slot IN SELECT slot_name FROM pg_replication_slots
+                 WHERE database = current_database() AND slot_name ~ format('^mm_conflict_%s_to_[0-9]+$', me)
+    LOOP
+        FOR attempt IN 1..100 LOOP
+            SELECT active_pid INTO holder FROM pg_replication_slots WHERE slot_name = slot;
+            EXIT WHEN NOT FOUND;
+            IF holder IS NULL THEN
+                BEGIN
+                    PERFORM pg_drop_replication_slot(slot);
+                    EXIT;
+                EXCEPTION WHEN object_in_use THEN
+                    NULL;  -- taken again meanwhile: try again
+                END;
+            ELSE
+                PERFORM pg_terminate_backend(holder);
+            END IF;
+            PERFORM pg_sleep(0.1);
+        END LOOP;
+        IF EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = slot) THEN
+            problems := problems || format('replication slot %s on this node is still in use; drop it with SELECT pg_drop_replication_slot(%L)', slot, slot);
+        END IF;
+    END LOOP;
+    RETURN problems;
+END
+$$;
+
 CREATE FUNCTION mm_conflict.drop_mesh(everywhere boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -482,7 +518,7 @@ BEGIN
     PERFORM mm_conflict._require_superuser('drop_mesh()');
     SELECT node_id INTO me FROM mm_conflict.node;
     IF me IS NULL THEN
-        RAISE NOTICE 'mm_conflict: this node is not part of a mesh';
+        PERFORM mm_conflict._notice('{"error": "not_in_mesh"}');
         RETURN;
     END IF;
     -- Peers' conninfos are known from this node's subscriptions to them.
@@ -506,10 +542,12 @@ BEGIN
         PERFORM mm_conflict.unreplicate_table(tbl);
     END LOOP;
     EXECUTE format('DROP PUBLICATION IF EXISTS %I', mm_conflict.publication_name());
+    -- The peers' slots on this node: with the publication gone nothing reads them any more, and
+    -- they would keep this node's WAL for ever.
+    problems := problems || mm_conflict._drop_local_slots(me);
     DELETE FROM mm_conflict.node;
     IF cardinality(problems) > 0 THEN
-        RAISE WARNING 'mm_conflict: the mesh was dropped on this node, with problems'
-            USING DETAIL = array_to_string(problems, E'\n');
+        PERFORM mm_conflict._warn(jsonb_build_object('error', 'dropped_with_problems', 'problems', to_jsonb(problems)));
     END IF;
 END
 $$;

@@ -188,6 +188,16 @@ CREATE FUNCTION mm_conflict."_table_name"(
 STRICT STABLE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_table_name_wrapper';
+CREATE FUNCTION mm_conflict."_notice"(
+	"error" jsonb /* JsonB */
+) RETURNS void
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_notice_wrapper';
+CREATE FUNCTION mm_conflict."truncate_guard"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', 'truncate_guard_wrapper';
 
 -- The functions that reach other nodes, the views.
 
@@ -396,7 +406,7 @@ BEGIN
      WHERE s.subname = channel AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database());
     IF FOUND THEN
         IF existing.subconninfo = conninfo THEN
-            RAISE NOTICE 'mm_conflict: node % already subscribes to node %', me, peer_node_id;
+            PERFORM mm_conflict._notice(jsonb_build_object('error', 'already_subscribed', 'node', me, 'peer', peer_node_id));
             RETURN;
         END IF;
         PERFORM mm_conflict._fail(jsonb_build_object('error', 'subscribed_elsewhere',
@@ -621,6 +631,42 @@ BEGIN
 END
 $$;
 
+-- Drops the replication slots on this node through which node `me` sent its changes to peers
+-- (ending the walsenders that hold them); returns the slots it could not drop.
+CREATE FUNCTION mm_conflict._drop_local_slots(me smallint) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    slot name;
+    holder int;
+    problems text[] := '{}';
+BEGIN
+    FOR slot IN SELECT slot_name FROM pg_replication_slots
+                 WHERE database = current_database() AND slot_name ~ format('^mm_conflict_%s_to_[0-9]+$', me)
+    LOOP
+        FOR attempt IN 1..100 LOOP
+            SELECT active_pid INTO holder FROM pg_replication_slots WHERE slot_name = slot;
+            EXIT WHEN NOT FOUND;
+            IF holder IS NULL THEN
+                BEGIN
+                    PERFORM pg_drop_replication_slot(slot);
+                    EXIT;
+                EXCEPTION WHEN object_in_use THEN
+                    NULL;  -- taken again meanwhile: try again
+                END;
+            ELSE
+                PERFORM pg_terminate_backend(holder);
+            END IF;
+            PERFORM pg_sleep(0.1);
+        END LOOP;
+        IF EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = slot) THEN
+            problems := problems || format('replication slot %s on this node is still in use; drop it with SELECT pg_drop_replication_slot(%L)', slot, slot);
+        END IF;
+    END LOOP;
+    RETURN problems;
+END
+$$;
+
 CREATE FUNCTION mm_conflict.drop_mesh(everywhere boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -635,7 +681,7 @@ BEGIN
     PERFORM mm_conflict._require_superuser('drop_mesh()');
     SELECT node_id INTO me FROM mm_conflict.node;
     IF me IS NULL THEN
-        RAISE NOTICE 'mm_conflict: this node is not part of a mesh';
+        PERFORM mm_conflict._notice('{"error": "not_in_mesh"}');
         RETURN;
     END IF;
     -- Peers' conninfos are known from this node's subscriptions to them.
@@ -659,10 +705,12 @@ BEGIN
         PERFORM mm_conflict.unreplicate_table(tbl);
     END LOOP;
     EXECUTE format('DROP PUBLICATION IF EXISTS %I', mm_conflict.publication_name());
+    -- The peers' slots on this node: with the publication gone nothing reads them any more, and
+    -- they would keep this node's WAL for ever.
+    problems := problems || mm_conflict._drop_local_slots(me);
     DELETE FROM mm_conflict.node;
     IF cardinality(problems) > 0 THEN
-        RAISE WARNING 'mm_conflict: the mesh was dropped on this node, with problems'
-            USING DETAIL = array_to_string(problems, E'\n');
+        PERFORM mm_conflict._warn(jsonb_build_object('error', 'dropped_with_problems', 'problems', to_jsonb(problems)));
     END IF;
 END
 $$;
@@ -824,6 +872,26 @@ END
 $$;
 COMMENT ON FUNCTION mm_conflict.purge_tombstones(interval) IS
     'mm_conflict: removes tombstones older than the retention (default mm_conflict.tombstone_retention) on this node';
+
+-- Every role may use the schema (see bootstrap.sql).
+GRANT USAGE ON SCHEMA mm_conflict TO PUBLIC;
+
+-- TRUNCATE is refused on replicated tables and never published.
+DO $upgrade$
+DECLARE
+    t regclass;
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = 'mm_conflict') THEN
+        ALTER PUBLICATION mm_conflict SET (publish = 'insert, update, delete');
+    END IF;
+    FOR t IN SELECT tgrelid FROM pg_catalog.pg_trigger WHERE tgname = '!mm_resolve' LOOP
+        EXECUTE format('CREATE OR REPLACE TRIGGER "!mm_truncate" BEFORE TRUNCATE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION mm_conflict.truncate_guard()', t);
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER "!mm_truncate"', t);
+    END LOOP;
+END
+$upgrade$;
+
 
 -- Tombstones name their table as pg::names::identity does: a part is quoted only when it is not
 -- a plain lower-case name, whatever the keyword list (0.1.0 also quoted keywords, and every part

@@ -156,6 +156,21 @@ pub enum MmError {
     #[error("table {table} differs between the nodes")]
     TablesDiffer { table: String },
 
+    #[error("node {node} already subscribes to node {peer}")]
+    AlreadySubscribed { node: i64, peer: i64 },
+
+    #[error("this node is not part of a mesh")]
+    NotInMesh,
+
+    #[error("the mesh was dropped on this node, with problems")]
+    DroppedWithProblems { problems: Vec<String> },
+
+    #[error("table_checksum reads every row of {table}, and row-level security hides rows of it from this role")]
+    HiddenByRowSecurity { table: String },
+
+    #[error("TRUNCATE of replicated table {table} is refused")]
+    TruncateRefused { table: String },
+
     // ---- counters, the extension itself ---------------------------------------------------
     #[error("mm_conflict's conflict counters are not available")]
     CountersNotLoaded,
@@ -203,7 +218,10 @@ impl MmError {
             | CountersNotLoaded
             | ExtensionDamaged { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             NullArgument { .. } => ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            NotSuperuser { .. } | RemoteNotSuperuser => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            NotSuperuser { .. } | RemoteNotSuperuser | HiddenByRowSecurity { .. } => {
+                ERRCODE_INSUFFICIENT_PRIVILEGE
+            }
+            TruncateRefused { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             CannotConnect { .. } => ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
             SlotStillActive { .. } => ERRCODE_OBJECT_IN_USE,
             PeerWithoutExtension { .. } | PeerWithoutPublication { .. } => ERRCODE_UNDEFINED_OBJECT,
@@ -211,7 +229,10 @@ impl MmError {
             RemoteTooOld { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             RemoteWithoutPackage => ERRCODE_UNDEFINED_FILE,
             RemoteTableMissing { .. } => ERRCODE_UNDEFINED_TABLE,
-            TriggerFiresFirst { .. } | TablesDiffer { .. } => ERRCODE_WARNING,
+            TriggerFiresFirst { .. } | TablesDiffer { .. } | DroppedWithProblems { .. } => {
+                ERRCODE_WARNING
+            }
+            AlreadySubscribed { .. } | NotInMesh => ERRCODE_SUCCESSFUL_COMPLETION,
             Internal { .. } => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -249,6 +270,11 @@ impl MmError {
             }
             CountersNotLoaded => {
                 "They live in shared memory, which an extension gets only when loaded at server start."
+                    .into()
+            }
+            DroppedWithProblems { problems } => problems.join("\n"),
+            TruncateRefused { .. } => {
+                "TRUNCATE is neither versioned nor replicated by mm_conflict: on one node it would leave the others with the rows, and a later change could bring them back."
                     .into()
             }
             _ => return None,
@@ -348,6 +374,12 @@ impl MmError {
                 "Add mm_conflict to shared_preload_libraries in postgresql.conf and restart the server."
                     .into()
             }
+            HiddenByRowSecurity { .. } => {
+                "Run it as the table's owner or as a role with BYPASSRLS.".into()
+            }
+            TruncateRefused { table } => format!(
+                "Delete the rows instead (DELETE FROM {table}): deletes are versioned and reach every node."
+            ),
             ExtensionDamaged { .. } => {
                 "Recreate the extension (DROP EXTENSION mm_conflict; CREATE EXTENSION mm_conflict), or restore the object from a dump."
                     .into()
@@ -378,6 +410,11 @@ impl MmError {
     /// Reports this as a `WARNING` (for the variants that are warnings) and goes on.
     pub fn warn(&self) {
         self.report_at(PgLogLevel::WARNING);
+    }
+
+    /// Reports this as a `NOTICE` (for the variants that only inform) and goes on.
+    pub fn notice(&self) {
+        self.report_at(PgLogLevel::NOTICE);
     }
 }
 

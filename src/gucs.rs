@@ -6,25 +6,91 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PgLogLevel, PostgresGu
 /// `mm_conflict.local_conflict`: what a local write does when it would lose to the stored version
 /// (user criterion column older than the stored one, `first` mode on an existing row, or a row
 /// owned by the winning node in `nodeid` mode). Every other node rejects such a write, so the
-/// default refuses it instead of letting this node diverge.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PostgresGucEnum)]
-pub enum LocalConflict {
-    #[name = c"error"]
-    Error,
-    #[name = c"skip"]
-    Skip,
-    #[name = c"apply"]
-    Apply,
+/// default refuses it instead of letting this node diverge. `apply` (diverge on purpose) may only
+/// be chosen by a superuser: see [`check_local_conflict`].
+mod local_conflict {
+    use std::cell::UnsafeCell;
+    use std::ffi::c_int;
+
+    pub const ERROR: c_int = 0;
+    pub const SKIP: c_int = 1;
+    pub const APPLY: c_int = 2;
+
+    /// The setting's value, written by PostgreSQL's GUC machinery (one backend, one thread).
+    pub struct Value(pub UnsafeCell<c_int>);
+    // SAFETY: a backend runs one thread; PostgreSQL writes the value only from it.
+    unsafe impl Sync for Value {}
+    pub static VALUE: Value = Value(UnsafeCell::new(ERROR));
+
+    /// The options, NUL-terminated as `DefineCustomEnumVariable` expects.
+    pub struct Options(pub [pgrx::pg_sys::config_enum_entry; 4]);
+    // SAFETY: immutable data pointing to static strings.
+    unsafe impl Sync for Options {}
+    pub static OPTIONS: Options = Options([
+        pgrx::pg_sys::config_enum_entry {
+            name: c"error".as_ptr(),
+            val: ERROR,
+            hidden: false,
+        },
+        pgrx::pg_sys::config_enum_entry {
+            name: c"skip".as_ptr(),
+            val: SKIP,
+            hidden: false,
+        },
+        pgrx::pg_sys::config_enum_entry {
+            name: c"apply".as_ptr(),
+            val: APPLY,
+            hidden: false,
+        },
+        pgrx::pg_sys::config_enum_entry {
+            name: std::ptr::null(),
+            val: 0,
+            hidden: false,
+        },
+    ]);
 }
 
-pub static LOCAL_CONFLICT: GucSetting<LocalConflict> =
-    GucSetting::<LocalConflict>::new(LocalConflict::Error);
-
 pub fn local_conflict_mode() -> LocalConflictMode {
-    match LOCAL_CONFLICT.get() {
-        LocalConflict::Error => LocalConflictMode::Error,
-        LocalConflict::Skip => LocalConflictMode::Skip,
-        LocalConflict::Apply => LocalConflictMode::Apply,
+    // SAFETY: a read of the setting's value, written only by this backend's GUC code.
+    match unsafe { *local_conflict::VALUE.0.get() } {
+        local_conflict::SKIP => LocalConflictMode::Skip,
+        local_conflict::APPLY => LocalConflictMode::Apply,
+        _ => LocalConflictMode::Error,
+    }
+}
+
+/// `apply` makes this node keep versions every other node rejects: only a superuser may choose
+/// it, in a session (`SET`, connection options) or for a role or database (`ALTER ... SET`, checked
+/// when it is run). Values from the server's configuration are not checked.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_local_conflict(
+    newval: *mut std::ffi::c_int,
+    _extra: *mut *mut std::ffi::c_void,
+    source: pgrx::pg_sys::GucSource::Type,
+) -> bool {
+    use pgrx::pg_sys::{self, GucSource};
+    // SAFETY: newval points to the proposed value; the privilege check reads the current role's
+    // catalog entry, which needs a transaction.
+    unsafe {
+        let checked_source = matches!(
+            source,
+            GucSource::PGC_S_TEST | GucSource::PGC_S_CLIENT | GucSource::PGC_S_SESSION
+        );
+        if *newval != local_conflict::APPLY
+            || !checked_source
+            || !pg_sys::IsTransactionState()
+            || pg_sys::superuser()
+        {
+            return true;
+        }
+        pg_sys::GUC_check_errcode(
+            pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE as std::ffi::c_int,
+        );
+        pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(
+            c"\"apply\" writes local changes that every other node rejects; only a superuser may choose it."
+                .as_ptr(),
+        );
+        false
     }
 }
 
@@ -70,6 +136,11 @@ pub enum LogLevel {
 
 pub static LOG_LEVEL: GucSetting<LogLevel> = GucSetting::<LogLevel>::new(LogLevel::Log);
 
+/// `mm_conflict.log_values`: whether conflict lines in the server log show the key and the rows
+/// (off: only the table, the decision and the versions; readers of the server log may not be
+/// allowed to read the tables). `conflict_log` rows always hold them (only its owner reads it).
+pub static LOG_VALUES: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 pub fn log_level() -> PgLogLevel {
     match LOG_LEVEL.get() {
         LogLevel::Debug5 => PgLogLevel::DEBUG5,
@@ -99,15 +170,26 @@ arrives late can bring the deleted row back. Purging also never passes what peer
         GucContext::Userset,
         GucFlags::UNIT_S,
     );
-    GucRegistry::define_enum_guc(
-        c"mm_conflict.local_conflict",
-        c"What a local write that loses to the stored row version does: error, skip or apply.",
-        c"error (default) refuses the write; skip drops it silently, as the 2017 article's trigger did; \
-apply writes it anyway, which leaves this node with a version every other node rejects (divergence).",
-        &LOCAL_CONFLICT,
-        GucContext::Userset,
-        GucFlags::default(),
-    );
+    // SAFETY: registers the setting once, at library load; its value and options are statics
+    // that live as long as the library.
+    unsafe {
+        pgrx::pg_sys::DefineCustomEnumVariable(
+            c"mm_conflict.local_conflict".as_ptr(),
+            c"What a local write that loses to the stored row version does: error, skip or apply.".as_ptr(),
+            c"error (default) refuses the write; skip drops it silently, as the 2017 article's trigger \
+did; apply writes it anyway, which leaves this node with a version every other node rejects \
+(divergence), and only a superuser may choose it."
+                .as_ptr(),
+            local_conflict::VALUE.0.get(),
+            local_conflict::ERROR,
+            local_conflict::OPTIONS.0.as_ptr(),
+            pgrx::pg_sys::GucContext::PGC_USERSET,
+            0,
+            Some(check_local_conflict),
+            None,
+            None,
+        );
+    }
     GucRegistry::define_enum_guc(
         c"mm_conflict.log_conflicts",
         c"How conflicts met by replicated changes are reported: off, log or table.",
@@ -116,6 +198,16 @@ row to mm_conflict.conflict_log; off reports none. The counters of mm_conflict.c
 in every mode. Apply workers take the setting from ALTER DATABASE/ROLE ... SET or postgresql.conf.",
         &LOG_CONFLICTS,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"mm_conflict.log_values",
+        c"Whether the conflict lines of mm_conflict.log_conflicts = log show keys and rows.",
+        c"Off (default): a line names the table, the decision and both versions, but no column value, \
+since readers of the server log may not be allowed to read the tables. conflict_log rows always \
+hold the values.",
+        &LOG_VALUES,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_enum_guc(

@@ -38,6 +38,12 @@ pub mod mm_conflict {
         from_json::<MmError>(error.0, "a warning raised from SQL").warn()
     }
 
+    /// Reports `error` (as for `_fail`) as a NOTICE and goes on.
+    #[pg_extern(volatile)]
+    fn _notice(error: JsonB) {
+        from_json::<MmError>(error.0, "a notice raised from SQL").notice()
+    }
+
     /// The `origin` setting of subscription `subid`: `any` or `none` (always `any` before
     /// PostgreSQL 16, which relays everything).
     #[pg_extern(stable, strict)]

@@ -59,6 +59,17 @@ pub mod mm_conflict {
         }
     }
 
+    /// BEFORE TRUNCATE on replicated tables (`"!mm_truncate"`, created by `replicate_table`):
+    /// refuses a local TRUNCATE, which is neither versioned nor replicated.
+    #[pg_trigger]
+    fn truncate_guard<'a>(
+        trigger: &'a PgTrigger<'a>,
+    ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, Infallible> {
+        // SAFETY: the TriggerData PostgreSQL passed to this firing.
+        unsafe { apply::truncate(trigger.trigger_data()) }.or_raise();
+        Ok(None)
+    }
+
     /// AFTER INSERT OR UPDATE on mm_conflict.tombstone: a tombstone that is new on this node (it
     /// got past `tombstone_resolve`) settles this node's row of the key, in replicated sessions.
     #[pg_trigger]

@@ -170,6 +170,23 @@ pub unsafe fn fire(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTuple>
     }
 }
 
+/// A TRUNCATE of a replicated table: refused in a local session (it would empty this node only,
+/// and a later change of any row could bring it back elsewhere); let through when it arrives
+/// from a peer (whose publication sent it: mm_conflict's own never publishes TRUNCATE, so it is
+/// not sent on from here).
+///
+/// # Safety
+/// `td` must be the `TriggerData` of a trigger PostgreSQL is firing.
+pub unsafe fn truncate(td: &pg_sys::TriggerData) -> Result<(), MmError> {
+    if is_replicated_session() {
+        return Ok(());
+    }
+    Err(MmError::TruncateRefused {
+        // SAFETY: the trigger's relation is open during the firing.
+        table: unsafe { crate::pg::names::relation_identity(td.tg_relation) },
+    })
+}
+
 /// A copy of `tuple` with the bookkeeping columns set: a local write gets `mm_islocal = true`,
 /// this node's id and `stamps`; a replicated one (`stamps = None`) only `mm_islocal = false`.
 ///

@@ -15,6 +15,10 @@ use crate::pg::names::{self, sql_ident, sql_literal};
 
 /// The trigger `replicate_table` creates ("!" sorts before letters, digits and "_").
 pub const TRIGGER: &str = "!mm_resolve";
+/// The statement trigger that refuses TRUNCATE on a replicated table.
+pub const TRUNCATE_TRIGGER: &str = "!mm_truncate";
+/// What the publication sends: never TRUNCATE (refused on replicated tables, and not versioned).
+const PUBLISH: &str = "insert, update, delete";
 
 /// The first column of the first row of `query` (`None`: no row or NULL). Read-only: unlike
 /// pgrx's `Spi::get_one`, it does not assign a transaction id (a subscription's slot creation
@@ -259,6 +263,17 @@ pub fn replicate_table(
         t.sql,
         sql_ident(TRIGGER)
     ));
+    run(&format!(
+        "CREATE OR REPLACE TRIGGER {trigger} BEFORE TRUNCATE ON {table} \
+         FOR EACH STATEMENT EXECUTE FUNCTION mm_conflict.truncate_guard()",
+        trigger = sql_ident(TRUNCATE_TRIGGER),
+        table = t.sql,
+    ));
+    run(&format!(
+        "ALTER TABLE {} ENABLE ALWAYS TRIGGER {}",
+        t.sql,
+        sql_ident(TRUNCATE_TRIGGER)
+    ));
     let earlier = Spi::connect(|client| {
         client
             .select(
@@ -293,8 +308,16 @@ pub fn replicate_table(
     .unwrap_or(false);
     if !publication_exists {
         run(&format!(
-            "CREATE PUBLICATION {} FOR TABLE mm_conflict.tombstone",
-            sql_ident(PUBLICATION)
+            "CREATE PUBLICATION {} FOR TABLE mm_conflict.tombstone WITH (publish = {})",
+            sql_ident(PUBLICATION),
+            sql_literal(PUBLISH)
+        ));
+    } else {
+        // A publication made by 0.1.0 also sent TRUNCATE.
+        run(&format!(
+            "ALTER PUBLICATION {} SET (publish = {})",
+            sql_ident(PUBLICATION),
+            sql_literal(PUBLISH)
         ));
     }
     if !in_publication(tbl) {
@@ -331,11 +354,13 @@ pub fn check_table(tbl: pg_sys::Oid) -> Result<(), MmError> {
 pub fn unreplicate_table(tbl: pg_sys::Oid) -> Result<(), MmError> {
     this_node()?;
     let t = table(tbl);
-    run(&format!(
-        "DROP TRIGGER IF EXISTS {} ON {}",
-        sql_ident(TRIGGER),
-        t.sql
-    ));
+    for trigger in [TRIGGER, TRUNCATE_TRIGGER] {
+        run(&format!(
+            "DROP TRIGGER IF EXISTS {} ON {}",
+            sql_ident(trigger),
+            t.sql
+        ));
+    }
     if in_publication(t.oid) {
         run(&format!(
             "ALTER PUBLICATION {} DROP TABLE {}",

@@ -10,11 +10,12 @@
 //! The lock only has to cover the window until the row's index entry exists: from then on the
 //! probe of a concurrent writer sees the in-progress row and waits for its transaction. A row's
 //! index entry exists by the time the trigger fires for the next row, so the lock is released
-//! there, at the start of the next INSERT through `mm_resolve` in this backend (in the same
-//! subtransaction), or at the end of the (sub)transaction that took it, whichever comes first.
-//! Within one subtransaction a backend thus holds at most one such lock at a time, however many
-//! rows a statement inserts (one taken in a subtransaction that committed stays until the end of
-//! the enclosing transaction).
+//! there, at the next key-locked write of this backend, or at the end of the transaction,
+//! whichever comes first (a rolled-back subtransaction releases the lock it took). It is a
+//! session-level lock managed here, not one owned by a (sub)transaction's resource owner: so it can
+//! be released whatever subtransaction took it, and a backend holds at most one at a time however
+//! many rows it inserts, in one statement or in a million subtransactions (a PL/pgSQL loop with an
+//! EXCEPTION block).
 //!
 //! Lock order: UPDATEs never take this lock, and the trigger never waits for another transaction
 //! while holding it: when a probe finds a row (to overwrite or keep) or a transaction in progress,
@@ -37,8 +38,9 @@ use super::names::stable_hash;
 const KEY_LOCK_FIELD4: u16 = 0x4D4D;
 
 thread_local! {
-    /// The key lock taken last, and the subtransaction that took it.
+    /// The key lock held, and the subtransaction that took it.
     static HELD: Cell<Option<(pg_sys::LOCKTAG, pg_sys::SubTransactionId)>> = const { Cell::new(None) };
+    static CALLBACKS_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
 fn tag(table_hash: u32, key_hash: u32) -> pg_sys::LOCKTAG {
@@ -53,63 +55,75 @@ fn tag(table_hash: u32, key_hash: u32) -> pg_sys::LOCKTAG {
     }
 }
 
-/// Runs `f` with the current (sub)transaction's resource owner current. The key lock belongs to
-/// the (sub)transaction, not to the statement: taken under a statement's (portal's) owner, a later
-/// statement of the same transaction could not release it ("you don't own a lock"); and a
-/// subtransaction that aborts releases it.
-fn as_transaction_owner<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(pg_sys::ResourceOwner);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            // SAFETY: puts back the owner that was current on entry, also when unwinding.
-            unsafe { pg_sys::CurrentResourceOwner = self.0 }
+const MODE: pg_sys::LOCKMODE = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
+
+/// Releases the key lock held, if any (a no-op when something else, such as
+/// `pg_advisory_unlock_all()`, released it already).
+pub fn release_previous() {
+    if let Some((tag, _)) = HELD.take() {
+        // SAFETY: plain lock-manager calls on a tag we built; LockHeldByMe guards against a lock
+        // released behind our back.
+        unsafe {
+            if super::compat::lock_held_by_me(&tag, MODE) {
+                pg_sys::LockRelease(&tag, MODE, true);
+            }
         }
     }
-    // SAFETY: inside a transaction (the trigger runs in one), CurTransactionResourceOwner is
-    // valid until the end of the current (sub)transaction.
-    let _restore = unsafe {
-        let saved = Restore(pg_sys::CurrentResourceOwner);
-        pg_sys::CurrentResourceOwner = pg_sys::CurTransactionResourceOwner;
-        saved
-    };
-    f()
 }
 
-/// Releases the key lock taken last, if this transaction still holds it. A lock taken in another
-/// subtransaction than the current one is left to the end of that one's owner (releasing it from
-/// here is not possible).
-pub fn release_previous() {
-    if let Some((tag, taken_in)) = HELD.take() {
-        let mode = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
-        // SAFETY: plain lock-manager calls on a tag we built; LockHeldByMe guards against a lock
-        // already released by the end of its (sub)transaction.
-        as_transaction_owner(|| unsafe {
-            if pg_sys::GetCurrentSubTransactionId() == taken_in
-                && super::compat::lock_held_by_me(&tag, mode)
-            {
-                pg_sys::LockRelease(&tag, mode, false);
-            }
-        });
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn at_transaction_end(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::XactEvent::*;
+    if matches!(
+        event,
+        XACT_EVENT_COMMIT
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_ABORT
+            | XACT_EVENT_PARALLEL_ABORT
+            | XACT_EVENT_PREPARE
+    ) {
+        release_previous();
+    }
+}
+
+/// A rolled-back subtransaction releases the key lock taken in it (or in one inside it, which has
+/// a higher id): the row it protected is gone.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn at_subtransaction_end(
+    event: pg_sys::SubXactEvent::Type,
+    subxact: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB
+        && HELD.get().is_some_and(|(_, taken_in)| taken_in >= subxact)
+    {
+        release_previous();
     }
 }
 
 /// Takes the key lock of `key`, a primary key in binary form (after releasing the previous lock).
 /// The lock is named by two hashes, stable across nodes and sessions: `table_hash`, of the table's
-/// qualified name, and one of `key`, so that row writes and tombstone writes of one key take the
+/// stable name, and one of `key`, so that row writes and tombstone writes of one key take the
 /// same lock.
 pub fn lock_key(table_hash: u32, key: &[u8]) {
     release_previous();
+    if !CALLBACKS_REGISTERED.with(|c| c.replace(true)) {
+        // SAFETY: registers plain functions once per backend; they live as long as the library.
+        unsafe {
+            pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
+            pg_sys::RegisterSubXactCallback(Some(at_subtransaction_end), std::ptr::null_mut());
+        }
+    }
     let tag = tag(table_hash, stable_hash(key));
-    // SAFETY: a transaction-level lock (sessionLock = false) is released by the lock manager at
-    // (sub)transaction end even if we never get to release it ourselves.
-    as_transaction_owner(|| unsafe {
-        pg_sys::LockAcquire(
-            &tag,
-            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
-            false,
-            false,
-        );
-    });
+    // SAFETY: a session-level lock (released above, at the next call, or by the callbacks at
+    // transaction end and subtransaction abort); the lock manager releases it at backend exit.
+    unsafe {
+        pg_sys::LockAcquire(&tag, MODE, true, false);
+    }
     // SAFETY: reads the current subtransaction's id; no side effects.
     HELD.set(Some((tag, unsafe { pg_sys::GetCurrentSubTransactionId() })));
 }

@@ -170,30 +170,36 @@ fn describe(version: Option<&Version>, column: &str) -> String {
 }
 
 pub unsafe fn log_line(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolution) {
-    // SAFETY: forwarded from the caller.
-    let (key, rows) = unsafe {
-        let row = |row: Option<&Row>| {
-            row.map_or(Value::Null, |row| {
-                let mut json = row_json(info, tupdesc, row, None);
-                truncate_strings(&mut json, LOG_VALUE_CHARS);
-                json
-            })
-        };
-        let mut key = key_json(info, tupdesc, r);
-        truncate_strings(&mut key, LOG_VALUE_CHARS);
-        (key, [row(r.stored_row), row(r.incoming_row)])
-    };
     let column = info.policy.criterion_column();
-    let message = format!(
-        "mm_conflict: conflict on {} key {key}: {} (stored: {}; incoming: {}; origin {}); stored row {}; incoming row {}",
-        info.table,
+    let versions = format!(
+        "{} (stored: {}; incoming: {}; origin {})",
         r.decision.name(),
         describe(r.stored.as_ref(), column),
         describe(Some(&r.incoming), column),
         origin_name().unwrap_or_else(|| "none".into()),
-        rows[0],
-        rows[1],
     );
+    let message = if gucs::LOG_VALUES.get() {
+        // SAFETY: forwarded from the caller.
+        let (key, rows) = unsafe {
+            let row = |row: Option<&Row>| {
+                row.map_or(Value::Null, |row| {
+                    let mut json = row_json(info, tupdesc, row, None);
+                    truncate_strings(&mut json, LOG_VALUE_CHARS);
+                    json
+                })
+            };
+            let mut key = key_json(info, tupdesc, r);
+            truncate_strings(&mut key, LOG_VALUE_CHARS);
+            (key, [row(r.stored_row), row(r.incoming_row)])
+        };
+        format!(
+            "mm_conflict: conflict on {} key {key}: {versions}; stored row {}; incoming row {}",
+            info.table, rows[0], rows[1],
+        )
+    } else {
+        // No column values: readers of the server log may not be allowed to read the table.
+        format!("mm_conflict: conflict on {}: {versions}", info.table)
+    };
     ErrorReport::new(
         PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
         message,

@@ -111,6 +111,16 @@ pub fn checksum(rel: &PgRelation) -> Result<i64, MmError> {
             );
         }
     }
+    // The scan reads the heap directly: where row-level security would hide rows from this role,
+    // it refuses instead of summing rows the role may not see.
+    // SAFETY: a catalog lookup for an open relation.
+    let rls = unsafe { pg_sys::check_enable_rls(rel.oid(), pg_sys::InvalidOid, false) };
+    if rls == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32 {
+        return Err(MmError::HiddenByRowSecurity {
+            // SAFETY: rel is open.
+            table: unsafe { relation_identity(raw) },
+        });
+    }
     // SAFETY: rel is open.
     let (columns, seed) = unsafe { user_columns(raw) };
     let mut per_row = PgMemoryContexts::new("mm_conflict table_checksum");

@@ -15,7 +15,12 @@ SELECT pg_replication_origin_session_setup('regress_conflicts');
 INSERT INTO c VALUES (1, 'from node 2', true, 2, '2030-01-01 00:00:00+00', '2030-01-01 00:00:00+00');
 SHOW mm_conflict.log_conflicts;
 SHOW mm_conflict.log_level;
--- an older version from node 3 loses: kept_local
+-- an older version from node 3 loses: kept_local (without column values, by default)
+UPDATE c SET info = 'older from node 3', mm_nodeid = 3,
+             mm_last_xacttime = '2029-01-01 00:00:00+00', mm_last_stattime = '2029-01-01 00:00:00+00'
+ WHERE id = 1;
+-- with log_values, the line shows the key and both rows
+SET mm_conflict.log_values = on;
 UPDATE c SET info = 'older from node 3', mm_nodeid = 3,
              mm_last_xacttime = '2029-01-01 00:00:00+00', mm_last_stattime = '2029-01-01 00:00:00+00'
  WHERE id = 1;
