@@ -216,11 +216,23 @@ impl Node {
         seconds: u32,
         pgoptions: Option<&str>,
     ) -> Child {
+        self.pgbench_as("postgres", script, clients, seconds, pgoptions)
+    }
+
+    /// [`Node::pgbench`], connected as role `user`.
+    pub fn pgbench_as(
+        &self,
+        user: &str,
+        script: &Path,
+        clients: u32,
+        seconds: u32,
+        pgoptions: Option<&str>,
+    ) -> Child {
         let mut cmd = Command::new(format!("{}/pgbench", pgbin()));
         if let Some(options) = pgoptions {
             cmd.env("PGOPTIONS", options);
         }
-        cmd.args(["-n", "-h", "127.0.0.1", "-U", "postgres"])
+        cmd.args(["-n", "-h", "127.0.0.1", "-U", user])
             .arg("-p")
             .arg(self.port.to_string())
             .arg("-f")
@@ -418,12 +430,28 @@ impl Mesh {
     /// node's id), `ENABLE ALWAYS`, and a publication of the table and the tombstones; then N−1
     /// subscriptions per node (the article's hand-written procedure).
     pub fn setup_by_hand(&self, table: &str, table_sql: &str, trigger_args: &str) {
+        self.setup_by_hand_owned_by(table, table_sql, trigger_args, None);
+    }
+
+    /// [`Mesh::setup_by_hand`], with the table owned by role `owner` (created on every node).
+    pub fn setup_by_hand_owned_by(
+        &self,
+        table: &str,
+        table_sql: &str,
+        trigger_args: &str,
+        owner: Option<&str>,
+    ) {
         for node in &self.nodes {
             let args = trigger_args.replace("{node}", &node.id.to_string());
+            let owned = owner.map_or(String::new(), |role| {
+                format!("CREATE ROLE {role} LOGIN; ALTER TABLE {table} OWNER TO {role};")
+            });
             node.sql(&format!(
-                "{table_sql};
+                "{table_sql}; {owned}
                  CREATE TRIGGER mm_resolve BEFORE INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION mm_resolve({args});
                  ALTER TABLE {table} ENABLE ALWAYS TRIGGER mm_resolve;
+                 CREATE TRIGGER mm_truncate BEFORE TRUNCATE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION mm_conflict.truncate_guard();
+                 ALTER TABLE {table} ENABLE ALWAYS TRIGGER mm_truncate;
                  CREATE PUBLICATION pub1 FOR TABLE {table}, mm_conflict.tombstone WITH (publish = 'insert, delete, update');"
             ));
         }
@@ -493,6 +521,23 @@ impl Mesh {
                     "node {}: subscriptions did not start",
                     node.id
                 );
+                // PostgreSQL 16.2's launcher can miss the wake-up of a subscription created
+                // right after another and start its worker only after its 3-minute nap:
+                // ALTER SUBSCRIPTION ... ENABLE wakes it again.
+                // A node's slots wait for its peers' workers: wake every node's launcher.
+                if start.elapsed() > Duration::from_secs(3) {
+                    for any in &self.nodes {
+                        for sub in any
+                            .sql(
+                                "SELECT s.subname FROM pg_subscription s WHERE s.subenabled AND NOT EXISTS
+                                   (SELECT 1 FROM pg_stat_subscription w WHERE w.subid = s.oid AND w.pid IS NOT NULL)",
+                            )
+                            .lines()
+                        {
+                            any.sql(&format!("ALTER SUBSCRIPTION \"{sub}\" ENABLE"));
+                        }
+                    }
+                }
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
