@@ -209,6 +209,13 @@ SELECT tg.tgrelid::regclass AS table_name,
   FROM pg_trigger tg
  WHERE tg.tgname = '!mm_resolve';
 
+-- The sequences that feed columns of this node's replicated tables, and whether each is staggered
+-- for this node (node-safe: its values never meet another node's).
+CREATE VIEW mm_conflict.sequences AS
+SELECT * FROM mm_conflict._sequences();
+COMMENT ON VIEW mm_conflict.sequences IS
+    'mm_conflict: sequences feeding columns of replicated tables; node_safe is false where nodes could draw the same values';
+
 ------------------------------------------------------------------------------------------------
 -- Subscriptions.
 

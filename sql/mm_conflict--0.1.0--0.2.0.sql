@@ -198,6 +198,24 @@ CREATE FUNCTION mm_conflict."truncate_guard"()
 	RETURNS TRIGGER
 	LANGUAGE c
 	AS 'MODULE_PATHNAME', 'truncate_guard_wrapper';
+CREATE FUNCTION mm_conflict."make_sequences_node_safe"(
+	"tbl" regclass /* PgRelation */
+) RETURNS INT /* i32 */
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'make_sequences_node_safe_wrapper';
+CREATE FUNCTION mm_conflict."_sequences"() RETURNS TABLE (
+	"table_name" TEXT,  /* String */
+	"column_name" TEXT,  /* String */
+	"sequence_name" TEXT,  /* String */
+	"increment" bigint,  /* i64 */
+	"next_value" bigint,  /* i64 */
+	"node_safe" bool,  /* bool */
+	"problem" TEXT  /* Option < String > */
+)
+STRICT STABLE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_sequences_wrapper';
 
 -- The functions that reach other nodes, the views.
 
@@ -371,6 +389,13 @@ SELECT tg.tgrelid::regclass AS table_name,
        pg_get_triggerdef(tg.oid) AS trigger
   FROM pg_trigger tg
  WHERE tg.tgname = '!mm_resolve';
+
+-- The sequences that feed columns of this node's replicated tables, and whether each is staggered
+-- for this node (node-safe: its values never meet another node's).
+CREATE VIEW mm_conflict.sequences AS
+SELECT * FROM mm_conflict._sequences();
+COMMENT ON VIEW mm_conflict.sequences IS
+    'mm_conflict: sequences feeding columns of replicated tables; node_safe is false where nodes could draw the same values';
 
 ------------------------------------------------------------------------------------------------
 -- Subscriptions.

@@ -171,6 +171,23 @@ pub enum MmError {
     #[error("TRUNCATE of replicated table {table} is refused")]
     TruncateRefused { table: String },
 
+    #[error(
+        "sequence {sequence} (column \"{column}\" of {table}) cannot be made node-safe: {reason}"
+    )]
+    SequenceNotNodeSafe {
+        sequence: String,
+        table: String,
+        column: String,
+        reason: String,
+    },
+
+    #[error("sequence {sequence} (column \"{column}\" of {table}) holds integers: node-safe for node ids up to 127, with about 16.7 million values per node")]
+    SequenceNarrow {
+        sequence: String,
+        table: String,
+        column: String,
+    },
+
     // ---- counters, the extension itself ---------------------------------------------------
     #[error("mm_conflict's conflict counters are not available")]
     CountersNotLoaded,
@@ -222,6 +239,8 @@ impl MmError {
                 ERRCODE_INSUFFICIENT_PRIVILEGE
             }
             TruncateRefused { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+            SequenceNotNodeSafe { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            SequenceNarrow { .. } => ERRCODE_WARNING,
             CannotConnect { .. } => ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
             SlotStillActive { .. } => ERRCODE_OBJECT_IN_USE,
             PeerWithoutExtension { .. } | PeerWithoutPublication { .. } => ERRCODE_UNDEFINED_OBJECT,
@@ -273,6 +292,10 @@ impl MmError {
                     .into()
             }
             DroppedWithProblems { problems } => problems.join("\n"),
+            SequenceNotNodeSafe { .. } | SequenceNarrow { .. } => {
+                "Each node draws its own values from a sequence (it steps by a fixed increment from its own residue), so that rows inserted on different nodes never take the same key."
+                    .into()
+            }
             TruncateRefused { .. } => {
                 "TRUNCATE is neither versioned nor replicated by mm_conflict: on one node it would leave the others with the rows, and a later change could bring them back."
                     .into()
@@ -377,6 +400,11 @@ impl MmError {
             HiddenByRowSecurity { .. } => {
                 "Run it as the table's owner or as a role with BYPASSRLS.".into()
             }
+            SequenceNotNodeSafe { table, column, sequence, .. }
+            | SequenceNarrow { table, column, sequence } => format!(
+                "Make the key a bigint: ALTER TABLE {table} ALTER COLUMN \"{}\" TYPE bigint; ALTER SEQUENCE {sequence} AS bigint;",
+                column.replace('"', "\"\"")
+            ),
             TruncateRefused { table } => format!(
                 "Delete the rows instead (DELETE FROM {table}): deletes are versioned and reach every node."
             ),

@@ -59,7 +59,8 @@ pgrx::extension_sql_file!(
         api::mesh::mm_conflict::publication_name,
         api::mesh::mm_conflict::channel_name,
         api::mesh::mm_conflict::_subscription_origin,
-        api::mesh::mm_conflict::this_node
+        api::mesh::mm_conflict::this_node,
+        api::mesh::mm_conflict::_sequences
     ]
 );
 

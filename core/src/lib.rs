@@ -5,6 +5,7 @@
 //! * [`decide`]: what the trigger does with a local or replicated write.
 //! * [`stamp`]: the hybrid-logical-clock stamps of local writes.
 //! * [`report`]: how a replicated change ended, and whether that is a conflict.
+//! * [`sequence`]: node-safe sequences (staggered steps).
 //! * [`engine`]: the sequence of every path (look up, lock, decide, write, re-send, report),
 //!   written against a small store trait that PostgreSQL implements in production and an
 //!   in-memory mesh implements in the property test.
@@ -15,6 +16,7 @@ pub mod decide;
 pub mod engine;
 pub mod policy;
 pub mod report;
+pub mod sequence;
 pub mod stamp;
 pub mod version;
 

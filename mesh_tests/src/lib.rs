@@ -269,6 +269,24 @@ pub fn pgbench_tps(child: Child) -> f64 {
     parse_tps(&text)
 }
 
+/// Transactions per second and transactions processed by a finished pgbench.
+pub fn pgbench_counts(child: Child) -> (f64, u64) {
+    let out = child.wait_with_output().expect("pgbench finishes");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pgbench failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let transactions = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|l| l.split(['/', ' ']).next())
+        .and_then(|v| v.parse().ok())
+        .expect("pgbench reports its transactions");
+    (parse_tps(&text), transactions)
+}
+
 /// Waits for a pgbench whose server is killed under it: its failure is expected.
 pub fn pgbench_tps_until_crash(child: Child) -> f64 {
     let out = child.wait_with_output().expect("pgbench finishes");
@@ -372,14 +390,31 @@ impl Mesh {
         method: &str,
         preferred: Option<i16>,
     ) {
+        self.create_mesh_of(&[table], table_sql, criterion, method, preferred);
+    }
+
+    /// [`Mesh::create_mesh`] for several tables (`tables_sql` creates them all).
+    pub fn create_mesh_of(
+        &mut self,
+        tables: &[&str],
+        tables_sql: &str,
+        criterion: &str,
+        method: &str,
+        preferred: Option<i16>,
+    ) {
         for node in &self.nodes {
-            node.sql(table_sql);
+            node.sql(tables_sql);
         }
         let preferred = preferred.map_or("NULL".to_string(), |p| p.to_string());
+        let tables = tables
+            .iter()
+            .map(|t| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
         // create_mesh reaches the nodes through dblink, which it needs on this node first.
         self.nodes[0].sql("CREATE EXTENSION IF NOT EXISTS dblink");
         self.nodes[0].sql(&format!(
-            "SELECT mm_conflict.create_mesh('{}', ARRAY['{table}']::regclass[], '{criterion}', '{method}', {preferred})",
+            "SELECT mm_conflict.create_mesh('{}', ARRAY[{tables}]::regclass[], '{criterion}', '{method}', {preferred})",
             Self::nodes_json(&self.nodes)
         ));
         self.by_helpers = true;

@@ -99,6 +99,51 @@ pub mod mm_conflict {
         local::replicate_table(tbl, criterion, method, preferred_node).or_raise()
     }
 
+    /// Staggers the sequences that feed columns of `tbl` for this node, so that the values nodes
+    /// draw never meet (`replicate_table` does it; for tables set up by hand). Returns how many
+    /// sequences it changed.
+    #[pg_extern(volatile, strict)]
+    fn make_sequences_node_safe(tbl: PgRelation) -> i32 {
+        let oid = closed(tbl);
+        let me = local::this_node().or_raise();
+        let (identity, sql) = local::table_names(oid);
+        crate::mesh::sequences::make_node_safe(oid, &identity, &sql, i64::from(me)).or_raise()
+            as i32
+    }
+
+    /// The sequences that feed columns of this node's replicated tables, and whether each is
+    /// node-safe (the view `mm_conflict.sequences`).
+    #[pg_extern(stable)]
+    fn _sequences() -> TableIterator<
+        'static,
+        (
+            name!(table_name, String),
+            name!(column_name, String),
+            name!(sequence_name, String),
+            name!(increment, i64),
+            name!(next_value, i64),
+            name!(node_safe, bool),
+            name!(problem, Option<String>),
+        ),
+    > {
+        let Ok(me) = local::this_node() else {
+            return TableIterator::new(Vec::new());
+        };
+        let tables = local::resolved_tables();
+        let rows = crate::mesh::sequences::report(&tables, i64::from(me)).or_raise();
+        TableIterator::new(rows.into_iter().map(|r| {
+            (
+                r.table,
+                r.column,
+                r.sequence,
+                r.increment,
+                r.next_value,
+                r.node_safe,
+                r.problem,
+            )
+        }))
+    }
+
     /// Stops replicating `tbl` on this node.
     #[pg_extern(volatile, strict)]
     fn unreplicate_table(tbl: PgRelation) {

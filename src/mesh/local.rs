@@ -156,6 +156,37 @@ fn table(oid: pg_sys::Oid) -> Table {
     }
 }
 
+/// The stable name and the SQL name of table `oid`.
+pub fn table_names(oid: pg_sys::Oid) -> (String, String) {
+    let t = table(oid);
+    (t.identity, t.sql)
+}
+
+/// The tables of this database with an `mm_resolve` trigger (oid, stable name), by name.
+pub fn resolved_tables() -> Vec<(pg_sys::Oid, String)> {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT DISTINCT tg.tgrelid, n.nspname::text, c.relname::text
+               FROM pg_catalog.pg_trigger tg
+               JOIN pg_catalog.pg_proc p ON p.oid = tg.tgfoid AND p.proname = 'mm_resolve'
+               JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              ORDER BY 2, 3",
+            None,
+            &[],
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let oid: pg_sys::Oid = row.get(1)?.unwrap_or(pg_sys::InvalidOid);
+            let schema: String = row.get(2)?.unwrap_or_default();
+            let name: String = row.get(3)?.unwrap_or_default();
+            out.push((oid, names::identity(&schema, &name)));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_else(|e| internal(&e))
+}
+
 fn in_publication(oid: pg_sys::Oid) -> bool {
     value::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel r
@@ -300,6 +331,8 @@ pub fn replicate_table(
     }
     // Raises what the trigger would raise on its first row (bad policy, mistyped columns).
     check_table(tbl)?;
+    // Keys drawn from sequences never collide between nodes.
+    super::sequences::make_node_safe(tbl, &t.identity, &t.sql, i64::from(me))?;
 
     let publication_exists = value::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)",
