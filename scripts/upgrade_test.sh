@@ -138,6 +138,10 @@ UNION ALL
 SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' ' || t.tgenabled::text
   FROM pg_trigger t WHERE t.tgrelid IN (SELECT oid FROM rels) AND NOT t.tgisinternal
 UNION ALL
+SELECT 'event trigger ' || e.evtname || ' ' || e.evtevent || ' ' || e.evtfoid::regprocedure
+       || ' ' || e.evtenabled::text || ' tags ' || coalesce(array_to_string(e.evttags, ','), '')
+  FROM pg_event_trigger e JOIN members m ON m.classid = 'pg_event_trigger'::regclass AND m.objid = e.oid
+UNION ALL
 SELECT 'dumped ' || unnest(extconfig)::regclass FROM pg_extension WHERE extname = 'mm_conflict'
 UNION ALL
 SELECT 'schema ' || n.nspname || ' comment ' || coalesce(obj_description(n.oid, 'pg_namespace'), '')

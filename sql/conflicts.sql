@@ -6,7 +6,7 @@ CREATE TABLE mm_conflict.conflict_log (
     logged_at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     table_name     text        NOT NULL,  -- quoted, schema-qualified, as in mm_conflict.tombstone
     key            jsonb       NOT NULL,  -- the primary key: {"column": value, ...}
-    decision       text        NOT NULL,  -- applied, kept_local, insert_converted_to_update, delete_applied, delete_skipped
+    decision       text        NOT NULL,  -- applied, kept_local, insert_converted_to_update, delete_applied, delete_skipped, unique_conflict
     criterion      text        NOT NULL,  -- the column the versions are compared on
     stored_value   timestamptz,           -- stored version (row or tombstone): criterion value,
     stored_node    smallint,              --   node that wrote it (both NULL: the key had none)
@@ -31,6 +31,7 @@ tables AS (
       FROM pg_catalog.pg_trigger tg
       JOIN pg_catalog.pg_proc p ON p.oid = tg.tgfoid
      WHERE p.proname = 'mm_resolve' AND p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype
+       AND tg.tgparentid = 0     -- a partitioned table is counted as its root
     UNION
     SELECT c.relid FROM mm_conflict._conflict_counters() c
      WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class r WHERE r.oid = c.relid)
@@ -42,6 +43,7 @@ SELECT t.relid::pg_catalog.regclass AS table_name,
        CASE WHEN k.counted THEN coalesce(c.deletes_applied, 0) END AS deletes_applied,
        CASE WHEN k.counted THEN coalesce(c.deletes_skipped, 0) END AS deletes_skipped,
        CASE WHEN k.counted THEN coalesce(c.duplicates_dropped, 0) END AS duplicates_dropped,
+       CASE WHEN k.counted THEN coalesce(c.unique_conflicts, 0) END AS unique_conflicts,
        CASE WHEN k.counted THEN coalesce(c.conflicts, 0) END AS conflicts,
        c.counting_since,
        CASE WHEN state.s = 'not_loaded'

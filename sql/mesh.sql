@@ -199,7 +199,8 @@ $$;
 ------------------------------------------------------------------------------------------------
 -- Tables.
 
--- Tables this node replicates (those with the trigger replicate_table creates).
+-- Tables this node replicates (those with the trigger replicate_table creates; a partitioned
+-- table as its root).
 CREATE VIEW mm_conflict.replicated_tables AS
 SELECT tg.tgrelid::regclass AS table_name,
        tg.tgenabled = 'A' AS enabled_always,
@@ -207,7 +208,8 @@ SELECT tg.tgrelid::regclass AS table_name,
                 WHERE p.pubname = mm_conflict.publication_name() AND r.prrelid = tg.tgrelid) AS published,
        pg_get_triggerdef(tg.oid) AS trigger
   FROM pg_trigger tg
- WHERE tg.tgname = '!mm_resolve';
+ WHERE tg.tgname = '!mm_resolve'
+   AND tg.tgparentid = 0;    -- not the clones on the partitions of a partitioned table
 
 -- The sequences that feed columns of this node's replicated tables, and whether each is staggered
 -- for this node (node-safe: its values never meet another node's).
@@ -545,7 +547,7 @@ BEGIN
     problems := mm_conflict._on_peers(peer_ids, peer_conninfos, 'SELECT mm_conflict._unsubscribe_all()');
     problems := problems || mm_conflict._unsubscribe_all();
     problems := problems || mm_conflict._on_peers(peer_ids, peer_conninfos, 'SELECT mm_conflict.drop_mesh(false)');
-    FOR tbl IN SELECT tgrelid FROM pg_trigger WHERE tgname = '!mm_resolve' LOOP
+    FOR tbl IN SELECT tgrelid FROM pg_trigger WHERE tgname = '!mm_resolve' AND tgparentid = 0 LOOP
         PERFORM mm_conflict.unreplicate_table(tbl);
     END LOOP;
     EXECUTE format('DROP PUBLICATION IF EXISTS %I', mm_conflict.publication_name());
@@ -680,3 +682,22 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- Partitions created or attached after replicate_table take the root's mm_resolve trigger by
+-- themselves (row triggers are cloned), but not its TRUNCATE guard (statement triggers are not):
+-- this event trigger adds it. One catalog query per CREATE TABLE / ALTER TABLE otherwise.
+CREATE FUNCTION mm_conflict._partitions_event() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
+              WHERE classid = 'pg_catalog.pg_class'::regclass AND object_type = 'table'
+    LOOP
+        PERFORM mm_conflict._guard_new_partitions(c.objid);
+    END LOOP;
+END
+$$;
+CREATE EVENT TRIGGER mm_conflict_partitions ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+    EXECUTE FUNCTION mm_conflict._partitions_event();

@@ -5,7 +5,8 @@
 -- extension (the functions that reach peers create it when they can); the status view shows
 -- every subscription, its origin and a problem column, and counts leader apply workers only;
 -- purge_tombstones ignores parallel apply workers; tables are named the same way whatever
--- quote_all_identifiers says (tombstones of tables whose name is a keyword are renamed).
+-- quote_all_identifiers says (tombstones of tables whose name is a keyword are renamed);
+-- partitioned tables can be replicated; a counter of unique-key contests.
 -- Data (tombstones, node, peer, conflict_log) is kept as it is.
 
 \echo Use "ALTER EXTENSION mm_conflict UPDATE TO '0.2.0'" to load this file. \quit
@@ -216,6 +217,12 @@ CREATE FUNCTION mm_conflict."_sequences"() RETURNS TABLE (
 STRICT STABLE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_sequences_wrapper';
+CREATE FUNCTION mm_conflict."_guard_new_partitions"(
+	"tbl" oid /* pg_sys :: Oid */
+) RETURNS INT /* i32 */
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_guard_new_partitions_wrapper';
 
 -- The functions that reach other nodes, the views.
 
@@ -380,7 +387,8 @@ $$;
 ------------------------------------------------------------------------------------------------
 -- Tables.
 
--- Tables this node replicates (those with the trigger replicate_table creates).
+-- Tables this node replicates (those with the trigger replicate_table creates; a partitioned
+-- table as its root).
 CREATE VIEW mm_conflict.replicated_tables AS
 SELECT tg.tgrelid::regclass AS table_name,
        tg.tgenabled = 'A' AS enabled_always,
@@ -388,7 +396,8 @@ SELECT tg.tgrelid::regclass AS table_name,
                 WHERE p.pubname = mm_conflict.publication_name() AND r.prrelid = tg.tgrelid) AS published,
        pg_get_triggerdef(tg.oid) AS trigger
   FROM pg_trigger tg
- WHERE tg.tgname = '!mm_resolve';
+ WHERE tg.tgname = '!mm_resolve'
+   AND tg.tgparentid = 0;    -- not the clones on the partitions of a partitioned table
 
 -- The sequences that feed columns of this node's replicated tables, and whether each is staggered
 -- for this node (node-safe: its values never meet another node's).
@@ -726,7 +735,7 @@ BEGIN
     problems := mm_conflict._on_peers(peer_ids, peer_conninfos, 'SELECT mm_conflict._unsubscribe_all()');
     problems := problems || mm_conflict._unsubscribe_all();
     problems := problems || mm_conflict._on_peers(peer_ids, peer_conninfos, 'SELECT mm_conflict.drop_mesh(false)');
-    FOR tbl IN SELECT tgrelid FROM pg_trigger WHERE tgname = '!mm_resolve' LOOP
+    FOR tbl IN SELECT tgrelid FROM pg_trigger WHERE tgname = '!mm_resolve' AND tgparentid = 0 LOOP
         PERFORM mm_conflict.unreplicate_table(tbl);
     END LOOP;
     EXECUTE format('DROP PUBLICATION IF EXISTS %I', mm_conflict.publication_name());
@@ -861,6 +870,79 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- Partitions created or attached after replicate_table take the root's mm_resolve trigger by
+-- themselves (row triggers are cloned), but not its TRUNCATE guard (statement triggers are not):
+-- this event trigger adds it. One catalog query per CREATE TABLE / ALTER TABLE otherwise.
+CREATE FUNCTION mm_conflict._partitions_event() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
+              WHERE classid = 'pg_catalog.pg_class'::regclass AND object_type = 'table'
+    LOOP
+        PERFORM mm_conflict._guard_new_partitions(c.objid);
+    END LOOP;
+END
+$$;
+CREATE EVENT TRIGGER mm_conflict_partitions ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+    EXECUTE FUNCTION mm_conflict._partitions_event();
+
+-- Counters: a slot for unique-key contests (the shared memory layout is versioned in its name).
+DROP VIEW mm_conflict.conflict_stats;
+DROP FUNCTION mm_conflict._conflict_counters();
+CREATE FUNCTION mm_conflict."_conflict_counters"() RETURNS TABLE (
+	"relid" oid,  /* pg_sys :: Oid */
+	"applied" bigint,  /* i64 */
+	"kept_local" bigint,  /* i64 */
+	"inserts_converted" bigint,  /* i64 */
+	"deletes_applied" bigint,  /* i64 */
+	"deletes_skipped" bigint,  /* i64 */
+	"duplicates_dropped" bigint,  /* i64 */
+	"unique_conflicts" bigint,  /* i64 */
+	"conflicts" bigint,  /* i64 */
+	"counting_since" timestamp with time zone  /* Option < TimestampWithTimeZone > */
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_conflict_counters_wrapper';
+-- Counters of every replicated change each table's trigger resolved, from shared memory.
+CREATE VIEW mm_conflict.conflict_stats AS
+WITH state AS (SELECT mm_conflict._conflict_counters_state() AS s),
+tables AS (
+    SELECT tg.tgrelid AS relid
+      FROM pg_catalog.pg_trigger tg
+      JOIN pg_catalog.pg_proc p ON p.oid = tg.tgfoid
+     WHERE p.proname = 'mm_resolve' AND p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype
+       AND tg.tgparentid = 0     -- a partitioned table is counted as its root
+    UNION
+    SELECT c.relid FROM mm_conflict._conflict_counters() c
+     WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class r WHERE r.oid = c.relid)
+)
+SELECT t.relid::pg_catalog.regclass AS table_name,
+       CASE WHEN k.counted THEN coalesce(c.applied, 0) END AS applied,
+       CASE WHEN k.counted THEN coalesce(c.kept_local, 0) END AS kept_local,
+       CASE WHEN k.counted THEN coalesce(c.inserts_converted, 0) END AS inserts_converted,
+       CASE WHEN k.counted THEN coalesce(c.deletes_applied, 0) END AS deletes_applied,
+       CASE WHEN k.counted THEN coalesce(c.deletes_skipped, 0) END AS deletes_skipped,
+       CASE WHEN k.counted THEN coalesce(c.duplicates_dropped, 0) END AS duplicates_dropped,
+       CASE WHEN k.counted THEN coalesce(c.unique_conflicts, 0) END AS unique_conflicts,
+       CASE WHEN k.counted THEN coalesce(c.conflicts, 0) END AS conflicts,
+       c.counting_since,
+       CASE WHEN state.s = 'not_loaded'
+                THEN 'not available: add mm_conflict to shared_preload_libraries and restart'
+            WHEN NOT k.counted
+                THEN 'not counted: no free counter slot (1024 tables); run mm_conflict.reset_conflict_stats()'
+       END AS note
+  FROM tables t
+  CROSS JOIN state
+  LEFT JOIN mm_conflict._conflict_counters() c ON c.relid = t.relid
+  CROSS JOIN LATERAL (SELECT state.s = 'ok' OR (state.s = 'full' AND c.relid IS NOT NULL) AS counted) k
+ ORDER BY t.relid::pg_catalog.regclass::text;
+COMMENT ON VIEW mm_conflict.conflict_stats IS
+    'mm_conflict: replicated changes resolved per table since the last reset or server start';
 
 -- Only leader apply workers count for the purge cut-off.
 -- Removes tombstones older than the retention, on this node only (peers skip replicated deletes

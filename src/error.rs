@@ -52,7 +52,7 @@ pub enum MmError {
     },
 
     // ---- tables the mesh works on ---------------------------------------------------------
-    #[error("{function} needs an ordinary table, and {relation} is not one")]
+    #[error("{function} needs a table (ordinary or partitioned), and {relation} is not one")]
     NotATable { relation: String, function: String },
 
     #[error("table {table} belongs to mm_conflict itself")]
@@ -168,6 +168,9 @@ pub enum MmError {
     #[error("table_checksum reads every row of {table}, and row-level security hides rows of it from this role")]
     HiddenByRowSecurity { table: String },
 
+    #[error("a tombstone of table {table} was ignored: {reason}")]
+    TombstoneIgnored { table: String, reason: String },
+
     #[error("TRUNCATE of replicated table {table} is refused")]
     TruncateRefused { table: String },
 
@@ -240,7 +243,7 @@ impl MmError {
             }
             TruncateRefused { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             SequenceNotNodeSafe { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            SequenceNarrow { .. } => ERRCODE_WARNING,
+            SequenceNarrow { .. } | TombstoneIgnored { .. } => ERRCODE_WARNING,
             CannotConnect { .. } => ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
             SlotStillActive { .. } => ERRCODE_OBJECT_IN_USE,
             PeerWithoutExtension { .. } | PeerWithoutPublication { .. } => ERRCODE_UNDEFINED_OBJECT,
@@ -328,7 +331,7 @@ impl MmError {
             }
             LocalConflict { hint, .. } => hint.clone(),
             NotATable { .. } => {
-                "Partitioned tables, views and foreign tables are not supported; use the table itself."
+                "Views, foreign tables and other relations hold no rows of their own; use the table itself."
                     .into()
             }
             NotReplicated { table } => format!(

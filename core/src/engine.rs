@@ -107,6 +107,13 @@ pub trait Store: Tombstones {
     fn put_row(&mut self, row: &Self::Row);
     /// Counts a resolution and reports it if it is a conflict.
     fn report(&mut self, resolution: &Resolution<Self::Row>);
+    /// A stored row of another key that holds one of `row`'s values of a unique key besides the
+    /// primary key (seeing rows of transactions still running). The found row is always given.
+    fn find_unique_conflict(&mut self, row: &Self::Row) -> Lookup<Stored<Self::Row>, Self::Waiter>;
+    /// The key of `row` gets `tombstone` as a replicated tombstone would: stored if it beats the
+    /// key's stored one, then settling that key's row (deleted if the tombstone beats it, kept
+    /// and re-sent otherwise). Takes that key's lock (releasing this one's).
+    fn bury(&mut self, row: &Self::Row, tombstone: &Tombstone);
 }
 
 /// What the trigger does with the row PostgreSQL is about to write.
@@ -176,6 +183,72 @@ fn locked<S: Tombstones + ?Sized, T>(
                 store.wait(waiter);
             }
         }
+    }
+}
+
+/// How a row that won on its own key fares against the stored rows of other keys that hold its
+/// unique values.
+enum Contest {
+    /// No other row holds its unique values: write it.
+    Clear,
+    /// It beat such a row, which is now deleted (everywhere, by a tombstone with its version);
+    /// or it met a writer still in progress. Look again.
+    Again,
+    /// Such a row beat it: it is not written, and its key gets a tombstone with the winner's
+    /// version (so that nodes that have it delete it).
+    Lost,
+}
+
+/// The unique-key contest of `new` (whose version `incoming` won on its own key), under this
+/// key's lock. The row with the lesser version loses the unique value and is deleted on every
+/// node; the conflict is reported with both rows.
+fn unique_contest<S: Store + ?Sized>(
+    store: &mut S,
+    policy: &Policy,
+    new: &S::Row,
+    incoming: Version,
+) -> Contest {
+    let order = policy.order();
+    let other = match store.find_unique_conflict(new) {
+        Lookup::Absent => return Contest::Clear,
+        Lookup::InProgress(waiter) => {
+            store.unlock_key();
+            store.wait(waiter);
+            return Contest::Again;
+        }
+        Lookup::Found(other) => other,
+    };
+    let Some(other_row) = other.row else {
+        return Contest::Clear;
+    };
+    let other_version = policy.version(&other.stamps);
+    store.unlock_key();
+    store.report(&Resolution {
+        decision: Decision::UniqueConflict,
+        stored: Some(other_version),
+        stored_row: Some(&other_row),
+        incoming,
+        incoming_row: Some(new),
+    });
+    let new_stamps = store.stamps(new);
+    if order.beats(&incoming, &other_version) {
+        store.bury(&other_row, &burial(&order, incoming, &new_stamps));
+        Contest::Again
+    } else {
+        store.bury(new, &burial(&order, other_version, &other.stamps));
+        Contest::Lost
+    }
+}
+
+/// The tombstone that deletes the loser of a unique contest: the winner's version and stamps.
+fn burial(order: &VersionOrder, winner: Version, stamps: &RowStamps) -> Tombstone {
+    Tombstone {
+        version: winner,
+        stamps: RowStamps {
+            user_criterion: None,
+            ..*stamps
+        },
+        order: *order,
     }
 }
 
@@ -302,6 +375,16 @@ pub fn replicated_update<S: Store + ?Sized>(
     let stored = policy.version(&store.stamps(old));
     let incoming = policy.version(&store.stamps(new));
     let outcome = decide::resolve(&policy.order(), &stored, &incoming);
+    // A new version that wins may still lose a unique value to a row of another key.
+    if outcome == Outcome::IncomingWins {
+        loop {
+            match unique_contest(store, policy, new, incoming) {
+                Contest::Clear => break,
+                Contest::Again => continue,
+                Contest::Lost => return Action::Skip,
+            }
+        }
+    }
     if !converting {
         store.report(&Resolution {
             decision: outcome.into(),
@@ -402,7 +485,17 @@ pub fn replicated_insert<S: Store + ?Sized>(
             },
         };
         let stored_row = found.as_ref().and_then(|f| f.row.as_ref());
-        match decide::replicated_insert(&order, stored.as_ref(), tombstone.as_ref(), &incoming) {
+        let action =
+            decide::replicated_insert(&order, stored.as_ref(), tombstone.as_ref(), &incoming);
+        // A row that wins on its key may still lose its unique values to a row of another key.
+        if matches!(action, InsertAction::Insert | InsertAction::ConvertToUpdate) && !own_write {
+            match unique_contest(store, policy, new, incoming) {
+                Contest::Clear => {}
+                Contest::Again => continue,
+                Contest::Lost => return Ok(Action::Skip),
+            }
+        }
+        match action {
             InsertAction::Insert => {
                 report(store, Decision::Applied, tombstone, None);
                 return Ok(if own_write {

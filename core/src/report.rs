@@ -24,17 +24,22 @@ pub enum Decision {
     /// The incoming version is the stored one: a copy that came back around the mesh (a loop or a
     /// relay). Dropped; never a conflict.
     DuplicateDropped,
+    /// A replicated row and a stored row of another key held the same value of a unique key
+    /// (besides the primary key): the one with the lesser version was deleted, on every node, by
+    /// a tombstone that carries the winner's version.
+    UniqueConflict,
 }
 
 impl Decision {
     /// Every decision, in the order of the counters.
-    pub const ALL: [Decision; 6] = [
+    pub const ALL: [Decision; 7] = [
         Decision::Applied,
         Decision::KeptLocal,
         Decision::InsertConvertedToUpdate,
         Decision::DeleteApplied,
         Decision::DeleteSkipped,
         Decision::DuplicateDropped,
+        Decision::UniqueConflict,
     ];
 
     /// The name used in `conflict_log.decision` and in log lines.
@@ -46,6 +51,7 @@ impl Decision {
             Decision::DeleteApplied => "delete_applied",
             Decision::DeleteSkipped => "delete_skipped",
             Decision::DuplicateDropped => "duplicate_dropped",
+            Decision::UniqueConflict => "unique_conflict",
         }
     }
 
@@ -61,7 +67,7 @@ impl Decision {
     pub fn is_conflict(self, stored: Option<&Version>, incoming: &Version) -> bool {
         match self {
             Decision::DuplicateDropped => false,
-            Decision::KeptLocal | Decision::DeleteSkipped => true,
+            Decision::KeptLocal | Decision::DeleteSkipped | Decision::UniqueConflict => true,
             Decision::Applied | Decision::InsertConvertedToUpdate | Decision::DeleteApplied => {
                 stored.is_some_and(|stored| stored.node != incoming.node)
             }

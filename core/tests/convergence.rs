@@ -11,11 +11,15 @@
 //!   through the engine again, as they go through the trigger again in PostgreSQL;
 //! * a lookup may meet a version still being written and must wait for it without the key lock;
 //! * paths deliver in any interleaving, and a transaction may be delivered twice (a worker restart
-//!   replays from the last flushed position).
+//!   replays from the last flushed position);
+//! * rows carry a value of a second unique key (besides the primary key), drawn from a small set
+//!   so that nodes collide on it: a local write that would duplicate it fails as in PostgreSQL,
+//!   and a replicated one goes through the engine's unique contest.
 //!
-//! After all paths drain, every replica must hold the same rows, each key must be in the state of
-//! the best version ever written for it (a row, or absent when that is a tombstone), and no local
-//! `last`-mode write on an automatic criterion may have been refused.
+//! After all paths drain, every replica must hold the same rows, no two rows may share a unique
+//! value, each key must be in the state of the best version ever written for it (a row, or absent
+//! when that is a tombstone, including those that delete the losers of unique contests), and no
+//! local `last`-mode write on an automatic criterion may have been refused.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -29,6 +33,9 @@ use proptest::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Row {
+    key: u8,
+    /// The value of the second unique key (`None`: NULL, which never collides).
+    unique: Option<u8>,
     stamps: RowStamps,
     /// Identifies the write that produced this row.
     write_id: u32,
@@ -46,8 +53,8 @@ type Txn = Vec<Change>;
 
 #[derive(Clone, Debug)]
 enum Step {
-    /// Node, key, user criterion value (used by `Criterion::Column` policies).
-    Write(usize, u8, i64),
+    /// Node, key, user criterion value (used by `Criterion::Column` policies), unique value.
+    Write(usize, u8, i64, Option<u8>),
     Delete(usize, u8),
     /// From, to (indexes into the peer list), duplicate?
     Deliver(usize, usize, bool),
@@ -69,7 +76,24 @@ struct NodeStore<'a> {
     /// Lookups that first meet a concurrent writer (consumed one per lookup).
     busy: &'a mut VecDeque<bool>,
     decisions: &'a mut Vec<Decision>,
+    /// Tombstones the unique contests gave to keys (they count as written versions).
+    burials: &'a mut Vec<(u8, Version)>,
     key_locked: bool,
+}
+
+/// PostgreSQL's unique index: writing `row` while another key holds its unique value fails (an
+/// apply worker would stop on it).
+fn assert_unique(replica: &Replica, row: &Row) {
+    assert!(
+        row.unique.is_none()
+            || !replica
+                .rows
+                .values()
+                .any(|r| r.key != row.key && r.unique == row.unique),
+        "a replicated write of key {} duplicates unique value {:?} (the apply worker would fail)",
+        row.key,
+        row.unique
+    );
 }
 
 impl NodeStore<'_> {
@@ -141,6 +165,7 @@ impl Store for NodeStore<'_> {
         if engine::replicated_update(self, policy, &stored, row, true) != Action::Apply {
             return false;
         }
+        assert_unique(self.replica, row);
         self.replica.rows.insert(self.key, *row);
         self.out.push(Change::Update(self.key, *row));
         true
@@ -162,6 +187,7 @@ impl Store for NodeStore<'_> {
         let policy = self.policy;
         match engine::replicated_insert(self, policy, row, true) {
             Ok(Action::Pass) => {
+                assert_unique(self.replica, row);
                 self.replica.rows.insert(self.key, *row);
                 self.out.push(Change::Insert(self.key, *row));
             }
@@ -171,6 +197,38 @@ impl Store for NodeStore<'_> {
 
     fn report(&mut self, resolution: &Resolution<Row>) {
         self.decisions.push(resolution.decision);
+    }
+
+    fn find_unique_conflict(&mut self, row: &Row) -> Lookup<Stored<Row>, ()> {
+        let Some(value) = row.unique else {
+            return Lookup::Absent;
+        };
+        let found = self
+            .replica
+            .rows
+            .values()
+            .find(|r| r.key != row.key && r.unique == Some(value))
+            .map(|r| Stored {
+                stamps: r.stamps,
+                row: Some(*r),
+            });
+        if self.busy.pop_front().unwrap_or(false) {
+            return Lookup::InProgress(());
+        }
+        found.map_or(Lookup::Absent, Lookup::Found)
+    }
+
+    fn bury(&mut self, row: &Row, tombstone: &Tombstone) {
+        // As the tombstone table's triggers do for a tombstone written in an apply session.
+        let key = std::mem::replace(&mut self.key, row.key);
+        if engine::tombstone_arrives(self, tombstone) {
+            self.replica.tombstones.insert(row.key, *tombstone);
+            self.out.push(Change::Tombstone(row.key, *tombstone));
+            self.burials.push((row.key, tombstone.version));
+            let policy = self.policy;
+            engine::settle(self, policy, tombstone);
+        }
+        self.key = key;
     }
 }
 
@@ -193,6 +251,7 @@ struct Mesh {
     written: BTreeMap<u8, Vec<Written>>,
     busy: VecDeque<bool>,
     decisions: Vec<Decision>,
+    burials: Vec<(u8, Version)>,
 }
 
 impl Mesh {
@@ -218,6 +277,7 @@ impl Mesh {
             written: BTreeMap::new(),
             busy: busy.into(),
             decisions: Vec::new(),
+            burials: Vec::new(),
         }
     }
 
@@ -278,9 +338,16 @@ impl Mesh {
             out: &mut out,
             busy: &mut self.busy,
             decisions: &mut self.decisions,
+            burials: &mut self.burials,
             key_locked: false,
         };
         let result = f(&mut store);
+        for (key, version) in self.burials.drain(..) {
+            self.written
+                .entry(key)
+                .or_default()
+                .push(Written::Tombstone(version));
+        }
         (out, result)
     }
 
@@ -291,11 +358,22 @@ impl Mesh {
         }
     }
 
-    /// A local INSERT (new key) or UPDATE (existing key).
-    fn local_write(&mut self, node: usize, key: u8, user_value: i64) {
+    /// A local INSERT (new key) or UPDATE (existing key). One that would duplicate a unique
+    /// value another row holds here fails, as in PostgreSQL.
+    fn local_write(&mut self, node: usize, key: u8, user_value: i64, unique: Option<u8>) {
+        if unique.is_some()
+            && self.nodes[node]
+                .rows
+                .values()
+                .any(|r| r.key != key && r.unique == unique)
+        {
+            return;
+        }
         let local = self.local(node);
         self.next_write += 1;
         let new = Row {
+            key,
+            unique,
             stamps: RowStamps {
                 user_criterion: Some(user_value),
                 ..RowStamps::default()
@@ -388,6 +466,7 @@ impl Mesh {
                 Change::Insert(key, row) => self.with_store(to, key, |s| {
                     match engine::replicated_insert(s, &policy, &row, false) {
                         Ok(Action::Apply) => {
+                            assert_unique(s.replica, &row);
                             s.replica.rows.insert(key, row);
                             s.out.push(Change::Insert(key, row));
                         }
@@ -402,6 +481,7 @@ impl Mesh {
                     };
                     if engine::replicated_update(s, &policy, &stored, &row, false) == Action::Apply
                     {
+                        assert_unique(s.replica, &row);
                         s.replica.rows.insert(key, row);
                         s.out.push(Change::Update(key, row));
                     }
@@ -456,6 +536,13 @@ impl Mesh {
                 i + 1
             );
         }
+        let uniques: Vec<u8> = self.nodes[0]
+            .rows
+            .values()
+            .filter_map(|r| r.unique)
+            .collect();
+        let distinct: std::collections::BTreeSet<u8> = uniques.iter().copied().collect();
+        assert_eq!(distinct.len(), uniques.len(), "a unique value held twice");
         for (key, versions) in &self.written {
             let best = versions
                 .iter()
@@ -501,7 +588,8 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
 
 fn steps_strategy(nodes: usize) -> impl Strategy<Value = Vec<Step>> {
     let step = prop_oneof![
-        3 => (0..nodes, 0u8..5, 0i64..40).prop_map(|(n, k, v)| Step::Write(n, k, v)),
+        3 => (0..nodes, 0u8..5, 0i64..40, proptest::option::weighted(0.7, 0u8..3))
+            .prop_map(|(n, k, v, u)| Step::Write(n, k, v, u)),
         1 => (0..nodes, 0u8..5).prop_map(|(n, k)| Step::Delete(n, k)),
         6 => (0..nodes, 1..nodes, proptest::bool::weighted(0.1))
             .prop_map(move |(f, d, dup)| Step::Deliver(f, (f + d) % nodes, dup)),
@@ -532,7 +620,7 @@ proptest! {
         let mut mesh = Mesh::with_busy(policy, skew, busy);
         for step in steps {
             match step {
-                Step::Write(n, k, v) => mesh.local_write(n, k, v),
+                Step::Write(n, k, v, u) => mesh.local_write(n, k, v, u),
                 Step::Delete(n, k) => mesh.local_delete(n, k),
                 Step::Deliver(f, t, dup) => mesh.deliver(f, t, dup),
             }
@@ -551,9 +639,9 @@ proptest! {
 fn update_before_insert_is_healed_by_relayed_copies() {
     let policy = Policy::parse(&["1", "last_xacttime", "last", "2"]).unwrap();
     let mut mesh = Mesh::new(policy, vec![0, 0, 0]);
-    mesh.local_write(0, 7, 0); // node 1 inserts
+    mesh.local_write(0, 7, 0, None); // node 1 inserts
     mesh.deliver(0, 1, false); // node 2 applies it (and relays it)
-    mesh.local_write(1, 7, 0); // node 2 updates
+    mesh.local_write(1, 7, 0, None); // node 2 updates
     mesh.deliver(1, 2, false); // node 3: node 2's relayed INSERT
     mesh.deliver(1, 2, false); // node 3: node 2's UPDATE
     mesh.drain(|_| 0); // then everything else, node 1's INSERT included
@@ -568,13 +656,41 @@ fn update_before_insert_is_healed_by_relayed_copies() {
 fn newer_update_survives_a_concurrent_delete() {
     let policy = Policy::parse(&["1", "last_xacttime", "last", "2"]).unwrap();
     let mut mesh = Mesh::new(policy, vec![0, 0, 0]);
-    mesh.local_write(0, 3, 0);
+    mesh.local_write(0, 3, 0, None);
     mesh.drain(|_| 0);
     mesh.local_delete(0, 3); // node 1 deletes ...
-    mesh.local_write(1, 3, 0); // ... while node 2 updates, later
+    mesh.local_write(1, 3, 0, None); // ... while node 2 updates, later
     mesh.drain(|_| 0);
     mesh.check_converged();
     assert_eq!(mesh.nodes[0].rows[&3].stamps.node, Some(2));
     // Node 2 kept its row against node 1's older delete (and re-sent it).
     assert!(mesh.decisions.contains(&Decision::DeleteSkipped));
+}
+
+/// Two nodes insert different keys with the same unique value: the later row keeps the value on
+/// every node, and the earlier one is deleted everywhere (a tombstone with the winner's version).
+/// Then the loser's node updates its row to a newer version before it hears of the contest: that
+/// version wins in turn, everywhere.
+#[test]
+fn unique_value_goes_to_the_better_version_everywhere() {
+    let policy = Policy::parse(&["1", "last_xacttime", "last", "2"]).unwrap();
+    let mut mesh = Mesh::new(policy, vec![0, 0, 0]);
+    mesh.local_write(0, 1, 0, Some(9)); // node 1: key 1 holds 9
+    mesh.local_write(1, 2, 0, Some(9)); // node 2, later: key 2 holds 9
+    mesh.drain(|_| 0);
+    mesh.check_converged();
+    assert!(!mesh.nodes[0].rows.contains_key(&1));
+    assert_eq!(mesh.nodes[0].rows[&2].unique, Some(9));
+    assert!(mesh.decisions.contains(&Decision::UniqueConflict));
+
+    let policy = Policy::parse(&["1", "last_xacttime", "last", "2"]).unwrap();
+    let mut mesh = Mesh::new(policy, vec![0, 0, 0]);
+    mesh.local_write(0, 1, 0, Some(9));
+    mesh.local_write(1, 2, 0, Some(9));
+    mesh.deliver(0, 2, false); // node 3 gets key 1 first
+    mesh.local_write(0, 1, 1, Some(9)); // node 1 updates key 1: now the newest version
+    mesh.drain(|len| len - 1);
+    mesh.check_converged();
+    assert!(!mesh.nodes[0].rows.contains_key(&2));
+    assert_eq!(mesh.nodes[0].rows[&1].unique, Some(9));
 }

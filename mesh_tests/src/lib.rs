@@ -405,6 +405,17 @@ impl Mesh {
         for node in &self.nodes {
             node.sql(tables_sql);
         }
+        self.create_mesh_on(tables, criterion, method, preferred);
+    }
+
+    /// [`Mesh::create_mesh`] for tables already created on every node (each node its own way).
+    pub fn create_mesh_on(
+        &mut self,
+        tables: &[&str],
+        criterion: &str,
+        method: &str,
+        preferred: Option<i16>,
+    ) {
         let preferred = preferred.map_or("NULL".to_string(), |p| p.to_string());
         let tables = tables
             .iter()

@@ -65,6 +65,7 @@ pub mod mm_conflict {
             name!(deletes_applied, i64),
             name!(deletes_skipped, i64),
             name!(duplicates_dropped, i64),
+            name!(unique_conflicts, i64),
             name!(conflicts, i64),
             name!(counting_since, Option<TimestampWithTimeZone>),
         ),
@@ -80,6 +81,7 @@ pub mod mm_conflict {
                 c[4],
                 c[5],
                 c[6],
+                c[7],
                 TimestampWithTimeZone::try_from(t.since).ok(),
             )
         }))

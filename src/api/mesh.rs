@@ -144,6 +144,14 @@ pub mod mm_conflict {
         }))
     }
 
+    /// The event trigger `mm_conflict_partitions`'s work after `CREATE TABLE` or `ALTER TABLE` of
+    /// relation `tbl`: puts the TRUNCATE guard on the partitions of replicated tables that were
+    /// created or attached since. Returns how many it guarded.
+    #[pg_extern(volatile, strict)]
+    fn _guard_new_partitions(tbl: pg_sys::Oid) -> i32 {
+        local::guard_new_partitions(tbl) as i32
+    }
+
     /// Stops replicating `tbl` on this node.
     #[pg_extern(volatile, strict)]
     fn unreplicate_table(tbl: PgRelation) {

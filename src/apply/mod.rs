@@ -157,12 +157,22 @@ pub unsafe fn fire(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTuple>
             ),
         };
         match action.map_err(|refusal| refused(&info, refusal))? {
-            Action::Stamp(stamps) => Ok(Some(with_bookkeeping(
-                &info,
-                written,
-                tupdesc,
-                Some(stamps),
-            ))),
+            // A local UPDATE carries every value of its version, also the large ones it did not
+            // change (see `with_bookkeeping`).
+            Action::Stamp(stamps) => {
+                let full = if op == pg_sys::TRIGGER_EVENT_UPDATE {
+                    tuple::external_values(written, tupdesc)
+                } else {
+                    Vec::new()
+                };
+                Ok(Some(with_bookkeeping(
+                    &info,
+                    written,
+                    tupdesc,
+                    Some(stamps),
+                    &full,
+                )))
+            }
             Action::Apply => Ok(Some(as_replicated(&info, written, tupdesc))),
             Action::Pass => Ok(Some(written)),
             Action::Skip => Ok(None),
@@ -178,7 +188,11 @@ pub unsafe fn fire(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTuple>
 /// # Safety
 /// `td` must be the `TriggerData` of a trigger PostgreSQL is firing.
 pub unsafe fn truncate(td: &pg_sys::TriggerData) -> Result<(), MmError> {
-    if is_replicated_session() {
+    // SAFETY: PostgreSQL keeps the trigger's relation open and locked during the firing.
+    let replicated = unsafe { crate::catalog::relinfo::has_mm_resolve(td.tg_relation) };
+    // A partition detached from a replicated table keeps the guard but loses mm_resolve: no
+    // longer replicated, it may be truncated.
+    if is_replicated_session() || !replicated {
         return Ok(());
     }
     Err(MmError::TruncateRefused {
@@ -190,44 +204,42 @@ pub unsafe fn truncate(td: &pg_sys::TriggerData) -> Result<(), MmError> {
 /// A copy of `tuple` with the bookkeeping columns set: a local write gets `mm_islocal = true`,
 /// this node's id and `stamps`; a replicated one (`stamps = None`) only `mm_islocal = false`.
 ///
+/// `full`: values to put in place of on-disk TOAST pointers. Logical replication sends an UPDATE
+/// without the large values it left unchanged, and the node that applies it keeps its own value
+/// for them, which may belong to another version (another node's concurrent update of that
+/// column): the nodes would diverge. A value written anew is stored and sent anew, so a local
+/// UPDATE carries every value of its version; the price is rewriting the large values of a row
+/// that an UPDATE leaves unchanged (see BENCHMARKS.md).
+///
 /// # Safety
-/// `tuple` is a valid tuple of `info`'s relation described by `tupdesc`; the result is palloc'd in
-/// the trigger's memory context, as PostgreSQL expects of a returned tuple.
+/// `tuple` is a valid tuple of `info`'s relation described by `tupdesc`, `full` values of its
+/// columns; the result is palloc'd in the trigger's memory context, as PostgreSQL expects of a
+/// returned tuple.
 unsafe fn with_bookkeeping(
     info: &RelInfo,
     tuple: pg_sys::HeapTuple,
     tupdesc: pg_sys::TupleDesc,
     stamps: Option<Stamps>,
+    full: &[(pg_sys::AttrNumber, pg_sys::Datum)],
 ) -> pg_sys::HeapTuple {
-    let cols = [
-        info.att_islocal,
-        info.att_nodeid,
-        info.att_xacttime,
-        info.att_stattime,
-    ];
-    // SAFETY: forwarded from the caller; the values have the columns' types (boolean, smallint,
-    // timestamp(tz) as microseconds).
-    unsafe {
-        match stamps {
-            Some(s) => tuple::modify(
-                tuple,
-                tupdesc,
-                &cols,
-                &[
-                    Some(pg_sys::Datum::from(true)),
-                    Some(pg_sys::Datum::from(info.policy.node_id)),
-                    Some(pg_sys::Datum::from(s.xacttime)),
-                    Some(pg_sys::Datum::from(s.stattime)),
-                ],
-            ),
-            None => tuple::modify(
-                tuple,
-                tupdesc,
-                &cols[..1],
-                &[Some(pg_sys::Datum::from(false))],
-            ),
-        }
+    let mut cols = vec![info.att_islocal];
+    let mut values = vec![Some(pg_sys::Datum::from(stamps.is_some()))];
+    if let Some(s) = stamps {
+        cols.extend([info.att_nodeid, info.att_xacttime, info.att_stattime]);
+        values.extend([
+            Some(pg_sys::Datum::from(info.policy.node_id)),
+            Some(pg_sys::Datum::from(s.xacttime)),
+            Some(pg_sys::Datum::from(s.stattime)),
+        ]);
     }
+    for &(attnum, value) in full {
+        cols.push(attnum);
+        values.push(Some(value));
+    }
+    // SAFETY: `tuple` is valid and described by `tupdesc`, `full` holds its columns (`# Safety`);
+    // the att_* were found in it by RelInfo::build; `cols`/`values` pair up with the columns' types
+    // (boolean, smallint, timestamp(tz) as microseconds, full values of the columns they replace).
+    unsafe { tuple::modify(tuple, tupdesc, &cols, &values) }
 }
 
 /// `tuple` marked as arrived from a peer (`mm_islocal = false`), copied only if needed.
@@ -239,12 +251,13 @@ unsafe fn as_replicated(
     tuple: pg_sys::HeapTuple,
     tupdesc: pg_sys::TupleDesc,
 ) -> pg_sys::HeapTuple {
-    // SAFETY: forwarded from the caller.
+    // SAFETY: `tuple` is a valid tuple of `info`'s relation described by `tupdesc` (`# Safety`),
+    // `att_islocal` one of its columns (found by RelInfo::build), as get and with_bookkeeping need.
     unsafe {
         if tuple::get(tuple, tupdesc, info.att_islocal).is_some_and(|d| d.value() == 0) {
             return tuple;
         }
-        with_bookkeeping(info, tuple, tupdesc, None)
+        with_bookkeeping(info, tuple, tupdesc, None, &[])
     }
 }
 

@@ -253,4 +253,56 @@ impl Store for PgStore<'_> {
         // SAFETY: the rows are of this relation (tuples or parameter values).
         unsafe { report::report(self.info, self.tupdesc, resolution) }
     }
+
+    fn find_unique_conflict(&mut self, row: &Row) -> Lookup<Stored<Row>, pg_sys::TransactionId> {
+        let (info, tupdesc) = (self.info, self.tupdesc);
+        let (Row::Tuple(tuple), Some(pk)) = (row, &info.primary_key) else {
+            return Lookup::Absent;
+        };
+        let own = &self.key().bytes;
+        for unique in &info.unique_keys {
+            // SAFETY: the row is a tuple of this relation; rel is open and locked; the reader
+            // runs on a pinned tuple of the relation and copies what it keeps.
+            unsafe {
+                let Some(values) = unique.values_if_set(*tuple, tupdesc) else {
+                    continue; // a NULL never collides
+                };
+                let found = probe::probe(self.rel, unique, &values, &|found| {
+                    let key = pk.encode(&pk.values(found, tupdesc));
+                    (
+                        key,
+                        info.stamps(found, tupdesc),
+                        pg_sys::heap_copytuple(found),
+                    )
+                });
+                match found {
+                    Lookup::Absent => {}
+                    Lookup::InProgress(xid) => return Lookup::InProgress(xid),
+                    // The row's own stored version holds its own value: no conflict.
+                    Lookup::Found((key, _, _)) if &key == own => {}
+                    Lookup::Found((_, stamps, copy)) => {
+                        return Lookup::Found(Stored {
+                            stamps,
+                            row: Some(Row::Tuple(copy)),
+                        })
+                    }
+                }
+            }
+        }
+        Lookup::Absent
+    }
+
+    fn bury(&mut self, row: &Row, tombstone: &Tombstone) {
+        let (Row::Tuple(tuple), Some(pk)) = (row, &self.info.primary_key) else {
+            return;
+        };
+        // SAFETY: the row is a tuple of this relation.
+        let key = unsafe { pk.encode(&pk.values(*tuple, self.tupdesc)) };
+        // Written in an apply session, the tombstone goes through the tombstone table's triggers
+        // as one from a peer: stored only if it beats the key's, and settling that key's row.
+        let table = self
+            .tombstones
+            .get_or_init(|| tombstones::table().unwrap_or_else(|e| e.raise()));
+        table.insert(self.info.table.as_bytes(), &key, tombstone);
+    }
 }

@@ -14,8 +14,8 @@ use super::store::{KeyTombstones, PgStore};
 use super::OwnWrite;
 use crate::catalog::{relinfo, tombstones};
 use crate::error::MmError;
-use crate::pg::names;
 use crate::pg::{is_replicated_session, key};
+use crate::pg::{names, partitions};
 
 /// BEFORE INSERT OR UPDATE OR DELETE on `mm_conflict.tombstone`: returns the tuple to write, or
 /// `None` to skip it. Local writes pass; replicated ones are resolved against the stored
@@ -61,8 +61,9 @@ pub unsafe fn resolve(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTup
 /// `tuple` is the new tombstone row, described by `tupdesc` (the tombstone table's).
 pub unsafe fn settle(tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> Result<(), MmError> {
     let table = tombstones::table()?;
-    // SAFETY: forwarded from the caller; the target relation is opened here and kept locked
-    // until transaction end.
+    // SAFETY: `tuple` is a tombstone row described by `tupdesc` (`# Safety`), as name_and_key and
+    // read need; each target relation is opened here, so open and locked for settle_row, and kept
+    // locked until transaction end.
     unsafe {
         let (name, key) = table.name_and_key(tuple, tupdesc);
         let tombstone = table.read(tuple, tupdesc);
@@ -70,19 +71,29 @@ pub unsafe fn settle(tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> Re
             .ok()
             .and_then(names::parse_identity)
         else {
-            pgrx::warning!(
-                "mm_conflict: a tombstone names table {}, which is not a table name; ignored",
-                String::from_utf8_lossy(&name)
-            );
+            MmError::TombstoneIgnored {
+                table: String::from_utf8_lossy(&name).into_owned(),
+                reason: "that is not a table name".into(),
+            }
+            .warn();
             return Ok(());
         };
         let Some(relid) = relation_oid(&schema, &relname) else {
             return Ok(()); // the table does not exist here: nothing to settle
         };
-        let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-        let result = settle_row(rel, key, &tombstone);
-        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-        result
+        // A partitioned table is replicated as its root: the row is in one of its leaves.
+        let tables = if pg_sys::get_rel_relkind(relid) as u8 == pg_sys::RELKIND_PARTITIONED_TABLE {
+            partitions::leaf_partitions(relid)
+        } else {
+            vec![relid]
+        };
+        for relid in tables {
+            let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            let result = settle_row(rel, key.clone(), &tombstone);
+            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            result?;
+        }
+        Ok(())
     }
 }
 
@@ -117,17 +128,22 @@ unsafe fn settle_row(
             return Ok(());
         };
         if key::is_future_format(&key) {
-            pgrx::warning!(
-                "mm_conflict: a tombstone of {} has a key format this version does not read; ignored",
-                info.table
-            );
+            MmError::TombstoneIgnored {
+                table: info.table.clone(),
+                reason: format!(
+                    "its key is in format {}, which this version does not read",
+                    key::format_of(&key)
+                ),
+            }
+            .warn();
             return Ok(());
         }
         let Some(values) = pk.decode(&key) else {
-            pgrx::warning!(
-                "mm_conflict: tombstone key for {} does not match its primary key; ignored",
-                info.table
-            );
+            MmError::TombstoneIgnored {
+                table: info.table.clone(),
+                reason: "its key does not match the table's primary key".into(),
+            }
+            .warn();
             return Ok(());
         };
         let mut store = PgStore::for_key(&info, rel, values, key, false);

@@ -16,13 +16,15 @@ use pgrx::pg_sys;
 
 use super::statements::{self, StatementColumn};
 use crate::error::MmError;
-use crate::pg::key::PrimaryKey;
+use crate::pg::key::IndexKey;
 use crate::pg::names::{self, cstr_to_string, stable_hash};
 use crate::pg::spi::CachedPlan;
 use crate::pg::tuple;
 
 pub struct RelInfo {
     pub relid: pg_sys::Oid,
+    /// The table its changes are counted under: the root of its partition tree, or itself.
+    pub report_relid: pg_sys::Oid,
     /// The table's stable name (`pg::names::identity`): its identity in tombstones, key locks and
     /// reports, the same on every node (unlike its OID) and in every session.
     pub table: String,
@@ -35,7 +37,9 @@ pub struct RelInfo {
     pub att_stattime: pg_sys::AttrNumber,
     /// The user criterion column, for `Criterion::Column`.
     pub att_criterion: Option<pg_sys::AttrNumber>,
-    pub primary_key: Option<PrimaryKey>,
+    pub primary_key: Option<IndexKey>,
+    /// Its other unique keys, which a replicated row may collide on (see `pg::key::unique_keys`).
+    pub unique_keys: Vec<IndexKey>,
     /// Attribute numbers of the live (not dropped) columns: the parameters of the statements below.
     pub live_attnums: Vec<pg_sys::AttrNumber>,
     /// See [`statements::Statements`].
@@ -86,7 +90,8 @@ pub unsafe fn lookup(
         return Ok(info);
     }
     // Build without holding the borrow: catalog access below may run invalidation callbacks.
-    // SAFETY: forwarded from the caller.
+    // SAFETY: `rel` is open and locked and `trigger` is one of its triggers (this function's
+    // `# Safety`), which is exactly what `build` requires.
     let info = Rc::new(unsafe { build(rel, trigger)? });
     CACHE.with(|c| c.borrow_mut().insert(trigger.tgoid, Rc::clone(&info)));
     Ok(info)
@@ -120,6 +125,29 @@ pub unsafe fn lookup_for_relation(rel: pg_sys::Relation) -> Result<Option<Rc<Rel
     }
 }
 
+/// Whether `rel` has an `mm_resolve` trigger (its own, or cloned from a partitioned root).
+///
+/// # Safety
+/// `rel` must be open and locked.
+pub unsafe fn has_mm_resolve(rel: pg_sys::Relation) -> bool {
+    // SAFETY: the caller keeps `rel` open, so its trigger descriptor and the array it points to
+    // stay valid while they are read here.
+    unsafe {
+        let trigdesc = (*rel).trigdesc;
+        if trigdesc.is_null() {
+            return false;
+        }
+        let triggers =
+            std::slice::from_raw_parts((*trigdesc).triggers, (*trigdesc).numtriggers as usize);
+        triggers.iter().any(|trigger| {
+            cached(trigger.tgoid).is_some() || {
+                let name = pg_sys::get_func_name(trigger.tgfoid);
+                !name.is_null() && std::ffi::CStr::from_ptr(name).to_bytes() == b"mm_resolve"
+            }
+        })
+    }
+}
+
 const TIME_TYPES: &str = "timestamptz or timestamp";
 
 fn is_time_type(typid: pg_sys::Oid) -> bool {
@@ -137,7 +165,8 @@ unsafe fn require(
     sql_type: &'static str,
     ok: fn(pg_sys::Oid) -> bool,
 ) -> Result<pg_sys::AttrNumber, MmError> {
-    // SAFETY: forwarded from the caller.
+    // SAFETY: `tupdesc` is a valid descriptor by this function's `# Safety`, the only thing
+    // find_column needs (it returns copied values, not references into the descriptor).
     let column =
         unsafe { tuple::find_column(tupdesc, name) }.ok_or_else(|| MmError::MissingColumn {
             table: table.to_string(),
@@ -167,7 +196,18 @@ unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelI
             .collect();
         let policy = Policy::parse(&args)?;
         let (schema, relname) = names::relation_names(rel);
-        let table = names::identity(&schema, &relname);
+        // A partition is named (tombstones, key locks, reports) and counted as its root.
+        let report_relid = if (*(*rel).rd_rel).relispartition {
+            crate::pg::partitions::partition_root((*rel).rd_id)
+        } else {
+            (*rel).rd_id
+        };
+        let table = match names::names_of(report_relid) {
+            Some((root_schema, root_name)) if report_relid != (*rel).rd_id => {
+                names::identity(&root_schema, &root_name)
+            }
+            _ => names::identity(&schema, &relname),
+        };
         let tupdesc = (*rel).rd_att;
 
         let att_islocal = require(tupdesc, &table, COL_ISLOCAL, "boolean", |t| {
@@ -198,7 +238,8 @@ unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelI
             }
             _ => None,
         };
-        let primary_key = PrimaryKey::of(rel);
+        let primary_key = IndexKey::of(rel);
+        let unique_keys = crate::pg::key::unique_keys(rel);
         let key_attnums: Vec<pg_sys::AttrNumber> =
             primary_key.iter().flat_map(|pk| pk.attnums()).collect();
 
@@ -217,6 +258,7 @@ unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelI
 
         Ok(RelInfo {
             relid: (*rel).rd_id,
+            report_relid,
             table_hash: stable_hash(table.as_bytes()),
             table,
             policy,
@@ -226,6 +268,7 @@ unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelI
             att_stattime,
             att_criterion,
             primary_key,
+            unique_keys,
             live_attnums: live.iter().map(|a| a.attnum).collect(),
             overwrite: CachedPlan::new(sql.overwrite, argtypes.clone()),
             resend_delete: CachedPlan::new(sql.resend_delete, argtypes.clone()),
@@ -249,7 +292,8 @@ impl RelInfo {
     /// A tuple row must be a valid tuple of this relation described by `tupdesc`.
     pub unsafe fn row_stamps(&self, row: &Row, tupdesc: pg_sys::TupleDesc) -> RowStamps {
         match row {
-            // SAFETY: forwarded from the caller.
+            // SAFETY: a tuple row is a valid tuple of this relation described by `tupdesc`
+            // (this function's `# Safety`), as `stamps` requires.
             Row::Tuple(tuple) => unsafe { self.stamps(*tuple, tupdesc) },
             Row::Values(values) => self.stamps_from_parameters(values),
         }
@@ -265,7 +309,8 @@ impl RelInfo {
         tupdesc: pg_sys::TupleDesc,
     ) -> Vec<Option<pg_sys::Datum>> {
         match row {
-            // SAFETY: forwarded from the caller.
+            // SAFETY: a tuple row is a valid tuple of this relation described by `tupdesc`
+            // (this function's `# Safety`), as `parameters` requires.
             Row::Tuple(tuple) => unsafe { self.parameters(*tuple, tupdesc) },
             Row::Values(values) => values.clone(),
         }
@@ -287,7 +332,9 @@ impl RelInfo {
     /// # Safety
     /// `tuple` must be a valid tuple of this relation described by `tupdesc`.
     pub unsafe fn stamps(&self, tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> RowStamps {
-        // SAFETY: forwarded from the caller; all attnums were validated against this descriptor.
+        // SAFETY: `tuple` is a valid tuple of this relation described by `tupdesc` (`# Safety`),
+        // and `build` found every attnum read here in the relation's descriptor (a relcache
+        // invalidation drops this entry), so heap_getattr reads existing columns.
         self.stamps_by(|attnum| unsafe { tuple::get(tuple, tupdesc, attnum) })
     }
 
@@ -310,7 +357,8 @@ impl RelInfo {
         tuple: pg_sys::HeapTuple,
         tupdesc: pg_sys::TupleDesc,
     ) -> Vec<Option<pg_sys::Datum>> {
-        // SAFETY: forwarded from the caller.
+        // SAFETY: `tuple` is a valid tuple described by `tupdesc` (this function's `# Safety`),
+        // which is all deform needs.
         let all = unsafe { tuple::deform(tuple, tupdesc) };
         self.live_attnums
             .iter()

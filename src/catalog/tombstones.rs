@@ -13,14 +13,14 @@ use mm_conflict_core::{Direction, RowStamps, Tombstone, Version, VersionOrder};
 use pgrx::pg_sys;
 
 use crate::error::MmError;
-use crate::pg::key::PrimaryKey;
+use crate::pg::key::IndexKey;
 use crate::pg::probe::{self, Probe};
 use crate::pg::spi::{text_datum, CachedPlan};
 use crate::pg::{compat, tuple};
 
 pub struct TombstoneTable {
     relid: pg_sys::Oid,
-    pk: PrimaryKey,
+    pk: IndexKey,
     att_table_name: pg_sys::AttrNumber,
     att_pk: pg_sys::AttrNumber,
     att_criterion: pg_sys::AttrNumber,
@@ -109,7 +109,7 @@ pub fn table() -> Result<Rc<TombstoneTable>, MmError> {
                 }
             };
         }
-        let pk = PrimaryKey::of(rel);
+        let pk = IndexKey::of(rel);
         pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         let Some(pk) = pk else {
             return Err(damaged("Its primary key is missing.".into()));
@@ -176,7 +176,8 @@ impl TombstoneTable {
     /// # Safety
     /// `tuple` is a tuple of the tombstone table described by `tupdesc`.
     pub unsafe fn read(&self, tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> Tombstone {
-        // SAFETY: forwarded from the caller; the attribute numbers are the table's.
+        // SAFETY: `tuple` is a tuple of the tombstone table described by `tupdesc` (`# Safety`),
+        // and every attnum read was found in that table's descriptor by `table()`.
         let get = |attnum| unsafe { tuple::get(tuple, tupdesc, attnum) };
         let time = |attnum| get(attnum).map(|d| d.value() as i64);
         let node = |attnum| get(attnum).map(|d| d.value() as i16);
@@ -213,7 +214,9 @@ impl TombstoneTable {
         tuple: pg_sys::HeapTuple,
         tupdesc: pg_sys::TupleDesc,
     ) -> (Vec<u8>, Vec<u8>) {
-        // SAFETY: forwarded from the caller; both columns are NOT NULL text/bytea.
+        // SAFETY: `tuple` is a tombstone-table tuple described by `tupdesc` (`# Safety`) and both
+        // attnums were found in that descriptor by `table()`; both columns are NOT NULL text/bytea,
+        // and varlena_bytes only sees the non-NULL datums `get` returns.
         unsafe {
             let bytes = |attnum| {
                 tuple::get(tuple, tupdesc, attnum)

@@ -17,8 +17,10 @@ use crate::pg::names::{self, sql_ident, sql_literal};
 pub const TRIGGER: &str = "!mm_resolve";
 /// The statement trigger that refuses TRUNCATE on a replicated table.
 pub const TRUNCATE_TRIGGER: &str = "!mm_truncate";
-/// What the publication sends: never TRUNCATE (refused on replicated tables, and not versioned).
-const PUBLISH: &str = "insert, update, delete";
+/// What the publication sends: never TRUNCATE (refused on replicated tables, and not versioned);
+/// a partitioned table's changes as its root's, so that nodes may partition it differently.
+const PUBLICATION_OPTIONS: &str =
+    "publish = 'insert, update, delete', publish_via_partition_root = true";
 
 /// The first column of the first row of `query` (`None`: no row or NULL). Read-only: unlike
 /// pgrx's `Spi::get_one`, it does not assign a transaction id (a subscription's slot creation
@@ -169,7 +171,7 @@ pub fn resolved_tables() -> Vec<(pg_sys::Oid, String)> {
             "SELECT DISTINCT tg.tgrelid, n.nspname::text, c.relname::text
                FROM pg_catalog.pg_trigger tg
                JOIN pg_catalog.pg_proc p ON p.oid = tg.tgfoid AND p.proname = 'mm_resolve'
-               JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid
+               JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid AND NOT c.relispartition
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               ORDER BY 2, 3",
             None,
@@ -216,7 +218,9 @@ pub fn replicate_table(
     let method = method.ok_or_else(|| null("method"))?;
     let me = this_node()?;
     let t = table(tbl);
-    if t.relkind != "r" {
+    // An ordinary table, or a partitioned one (replicated as its root: the trigger on the root is
+    // cloned onto every partition, also those attached later).
+    if t.relkind != "r" && t.relkind != "p" {
         return Err(MmError::NotATable {
             relation: t.identity,
             function: "replicate_table()".into(),
@@ -289,22 +293,22 @@ pub fn replicate_table(
         schema = sql_ident(&schema),
         args = args.join(", ")
     ));
+    // ENABLE ALWAYS on a partitioned table reaches its partitions, and partitions attached later
+    // take the root's trigger as it is.
     run(&format!(
         "ALTER TABLE {} ENABLE ALWAYS TRIGGER {}",
         t.sql,
         sql_ident(TRIGGER)
     ));
-    run(&format!(
-        "CREATE OR REPLACE TRIGGER {trigger} BEFORE TRUNCATE ON {table} \
-         FOR EACH STATEMENT EXECUTE FUNCTION mm_conflict.truncate_guard()",
-        trigger = sql_ident(TRUNCATE_TRIGGER),
-        table = t.sql,
-    ));
-    run(&format!(
-        "ALTER TABLE {} ENABLE ALWAYS TRIGGER {}",
-        t.sql,
-        sql_ident(TRUNCATE_TRIGGER)
-    ));
+    // TRUNCATE: statement triggers are not cloned onto partitions, so the guard goes on the root
+    // and on each leaf there is now; the event trigger `mm_conflict_partitions` guards leaves
+    // created or attached later (`guard_new_partitions`).
+    guard_truncate(&t.sql);
+    if t.relkind == "p" {
+        for leaf in crate::pg::partitions::leaf_partitions(tbl) {
+            guard_truncate(&table(leaf).sql);
+        }
+    }
     let earlier = Spi::connect(|client| {
         client
             .select(
@@ -341,16 +345,14 @@ pub fn replicate_table(
     .unwrap_or(false);
     if !publication_exists {
         run(&format!(
-            "CREATE PUBLICATION {} FOR TABLE mm_conflict.tombstone WITH (publish = {})",
+            "CREATE PUBLICATION {} FOR TABLE mm_conflict.tombstone WITH ({PUBLICATION_OPTIONS})",
             sql_ident(PUBLICATION),
-            sql_literal(PUBLISH)
         ));
     } else {
-        // A publication made by 0.1.0 also sent TRUNCATE.
+        // A publication made by 0.1.0 also sent TRUNCATE, and partitions as themselves.
         run(&format!(
-            "ALTER PUBLICATION {} SET (publish = {})",
+            "ALTER PUBLICATION {} SET ({PUBLICATION_OPTIONS})",
             sql_ident(PUBLICATION),
-            sql_literal(PUBLISH)
         ));
     }
     if !in_publication(tbl) {
@@ -361,6 +363,48 @@ pub fn replicate_table(
         ));
     }
     Ok(())
+}
+
+/// Puts the TRUNCATE guard on table `target` (SQL name), firing in every session.
+fn guard_truncate(target: &str) {
+    run(&format!(
+        "CREATE OR REPLACE TRIGGER {trigger} BEFORE TRUNCATE ON {target} \
+         FOR EACH STATEMENT EXECUTE FUNCTION mm_conflict.truncate_guard()",
+        trigger = sql_ident(TRUNCATE_TRIGGER),
+    ));
+    run(&format!(
+        "ALTER TABLE {target} ENABLE ALWAYS TRIGGER {}",
+        sql_ident(TRUNCATE_TRIGGER)
+    ));
+}
+
+/// After `CREATE TABLE` or `ALTER TABLE` of `tbl` (the event trigger `mm_conflict_partitions`):
+/// every leaf of its partition tree that carries `mm_resolve` (cloned from a replicated root onto
+/// a partition created or attached since) and lacks the TRUNCATE guard gets it. One catalog query
+/// when there is nothing to do. Returns how many leaves were guarded.
+pub fn guard_new_partitions(tbl: pg_sys::Oid) -> usize {
+    let leaves = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT t.relid FROM pg_catalog.pg_partition_tree($1) t
+                  WHERE t.isleaf
+                    AND EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g
+                                 WHERE g.tgrelid = t.relid AND g.tgname = $2)
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g
+                                     WHERE g.tgrelid = t.relid AND g.tgname = $3)",
+                None,
+                &[tbl.into(), TRIGGER.into(), TRUNCATE_TRIGGER.into()],
+            )
+            .map(|rows| {
+                rows.filter_map(|row| row.get::<pg_sys::Oid>(1).ok().flatten())
+                    .collect::<Vec<_>>()
+            })
+    })
+    .unwrap_or_else(|e| internal(&e));
+    for leaf in &leaves {
+        guard_truncate(&table(*leaf).sql);
+    }
+    leaves.len()
 }
 
 /// Raises the error `mm_resolve` would raise on its first row of `tbl`, if any: bad trigger
@@ -393,6 +437,15 @@ pub fn unreplicate_table(tbl: pg_sys::Oid) -> Result<(), MmError> {
             sql_ident(trigger),
             t.sql
         ));
+    }
+    if t.relkind == "p" {
+        for leaf in crate::pg::partitions::leaf_partitions(tbl) {
+            run(&format!(
+                "DROP TRIGGER IF EXISTS {} ON {}",
+                sql_ident(TRUNCATE_TRIGGER),
+                table(leaf).sql
+            ));
+        }
     }
     if in_publication(t.oid) {
         run(&format!(

@@ -62,7 +62,8 @@ pub unsafe fn index_beginscan(
 /// # Safety
 /// `rel` must be open.
 pub unsafe fn primary_key_index(rel: pg_sys::Relation) -> pg_sys::Oid {
-    // SAFETY: forwarded from the caller.
+    // SAFETY: `rel` is an open relation (`# Safety`), all RelationGetPrimaryKeyIndex needs to
+    // read its relcache index list; the pg18 flag is a plain bool.
     unsafe {
         #[cfg(not(feature = "pg18"))]
         {

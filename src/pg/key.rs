@@ -1,5 +1,5 @@
-//! A table's primary key: its columns, the functions the probe and the key codec need, and the
-//! key's binary form (what tombstones store and the key lock hashes).
+//! A table's primary key, or another of its unique keys: its columns, the functions the probe and
+//! the key codec need, and the key's binary form (what tombstones store and the key lock hashes).
 
 use std::cell::UnsafeCell;
 
@@ -23,9 +23,53 @@ pub struct KeyColumn {
     typmod: i32,
 }
 
-pub struct PrimaryKey {
+pub struct IndexKey {
     pub index_oid: pg_sys::Oid,
     pub columns: Vec<KeyColumn>,
+}
+
+/// The unique keys of a table besides its primary key that a replicated row can collide on:
+/// valid unique indexes on plain columns, without a predicate. (NULLs never collide in them; an
+/// index declared NULLS NOT DISTINCT is resolved only for rows without NULLs in it.)
+///
+/// # Safety
+/// `rel` must be open and locked.
+pub unsafe fn unique_keys(rel: pg_sys::Relation) -> Vec<IndexKey> {
+    // SAFETY: rel is open and locked; each index is opened, read and closed here; the index
+    // list is a palloc'd List of oids.
+    unsafe {
+        let list = pg_sys::RelationGetIndexList(rel);
+        if list.is_null() {
+            return Vec::new();
+        }
+        let oids: Vec<pg_sys::Oid> = (0..(*list).length as usize)
+            .map(|i| (*(*list).elements.add(i)).oid_value)
+            .collect();
+        let mut keys = Vec::new();
+        for oid in oids {
+            let index = pg_sys::index_open(oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            let form = &*(*index).rd_index;
+            let wanted = form.indisunique
+                && !form.indisprimary
+                && form.indisvalid
+                && form.indisready
+                && pg_sys::heap_attisnull(
+                    (*index).rd_indextuple,
+                    pg_sys::Anum_pg_index_indexprs as i32,
+                    std::ptr::null_mut(),
+                )
+                && pg_sys::heap_attisnull(
+                    (*index).rd_indextuple,
+                    pg_sys::Anum_pg_index_indpred as i32,
+                    std::ptr::null_mut(),
+                );
+            pg_sys::index_close(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            if wanted {
+                keys.extend(IndexKey::of_index(rel, oid));
+            }
+        }
+        keys
+    }
 }
 
 /// Function call info for `proc`, kept for the life of the owner.
@@ -42,19 +86,31 @@ unsafe fn fmgr(proc: pg_sys::Oid) -> Box<UnsafeCell<pg_sys::FmgrInfo>> {
     }
 }
 
-impl PrimaryKey {
+impl IndexKey {
     /// The primary key of `rel`, if it has one.
     ///
     /// # Safety
     /// `rel` must be open and locked.
-    pub unsafe fn of(rel: pg_sys::Relation) -> Option<PrimaryKey> {
-        // SAFETY: rel is open and locked by the caller; the index is opened and closed here, and
-        // its key columns are columns of rel.
+    pub unsafe fn of(rel: pg_sys::Relation) -> Option<IndexKey> {
+        // SAFETY: `rel` is open and locked (this function's `# Safety`), as primary_key_index and
+        // of_index require; the oid passed on is `rel`'s own primary-key index.
         unsafe {
             let index_oid = super::compat::primary_key_index(rel);
             if index_oid == pg_sys::InvalidOid {
                 return None;
             }
+            IndexKey::of_index(rel, index_oid)
+        }
+    }
+
+    /// The key of index `index_oid` of `rel`.
+    ///
+    /// # Safety
+    /// `rel` must be open and locked, and `index_oid` one of its indexes.
+    pub unsafe fn of_index(rel: pg_sys::Relation, index_oid: pg_sys::Oid) -> Option<IndexKey> {
+        // SAFETY: rel is open and locked by the caller; the index is opened and closed here, and
+        // its key columns are columns of rel.
+        unsafe {
             let index = pg_sys::index_open(index_oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
             let form = &*(*index).rd_index;
             let nkeys = form.indnkeyatts as usize;
@@ -88,13 +144,30 @@ impl PrimaryKey {
                 })
                 .collect();
             pg_sys::index_close(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-            Some(PrimaryKey { index_oid, columns })
+            Some(IndexKey { index_oid, columns })
         }
     }
 
     /// The attribute numbers of the key columns, in key order.
     pub fn attnums(&self) -> impl Iterator<Item = pg_sys::AttrNumber> + '_ {
         self.columns.iter().map(|c| c.attnum)
+    }
+
+    /// The key values of `tuple`, or `None` when one of them is NULL (NULLs never collide).
+    ///
+    /// # Safety
+    /// `tuple` is a tuple of the key's relation, described by `tupdesc`.
+    pub unsafe fn values_if_set(
+        &self,
+        tuple: pg_sys::HeapTuple,
+        tupdesc: pg_sys::TupleDesc,
+    ) -> Option<Vec<pg_sys::Datum>> {
+        self.columns
+            .iter()
+            // SAFETY: `tuple` is a tuple of the key's relation described by `tupdesc` (`# Safety`),
+            // and each key column's attnum came from the index's indkey, a column of that relation.
+            .map(|col| unsafe { tuple::get(tuple, tupdesc, col.attnum) })
+            .collect()
     }
 
     /// The key values of `tuple`.
@@ -109,7 +182,9 @@ impl PrimaryKey {
         self.columns
             .iter()
             .map(|col| {
-                // SAFETY: forwarded from the caller; primary-key columns are never NULL.
+                // SAFETY: `tuple` is a tuple of the key's relation described by `tupdesc`
+                // (`# Safety`), and `col.attnum` (from the index's indkey) is one of its columns;
+                // primary-key columns are never NULL.
                 unsafe { tuple::get(tuple, tupdesc, col.attnum) }.unwrap_or(pg_sys::Datum::from(0))
             })
             .collect()
@@ -138,7 +213,7 @@ impl PrimaryKey {
         out
     }
 
-    /// The key values back from [`PrimaryKey::encode`]'s form; `None` if it does not parse.
+    /// The key values back from [`IndexKey::encode`]'s form; `None` if it does not parse.
     ///
     /// # Safety
     /// Must run inside a transaction (receive functions allocate and may raise errors).
@@ -176,7 +251,9 @@ impl PrimaryKey {
         values: &[pg_sys::Datum],
     ) -> bool {
         self.columns.iter().zip(values).all(|(col, &wanted)| {
-            // SAFETY: forwarded from the caller; the equality function is the index opclass's own.
+            // SAFETY: `tuple` is a pinned tuple of the key's relation described by `tupdesc` and
+            // `col.attnum` one of its columns (`# Safety`); the equality function is the index
+            // opclass's own, so it accepts both the column's datum and the key value `wanted`.
             unsafe {
                 tuple::get(tuple, tupdesc, col.attnum).is_some_and(|have| {
                     pg_sys::FunctionCall2Coll(col.eq.get(), col.collation, have, wanted).value()
@@ -187,7 +264,7 @@ impl PrimaryKey {
     }
 }
 
-/// The key format [`PrimaryKey::encode`] writes: format 1, the one every version so far writes.
+/// The key format [`IndexKey::encode`] writes: format 1, the one every version so far writes.
 /// It starts with a 4-byte big-endian length below 2^31 (a value is at most 1 GB), so its first
 /// byte is below 0x80. A later format starts with the byte 0xFF and its format number; a node
 /// that meets a format it does not know ignores that tombstone with a warning instead of

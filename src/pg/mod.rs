@@ -3,6 +3,7 @@
 //!
 //! * [`compat`]: every difference between majors the extension meets, in one place.
 //! * [`names`]: identifiers (quoting, a relation's stable name) and the stable hash.
+//! * [`partitions`]: partition trees (root, leaves).
 //! * [`tuple`]: reading columns of heap tuples and descriptors.
 //! * [`key`]: a primary key's columns, values and binary form.
 //! * [`probe`]: the primary-key probe that follows update chains.
@@ -16,6 +17,7 @@ pub mod flag;
 pub mod key;
 pub mod keylock;
 pub mod names;
+pub mod partitions;
 pub mod probe;
 pub mod security;
 pub mod spi;

@@ -76,6 +76,22 @@ pub unsafe fn relation_names(rel: pg_sys::Relation) -> (String, String) {
     }
 }
 
+/// Schema and name of relation `relid` (`None` when it does not exist).
+///
+/// # Safety
+/// Must run inside a transaction (catalog lookups).
+pub unsafe fn names_of(relid: pg_sys::Oid) -> Option<(String, String)> {
+    // SAFETY: lsyscache lookups return NULL for a missing relation, palloc'd strings otherwise.
+    unsafe {
+        let name = pg_sys::get_rel_name(relid);
+        if name.is_null() {
+            return None;
+        }
+        let schema = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid));
+        (!schema.is_null()).then(|| (cstr_to_string(schema), cstr_to_string(name)))
+    }
+}
+
 /// The stable name of an open relation (see [`identity`]).
 ///
 /// # Safety

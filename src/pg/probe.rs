@@ -15,7 +15,7 @@ use mm_conflict_core::Lookup;
 use pgrx::pg_sys;
 
 use super::compat;
-use super::key::PrimaryKey;
+use super::key::IndexKey;
 
 /// What the probe found for a key: absent, a version whose inserting or updating/deleting
 /// transaction is still running (its id), or a committed row (or one of this transaction), as read
@@ -39,7 +39,7 @@ const fn xmax_is_locked_only(infomask: u32) -> bool {
 /// `rel` is open and locked; `key` holds one value per key column, valid during the call.
 pub unsafe fn probe<T>(
     rel: pg_sys::Relation,
-    pk: &PrimaryKey,
+    pk: &IndexKey,
     key: &[pg_sys::Datum],
     read: &dyn Fn(pg_sys::HeapTuple) -> T,
 ) -> Probe<T> {
@@ -86,7 +86,7 @@ pub unsafe fn probe<T>(
 /// Follows the update chain from `tid` to the version a dirty snapshot sees, if any.
 unsafe fn newest_version<T>(
     rel: pg_sys::Relation,
-    pk: &PrimaryKey,
+    pk: &IndexKey,
     mut tid: pg_sys::ItemPointerData,
     key: &[pg_sys::Datum],
     read: &dyn Fn(pg_sys::HeapTuple) -> T,

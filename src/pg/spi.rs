@@ -73,7 +73,8 @@ impl CachedPlan {
     /// # Safety
     /// Must run inside a transaction; `values` must match the argument types.
     pub unsafe fn execute(&self, values: &[Option<pg_sys::Datum>], expected: u32) -> u64 {
-        // SAFETY: forwarded from the caller.
+        // SAFETY: we are inside a transaction and `values` match `self.argtypes` (this
+        // function's `# Safety`), which is what run_with_rights (and so `run`) relies on.
         unsafe { self.run_with_rights(values, expected, false).0 }
     }
 
@@ -87,7 +88,8 @@ impl CachedPlan {
         values: &[Option<pg_sys::Datum>],
         expected: u32,
     ) -> Option<Vec<Option<pg_sys::Datum>>> {
-        // SAFETY: forwarded from the caller.
+        // SAFETY: we are inside a transaction and `values` match `self.argtypes` (`# Safety`, as
+        // for `execute`), which is what run_with_rights (and so `run`) relies on.
         unsafe { self.run_with_rights(values, expected, true).1 }
     }
 
@@ -98,11 +100,12 @@ impl CachedPlan {
         returning: bool,
     ) -> (u64, Option<Vec<Option<pg_sys::Datum>>>) {
         match self.owner {
-            // SAFETY: forwarded from the caller.
+            // SAFETY: only `execute`/`execute_returning` call this, whose contract puts us in a
+            // transaction with `values` matching `argtypes`; as_user runs the closure right here.
             Some(owner) => {
                 super::security::as_user(owner, || unsafe { self.run(values, expected, returning) })
             }
-            // SAFETY: forwarded from the caller.
+            // SAFETY: as above: in a transaction, with `values` matching `argtypes`.
             None => unsafe { self.run(values, expected, returning) },
         }
     }

@@ -41,7 +41,8 @@ pub fn attname(att: &pg_sys::FormData_pg_attribute) -> &str {
 pub unsafe fn live_attributes<'a>(
     tupdesc: pg_sys::TupleDesc,
 ) -> impl Iterator<Item = &'a pg_sys::FormData_pg_attribute> {
-    // SAFETY: forwarded from the caller.
+    // SAFETY: the caller keeps `tupdesc` valid while the iterator (and so the slice) is used
+    // (`# Safety`), which is what compat::attributes needs for the lifetime `'a`.
     unsafe { compat::attributes(tupdesc) }
         .iter()
         .filter(|a| !a.attisdropped)
@@ -52,7 +53,8 @@ pub unsafe fn live_attributes<'a>(
 /// # Safety
 /// `tupdesc` must be a valid descriptor.
 pub unsafe fn find_column(tupdesc: pg_sys::TupleDesc, name: &str) -> Option<Column> {
-    // SAFETY: forwarded from the caller.
+    // SAFETY: `tupdesc` is a valid descriptor (`# Safety`), and the iterator is consumed within
+    // this call, copying attnum and typid out, so no reference outlives the descriptor.
     unsafe { live_attributes(tupdesc) }
         .find(|att| attname(att) == name)
         .map(|att| Column {
@@ -71,7 +73,8 @@ pub unsafe fn get(
     attnum: pg_sys::AttrNumber,
 ) -> Option<pg_sys::Datum> {
     let mut isnull = false;
-    // SAFETY: forwarded from the caller.
+    // SAFETY: `tuple` is valid and described by `tupdesc`, and `attnum` is one of its columns
+    // (`# Safety`), so heap_getattr reads an existing attribute; `isnull` is a live local.
     let datum = unsafe { pg_sys::heap_getattr(tuple, attnum as i32, tupdesc, &mut isnull) };
     (!isnull).then_some(datum)
 }
@@ -134,10 +137,48 @@ pub unsafe fn modify(
 /// # Safety
 /// `datum` is a valid, non-NULL text or bytea datum.
 pub unsafe fn varlena_bytes(datum: pg_sys::Datum) -> Vec<u8> {
-    // SAFETY: forwarded from the caller.
+    // SAFETY: `datum` is a valid non-NULL text/bytea (`# Safety`), i.e. a varlena pointer; the
+    // detoasted copy's header gives the data length, and the bytes are copied out before return.
     unsafe {
         let v = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
         let len = pgrx::varlena::varsize_any_exhdr(v);
         std::slice::from_raw_parts(pgrx::varlena::vardata_any(v).cast::<u8>(), len).to_vec()
+    }
+}
+
+/// The columns of `tuple` whose values are stored out of line (TOAST pointers to chunks already
+/// on disk), each fetched back in full: (attribute number, datum), palloc'd in the current memory
+/// context. Empty, and cheap, for a tuple without such values.
+///
+/// # Safety
+/// `tuple` is valid and described by `tupdesc`.
+pub unsafe fn external_values(
+    tuple: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+) -> Vec<(pg_sys::AttrNumber, pg_sys::Datum)> {
+    // SAFETY: `tuple` (with its t_data header) is valid and described by `tupdesc` (`# Safety`),
+    // as deform and live_attributes need; a varlena datum of the tuple is read as such, and an
+    // on-disk TOAST pointer is fetched by PostgreSQL's own detoaster.
+    unsafe {
+        if u32::from((*(*tuple).t_data).t_infomask) & pg_sys::HEAP_HASEXTERNAL == 0 {
+            return Vec::new();
+        }
+        let values = deform(tuple, tupdesc);
+        live_attributes(tupdesc)
+            .filter(|att| att.attlen == -1)
+            .filter_map(|att| {
+                let datum = values[att.attnum as usize - 1]?;
+                let ptr = datum.cast_mut_ptr::<pg_sys::varlena>();
+                let on_disk = pgrx::varlena::varatt_is_1b_e(ptr)
+                    && u32::from(pgrx::varlena::vartag_external(ptr))
+                        == pg_sys::vartag_external::VARTAG_ONDISK;
+                on_disk.then(|| {
+                    (
+                        att.attnum,
+                        pg_sys::Datum::from(pg_sys::detoast_external_attr(ptr)),
+                    )
+                })
+            })
+            .collect()
     }
 }

@@ -19,7 +19,7 @@ const CONFLICTS: usize = Decision::ALL.len();
 const SLOTS: usize = 1024;
 /// The layout of [`SharedCounters`]; part of the shared memory segment's name, so that a library
 /// with another layout never reads this one (shared memory is made anew at every server start).
-const LAYOUT_VERSION: u32 = 1;
+const LAYOUT_VERSION: u32 = 2;
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -50,7 +50,7 @@ struct SharedCounters {
 unsafe impl PGRXSharedMemory for SharedCounters {}
 
 // SAFETY: the name is unique to this extension (and carries LAYOUT_VERSION).
-static SHARED: PgLwLock<SharedCounters> = unsafe { PgLwLock::new(c"mm_conflict_counters_v1") };
+static SHARED: PgLwLock<SharedCounters> = unsafe { PgLwLock::new(c"mm_conflict_counters_v2") };
 /// Set in the postmaster when loaded by `shared_preload_libraries`; inherited by every backend.
 static SHARED_READY: AtomicBool = AtomicBool::new(false);
 

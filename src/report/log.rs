@@ -50,7 +50,8 @@ unsafe fn row_json(
     row: &Row,
     only: Option<&[pg_sys::AttrNumber]>,
 ) -> Value {
-    // SAFETY: forwarded from the caller.
+    // SAFETY: callers (all reached from `report`, whose `# Safety` covers this) pass a `row` of
+    // `info`'s relation described by `tupdesc`, which is what row_values requires.
     let values = unsafe { info.row_values(row, tupdesc) };
     let mut object = Map::new();
     for (&attnum, value) in info.live_attnums.iter().zip(values) {
@@ -138,7 +139,8 @@ unsafe fn key_json(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolution) -
         .flat_map(|pk| pk.attnums())
         .collect();
     match r.incoming_row.or(r.stored_row) {
-        // SAFETY: forwarded from the caller.
+        // SAFETY: `row` is `r`'s incoming or stored row, of `info`'s relation described by
+        // `tupdesc` (guaranteed by `report`'s `# Safety`), as row_json needs.
         Some(row) => unsafe { row_json(info, tupdesc, row, Some(&key_attnums)) },
         None => Value::Null,
     }
@@ -179,7 +181,8 @@ pub unsafe fn log_line(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolutio
         origin_name().unwrap_or_else(|| "none".into()),
     );
     let message = if gucs::LOG_VALUES.get() {
-        // SAFETY: forwarded from the caller.
+        // SAFETY: `r`'s rows are of `info`'s relation described by `tupdesc` (guaranteed by
+        // `report`, the only caller), as row_json and key_json need.
         let (key, rows) = unsafe {
             let row = |row: Option<&Row>| {
                 row.map_or(Value::Null, |row| {
@@ -209,7 +212,8 @@ pub unsafe fn log_line(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolutio
 }
 
 pub unsafe fn log_row(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolution) {
-    // SAFETY: forwarded from the caller.
+    // SAFETY: `r`'s rows are of `info`'s relation described by `tupdesc` (guaranteed by
+    // `report`, the only caller), as row_json and key_json need.
     let (key, stored_row, incoming_row) = unsafe {
         let row = |row: Option<&Row>| row.map(|row| row_json(info, tupdesc, row, None).to_string());
         (

@@ -21,17 +21,21 @@ pub fn rows_wanted() -> bool {
 /// Counts a resolution and, if it is a conflict, reports it as `log_conflicts` says.
 ///
 /// # Safety
-/// The rows are of `info`'s relation, described by `tupdesc`; runs inside the trigger's transaction.
+/// The rows are of `info`'s relation, described by `tupdesc`; runs inside the trigger's
+/// transaction.
 pub unsafe fn report(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolution) {
     let conflict = r.decision.is_conflict(r.stored.as_ref(), &r.incoming);
-    counters::count(info.relid, r.decision, conflict);
+    counters::count(info.report_relid, r.decision, conflict);
     if !conflict {
         return;
     }
     match gucs::LOG_CONFLICTS.get() {
         LogConflicts::Off => {}
-        // SAFETY: forwarded from the caller.
+        // SAFETY: `r`'s rows are of `info`'s relation described by `tupdesc` (`# Safety`), as
+        // log_line needs to read them.
         LogConflicts::Log => unsafe { log::log_line(info, tupdesc, r) },
+        // SAFETY: as above, and we run inside the trigger's transaction (`# Safety`), in which
+        // log_row inserts the conflict_log row.
         LogConflicts::Table => unsafe { log::log_row(info, tupdesc, r) },
     }
 }

@@ -92,7 +92,7 @@ pub fn checksum(rel: &PgRelation) -> Result<i64, MmError> {
     let raw = rel.as_ptr();
     // SAFETY: rel is open with AccessShareLock (PgRelation's contract), rd_rel is valid.
     let relkind = unsafe { (*(*raw).rd_rel).relkind } as u8;
-    if relkind != pg_sys::RELKIND_RELATION {
+    if relkind != pg_sys::RELKIND_RELATION && relkind != pg_sys::RELKIND_PARTITIONED_TABLE {
         return Err(MmError::NotATable {
             // SAFETY: rel is open.
             relation: unsafe { relation_identity(raw) },
@@ -121,6 +121,29 @@ pub fn checksum(rel: &PgRelation) -> Result<i64, MmError> {
             table: unsafe { relation_identity(raw) },
         });
     }
+    if relkind == pg_sys::RELKIND_RELATION {
+        // SAFETY: rel is an open table.
+        return Ok(unsafe { heap_sum(raw) } as i64);
+    }
+    // A partitioned table: the sum over its leaves, whatever the partitioning (rows are hashed by
+    // column name, and sums do not depend on order), so nodes that partition differently agree.
+    let mut sum = 0u64;
+    for leaf in crate::pg::partitions::leaf_partitions(rel.oid()) {
+        // SAFETY: a leaf of the open root, opened and closed here (the lock is kept).
+        unsafe {
+            let leaf = pg_sys::table_open(leaf, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            sum = sum.wrapping_add(heap_sum(leaf));
+            pg_sys::table_close(leaf, pg_sys::NoLock as pg_sys::LOCKMODE);
+        }
+    }
+    Ok(sum as i64)
+}
+
+/// The sum of the row hashes of an ordinary table.
+///
+/// # Safety
+/// `raw` must be an open, locked ordinary table.
+unsafe fn heap_sum(raw: pg_sys::Relation) -> u64 {
     // SAFETY: rel is open.
     let (columns, seed) = unsafe { user_columns(raw) };
     let mut per_row = PgMemoryContexts::new("mm_conflict table_checksum");
@@ -160,5 +183,5 @@ pub fn checksum(rel: &PgRelation) -> Result<i64, MmError> {
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         pg_sys::table_endscan(scan);
     }
-    Ok(sum as i64)
+    sum
 }
