@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Apply path: how fast a subscriber catches up a backlog of single-row transactions, per trigger
-# variant on the subscriber (none, mm_resolve, plpgsql-article, plpgsql-lean), side by side in one
+# variant on the subscriber (none, C-floor, mm_resolve, plpgsql-article, plpgsql-lean), side by side in one
 # run. A publisher (mm_resolve, node 1, so rows carry versions) and one subscriber cluster with a
 # database per variant, each subscribed to the publisher. Each round: all subscriptions disabled,
 # the publisher commits N single-row INSERTs (default 200000), then each variant in turn (order
 # rotating per round) is enabled alone, timed until the round's last key is there, and disabled
-# again. Prints rows/s per variant and round, medians with min-max, and ratios to none; and the
+# again; then the publisher updates each of those rows once, in N single-row transactions, and
+# each variant catches those up the same way. Prints rows/s per variant and round, medians with min-max, and ratios to none; and the
 # apply worker's own CPU time per row (from /proc), which tells whether the worker is the limit.
 # With REPORTS=1, each round also times three more subscriber databases with mm_resolve in which
 # every replicated row is a conflict (the key already holds a newer local row, so each is
@@ -50,6 +51,10 @@ fi
 
 script="$(mktemp)"
 echo "INSERT INTO mm(id, info, mod_time) SELECT n, md5(n::text), now() FROM nextval('ids') n;" >"$script"
+# Then N single-row UPDATE transactions, one per row of the round, in key order.
+update_script="$(mktemp)"
+echo "UPDATE mm SET mod_time = clock_timestamp() WHERE id = nextval('upd');" >"$update_script"
+psql_at "$pub" -q -c "CREATE SEQUENCE upd"
 results="$(mktemp)"
 
 # catch_up DB SUBSCRIPTION CONDITION: enables the subscription alone, waits until CONDITION (a
@@ -92,6 +97,18 @@ for round in $(seq "$ROUNDS"); do
         echo "$v $(python3 -c "print($rows / ($TOOK_MS / 1000))")" >>"$results"
         echo "$v $(python3 -c "print($CPU_TICKS * 10000 / $rows)")" >>"$results.cpu"
     done
+    # The same rows, updated once each, in N transactions.
+    psql_at "$pub" -qAt -c "SELECT setval('upd', $offset)" >/dev/null
+    "$PGBIN/pgbench" -n -h 127.0.0.1 -U postgres -p "$pub" -c 1 -t "$rows" -f "$update_script" postgres >/dev/null
+    stamp="$(psql_at "$pub" -Atc "SELECT mod_time FROM mm WHERE id = $last")"
+    for k in "${!VARIANTS[@]}"; do
+        v="$(rotated_variant "$round" "$k")"
+        db="apply_$v"
+        catch_up "$db" "sub_$v" "SELECT coalesce(bool_or(mod_time = '$stamp'), false) FROM mm WHERE id = $last"
+        printf 'round %s %-10s %6s updates in %6s ms\n' "$round" "$v" "$rows" "$TOOK_MS"
+        echo "$v $(python3 -c "print($rows / ($TOOK_MS / 1000))")" >>"$results.upd"
+        echo "$v $(python3 -c "print($CPU_TICKS * 10000 / $rows)")" >>"$results.updcpu"
+    done
     for k in "${!REPORT_MODES[@]}"; do
         mode="${REPORT_MODES[$(((k + round) % ${#REPORT_MODES[@]}))]}"
         db="report_$mode"
@@ -106,10 +123,12 @@ for round in $(seq "$ROUNDS"); do
 done
 median_table "$results" "apply catch-up of $N single-row transactions" "rows/s"
 median_table "$results.cpu" "the apply worker's CPU time per row during that catch-up" "µs"
+median_table "$results.upd" "apply catch-up of $N single-row UPDATE transactions" "rows/s"
+median_table "$results.updcpu" "the apply worker's CPU time per row during that catch-up" "µs"
 if [ "${#REPORT_MODES[@]}" -gt 0 ]; then
     median_table "$results.reports" \
         "apply catch-up where every row is a conflict (kept_local), per log_conflicts" "rows/s" \
         off "${REPORT_MODES[@]}"
 fi
-rm -f "$results.cpu" "$results.reports"
+rm -f "$results.cpu" "$results.reports" "$results.upd" "$results.updcpu" "$update_script"
 rm -f "$script" "$results"

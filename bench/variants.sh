@@ -2,13 +2,16 @@
 #
 # variant_sql VARIANT NODE TABLE: the SQL that gives TABLE the trigger of VARIANT, as node NODE:
 #   none        no trigger (the physical limit)
+#   floor       contrib's insert_username on column info: a C BEFORE ROW trigger that sets one
+#               column and does nothing else, the cheapest trigger that changes a row (the C floor;
+#               it writes a shorter info, which if anything favours the floor)
 #   mm_resolve  mm_resolve(NODE, last_xacttime, last), ENABLE ALWAYS
 #   article     the article's plpgsql trigger, worker detection repaired (bench/article_trigger.sql.in)
 #   lean        the same without its per-row pg_stat_activity scan
 # The trigger functions are created with CREATE OR REPLACE, so several tables can share them.
 # VARIANTS="none mm_resolve" (space-separated) runs a subset; none must be among them.
-read -r -a VARIANTS <<<"${VARIANTS:-none mm_resolve article lean}"
-declare -A VARIANT_NAME=([none]=none [mm_resolve]=mm_resolve [article]=plpgsql-article [lean]=plpgsql-lean)
+read -r -a VARIANTS <<<"${VARIANTS:-none floor mm_resolve article lean}"
+declare -A VARIANT_NAME=([none]=none [floor]=C-floor [mm_resolve]=mm_resolve [article]=plpgsql-article [lean]=plpgsql-lean)
 
 article_trigger_sql() { # NAME DETECT
     sed -e "s/__NAME__/$1/" -e "s/__DETECT__/$2/" "$ROOT/bench/article_trigger.sql.in"
@@ -18,6 +21,9 @@ variant_sql() {
     local variant="$1" node="$2" table="$3"
     case "$variant" in
         none) return ;;
+        floor)
+            echo "CREATE EXTENSION IF NOT EXISTS insert_username;"
+            echo "CREATE TRIGGER tg BEFORE INSERT OR UPDATE ON $table FOR EACH ROW EXECUTE FUNCTION insert_username(info);" ;;
         mm_resolve)
             echo "CREATE EXTENSION IF NOT EXISTS mm_conflict;"
             echo "CREATE TRIGGER tg BEFORE INSERT OR UPDATE OR DELETE ON $table FOR EACH ROW EXECUTE FUNCTION mm_resolve($node, last_xacttime, last);" ;;
@@ -45,8 +51,8 @@ variant_database() {
 rotated_variant() { echo "${VARIANTS[$((($2 + $1) % ${#VARIANTS[@]}))]}"; }
 
 # median_table FILE TITLE UNIT [BASE KEY...]: FILE has lines "key value"; prints, per KEY (default:
-# the variants, labelled by VARIANT_NAME), the median with min-max and the ratio to BASE's median
-# (default: none).
+# the variants, labelled by VARIANT_NAME), the median with min-max, the ratio to BASE's median
+# (default: none) and, when the C floor was measured, the ratio to the floor's median.
 median_table() {
     local file="$1" title="$2" unit="$3" base="${4:-none}" key pairs=()
     local keys=("${@:5}")
@@ -60,12 +66,15 @@ for line in open(path):
     key, value = line.split()
     values.setdefault(key, []).append(float(value))
 base = statistics.median(values[base_key])
-print(f"{title} ({unit}: median, min-max, ratio to {base_key}):")
+floor = statistics.median(values["floor"]) if "floor" in values and base_key != "floor" else None
+also = ", ratio to C-floor" if floor else ""
+print(f"{title} ({unit}: median, min-max, ratio to {base_key}{also}):")
 for key, label in (pair.split("=", 1) for pair in sys.argv[5:]):
     if key in values:
         v = values[key]
         m = statistics.median(v)
-        print(f"  {label:16} {m:10.1f} ({min(v):.1f}-{max(v):.1f})  {m / base:5.2f}x")
+        to_floor = f"  {m / floor:5.2f}x" if floor else ""
+        print(f"  {label:16} {m:10.1f} ({min(v):.1f}-{max(v):.1f})  {m / base:5.2f}x{to_floor}")
 PY
 }
 
