@@ -735,10 +735,12 @@ BEGIN
     problems := mm_conflict._on_peers(peer_ids, peer_conninfos, 'SELECT mm_conflict._unsubscribe_all()');
     problems := problems || mm_conflict._unsubscribe_all();
     problems := problems || mm_conflict._on_peers(peer_ids, peer_conninfos, 'SELECT mm_conflict.drop_mesh(false)');
+    -- The publication first: unreplicate_table refuses a table still published while this node
+    -- has subscriptions (a mesh set up by hand keeps its own).
+    EXECUTE format('DROP PUBLICATION IF EXISTS %I', mm_conflict.publication_name());
     FOR tbl IN SELECT tgrelid FROM pg_trigger WHERE tgname = '!mm_resolve' AND tgparentid = 0 LOOP
         PERFORM mm_conflict.unreplicate_table(tbl);
     END LOOP;
-    EXECUTE format('DROP PUBLICATION IF EXISTS %I', mm_conflict.publication_name());
     -- The peers' slots on this node: with the publication gone nothing reads them any more, and
     -- they would keep this node's WAL for ever.
     problems := problems || mm_conflict._drop_local_slots(me);

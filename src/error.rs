@@ -174,6 +174,9 @@ pub enum MmError {
     #[error("TRUNCATE of replicated table {table} is refused")]
     TruncateRefused { table: String },
 
+    #[error("table {table} is still published to this node's peers")]
+    UnreplicateInMesh { table: String },
+
     #[error(
         "sequence {sequence} (column \"{column}\" of {table}) cannot be made node-safe: {reason}"
     )]
@@ -242,6 +245,7 @@ impl MmError {
                 ERRCODE_INSUFFICIENT_PRIVILEGE
             }
             TruncateRefused { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+            UnreplicateInMesh { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             SequenceNotNodeSafe { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             SequenceNarrow { .. } | TombstoneIgnored { .. } => ERRCODE_WARNING,
             CannotConnect { .. } => ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
@@ -301,6 +305,10 @@ impl MmError {
             }
             TruncateRefused { .. } => {
                 "TRUNCATE is neither versioned nor replicated by mm_conflict: on one node it would leave the others with the rows, and a later change could bring them back."
+                    .into()
+            }
+            UnreplicateInMesh { .. } => {
+                "Peers would go on sending its changes here, where without mm_resolve the relayed copy of an insert is a duplicate key that stops this node's apply workers."
                     .into()
             }
             _ => return None,
@@ -410,6 +418,9 @@ impl MmError {
             ),
             TruncateRefused { table } => format!(
                 "Delete the rows instead (DELETE FROM {table}): deletes are versioned and reach every node."
+            ),
+            UnreplicateInMesh { table } => format!(
+                "Stop writes to it; on every node run ALTER PUBLICATION mm_conflict DROP TABLE {table}; wait until SELECT mm_conflict.wait_for_sync() returns true on every node; then run unreplicate_table on every node. Or drop the whole mesh with mm_conflict.drop_mesh(everywhere => true)."
             ),
             ExtensionDamaged { .. } => {
                 "Recreate the extension (DROP EXTENSION mm_conflict; CREATE EXTENSION mm_conflict), or restore the object from a dump."

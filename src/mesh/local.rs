@@ -199,6 +199,20 @@ fn in_publication(oid: pg_sys::Oid) -> bool {
     .unwrap_or(false)
 }
 
+/// Whether this node receives changes from peers: `subscribe`'s peers, or a subscription of this
+/// database to mm_conflict's publication made by hand.
+fn has_subscriptions() -> bool {
+    value::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM mm_conflict.peer)
+             OR EXISTS (SELECT 1 FROM pg_catalog.pg_subscription s
+                         WHERE s.subdbid = (SELECT oid FROM pg_catalog.pg_database
+                                             WHERE datname = pg_catalog.current_database())
+                           AND $1 = ANY (s.subpublications))",
+        &[PUBLICATION.into()],
+    )
+    .unwrap_or(false)
+}
+
 fn null(argument: &str) -> MmError {
     MmError::NullArgument {
         function: "replicate_table()".into(),
@@ -446,6 +460,12 @@ pub fn unreplicate_table(tbl: pg_sys::Oid) -> Result<(), MmError> {
                 table(leaf).sql
             ));
         }
+    }
+    // On a running mesh, peers must stop sending the table first (see the error's HINT).
+    if in_publication(t.oid) && has_subscriptions() {
+        return Err(MmError::UnreplicateInMesh {
+            table: t.identity.clone(),
+        });
     }
     if in_publication(t.oid) {
         run(&format!(

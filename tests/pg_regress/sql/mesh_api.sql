@@ -80,7 +80,14 @@ SELECT string_agg(id::text, ',' ORDER BY id) AS ids FROM "Odd Schema"."Order Lin
 -- columns and rows stay.
 DELETE FROM acct WHERE id = 2;
 SELECT table_name, mm_nodeid FROM mm_conflict.tombstone;
+-- On a node with peers, a table still published is refused: the peers would go on sending it.
+INSERT INTO mm_conflict.peer VALUES (9, 'nine', 'mm_conflict_9_to_1');
 SELECT mm_conflict.unreplicate_table('acct');
+\echo :LAST_ERROR_SQLSTATE
+-- Once it is out of the publication (on every node, per the HINT), it is allowed.
+ALTER PUBLICATION mm_conflict DROP TABLE acct;
+SELECT mm_conflict.unreplicate_table('acct');
+DELETE FROM mm_conflict.peer WHERE node_id = 9;
 SELECT count(*) AS tombstones FROM mm_conflict.tombstone;
 SELECT table_name FROM mm_conflict.replicated_tables;
 SELECT id, balance FROM acct;
