@@ -114,6 +114,11 @@ pub trait Store: Tombstones {
     /// key's stored one, then settling that key's row (deleted if the tombstone beats it, kept
     /// and re-sent otherwise). Takes that key's lock (releasing this one's).
     fn bury(&mut self, row: &Self::Row, tombstone: &Tombstone);
+    /// Adds to the key lock (taking it if not held) the locks of `row`'s values of unique keys
+    /// besides the primary key, so that writers of different keys that would hold the same value
+    /// serialise as writers of one key do; only the values `old` (the row an UPDATE replaces) does
+    /// not hold already, and nothing when there are none (or the table has no such keys).
+    fn lock_unique_values(&mut self, row: &Self::Row, old: Option<&Self::Row>);
 }
 
 /// What the trigger does with the row PostgreSQL is about to write.
@@ -209,6 +214,7 @@ fn unique_contest<S: Store + ?Sized>(
     incoming: Version,
 ) -> Contest {
     let order = policy.order();
+    store.lock_unique_values(new, None);
     let other = match store.find_unique_conflict(new) {
         Lookup::Absent => return Contest::Clear,
         Lookup::InProgress(waiter) => {
@@ -280,7 +286,9 @@ pub fn local_insert<S: Store + ?Sized>(
     new: &S::Row,
 ) -> Result<Action, Refusal> {
     let tombstone = if store.keyed() {
-        locked(store, S::find_tombstone)
+        let tombstone = locked(store, S::find_tombstone);
+        store.lock_unique_values(new, None);
+        tombstone
     } else {
         None
     };
@@ -309,6 +317,10 @@ pub fn local_update<S: Store + ?Sized>(
     old: &S::Row,
     new: &S::Row,
 ) -> Result<Action, Refusal> {
+    // A value of another unique key it sets must not race a replicated row taking it.
+    if store.keyed() {
+        store.lock_unique_values(new, Some(old));
+    }
     let stored = store.stamps(old);
     let stamps = stamp_local(local.clock, Some(&stored));
     let written = policy.local_version(&stamps, store.stamps(new).user_criterion);

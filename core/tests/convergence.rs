@@ -218,6 +218,10 @@ impl Store for NodeStore<'_> {
         found.map_or(Lookup::Absent, Lookup::Found)
     }
 
+    fn lock_unique_values(&mut self, _row: &Row, _old: Option<&Row>) {
+        // One writer at a time in the model: nothing to serialise.
+    }
+
     fn bury(&mut self, row: &Row, tombstone: &Tombstone) {
         // As the tombstone table's triggers do for a tombstone written in an apply session.
         let key = std::mem::replace(&mut self.key, row.key);

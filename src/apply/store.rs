@@ -292,6 +292,40 @@ impl Store for PgStore<'_> {
         Lookup::Absent
     }
 
+    fn lock_unique_values(&mut self, row: &Row, old: Option<&Row>) {
+        let (info, tupdesc) = (self.info, self.tupdesc);
+        if info.unique_keys.is_empty() {
+            return;
+        }
+        let Row::Tuple(tuple) = row else {
+            return;
+        };
+        let old = match old {
+            Some(Row::Tuple(old)) => Some(*old),
+            _ => None,
+        };
+        let mut values = Vec::new();
+        for (place, unique) in info.unique_keys.iter().enumerate() {
+            // SAFETY: rows handed to the engine are tuples of this relation, described by
+            // tupdesc; the send functions behind `encode` return palloc'd copies.
+            let encoded = |t: pg_sys::HeapTuple| unsafe {
+                unique.values_if_set(t, tupdesc).map(|v| unique.encode(&v))
+            };
+            let Some(bytes) = encoded(*tuple) else {
+                continue; // a NULL never collides
+            };
+            if old.is_some_and(|old| encoded(old).as_ref() == Some(&bytes)) {
+                continue; // unchanged: its index entry is this row's already
+            }
+            let mut tagged = vec![place as u8 + 1];
+            tagged.extend(bytes);
+            values.push(tagged);
+        }
+        if !values.is_empty() {
+            keylock::add_value_locks(info.table_hash, &self.key().bytes, &values);
+        }
+    }
+
     fn bury(&mut self, row: &Row, tombstone: &Tombstone) {
         let (Row::Tuple(tuple), Some(pk)) = (row, &self.info.primary_key) else {
             return;

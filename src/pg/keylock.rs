@@ -17,7 +17,13 @@
 //! many rows it inserts, in one statement or in a million subtransactions (a PL/pgSQL loop with an
 //! EXCEPTION block).
 //!
-//! Lock order: UPDATEs never take this lock, and the trigger never waits for another transaction
+//! Secondary unique keys: a row's values of unique keys besides the primary key are locked with
+//! its key ([`add_value_locks`]) by INSERTs, by local UPDATEs that set a new such value, and by a
+//! replicated row before it probes those indexes; so a replicated row and a local write of another
+//! key that would take the same value serialise like two writers of one key.
+//!
+//! Lock order: the key's lock first, then the values' in a fixed order. Other UPDATEs never take
+//! these locks, and the trigger never waits for another transaction
 //! while holding it: when a probe finds a row (to overwrite or keep) or a transaction in progress,
 //! the lock is released first (the engine unlocks, then `wait`s). What remains: a DELETE takes the lock while
 //! holding its row's lock, and a local `INSERT ... ON CONFLICT DO UPDATE` holds it while waiting
@@ -29,7 +35,7 @@
 //! user calls of `pg_advisory_*` (objsubid 1 or 2) can never take; `classid` and `objid` are the
 //! hashes of the table name and the key.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use pgrx::pg_sys;
 
@@ -38,8 +44,10 @@ use super::names::stable_hash;
 const KEY_LOCK_FIELD4: u16 = 0x4D4D;
 
 thread_local! {
-    /// The key lock held, and the subtransaction that took it.
-    static HELD: Cell<Option<(pg_sys::LOCKTAG, pg_sys::SubTransactionId)>> = const { Cell::new(None) };
+    /// The key lock held (with the locks of the row's unique values, see [`add_value_locks`]),
+    /// and the subtransaction that took it.
+    static HELD: RefCell<(Vec<pg_sys::LOCKTAG>, pg_sys::SubTransactionId)> =
+        const { RefCell::new((Vec::new(), 0)) };
     static CALLBACKS_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -60,7 +68,8 @@ const MODE: pg_sys::LOCKMODE = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
 /// Releases the key lock held, if any (a no-op when something else, such as
 /// `pg_advisory_unlock_all()`, released it already).
 pub fn release_previous() {
-    if let Some((tag, _)) = HELD.take() {
+    let tags = HELD.with(|h| std::mem::take(&mut h.borrow_mut().0));
+    for tag in tags {
         // SAFETY: plain lock-manager calls on a tag we built; LockHeldByMe guards against a lock
         // released behind our back.
         unsafe {
@@ -69,6 +78,10 @@ pub fn release_previous() {
             }
         }
     }
+}
+
+fn holds_any() -> bool {
+    HELD.with(|h| !h.borrow().0.is_empty())
 }
 
 #[pgrx::pg_guard]
@@ -99,7 +112,8 @@ unsafe extern "C-unwind" fn at_subtransaction_end(
     _arg: *mut std::ffi::c_void,
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB
-        && HELD.get().is_some_and(|(_, taken_in)| taken_in >= subxact)
+        && holds_any()
+        && HELD.with(|h| h.borrow().1) >= subxact
     {
         release_previous();
     }
@@ -125,7 +139,53 @@ pub fn lock_key(table_hash: u32, key: &[u8]) {
         pg_sys::LockAcquire(&tag, MODE, true, false);
     }
     // SAFETY: reads the current subtransaction's id; no side effects.
-    HELD.set(Some((tag, unsafe { pg_sys::GetCurrentSubTransactionId() })));
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    HELD.with(|h| *h.borrow_mut() = (vec![tag], subxact));
+}
+
+/// Adds to the key lock of `key` (taken here if this backend does not hold it) the locks of
+/// `values`: the row's values of its unique keys besides the primary key, each in binary form
+/// prefixed by its index's place, so that two rows of different keys that would hold the same
+/// unique value serialise like two rows of one key. Always the key's lock first, then the values'
+/// in a fixed order: two backends never take them in opposite orders. Released with the key lock.
+pub fn add_value_locks(table_hash: u32, key: &[u8], values: &[Vec<u8>]) {
+    let key_tag = tag(table_hash, stable_hash(key));
+    let holds_key = HELD.with(|h| {
+        let held = h.borrow();
+        held.0.first().is_some_and(|t| same(t, &key_tag))
+    });
+    if !holds_key {
+        lock_key(table_hash, key);
+    }
+    let mut tags: Vec<pg_sys::LOCKTAG> = values
+        .iter()
+        .map(|v| tag(table_hash, stable_hash(v)))
+        .collect();
+    tags.sort_by_key(|t| t.locktag_field3);
+    for t in tags {
+        if HELD.with(|h| h.borrow().0.iter().any(|held| same(held, &t))) {
+            continue;
+        }
+        // SAFETY: a session-level lock like the key's, released with it.
+        unsafe {
+            pg_sys::LockAcquire(&t, MODE, true, false);
+        }
+        HELD.with(|h| h.borrow_mut().0.push(t));
+    }
+}
+
+fn same(a: &pg_sys::LOCKTAG, b: &pg_sys::LOCKTAG) -> bool {
+    (
+        a.locktag_field1,
+        a.locktag_field2,
+        a.locktag_field3,
+        a.locktag_field4,
+    ) == (
+        b.locktag_field1,
+        b.locktag_field2,
+        b.locktag_field3,
+        b.locktag_field4,
+    )
 }
 
 /// Waits for transaction `xid` to end. Callers release the key lock first: the wait for another
