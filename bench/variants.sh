@@ -25,7 +25,7 @@ variant_sql() {
             echo "CREATE EXTENSION IF NOT EXISTS insert_username;"
             echo "CREATE TRIGGER tg BEFORE INSERT OR UPDATE ON $table FOR EACH ROW EXECUTE FUNCTION insert_username(info);" ;;
         mm_resolve)
-            echo "CREATE EXTENSION IF NOT EXISTS mm_conflict;"
+            echo "CREATE EXTENSION IF NOT EXISTS mm_conflict CASCADE;"
             echo "CREATE TRIGGER tg BEFORE INSERT OR UPDATE OR DELETE ON $table FOR EACH ROW EXECUTE FUNCTION mm_resolve($node, last_xacttime, last);" ;;
         article)
             article_trigger_sql article_tg "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = pg_backend_pid() AND backend_type = 'logical replication worker') INTO is_worker;"

@@ -22,7 +22,8 @@ while [ $# -gt 0 ]; do
 done
 
 ensure_deps
-install_extension
+# The release build: what the demo shows is what the extension really costs.
+install_extension --release
 
 if ! $keep; then trap stop_started_clusters EXIT; fi
 start_fresh_clusters demo 3 55440

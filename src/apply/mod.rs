@@ -222,24 +222,44 @@ unsafe fn with_bookkeeping(
     stamps: Option<Stamps>,
     full: &[(pg_sys::AttrNumber, pg_sys::Datum)],
 ) -> pg_sys::HeapTuple {
-    let mut cols = vec![info.att_islocal];
-    let mut values = vec![Some(pg_sys::Datum::from(stamps.is_some()))];
+    let mut cols = [info.att_islocal, 0, 0, 0];
+    let mut values = [
+        Some(pg_sys::Datum::from(stamps.is_some())),
+        None,
+        None,
+        None,
+    ];
+    let mut n = 1;
     if let Some(s) = stamps {
-        cols.extend([info.att_nodeid, info.att_xacttime, info.att_stattime]);
-        values.extend([
+        cols[1..].copy_from_slice(&[info.att_nodeid, info.att_xacttime, info.att_stattime]);
+        values[1..].copy_from_slice(&[
             Some(pg_sys::Datum::from(info.policy.node_id)),
             Some(pg_sys::Datum::from(s.xacttime)),
             Some(pg_sys::Datum::from(s.stattime)),
         ]);
+        n = 4;
     }
-    for &(attnum, value) in full {
-        cols.push(attnum);
-        values.push(Some(value));
-    }
+    // Large values written anew (an UPDATE of a row that has some): a longer list.
+    let (all_cols, all_values): (Vec<_>, Vec<_>);
+    let (cols, values) = if full.is_empty() {
+        (&cols[..n], &values[..n])
+    } else {
+        all_cols = cols[..n]
+            .iter()
+            .copied()
+            .chain(full.iter().map(|f| f.0))
+            .collect();
+        all_values = values[..n]
+            .iter()
+            .copied()
+            .chain(full.iter().map(|f| Some(f.1)))
+            .collect();
+        (&all_cols[..], &all_values[..])
+    };
     // SAFETY: `tuple` is valid and described by `tupdesc`, `full` holds its columns (`# Safety`);
     // the att_* were found in it by RelInfo::build; `cols`/`values` pair up with the columns' types
     // (boolean, smallint, timestamp(tz) as microseconds, full values of the columns they replace).
-    unsafe { tuple::modify(tuple, tupdesc, &cols, &values) }
+    unsafe { tuple::modify(tuple, tupdesc, cols, values) }
 }
 
 /// `tuple` marked as arrived from a peer (`mm_islocal = false`), copied only if needed.

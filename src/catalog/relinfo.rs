@@ -332,10 +332,22 @@ impl RelInfo {
     /// # Safety
     /// `tuple` must be a valid tuple of this relation described by `tupdesc`.
     pub unsafe fn stamps(&self, tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> RowStamps {
+        let criterion = self.att_criterion.unwrap_or(self.att_xacttime);
+        let cols = [
+            self.att_xacttime,
+            self.att_stattime,
+            self.att_nodeid,
+            criterion,
+        ];
         // SAFETY: `tuple` is a valid tuple of this relation described by `tupdesc` (`# Safety`),
         // and `build` found every attnum read here in the relation's descriptor (a relcache
-        // invalidation drops this entry), so heap_getattr reads existing columns.
-        self.stamps_by(|attnum| unsafe { tuple::get(tuple, tupdesc, attnum) })
+        // invalidation drops this entry), so the deform reads existing columns.
+        let values = unsafe { tuple::get_many(tuple, tupdesc, cols) };
+        self.stamps_by(|attnum| {
+            cols.iter()
+                .position(|&c| c == attnum)
+                .and_then(|i| values[i])
+        })
     }
 
     /// The position of a live column among the statements' parameters.

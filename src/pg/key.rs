@@ -21,6 +21,9 @@ pub struct KeyColumn {
     recv: Box<UnsafeCell<pg_sys::FmgrInfo>>,
     typioparam: pg_sys::Oid,
     typmod: i32,
+    /// `smallint`, `integer`, `bigint`: their send output is the value's bytes in network order,
+    /// written here without the send function's allocations.
+    int_width: Option<usize>,
 }
 
 pub struct IndexKey {
@@ -140,6 +143,12 @@ impl IndexKey {
                         recv: fmgr(recv_proc),
                         typioparam,
                         typmod: att.atttypmod,
+                        int_width: match att.atttypid {
+                            pg_sys::INT2OID => Some(2),
+                            pg_sys::INT4OID => Some(4),
+                            pg_sys::INT8OID => Some(8),
+                            _ => None,
+                        },
                     }
                 })
                 .collect();
@@ -196,8 +205,15 @@ impl IndexKey {
     /// # Safety
     /// `values` are this key's column values.
     pub unsafe fn encode(&self, values: &[pg_sys::Datum]) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.columns.len() * 12);
         for (col, &value) in self.columns.iter().zip(values) {
+            // int2send/int4send/int8send's output, the same bytes, without their allocations.
+            if let Some(width) = col.int_width {
+                let v = value.value() as i64;
+                out.extend_from_slice(&(width as u32).to_be_bytes());
+                out.extend_from_slice(&v.to_be_bytes()[8 - width..]);
+                continue;
+            }
             // SAFETY: the send function of the column's type returns a palloc'd bytea.
             unsafe {
                 let bytes = pg_sys::SendFunctionCall(col.send.get(), value);
