@@ -98,7 +98,7 @@ for round in $(seq "$ROUNDS"); do
         echo "$v $(python3 -c "print($CPU_TICKS * 10000 / $rows)")" >>"$results.cpu"
     done
     # The same rows, updated once each, in N transactions.
-    psql_at "$pub" -qAt -c "SELECT setval('upd', $offset)" >/dev/null
+    psql_at "$pub" -qAt -c "SELECT setval('upd', $((offset + 1)), false)" >/dev/null
     "$PGBIN/pgbench" -n -h 127.0.0.1 -U postgres -p "$pub" -c 1 -t "$rows" -f "$update_script" postgres >/dev/null
     stamp="$(psql_at "$pub" -Atc "SELECT mod_time FROM mm WHERE id = $last")"
     for k in "${!VARIANTS[@]}"; do
