@@ -53,7 +53,7 @@ script="$(mktemp)"
 echo "INSERT INTO mm(id, info, mod_time) SELECT n, md5(n::text), now() FROM nextval('ids') n;" >"$script"
 # Then N single-row UPDATE transactions, one per row of the round, in key order.
 update_script="$(mktemp)"
-echo "UPDATE mm SET mod_time = clock_timestamp() WHERE id = nextval('upd');" >"$update_script"
+printf '%s\n' "SELECT nextval('upd') AS id \\gset" "UPDATE mm SET mod_time = clock_timestamp() WHERE id = :id;" >"$update_script"
 psql_at "$pub" -q -c "CREATE SEQUENCE upd"
 results="$(mktemp)"
 
