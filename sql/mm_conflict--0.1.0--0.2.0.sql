@@ -873,9 +873,11 @@ BEGIN
 END
 $$;
 
--- Partitions created or attached after replicate_table take the root's mm_resolve trigger by
--- themselves (row triggers are cloned), but not its TRUNCATE guard (statement triggers are not):
--- this event trigger adds it. One catalog query per CREATE TABLE / ALTER TABLE otherwise.
+-- Partitions created after replicate_table take the root's mm_resolve trigger by themselves (row
+-- triggers are cloned), but not its TRUNCATE guard (statement triggers are not): this event
+-- trigger adds it. One catalog query per CREATE TABLE otherwise. Not on ALTER TABLE: a restore
+-- runs ALTER TABLE ... ENABLE ALWAYS TRIGGER before it creates the guards it dumped (a table
+-- attached with ATTACH PARTITION gets its guard from replicate_table on the root, run again).
 CREATE FUNCTION mm_conflict._partitions_event() RETURNS event_trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -889,7 +891,7 @@ BEGIN
 END
 $$;
 CREATE EVENT TRIGGER mm_conflict_partitions ON ddl_command_end
-    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+    WHEN TAG IN ('CREATE TABLE')
     EXECUTE FUNCTION mm_conflict._partitions_event();
 
 -- Counters: a slot for unique-key contests (the shared memory layout is versioned in its name).

@@ -112,8 +112,9 @@ pub trait Store: Tombstones {
     fn find_unique_conflict(&mut self, row: &Self::Row) -> Lookup<Stored<Self::Row>, Self::Waiter>;
     /// The key of `row` gets `tombstone` as a replicated tombstone would: stored if it beats the
     /// key's stored one, then settling that key's row (deleted if the tombstone beats it, kept
-    /// and re-sent otherwise). Takes that key's lock (releasing this one's).
-    fn bury(&mut self, row: &Self::Row, tombstone: &Tombstone);
+    /// and re-sent otherwise). Takes that key's lock (releasing this one's). Returns whether the
+    /// tombstone was stored (false: the key's stored tombstone beat it, and the row was left).
+    fn bury(&mut self, row: &Self::Row, tombstone: &Tombstone) -> bool;
     /// Adds to the key lock (taking it if not held) the locks of `row`'s values of unique keys
     /// besides the primary key, so that writers of different keys that would hold the same value
     /// serialise as writers of one key do; only the values `old` (the row an UPDATE replaces) does
@@ -238,8 +239,14 @@ fn unique_contest<S: Store + ?Sized>(
     });
     let new_stamps = store.stamps(new);
     if order.beats(&incoming, &other_version) {
-        store.bury(&other_row, &burial(&order, incoming, &new_stamps));
-        Contest::Again
+        // Look again once the other row is gone. If its key's stored tombstone kept the burial
+        // out (a state only a forced local write leaves), the row stays and holds the value: this
+        // row cannot take it, and looking again would only meet it again.
+        if store.bury(&other_row, &burial(&order, incoming, &new_stamps)) {
+            Contest::Again
+        } else {
+            Contest::Lost
+        }
     } else {
         store.bury(new, &burial(&order, other_version, &other.stamps));
         Contest::Lost
@@ -388,7 +395,7 @@ pub fn replicated_update<S: Store + ?Sized>(
     let incoming = policy.version(&store.stamps(new));
     let outcome = decide::resolve(&policy.order(), &stored, &incoming);
     // A new version that wins may still lose a unique value to a row of another key.
-    if outcome == Outcome::IncomingWins {
+    if outcome == Outcome::IncomingWins && store.keyed() {
         loop {
             match unique_contest(store, policy, new, incoming) {
                 Contest::Clear => break,
@@ -500,7 +507,9 @@ pub fn replicated_insert<S: Store + ?Sized>(
         let action =
             decide::replicated_insert(&order, stored.as_ref(), tombstone.as_ref(), &incoming);
         // A row that wins on its key may still lose its unique values to a row of another key.
-        if matches!(action, InsertAction::Insert | InsertAction::ConvertToUpdate) && !own_write {
+        // (An INSERT converted into an UPDATE meets the contest in that UPDATE, once it holds the
+        // row: here it would hold the values' locks while waiting for the row.)
+        if action == InsertAction::Insert && !own_write {
             match unique_contest(store, policy, new, incoming) {
                 Contest::Clear => {}
                 Contest::Again => continue,

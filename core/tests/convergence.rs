@@ -222,10 +222,11 @@ impl Store for NodeStore<'_> {
         // One writer at a time in the model: nothing to serialise.
     }
 
-    fn bury(&mut self, row: &Row, tombstone: &Tombstone) {
+    fn bury(&mut self, row: &Row, tombstone: &Tombstone) -> bool {
         // As the tombstone table's triggers do for a tombstone written in an apply session.
         let key = std::mem::replace(&mut self.key, row.key);
-        if engine::tombstone_arrives(self, tombstone) {
+        let stored = engine::tombstone_arrives(self, tombstone);
+        if stored {
             self.replica.tombstones.insert(row.key, *tombstone);
             self.out.push(Change::Tombstone(row.key, *tombstone));
             self.burials.push((row.key, tombstone.version));
@@ -233,6 +234,7 @@ impl Store for NodeStore<'_> {
             engine::settle(self, policy, tombstone);
         }
         self.key = key;
+        stored
     }
 }
 

@@ -144,9 +144,9 @@ pub mod mm_conflict {
         }))
     }
 
-    /// The event trigger `mm_conflict_partitions`'s work after `CREATE TABLE` or `ALTER TABLE` of
-    /// relation `tbl`: puts the TRUNCATE guard on the partitions of replicated tables that were
-    /// created or attached since. Returns how many it guarded.
+    /// The event trigger `mm_conflict_partitions`'s work after `CREATE TABLE` of relation `tbl`:
+    /// puts the TRUNCATE guard on partitions of replicated tables created since. Returns how many
+    /// it guarded.
     #[pg_extern(volatile, strict)]
     fn _guard_new_partitions(tbl: pg_sys::Oid) -> i32 {
         local::guard_new_partitions(tbl) as i32

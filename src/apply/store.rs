@@ -294,7 +294,7 @@ impl Store for PgStore<'_> {
 
     fn lock_unique_values(&mut self, row: &Row, old: Option<&Row>) {
         let (info, tupdesc) = (self.info, self.tupdesc);
-        if info.unique_keys.is_empty() {
+        if info.unique_keys.is_empty() || info.primary_key.is_none() {
             return;
         }
         let Row::Tuple(tuple) = row else {
@@ -326,9 +326,9 @@ impl Store for PgStore<'_> {
         }
     }
 
-    fn bury(&mut self, row: &Row, tombstone: &Tombstone) {
+    fn bury(&mut self, row: &Row, tombstone: &Tombstone) -> bool {
         let (Row::Tuple(tuple), Some(pk)) = (row, &self.info.primary_key) else {
-            return;
+            return false;
         };
         // SAFETY: the row is a tuple of this relation.
         let key = unsafe { pk.encode(&pk.values(*tuple, self.tupdesc)) };
@@ -337,6 +337,6 @@ impl Store for PgStore<'_> {
         let table = self
             .tombstones
             .get_or_init(|| tombstones::table().unwrap_or_else(|e| e.raise()));
-        table.insert(self.info.table.as_bytes(), &key, tombstone);
+        table.insert(self.info.table.as_bytes(), &key, tombstone)
     }
 }

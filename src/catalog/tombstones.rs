@@ -257,7 +257,9 @@ impl TombstoneTable {
 
     /// Inserts `tombstone` as the tombstone of `key` in `table_name` (the caller removed an older
     /// one and holds the key lock).
-    pub fn insert(&self, table_name: &[u8], key: &[u8], tombstone: &Tombstone) {
+    /// Returns whether it was stored (the tombstone table's trigger skips one that loses to the
+    /// key's stored tombstone, in apply sessions).
+    pub fn insert(&self, table_name: &[u8], key: &[u8], tombstone: &Tombstone) -> bool {
         let (version, stamps, order) = (&tombstone.version, &tombstone.stamps, &tombstone.order);
         let values = [
             Some(text_datum(table_name)),
@@ -271,7 +273,7 @@ impl TombstoneTable {
             opt_datum(order.preferred),
         ];
         // SAFETY: the values match the statement's argument types.
-        unsafe { self.insert.execute(&values, pg_sys::SPI_OK_INSERT) };
+        unsafe { self.insert.execute(&values, pg_sys::SPI_OK_INSERT) > 0 }
     }
 
     /// Deletes the stored tombstone of `key` in `table_name` (the caller holds the key lock and

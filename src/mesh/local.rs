@@ -392,9 +392,10 @@ fn guard_truncate(target: &str) {
     ));
 }
 
-/// After `CREATE TABLE` or `ALTER TABLE` of `tbl` (the event trigger `mm_conflict_partitions`):
-/// every leaf of its partition tree that carries `mm_resolve` (cloned from a replicated root onto
-/// a partition created or attached since) and lacks the TRUNCATE guard gets it. One catalog query
+/// After `CREATE TABLE` of `tbl` (the event trigger `mm_conflict_partitions`): every leaf of its
+/// partition tree that carries an `mm_resolve` cloned from a replicated root (a partition created
+/// since) and lacks the TRUNCATE guard gets it. Not after ALTER TABLE: a restore's
+/// `ALTER TABLE ... ENABLE ALWAYS TRIGGER` would add guards that the dump then creates itself. One catalog query
 /// when there is nothing to do. Returns how many leaves were guarded.
 pub fn guard_new_partitions(tbl: pg_sys::Oid) -> usize {
     let leaves = Spi::connect(|client| {
@@ -403,7 +404,8 @@ pub fn guard_new_partitions(tbl: pg_sys::Oid) -> usize {
                 "SELECT t.relid FROM pg_catalog.pg_partition_tree($1) t
                   WHERE t.isleaf
                     AND EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g
-                                 WHERE g.tgrelid = t.relid AND g.tgname = $2)
+                                 WHERE g.tgrelid = t.relid AND g.tgname = $2
+                                   AND g.tgparentid <> 0)
                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g
                                      WHERE g.tgrelid = t.relid AND g.tgname = $3)",
                 None,
@@ -445,6 +447,12 @@ pub fn check_table(tbl: pg_sys::Oid) -> Result<(), MmError> {
 pub fn unreplicate_table(tbl: pg_sys::Oid) -> Result<(), MmError> {
     this_node()?;
     let t = table(tbl);
+    // On a running mesh, peers must stop sending the table first (see the error's HINT).
+    if in_publication(t.oid) && has_subscriptions() {
+        return Err(MmError::UnreplicateInMesh {
+            table: t.identity.clone(),
+        });
+    }
     for trigger in [TRIGGER, TRUNCATE_TRIGGER] {
         run(&format!(
             "DROP TRIGGER IF EXISTS {} ON {}",
@@ -460,12 +468,6 @@ pub fn unreplicate_table(tbl: pg_sys::Oid) -> Result<(), MmError> {
                 table(leaf).sql
             ));
         }
-    }
-    // On a running mesh, peers must stop sending the table first (see the error's HINT).
-    if in_publication(t.oid) && has_subscriptions() {
-        return Err(MmError::UnreplicateInMesh {
-            table: t.identity.clone(),
-        });
     }
     if in_publication(t.oid) {
         run(&format!(

@@ -162,10 +162,24 @@ pub fn add_value_locks(table_hash: u32, key: &[u8], values: &[Vec<u8>]) {
         .map(|v| tag(table_hash, stable_hash(v)))
         .collect();
     tags.sort_by_key(|t| t.locktag_field3);
-    for t in tags {
-        if HELD.with(|h| h.borrow().0.iter().any(|held| same(held, &t))) {
-            continue;
+    tags.dedup_by(|a, b| same(a, b));
+    // Values held for an earlier write of this key (whose index entries exist by now) go first,
+    // unless they are exactly these: the values are always taken in one order, after the key.
+    let held_values: Vec<pg_sys::LOCKTAG> =
+        HELD.with(|h| h.borrow().0.get(1..).map(<[_]>::to_vec).unwrap_or_default());
+    if held_values.len() == tags.len() && held_values.iter().zip(&tags).all(|(a, b)| same(a, b)) {
+        return;
+    }
+    for t in &held_values {
+        // SAFETY: as in release_previous: a tag we built, checked to be held.
+        unsafe {
+            if super::compat::lock_held_by_me(t, MODE) {
+                pg_sys::LockRelease(t, MODE, true);
+            }
         }
+    }
+    HELD.with(|h| h.borrow_mut().0.truncate(1));
+    for t in tags {
         // SAFETY: a session-level lock like the key's, released with it.
         unsafe {
             pg_sys::LockAcquire(&t, MODE, true, false);
