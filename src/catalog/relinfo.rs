@@ -97,31 +97,45 @@ pub unsafe fn lookup(
     Ok(info)
 }
 
+/// The `mm_resolve` trigger of `rel` (its own, or cloned from a partitioned root), if it has one.
+///
+/// # Safety
+/// `rel` must be open and locked; the result lives as long as its trigger descriptor.
+unsafe fn mm_resolve_trigger<'a>(rel: pg_sys::Relation) -> Option<&'a pg_sys::Trigger> {
+    // SAFETY: the caller keeps `rel` open, so its trigger descriptor and the array it points to
+    // stay valid while they are read here.
+    unsafe {
+        let trigdesc = (*rel).trigdesc;
+        if trigdesc.is_null() {
+            return None;
+        }
+        let triggers =
+            std::slice::from_raw_parts((*trigdesc).triggers, (*trigdesc).numtriggers as usize);
+        // Only mm_resolve triggers are cached: a hit needs no catalog lookup.
+        triggers.iter().find(|trigger| {
+            cached(trigger.tgoid).is_some() || {
+                let name = pg_sys::get_func_name(trigger.tgfoid);
+                !name.is_null() && std::ffi::CStr::from_ptr(name).to_bytes() == b"mm_resolve"
+            }
+        })
+    }
+}
+
 /// The entry of the `mm_resolve` trigger of `rel`, if it has one (for tombstones, which name
 /// their table but arrive without its trigger).
 ///
 /// # Safety
 /// `rel` must be open and locked.
 pub unsafe fn lookup_for_relation(rel: pg_sys::Relation) -> Result<Option<Rc<RelInfo>>, MmError> {
-    // SAFETY: trigdesc and its array belong to the open relation.
+    // SAFETY: `rel` is open and locked (`# Safety`), as mm_resolve_trigger and lookup need.
     unsafe {
-        let trigdesc = (*rel).trigdesc;
-        if trigdesc.is_null() {
+        let Some(trigger) = mm_resolve_trigger(rel) else {
             return Ok(None);
+        };
+        if let Some(info) = cached(trigger.tgoid) {
+            return Ok(Some(info));
         }
-        let triggers =
-            std::slice::from_raw_parts((*trigdesc).triggers, (*trigdesc).numtriggers as usize);
-        for trigger in triggers {
-            // Only mm_resolve triggers are cached: a hit needs no catalog lookup.
-            if let Some(info) = cached(trigger.tgoid) {
-                return Ok(Some(info));
-            }
-            let name = pg_sys::get_func_name(trigger.tgfoid);
-            if !name.is_null() && std::ffi::CStr::from_ptr(name).to_bytes() == b"mm_resolve" {
-                return lookup(rel, trigger).map(Some);
-            }
-        }
-        Ok(None)
+        lookup(rel, trigger).map(Some)
     }
 }
 
@@ -130,22 +144,8 @@ pub unsafe fn lookup_for_relation(rel: pg_sys::Relation) -> Result<Option<Rc<Rel
 /// # Safety
 /// `rel` must be open and locked.
 pub unsafe fn has_mm_resolve(rel: pg_sys::Relation) -> bool {
-    // SAFETY: the caller keeps `rel` open, so its trigger descriptor and the array it points to
-    // stay valid while they are read here.
-    unsafe {
-        let trigdesc = (*rel).trigdesc;
-        if trigdesc.is_null() {
-            return false;
-        }
-        let triggers =
-            std::slice::from_raw_parts((*trigdesc).triggers, (*trigdesc).numtriggers as usize);
-        triggers.iter().any(|trigger| {
-            cached(trigger.tgoid).is_some() || {
-                let name = pg_sys::get_func_name(trigger.tgfoid);
-                !name.is_null() && std::ffi::CStr::from_ptr(name).to_bytes() == b"mm_resolve"
-            }
-        })
-    }
+    // SAFETY: `rel` is open and locked (`# Safety`).
+    unsafe { mm_resolve_trigger(rel) }.is_some()
 }
 
 const TIME_TYPES: &str = "timestamptz or timestamp";

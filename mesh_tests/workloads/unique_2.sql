@@ -1,8 +1,0 @@
--- Node 2 inserts new keys of its own (≡ 1 mod 3) with e-mail addresses from a small set that
--- every node draws from: the unique e-mail collides across nodes (never locally: ON CONFLICT).
-\set id random(1, 1000000)
-\set e random(1, 300)
-INSERT INTO uq(id, node, email, v) VALUES (3 * :id + 2 - 1, 2, 'user' || :e || '@example.org', 0)
-    ON CONFLICT DO NOTHING;
-\set u random(1, 3000000)
-UPDATE uq SET v = v + 1 WHERE id = :u;
