@@ -237,6 +237,9 @@ impl Node {
             .arg(self.port.to_string())
             .arg("-f")
             .arg(script)
+            // Scripts that differ only by the node they run on read it as :node.
+            .arg("-D")
+            .arg(format!("node={}", self.id))
             .args([
                 "-c",
                 &clients.to_string(),

@@ -653,13 +653,7 @@ fn unique_values_colliding_across_nodes_converge() {
         "last",
         None,
     );
-    let tps = load(
-        &mesh,
-        |id| format!("unique_{id}.sql"),
-        2,
-        load_seconds(),
-        None,
-    );
+    let tps = load(&mesh, |_| "unique.sql".into(), 2, load_seconds(), None);
     let c = mesh.assert_converged("uq");
     assert!(c.rows > 100, "the load inserted rows");
     let mut contests = 0;
