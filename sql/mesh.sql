@@ -576,7 +576,8 @@ CREATE FUNCTION mm_conflict.create_mesh(
     tables regclass[],
     criterion text DEFAULT 'last_xacttime',
     method text DEFAULT 'last',
-    preferred_node integer DEFAULT NULL)
+    preferred_node integer DEFAULT NULL,
+    repair boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -642,7 +643,7 @@ BEGIN
                 FOR i IN 1..cardinality(ids) LOOP
                     sums := sums || mm_conflict._remote_run(conns[i], step.command, true);
                 END LOOP;
-                IF (SELECT count(DISTINCT s) FROM unnest(sums) s) > 1 THEN
+                IF NOT repair AND (SELECT count(DISTINCT s) FROM unnest(sums) s) > 1 THEN
                     PERFORM mm_conflict._warn(jsonb_build_object('error', 'tables_differ', 'table', step.compare_table));
                 END IF;
                 CONTINUE;
@@ -679,6 +680,15 @@ BEGIN
           FROM mm_conflict._create_mesh_failure(node_label, step_name, e_msg, e_detail, undone, not_undone);
         PERFORM mm_conflict._raise(e_state, failure.message, failure.detail, e_hint);
     END;
+    -- Rows that existed before: each key's winning version written on every node, from the first
+    -- node (the mesh stands; a failure here leaves it, and repair() can be run again).
+    IF repair THEN
+        FOR i IN 1..cardinality(tnames) LOOP
+            PERFORM mm_conflict._notice(jsonb_build_object('error', 'mesh_repaired', 'table', tnames[i],
+                'keys', mm_conflict._remote_value(conns[1],
+                            format('SELECT mm_conflict.repair(%L::regclass)', tnames[i]))::bigint));
+        END LOOP;
+    END IF;
     FOR i IN 1..cardinality(conns) LOOP
         PERFORM mm_conflict._disconnect(conns[i]);
     END LOOP;

@@ -165,8 +165,25 @@ pub enum MmError {
     #[error("the mesh was dropped on this node, with problems")]
     DroppedWithProblems { problems: Vec<String> },
 
-    #[error("table_checksum reads every row of {table}, and row-level security hides rows of it from this role")]
+    #[error("table_checksum and table_diff read every row of {table}, and row-level security hides rows of it from this role")]
     HiddenByRowSecurity { table: String },
+
+    #[error("node {node} is not a peer of this node")]
+    NotAPeer { node: i64 },
+
+    #[error("table_diff of {table} with node {peer}: {ranges} key ranges compared, {rows} differing rows found so far")]
+    DiffProgress {
+        table: String,
+        peer: i64,
+        ranges: i64,
+        rows: i64,
+    },
+
+    #[error("repair of {table}: {keys} keys repaired so far")]
+    RepairProgress { table: String, keys: i64 },
+
+    #[error("table {table}: {keys} keys reconciled across the nodes")]
+    MeshRepaired { table: String, keys: i64 },
 
     #[error("a tombstone of table {table} was ignored: {reason}")]
     TombstoneIgnored { table: String, reason: String },
@@ -258,7 +275,12 @@ impl MmError {
             TriggerFiresFirst { .. } | TablesDiffer { .. } | DroppedWithProblems { .. } => {
                 ERRCODE_WARNING
             }
-            AlreadySubscribed { .. } | NotInMesh => ERRCODE_SUCCESSFUL_COMPLETION,
+            AlreadySubscribed { .. }
+            | NotInMesh
+            | DiffProgress { .. }
+            | RepairProgress { .. }
+            | MeshRepaired { .. } => ERRCODE_SUCCESSFUL_COMPLETION,
+            NotAPeer { .. } => ERRCODE_UNDEFINED_OBJECT,
             Internal { .. } => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -291,7 +313,7 @@ impl MmError {
                     .into()
             }
             TablesDiffer { .. } => {
-                "create_mesh() does not copy rows; rows that differ now stay different until written again."
+                "create_mesh() does not copy rows; rows that differ now stay different until written again or repaired."
                     .into()
             }
             CountersNotLoaded => {
@@ -400,9 +422,12 @@ impl MmError {
             RemoteIsAnotherNode { .. } => {
                 "Fix the node list, or run mm_conflict.drop_mesh() there first.".into()
             }
-            TablesDiffer { .. } => {
-                "Make the tables identical first, or fill one node and join the others with subscribe(..., copy_data => true)."
-                    .into()
+            TablesDiffer { table } => format!(
+                "Run SELECT mm_conflict.repair('{}') on one node (or pass repair => true to create_mesh()) to write each row's winning version on every node.",
+                table.replace('\'', "''")
+            ),
+            NotAPeer { .. } => {
+                "SELECT node_id, node_name FROM mm_conflict.peer lists this node's peers.".into()
             }
             CountersNotLoaded => {
                 "Add mm_conflict to shared_preload_libraries in postgresql.conf and restart the server."

@@ -65,6 +65,20 @@ pgrx::extension_sql_file!(
     ]
 );
 
+pgrx::extension_sql_file!(
+    "../sql/repair.sql",
+    name = "repair",
+    requires = [
+        "mesh",
+        api::functions::mm_conflict::_diff_summary,
+        api::functions::mm_conflict::_diff_rows,
+        api::functions::mm_conflict::_diff_tombstones,
+        api::functions::mm_conflict::_diff_key,
+        api::functions::mm_conflict::_diff_judge,
+        api::functions::mm_conflict::_repair_apply
+    ]
+);
+
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();

@@ -91,6 +91,12 @@ pub trait Store: Tombstones {
 
     /// Whether the table has a primary key (without one, nothing is versioned by key).
     fn keyed(&self) -> bool;
+    /// True while a repair writes rows that have the stored row's very version but another
+    /// content (`mm_conflict.repair`): such a row is written instead of dropped as a copy that
+    /// came back around the mesh. False for every change that travels by replication.
+    fn overwrites_same_version(&self) -> bool {
+        false
+    }
     /// The bookkeeping values (and user criterion) of a row.
     fn stamps(&self, row: &Self::Row) -> RowStamps;
     /// The key's stored row, seeing rows of transactions still running (key lock held).
@@ -393,7 +399,10 @@ pub fn replicated_update<S: Store + ?Sized>(
 ) -> Action {
     let stored = policy.version(&store.stamps(old));
     let incoming = policy.version(&store.stamps(new));
-    let outcome = decide::resolve(&policy.order(), &stored, &incoming);
+    let outcome = match decide::resolve(&policy.order(), &stored, &incoming) {
+        Outcome::SameVersion if store.overwrites_same_version() => Outcome::IncomingWins,
+        outcome => outcome,
+    };
     // A new version that wins may still lose a unique value to a row of another key.
     if outcome == Outcome::IncomingWins && store.keyed() {
         loop {
@@ -505,7 +514,16 @@ pub fn replicated_insert<S: Store + ?Sized>(
         };
         let stored_row = found.as_ref().and_then(|f| f.row.as_ref());
         let action =
-            decide::replicated_insert(&order, stored.as_ref(), tombstone.as_ref(), &incoming);
+            match decide::replicated_insert(&order, stored.as_ref(), tombstone.as_ref(), &incoming)
+            {
+                // A repair of a row whose content differs under the same version.
+                InsertAction::Skip(Outcome::SameVersion)
+                    if stored.is_some() && store.overwrites_same_version() =>
+                {
+                    InsertAction::ConvertToUpdate
+                }
+                action => action,
+            };
         // A row that wins on its key may still lose its unique values to a row of another key.
         // (An INSERT converted into an UPDATE meets the contest in that UPDATE, once it holds the
         // row: here it would hold the values' locks while waiting for the row.)

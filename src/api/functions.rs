@@ -3,11 +3,12 @@
 #[pgrx::pg_schema]
 pub mod mm_conflict {
     use pgrx::prelude::*;
-    use pgrx::{JsonB, PgRelation};
+    use pgrx::{Array, JsonB, PgRelation};
 
     use crate::error::OrRaise;
     use crate::pg::names;
     use crate::report::counters;
+    use crate::verify::diff;
 
     /// Version of the loaded shared library (compare with `pg_extension.extversion`).
     #[pg_extern(immutable, parallel_safe)]
@@ -20,6 +21,124 @@ pub mod mm_conflict {
     #[pg_extern(stable, strict)]
     fn table_checksum(tbl: PgRelation) -> i64 {
         crate::verify::checksum::checksum(&tbl).or_raise()
+    }
+
+    /// `table_diff`'s buckets of level `bits` of a replicated table (the children of `parents`
+    /// only, when given): the ones that hold rows, with their row count and hash.
+    #[pg_extern(stable)]
+    fn _diff_summary(
+        tbl: PgRelation,
+        bits: i32,
+        parents: Option<Vec<i64>>,
+    ) -> TableIterator<'static, (name!(bucket, i64), name!(rows, i64), name!(hash, i64))> {
+        TableIterator::new(diff::summary(&tbl, bits, parents).or_raise())
+    }
+
+    /// The rows of a replicated table in `buckets` of level `bits`, or with a key in `keys`:
+    /// binary key, entry hash, version, and the row as JSON when `content`.
+    #[pg_extern(stable)]
+    fn _diff_rows(
+        tbl: PgRelation,
+        bits: i32,
+        buckets: Option<Vec<i64>>,
+        keys: Option<Array<&[u8]>>,
+        content: bool,
+    ) -> TableIterator<
+        'static,
+        (
+            name!(pk, Vec<u8>),
+            name!(hash, i64),
+            name!(criterion, Option<i64>),
+            name!(stattime, Option<i64>),
+            name!(node, Option<i16>),
+            name!(content, Option<String>),
+        ),
+    > {
+        let keys = keys.map(|k| k.iter().flatten().map(<[u8]>::to_vec).collect());
+        let rows = diff::rows(&tbl, bits, buckets, keys, content).or_raise();
+        TableIterator::new(rows.into_iter().map(|r| {
+            (
+                r.key,
+                r.hash,
+                r.version.criterion,
+                r.version.stattime,
+                r.version.node,
+                r.content,
+            )
+        }))
+    }
+
+    /// The stored tombstones of `keys` of a replicated table: version, and the tombstone row as
+    /// JSON when `content`.
+    #[pg_extern(stable, strict)]
+    fn _diff_tombstones(
+        tbl: PgRelation,
+        keys: Array<&[u8]>,
+        content: bool,
+    ) -> TableIterator<
+        'static,
+        (
+            name!(pk, Vec<u8>),
+            name!(criterion, Option<i64>),
+            name!(stattime, Option<i64>),
+            name!(node, Option<i16>),
+            name!(content, Option<String>),
+        ),
+    > {
+        let keys = keys.iter().flatten().map(<[u8]>::to_vec).collect();
+        let found = diff::tombstones(&tbl, keys, content).or_raise();
+        TableIterator::new(
+            found
+                .into_iter()
+                .map(|(k, v, c)| (k, v.criterion, v.stattime, v.node, c)),
+        )
+    }
+
+    /// A binary key of a replicated table as a JSON object of its columns.
+    #[pg_extern(stable, strict)]
+    fn _diff_key(tbl: PgRelation, pk: Vec<u8>) -> JsonB {
+        JsonB(diff::key_json(&tbl, &pk).or_raise())
+    }
+
+    /// How a key whose rows differ compares: each side's version as text (NULL: it holds
+    /// nothing) and the winner (`local`, `peer` or `equal`). A side is `row`, `tombstone` or NULL.
+    #[allow(clippy::too_many_arguments)]
+    #[pg_extern(stable)]
+    fn _diff_judge(
+        tbl: PgRelation,
+        local_kind: Option<String>,
+        local_criterion: Option<i64>,
+        local_stattime: Option<i64>,
+        local_node: Option<i16>,
+        peer_kind: Option<String>,
+        peer_criterion: Option<i64>,
+        peer_stattime: Option<i64>,
+        peer_node: Option<i16>,
+    ) -> TableIterator<
+        'static,
+        (
+            name!(local_version, Option<String>),
+            name!(peer_version, Option<String>),
+            name!(winner, String),
+        ),
+    > {
+        let local = diff::version(local_criterion, local_stattime, local_node);
+        let peer = diff::version(peer_criterion, peer_stattime, peer_node);
+        let (l, p, w) = diff::judge(
+            &tbl,
+            (local_kind.as_deref(), local),
+            (peer_kind.as_deref(), peer),
+        )
+        .or_raise();
+        TableIterator::once((l, p, w.to_string()))
+    }
+
+    /// Writes winning versions (a JSON array of `{"row": ...}` / `{"tombstone": ...}`) into a
+    /// replicated table, each resolved as a replicated change; `same_version`: rows with the
+    /// stored version are written too. Returns the number of items written.
+    #[pg_extern(volatile, strict)]
+    fn _repair_apply(tbl: PgRelation, items: &str, same_version: bool) -> i64 {
+        diff::apply(&tbl, items, same_version).or_raise()
     }
 
     /// A table's stable name, as tombstones, key locks and reports name it: `schema.table`, a

@@ -197,6 +197,10 @@ impl Store for PgStore<'_> {
         self.info.primary_key.is_some()
     }
 
+    fn overwrites_same_version(&self) -> bool {
+        crate::pg::flag::RepairWrite::overwrites_same_version()
+    }
+
     fn stamps(&self, row: &Row) -> RowStamps {
         // SAFETY: rows handed to the engine are tuples of this relation or its parameter values.
         unsafe { self.info.row_stamps(row, self.tupdesc) }

@@ -184,7 +184,9 @@ pub fn create_plan(
     let mut tables_added = false;
     for (i, (node, state)) in nodes.iter().zip(states).enumerate() {
         let mut statements = vec![
-            "CREATE EXTENSION IF NOT EXISTS mm_conflict".to_string(),
+            // In public, as a plain CREATE EXTENSION would: remote sessions search pg_catalog
+            // only, which would otherwise become the extension's schema (and dblink's).
+            "CREATE EXTENSION IF NOT EXISTS mm_conflict SCHEMA public".to_string(),
             format!(
                 "PERFORM mm_conflict.node_init({}, {})",
                 node.id,
@@ -525,7 +527,7 @@ mod tests {
         assert_eq!(kinds[9], (2, "subscribe to node 2"));
         assert_eq!(
             steps[0].command.sql,
-            "DO $mm$BEGIN CREATE EXTENSION IF NOT EXISTS mm_conflict; PERFORM mm_conflict.node_init(1, 'a'); \
+            "DO $mm$BEGIN CREATE EXTENSION IF NOT EXISTS mm_conflict SCHEMA public; PERFORM mm_conflict.node_init(1, 'a'); \
              PERFORM mm_conflict.replicate_table('public.mm', 'last_xacttime', 'last', 2); END$mm$"
         );
         assert!(steps[1].command.sql.contains("node_init(2, NULL)"));

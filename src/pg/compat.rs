@@ -122,11 +122,12 @@ pub fn subscription_origin(subid: pg_sys::Oid) -> Option<String> {
 }
 
 /// True in a session that applies changes made elsewhere: an apply or table-sync worker (also a
-/// parallel apply worker, from 16), or any session that set up a replication origin with
-/// `pg_replication_origin_session_setup`.
+/// parallel apply worker, from 16), any session that set up a replication origin with
+/// `pg_replication_origin_session_setup`, and a repair's writes ([`super::flag::RepairWrite`]).
 pub fn is_replicated_session() -> bool {
     // SAFETY: a plain read of a backend-local global.
-    unsafe {
+    let origin = unsafe {
         pg_sys::replorigin_session_origin != pg_sys::InvalidRepOriginId as pg_sys::RepOriginId
-    }
+    };
+    origin || super::flag::RepairWrite::active()
 }

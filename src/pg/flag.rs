@@ -23,3 +23,35 @@ impl Drop for ScopedFlag {
         self.flag.with(|f| f.set(self.previous));
     }
 }
+
+thread_local! {
+    static REPAIR_WRITE: Cell<bool> = const { Cell::new(false) };
+    static REPAIR_SAME_VERSION: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A repair's writes (`mm_conflict.repair`): the winning version of a row or tombstone written
+/// again on a node that lacks it, resolved exactly as a replicated change (see
+/// [`super::is_replicated_session`]).
+pub struct RepairWrite {
+    _write: ScopedFlag,
+    _same_version: Option<ScopedFlag>,
+}
+
+impl RepairWrite {
+    /// Starts a repair's writes; `same_version`: rows that have the stored row's version are
+    /// written too (their content differs, which no order can settle).
+    pub fn start(same_version: bool) -> RepairWrite {
+        RepairWrite {
+            _write: ScopedFlag::raise(&REPAIR_WRITE),
+            _same_version: same_version.then(|| ScopedFlag::raise(&REPAIR_SAME_VERSION)),
+        }
+    }
+
+    pub fn active() -> bool {
+        REPAIR_WRITE.with(|f| f.get())
+    }
+
+    pub fn overwrites_same_version() -> bool {
+        REPAIR_SAME_VERSION.with(|f| f.get())
+    }
+}

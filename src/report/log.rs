@@ -72,7 +72,7 @@ unsafe fn row_json(
 
 /// A column value as JSON: booleans, integers, finite floats and json/jsonb as themselves, dates
 /// and times in ISO 8601 (as `to_jsonb` writes them), every other type as its text output.
-unsafe fn datum_json(typid: pg_sys::Oid, datum: pg_sys::Datum) -> Value {
+pub(crate) unsafe fn datum_json(typid: pg_sys::Oid, datum: pg_sys::Datum) -> Value {
     match typid {
         pg_sys::BOOLOID => return Value::Bool(datum.value() != 0),
         pg_sys::INT2OID => return Value::from(datum.value() as i16),
@@ -146,8 +146,12 @@ unsafe fn key_json(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolution) -
     }
 }
 
-/// The replication origin of this session: its name (`pg_<subscription oid>` for a subscription).
+/// The replication origin of this session: its name (`pg_<subscription oid>` for a subscription),
+/// or `mm_conflict.repair` for a repair's writes.
 fn origin_name() -> Option<String> {
+    if crate::pg::flag::RepairWrite::active() {
+        return Some("mm_conflict.repair".into());
+    }
     // SAFETY: reads the session's origin; the name is palloc'd by replorigin_by_oid.
     unsafe {
         let origin = pg_sys::replorigin_session_origin;

@@ -23,7 +23,7 @@ const BOOKKEEPING: [&str; 4] = [COL_ISLOCAL, COL_NODEID, COL_XACTTIME, COL_STATT
 /// A NULL changes the running hash differently from any value.
 const NULL_MARK: u64 = 0x9E37_79B9_7F4A_7C15;
 
-struct Column {
+pub(super) struct Column {
     index: usize,
     len: i16,
     by_value: bool,
@@ -34,7 +34,7 @@ struct Column {
 ///
 /// # Safety
 /// `rel` must be open.
-unsafe fn user_columns(rel: pg_sys::Relation) -> (Vec<Column>, u64) {
+pub(super) unsafe fn user_columns(rel: pg_sys::Relation) -> (Vec<Column>, u64) {
     // SAFETY: the relation is open, so its descriptor is valid.
     let attrs = unsafe { compat::attributes((*rel).rd_att) };
     let mut named: Vec<(String, Column)> = attrs
@@ -87,8 +87,34 @@ unsafe fn hash_datum(column: &Column, datum: pg_sys::Datum, seed: u64) -> u64 {
     xxh3_64_with_seed(bytes, seed)
 }
 
-/// The checksum of `rel` (see the module doc).
-pub fn checksum(rel: &PgRelation) -> Result<i64, MmError> {
+/// The hash of one row's user columns (`columns` and `seed` from [`user_columns`]), whatever
+/// their physical order; detoasted copies go to the current memory context.
+///
+/// # Safety
+/// `values` and `nulls` are a deformed tuple (`tts_values`, `tts_isnull` of a slot after
+/// `slot_getallattrs`) of the relation `columns` was read from.
+pub(super) unsafe fn row_hash(
+    columns: &[Column],
+    seed: u64,
+    values: *const pg_sys::Datum,
+    nulls: *const bool,
+) -> u64 {
+    columns.iter().fold(seed, |h, column| {
+        // SAFETY: every column index is below the relation's natts, which the deformed arrays
+        // cover (`# Safety`); a non-NULL value is a valid datum of its column.
+        unsafe {
+            if *nulls.add(column.index) {
+                h.rotate_left(23) ^ NULL_MARK
+            } else {
+                hash_datum(column, *values.add(column.index), h)
+            }
+        }
+    })
+}
+
+/// Checks that `rel` is a table (ordinary or partitioned) whose every row this role may read
+/// (`function` names the caller in errors), and returns its relkind.
+pub(super) fn readable(rel: &PgRelation, function: &str) -> Result<u8, MmError> {
     let raw = rel.as_ptr();
     // SAFETY: rel is open with AccessShareLock (PgRelation's contract), rd_rel is valid.
     let relkind = unsafe { (*(*raw).rd_rel).relkind } as u8;
@@ -96,7 +122,7 @@ pub fn checksum(rel: &PgRelation) -> Result<i64, MmError> {
         return Err(MmError::NotATable {
             // SAFETY: rel is open.
             relation: unsafe { relation_identity(raw) },
-            function: "table_checksum".into(),
+            function: function.into(),
         });
     }
     // SAFETY: plain catalog lookups for an open relation; aclcheck_error raises on failure.
@@ -111,8 +137,8 @@ pub fn checksum(rel: &PgRelation) -> Result<i64, MmError> {
             );
         }
     }
-    // The scan reads the heap directly: where row-level security would hide rows from this role,
-    // it refuses instead of summing rows the role may not see.
+    // The scans read the heap directly: where row-level security would hide rows from this role,
+    // they refuse instead of reading rows the role may not see.
     // SAFETY: a catalog lookup for an open relation.
     let rls = unsafe { pg_sys::check_enable_rls(rel.oid(), pg_sys::InvalidOid, false) };
     if rls == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32 {
@@ -121,6 +147,13 @@ pub fn checksum(rel: &PgRelation) -> Result<i64, MmError> {
             table: unsafe { relation_identity(raw) },
         });
     }
+    Ok(relkind)
+}
+
+/// The checksum of `rel` (see the module doc).
+pub fn checksum(rel: &PgRelation) -> Result<i64, MmError> {
+    let raw = rel.as_ptr();
+    let relkind = readable(rel, "table_checksum")?;
     if relkind == pg_sys::RELKIND_RELATION {
         // SAFETY: rel is an open table.
         return Ok(unsafe { heap_sum(raw) } as i64);
@@ -146,8 +179,33 @@ pub fn checksum(rel: &PgRelation) -> Result<i64, MmError> {
 unsafe fn heap_sum(raw: pg_sys::Relation) -> u64 {
     // SAFETY: rel is open.
     let (columns, seed) = unsafe { user_columns(raw) };
-    let mut per_row = PgMemoryContexts::new("mm_conflict table_checksum");
     let mut sum = 0u64;
+    // SAFETY: rel is an open, locked table (`# Safety`); the closure reads the slot's deformed
+    // values, which is what row_hash needs.
+    unsafe {
+        scan(raw, "mm_conflict table_checksum", |slot| {
+            sum = sum.wrapping_add(row_hash(
+                &columns,
+                seed,
+                (*slot).tts_values,
+                (*slot).tts_isnull,
+            ));
+        })
+    };
+    sum
+}
+
+/// Calls `each` with every row of an ordinary table, deformed in a slot, under the statement's
+/// snapshot; what `each` allocates goes to a per-row memory context, reset after each row.
+///
+/// # Safety
+/// `raw` must be an open, locked ordinary table.
+pub(super) unsafe fn scan(
+    raw: pg_sys::Relation,
+    context_name: &str,
+    mut each: impl FnMut(*mut pg_sys::TupleTableSlot),
+) {
+    let mut per_row = PgMemoryContexts::new(context_name);
     // SAFETY: a plain sequential scan under the statement's snapshot; the slot and the scan are
     // released before returning (an error aborts the transaction, which releases both).
     unsafe {
@@ -161,18 +219,7 @@ unsafe fn heap_sum(raw: pg_sys::Relation) -> u64 {
             slot,
         ) {
             pg_sys::slot_getallattrs(slot);
-            let values = (*slot).tts_values;
-            let nulls = (*slot).tts_isnull;
-            let row_hash = per_row.switch_to(|_| {
-                columns.iter().fold(seed, |h, column| {
-                    if *nulls.add(column.index) {
-                        h.rotate_left(23) ^ NULL_MARK
-                    } else {
-                        hash_datum(column, *values.add(column.index), h)
-                    }
-                })
-            });
-            sum = sum.wrapping_add(row_hash);
+            per_row.switch_to(|_| each(slot));
             // Frees detoasted copies; a no-op (PostgreSQL checks) when the row allocated nothing.
             per_row.reset();
             rows += 1;
@@ -183,5 +230,4 @@ unsafe fn heap_sum(raw: pg_sys::Relation) -> u64 {
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         pg_sys::table_endscan(scan);
     }
-    sum
 }

@@ -1,3 +1,4 @@
-//! Comparing nodes: `mm_conflict.table_checksum`.
+//! Comparing nodes: `mm_conflict.table_checksum`, and `table_diff` / `repair`.
 
 pub mod checksum;
+pub mod diff;

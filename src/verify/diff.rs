@@ -1,0 +1,595 @@
+//! Where two nodes' copies of a replicated table differ (`mm_conflict.table_diff`), and the
+//! winning versions written again (`mm_conflict.repair`). The SQL side (`sql/repair.sql`) carries
+//! these functions' results between nodes; everything that reads rows, hashes them, orders
+//! versions or writes is here.
+//!
+//! Comparing is Merkle-style, over buckets of the key's hash: a key's bucket at level `bits` is
+//! the top `bits` bits of the xxh3 hash of its binary form (the form tombstones store, the same on
+//! every node), so two nodes put a key in the same bucket whatever else they hold, and a bucket's
+//! children at `bits + 8` are the buckets whose top `bits` bits are its number. A bucket's hash is
+//! the sum of its rows' entry hashes (a row's key, user columns by name, and version stamps):
+//! equal on both nodes ⇔ (with overwhelming probability) the same rows. Identical tables cost one
+//! scan per node and one exchanged number; differing ones are narrowed down 256 buckets at a time,
+//! and only the rows of small differing buckets are listed.
+//!
+//! Only rows are hashed. Tombstones differ from node to node by design (each node purges its own)
+//! and matter only where one node has a row and the other has none: then the other node's
+//! tombstone, if any, is the version the row is compared with.
+
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+
+use mm_conflict_core::{Micros, NodeId, Policy, RowStamps, Version};
+use pgrx::prelude::*;
+use pgrx::PgRelation;
+use serde_json::{Map, Value};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+use super::checksum::{readable, row_hash, scan, user_columns};
+use crate::catalog::relinfo::{self, RelInfo};
+use crate::catalog::tombstones;
+use crate::error::MmError;
+use crate::pg::flag::RepairWrite;
+use crate::pg::names::{relation_identity, sql_ident, sql_qualified};
+use crate::pg::spi::{text_datum, CachedPlan};
+use crate::pg::{partitions, tuple};
+
+/// Bits a level adds: a bucket has 256 children.
+pub const LEVEL_BITS: i32 = 8;
+/// The deepest level (buckets of 2^56).
+pub const MAX_BITS: i32 = 56;
+
+/// The bucket of `key` at level `bits` (0: the one bucket that holds every key).
+fn bucket(key: &[u8], bits: i32) -> i64 {
+    if bits <= 0 {
+        0
+    } else {
+        (xxh3_64(key) >> (64 - bits.min(MAX_BITS))) as i64
+    }
+}
+
+/// The hash of one row: its key, its user columns' hash, and its version stamps (`mm_islocal`,
+/// which differs from node to node by design, is left out).
+fn entry_hash(key: &[u8], content: u64, stamps: &RowStamps) -> u64 {
+    let mut bytes = [0u8; 29];
+    let time = |t: Option<Micros>| {
+        t.map_or([0xFF; 9], |t| {
+            let mut b = [0u8; 9];
+            b[1..].copy_from_slice(&t.to_be_bytes());
+            b
+        })
+    };
+    bytes[..9].copy_from_slice(&time(stamps.xacttime));
+    bytes[9..18].copy_from_slice(&time(stamps.stattime));
+    bytes[18..21].copy_from_slice(&stamps.node.map_or([0xFF; 3], |n| {
+        let b = n.to_be_bytes();
+        [0, b[0], b[1]]
+    }));
+    bytes[21..29].copy_from_slice(&content.to_be_bytes());
+    xxh3_64_with_seed(key, xxh3_64_with_seed(&bytes, 0))
+}
+
+/// A replicated table as diff reads it: the entry of its `mm_resolve` trigger (its own, or the
+/// one of a leaf for a partitioned table: the policy and key are the same) and the tables that
+/// hold its rows.
+struct Tree {
+    info: Option<Rc<RelInfo>>,
+    identity: String,
+    sql_name: String,
+    leaves: Vec<pg_sys::Oid>,
+}
+
+fn tree(rel: &PgRelation, function: &str) -> Result<Tree, MmError> {
+    let relkind = readable(rel, function)?;
+    // SAFETY: rel is open with AccessShareLock (PgRelation's contract).
+    let identity = unsafe { relation_identity(rel.as_ptr()) };
+    let not_replicated = || MmError::NotReplicated {
+        table: identity.clone(),
+    };
+    // SAFETY: rel is open and locked.
+    if !unsafe { relinfo::has_mm_resolve(rel.as_ptr()) } {
+        return Err(not_replicated());
+    }
+    let leaves = if relkind == pg_sys::RELKIND_RELATION {
+        vec![rel.oid()]
+    } else {
+        partitions::leaf_partitions(rel.oid())
+    };
+    let info = match leaves.first() {
+        None => None,
+        // SAFETY: the leaf is opened and locked for the call (the lock is kept to the end of the
+        // transaction), as lookup_for_relation needs.
+        Some(&leaf) => unsafe {
+            let raw = pg_sys::table_open(leaf, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            let info = relinfo::lookup_for_relation(raw);
+            pg_sys::table_close(raw, pg_sys::NoLock as pg_sys::LOCKMODE);
+            Some(info?.ok_or_else(not_replicated)?)
+        },
+    };
+    if let Some(info) = &info {
+        if info.primary_key.is_none() {
+            return Err(MmError::NoPrimaryKey {
+                table: identity.clone(),
+            });
+        }
+    }
+    let (schema, name) =
+        crate::pg::names::parse_identity(&identity).ok_or_else(|| MmError::Internal {
+            what: format!("the table name {identity} does not parse"),
+        })?;
+    Ok(Tree {
+        info,
+        sql_name: sql_qualified(&schema, &name),
+        identity,
+        leaves,
+    })
+}
+
+/// One row as a scan saw it.
+struct Entry<'a> {
+    key: &'a [u8],
+    hash: u64,
+    stamps: RowStamps,
+    /// The leaf's tuple (valid during the callback).
+    tuple: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+}
+
+/// Calls `each` with every row of the table.
+fn for_each_row(tree: &Tree, mut each: impl FnMut(&Entry)) -> Result<(), MmError> {
+    for &leaf in &tree.leaves {
+        // SAFETY: the leaf is opened and locked here and closed after its scan (the lock is kept
+        // to the end of the transaction); the scan hands over deformed slots of that leaf.
+        unsafe {
+            let raw = pg_sys::table_open(leaf, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            let info =
+                relinfo::lookup_for_relation(raw)?.ok_or_else(|| MmError::NotReplicated {
+                    table: tree.identity.clone(),
+                })?;
+            let pk = info
+                .primary_key
+                .as_ref()
+                .ok_or_else(|| MmError::NoPrimaryKey {
+                    table: tree.identity.clone(),
+                })?;
+            let tupdesc = (*raw).rd_att;
+            let (columns, seed) = user_columns(raw);
+            scan(raw, "mm_conflict table_diff", |slot| {
+                let mut should_free = false;
+                let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
+                let key = pk.encode(&pk.values(tuple, tupdesc));
+                let content = row_hash(&columns, seed, (*slot).tts_values, (*slot).tts_isnull);
+                let stamps = info.stamps(tuple, tupdesc);
+                each(&Entry {
+                    key: &key,
+                    hash: entry_hash(&key, content, &stamps),
+                    stamps,
+                    tuple,
+                    tupdesc,
+                });
+            });
+            pg_sys::table_close(raw, pg_sys::NoLock as pg_sys::LOCKMODE);
+        }
+    }
+    Ok(())
+}
+
+/// The buckets of level `bits` (only the children of `parents`, buckets of level `bits - 8`,
+/// when given) that hold rows: (bucket, rows, hash), in bucket order.
+pub fn summary(
+    rel: &PgRelation,
+    bits: i32,
+    parents: Option<Vec<i64>>,
+) -> Result<Vec<(i64, i64, i64)>, MmError> {
+    check_bits(bits)?;
+    let tree = tree(rel, "table_diff")?;
+    let parents: Option<HashSet<i64>> = parents.map(|p| p.into_iter().collect());
+    let mut buckets: HashMap<i64, (i64, u64)> = HashMap::new();
+    for_each_row(&tree, |entry| {
+        let b = bucket(entry.key, bits);
+        if let Some(parents) = &parents {
+            if bits < LEVEL_BITS || !parents.contains(&(b >> LEVEL_BITS)) {
+                return;
+            }
+        }
+        let slot = buckets.entry(b).or_insert((0, 0));
+        slot.0 += 1;
+        slot.1 = slot.1.wrapping_add(entry.hash);
+    })?;
+    let mut out: Vec<(i64, i64, i64)> = buckets
+        .into_iter()
+        .map(|(b, (n, h))| (b, n, h as i64))
+        .collect();
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn check_bits(bits: i32) -> Result<(), MmError> {
+    if (0..=MAX_BITS).contains(&bits) && bits % LEVEL_BITS == 0 {
+        Ok(())
+    } else {
+        Err(MmError::Internal {
+            what: format!(
+                "table_diff level {bits} is not a multiple of {LEVEL_BITS} up to {MAX_BITS}"
+            ),
+        })
+    }
+}
+
+/// A row of the table as `_diff_rows` lists it.
+pub struct RowState {
+    pub key: Vec<u8>,
+    pub hash: i64,
+    pub version: Version,
+    /// The row as JSON (`to_json` of it), when asked for.
+    pub content: Option<String>,
+}
+
+/// The rows in `buckets` of level `bits`, and the rows whose key is in `keys`; with their JSON
+/// form when `content`.
+pub fn rows(
+    rel: &PgRelation,
+    bits: i32,
+    buckets: Option<Vec<i64>>,
+    keys: Option<Vec<Vec<u8>>>,
+    content: bool,
+) -> Result<Vec<RowState>, MmError> {
+    check_bits(bits)?;
+    let tree = tree(rel, "table_diff")?;
+    let Some(info) = tree.info.clone() else {
+        return Ok(Vec::new());
+    };
+    let buckets: HashSet<i64> = buckets.unwrap_or_default().into_iter().collect();
+    let keys: HashSet<Vec<u8>> = keys.unwrap_or_default().into_iter().collect();
+    let mut out = Vec::new();
+    for_each_row(&tree, |entry| {
+        if !keys.contains(entry.key) && !buckets.contains(&bucket(entry.key, bits)) {
+            return;
+        }
+        out.push(RowState {
+            key: entry.key.to_vec(),
+            hash: entry.hash as i64,
+            version: info.policy.version(&entry.stamps),
+            // SAFETY: the entry's tuple is a valid tuple of its leaf, described by its tupdesc.
+            content: content.then(|| unsafe { row_to_json(entry.tuple, entry.tupdesc) }),
+        });
+    })?;
+    Ok(out)
+}
+
+/// A tuple as JSON text, as `to_json(row)` writes it (columns by name).
+///
+/// # Safety
+/// `tuple` is a valid tuple described by `tupdesc`, a relation's descriptor (with its row type).
+unsafe fn row_to_json(tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> String {
+    // SAFETY: the composite datum is a palloc'd copy (in the per-row context); row_to_json
+    // returns a palloc'd text.
+    unsafe {
+        let datum = pg_sys::heap_copy_tuple_as_datum(tuple, tupdesc);
+        let json = pgrx::direct_function_call::<String>(pg_sys::row_to_json, &[Some(datum)]);
+        json.unwrap_or_default()
+    }
+}
+
+/// The stored tombstones of `keys` (keys without one are left out): (key, version, its row in
+/// `mm_conflict.tombstone` as JSON when `content`).
+pub fn tombstones(
+    rel: &PgRelation,
+    keys: Vec<Vec<u8>>,
+    content: bool,
+) -> Result<Vec<(Vec<u8>, Version, Option<String>)>, MmError> {
+    let tree = tree(rel, "table_diff")?;
+    let table = tombstones::table()?;
+    let as_json = CachedPlan::new(
+        "SELECT pg_catalog.to_json(t)::pg_catalog.text FROM mm_conflict.tombstone t \
+         WHERE t.table_name = $1 AND t.pk = $2"
+            .into(),
+        vec![pg_sys::TEXTOID, pg_sys::BYTEAOID],
+    );
+    let mut out = Vec::new();
+    for key in keys {
+        // A tombstone still being written by another transaction: its version is not known yet.
+        let mm_conflict_core::Lookup::Found(found) = table.probe(tree.identity.as_bytes(), &key)
+        else {
+            continue;
+        };
+        let json = if content {
+            // SAFETY: in a transaction; both parameters are text/bytea varlenas.
+            unsafe {
+                as_json
+                    .execute_returning(
+                        &[
+                            Some(text_datum(tree.identity.as_bytes())),
+                            Some(text_datum(&key)),
+                        ],
+                        pg_sys::SPI_OK_SELECT,
+                    )
+                    .and_then(|row| row.into_iter().next().flatten())
+                    .and_then(|d| String::from_datum(d, false))
+            }
+        } else {
+            None
+        };
+        out.push((key, found.version, json));
+    }
+    Ok(out)
+}
+
+/// The key in binary form as a JSON object of its columns.
+pub fn key_json(rel: &PgRelation, key: &[u8]) -> Result<Value, MmError> {
+    let tree = tree(rel, "table_diff")?;
+    let undecodable = || MmError::Internal {
+        what: format!("a key of {} does not decode", tree.identity),
+    };
+    let info = tree.info.as_ref().ok_or_else(undecodable)?;
+    let pk = info.primary_key.as_ref().ok_or_else(undecodable)?;
+    let leaf = *tree.leaves.first().ok_or_else(undecodable)?;
+    // SAFETY: the leaf (locked by `tree`) is opened for its descriptor; decode runs in a
+    // transaction; each value is a valid datum of its key column's type.
+    unsafe {
+        let raw = pg_sys::table_open(leaf, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let tupdesc = (*raw).rd_att;
+        let values = pk.decode(key).ok_or_else(undecodable);
+        let mut object = Map::new();
+        if let Ok(values) = &values {
+            for (attnum, &value) in pk.attnums().zip(values) {
+                let att = tuple::attribute(tupdesc, attnum);
+                object.insert(
+                    tuple::attname(att).to_string(),
+                    crate::report::log::datum_json(att.atttypid, value),
+                );
+            }
+        }
+        pg_sys::table_close(raw, pg_sys::NoLock as pg_sys::LOCKMODE);
+        values?;
+        Ok(Value::Object(object))
+    }
+}
+
+/// What one side holds for a key: a row, a tombstone, or nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    Row(Version),
+    Tombstone(Version),
+    Nothing,
+}
+
+impl Held {
+    pub fn from_sql(kind: Option<&str>, version: Version) -> Held {
+        match kind {
+            Some("row") => Held::Row(version),
+            Some("tombstone") => Held::Tombstone(version),
+            _ => Held::Nothing,
+        }
+    }
+
+    fn describe(&self, policy: &Policy) -> Option<String> {
+        let column = policy.criterion_column();
+        let version = |v: &Version| {
+            if v.criterion.is_none() && v.stattime.is_none() && v.node.is_none() {
+                "no version (written without mm_resolve)".to_string()
+            } else {
+                v.describe(column)
+            }
+        };
+        match self {
+            Held::Row(v) => Some(version(v)),
+            Held::Tombstone(v) => Some(format!("deleted: {}", version(v))),
+            Held::Nothing => None,
+        }
+    }
+}
+
+/// Which side's version wins for a key whose rows differ: `local`, `peer`, or `equal` (both rows
+/// have one version but not the same content: no order can settle that; it means a write that
+/// went around mm_conflict, or corruption). A tombstone wins over a row only when it beats it
+/// (as a replicated tombstone settles a row); a row wins over nothing.
+pub fn winner(policy: &Policy, local: Held, peer: Held) -> &'static str {
+    let order = policy.order();
+    match (local, peer) {
+        (Held::Row(l), Held::Row(p)) => match order.compare(&l, &p) {
+            std::cmp::Ordering::Greater => "local",
+            std::cmp::Ordering::Less => "peer",
+            std::cmp::Ordering::Equal => "equal",
+        },
+        (Held::Row(r), Held::Tombstone(t)) => {
+            if order.beats(&t, &r) {
+                "peer"
+            } else {
+                "local"
+            }
+        }
+        (Held::Tombstone(t), Held::Row(r)) => {
+            if order.beats(&t, &r) {
+                "local"
+            } else {
+                "peer"
+            }
+        }
+        (Held::Row(_), Held::Nothing) | (Held::Tombstone(_), Held::Nothing) => "local",
+        (Held::Nothing, _) => "peer",
+        (Held::Tombstone(_), Held::Tombstone(_)) => "equal",
+    }
+}
+
+/// `(local_version, peer_version, winner)` of a key, as table_diff shows them.
+pub fn judge(
+    rel: &PgRelation,
+    local: (Option<&str>, Version),
+    peer: (Option<&str>, Version),
+) -> Result<(Option<String>, Option<String>, &'static str), MmError> {
+    let tree = tree(rel, "table_diff")?;
+    let info = tree.info.ok_or_else(|| MmError::Internal {
+        what: format!("{} has no partitions to compare", tree.identity),
+    })?;
+    let local = Held::from_sql(local.0, local.1);
+    let peer = Held::from_sql(peer.0, peer.1);
+    Ok((
+        local.describe(&info.policy),
+        peer.describe(&info.policy),
+        winner(&info.policy, local, peer),
+    ))
+}
+
+/// A version from the SQL side's columns.
+pub fn version(criterion: Option<i64>, stattime: Option<i64>, node: Option<i16>) -> Version {
+    Version {
+        criterion,
+        stattime,
+        node: node.map(|n| n as NodeId),
+    }
+}
+
+/// Writes the winning versions `items` (a JSON array of `{"row": …}` and `{"tombstone": …}`, as
+/// `rows`/`tombstones` give them) into the table, each resolved by the trigger exactly as a
+/// replicated change (a row as a replicated INSERT, a tombstone as a replicated tombstone), so a
+/// version that is not better than the one stored changes nothing. `same_version`: a row with the
+/// stored row's very version is written too. Returns the number of items written.
+pub fn apply(rel: &PgRelation, items: &str, same_version: bool) -> Result<i64, MmError> {
+    // SAFETY: a catalog lookup of the current role inside a transaction.
+    if !unsafe { pg_sys::superuser() } {
+        return Err(MmError::NotSuperuser {
+            function: "repair()".into(),
+        });
+    }
+    let tree = tree(rel, "repair")?;
+    let items: Vec<Value> = serde_json::from_str(items).map_err(|e| MmError::Internal {
+        what: format!("repair items do not parse: {e}"),
+    })?;
+    // The columns a row is written with: every column but generated ones (computed again).
+    let columns: Vec<String> = {
+        // SAFETY: rel is open, so its descriptor is valid.
+        let attrs = unsafe { crate::pg::compat::attributes((*rel.as_ptr()).rd_att) };
+        attrs
+            .iter()
+            .filter(|a| !a.attisdropped && a.attgenerated == 0)
+            .map(|a| sql_ident(tuple::attname(a)))
+            .collect()
+    };
+    let columns = columns.join(", ");
+    let insert_row = CachedPlan::new(
+        format!(
+            "INSERT INTO {table} ({columns}) OVERRIDING SYSTEM VALUE SELECT {columns} \
+             FROM pg_catalog.json_populate_record(NULL::{table}, $1::pg_catalog.json)",
+            table = tree.sql_name
+        ),
+        vec![pg_sys::TEXTOID],
+    );
+    let insert_tombstone = CachedPlan::new(
+        "INSERT INTO mm_conflict.tombstone SELECT * FROM \
+         pg_catalog.json_populate_record(NULL::mm_conflict.tombstone, $1::pg_catalog.json)"
+            .into(),
+        vec![pg_sys::TEXTOID],
+    );
+    let _repair = RepairWrite::start(same_version);
+    let mut written = 0;
+    for item in items {
+        let (plan, value) = match (item.get("row"), item.get("tombstone")) {
+            (Some(row), _) => (&insert_row, row),
+            (None, Some(tombstone)) => (&insert_tombstone, tombstone),
+            _ => continue,
+        };
+        let text = value.to_string();
+        // SAFETY: in a transaction; the one parameter is a text.
+        unsafe { plan.execute(&[Some(text_datum(text.as_bytes()))], pg_sys::SPI_OK_INSERT) };
+        written += 1;
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(criterion: i64, node: i16) -> Version {
+        Version {
+            criterion: Some(criterion),
+            stattime: Some(criterion),
+            node: Some(node),
+        }
+    }
+
+    #[test]
+    fn buckets_nest() {
+        let key = b"\x00\x00\x00\x04\x00\x00\x00\x2a";
+        assert_eq!(bucket(key, 0), 0);
+        for bits in (LEVEL_BITS..=MAX_BITS).step_by(LEVEL_BITS as usize) {
+            assert_eq!(
+                bucket(key, bits) >> LEVEL_BITS,
+                bucket(key, bits - LEVEL_BITS)
+            );
+        }
+    }
+
+    #[test]
+    fn entry_hash_sees_every_stamp() {
+        let s = RowStamps {
+            xacttime: Some(1),
+            stattime: Some(2),
+            node: Some(3),
+            user_criterion: None,
+        };
+        let base = entry_hash(b"k", 7, &s);
+        assert_ne!(base, entry_hash(b"k", 8, &s));
+        assert_ne!(base, entry_hash(b"j", 7, &s));
+        assert_ne!(base, entry_hash(b"k", 7, &RowStamps { node: None, ..s }));
+        assert_ne!(
+            base,
+            entry_hash(
+                b"k",
+                7,
+                &RowStamps {
+                    xacttime: Some(9),
+                    ..s
+                }
+            )
+        );
+        assert_ne!(
+            base,
+            entry_hash(
+                b"k",
+                7,
+                &RowStamps {
+                    stattime: None,
+                    ..s
+                }
+            )
+        );
+    }
+
+    #[test]
+    fn winners() {
+        let policy = Policy::parse(&["1", "last_xacttime", "last"]).unwrap();
+        assert_eq!(
+            winner(&policy, Held::Row(v(2, 1)), Held::Row(v(1, 1))),
+            "local"
+        );
+        assert_eq!(
+            winner(&policy, Held::Row(v(1, 1)), Held::Row(v(2, 2))),
+            "peer"
+        );
+        assert_eq!(
+            winner(&policy, Held::Row(v(1, 1)), Held::Row(v(1, 1))),
+            "equal"
+        );
+        // A tombstone wins only when it beats the row.
+        assert_eq!(
+            winner(&policy, Held::Row(v(1, 1)), Held::Tombstone(v(2, 1))),
+            "peer"
+        );
+        assert_eq!(
+            winner(&policy, Held::Row(v(2, 1)), Held::Tombstone(v(1, 1))),
+            "local"
+        );
+        assert_eq!(
+            winner(&policy, Held::Row(v(1, 1)), Held::Tombstone(v(1, 1))),
+            "local"
+        );
+        assert_eq!(
+            winner(&policy, Held::Tombstone(v(2, 1)), Held::Row(v(1, 1))),
+            "local"
+        );
+        assert_eq!(winner(&policy, Held::Nothing, Held::Row(v(1, 1))), "peer");
+        assert_eq!(winner(&policy, Held::Row(v(1, 1)), Held::Nothing), "local");
+    }
+}
