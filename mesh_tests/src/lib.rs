@@ -419,6 +419,18 @@ impl Mesh {
         method: &str,
         preferred: Option<i16>,
     ) {
+        self.create_mesh_repairing(tables, criterion, method, preferred, false);
+    }
+
+    /// [`Mesh::create_mesh_on`], with `create_mesh(..., repair => repair)`.
+    pub fn create_mesh_repairing(
+        &mut self,
+        tables: &[&str],
+        criterion: &str,
+        method: &str,
+        preferred: Option<i16>,
+        repair: bool,
+    ) {
         let preferred = preferred.map_or("NULL".to_string(), |p| p.to_string());
         let tables = tables
             .iter()
@@ -428,7 +440,7 @@ impl Mesh {
         // create_mesh reaches the nodes through dblink, which it needs on this node first.
         self.nodes[0].sql("CREATE EXTENSION IF NOT EXISTS dblink");
         self.nodes[0].sql(&format!(
-            "SELECT mm_conflict.create_mesh('{}', ARRAY[{tables}]::regclass[], '{criterion}', '{method}', {preferred})",
+            "SELECT mm_conflict.create_mesh('{}', ARRAY[{tables}]::regclass[], '{criterion}', '{method}', {preferred}, repair => {repair})",
             Self::nodes_json(&self.nodes)
         ));
         self.by_helpers = true;
@@ -788,6 +800,9 @@ impl Mesh {
                 panic!("nodes did not converge: (rows, checksum) per node = {sums:?}")
             });
         let apply_deadlocks = self.assert_no_apply_errors();
+        if self.by_helpers {
+            self.assert_no_diff(table);
+        }
         let tombstones = self.nodes[0]
             .sql("SELECT count(*) FROM mm_conflict.tombstone")
             .parse()
@@ -797,6 +812,36 @@ impl Mesh {
             took,
             apply_deadlocks,
             tombstones,
+        }
+    }
+}
+
+impl Mesh {
+    /// Waits until every node has received what every other node had (the tables may differ).
+    pub fn wait_synced(&self) {
+        assert!(
+            self.wait_slots_caught_up(Instant::now() + Duration::from_secs(120)),
+            "the nodes did not catch up with each other"
+        );
+    }
+
+    /// `mm_conflict.table_diff` finds nothing between any two nodes (a mesh built by the helpers,
+    /// whose nodes know their peers).
+    pub fn assert_no_diff(&self, table: &str) {
+        for (i, node) in self.nodes.iter().enumerate() {
+            for peer in &self.nodes[i + 1..] {
+                let diff = node.sql(&format!(
+                    "SELECT count(*) || ':' || coalesce(string_agg(key::text || ' ' || winner, ', '), '')
+                       FROM mm_conflict.table_diff('{table}', {})",
+                    peer.id
+                ));
+                assert!(
+                    diff.starts_with("0:"),
+                    "table_diff({table}) from node {} to node {}: {diff}",
+                    node.id,
+                    peer.id
+                );
+            }
         }
     }
 }

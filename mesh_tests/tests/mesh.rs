@@ -683,3 +683,172 @@ fn unique_values_colliding_across_nodes_converge() {
     eprintln!("[unique] {contests} unique conflicts resolved across the 3 nodes");
     report("unique values", &mesh, &tps, &c);
 }
+
+/// `table_diff` from node 1 to `peer`: `id:winner` per differing key, in key order.
+fn diff_of(mesh: &Mesh, peer: i16) -> String {
+    mesh.nodes[0].sql(&format!(
+        "SELECT coalesce(string_agg((key->>'id') || ':' || winner, ',' ORDER BY (key->>'id')::int), '')
+           FROM mm_conflict.table_diff('mm', {peer})"
+    ))
+}
+
+fn ids(range: std::ops::RangeInclusive<i32>, winner: &str) -> Vec<String> {
+    range.map(|i| format!("{i}:{winner}")).collect()
+}
+
+/// Nodes made to differ in every way a change can fail to travel: rows present before the mesh
+/// existed, writes made while the table was out of the publication, a row changed with the trigger
+/// disabled, a tombstone purged early (an older insert arriving after it was gone). `table_diff`
+/// finds exactly those keys with the right winner; one `repair` makes every node identical with
+/// each key's winning version and `table_diff` empty everywhere; a second finds nothing to do.
+/// Then new differences are repaired from another node while the article's workload runs on all
+/// three, and the mesh ends identical.
+#[test]
+fn differences_are_found_and_repaired() {
+    let mut mesh = Mesh::start("repair", 3);
+    for node in &mesh.nodes {
+        node.sql(ARTICLE_TABLE);
+    }
+    // Before the mesh: nodes 1 and 2 hold ids 1..200 (node 2 two of them with another content),
+    // node 3 ids 1..100 and 900.
+    mesh.nodes[0]
+        .sql("INSERT INTO mm(id, info) SELECT g, 'row ' || g FROM generate_series(1, 200) g");
+    mesh.nodes[1].sql(
+        "INSERT INTO mm(id, info) SELECT g, 'row ' || g FROM generate_series(1, 200) g;
+         UPDATE mm SET info = 'node 2 before the mesh' WHERE id IN (5, 50)",
+    );
+    mesh.nodes[2].sql(
+        "INSERT INTO mm(id, info) SELECT g, 'row ' || g FROM generate_series(1, 100) g;
+         INSERT INTO mm(id, info) VALUES (900, 'only on node 3')",
+    );
+    mesh.create_mesh_on(&["mm"], "last_xacttime", "last", None);
+    mesh.nodes[0]
+        .sql("INSERT INTO mm(id, info) SELECT g, 'mesh ' || g FROM generate_series(2000, 2099) g");
+    mesh.wait_synced();
+    let late_row = mesh.nodes[2].sql("SELECT to_json(mm)::text FROM mm WHERE id = 2030");
+    // Node 2 writes while its table is out of the publication.
+    mesh.nodes[1].sql(
+        "DO $$BEGIN EXECUTE format('ALTER PUBLICATION %I DROP TABLE mm', mm_conflict.publication_name()); END$$;
+         UPDATE mm SET info = 'unpublished' WHERE id IN (2010, 2011);
+         INSERT INTO mm(id, info) SELECT g, 'unpublished' FROM generate_series(3000, 3004) g;
+         DO $$BEGIN EXECUTE format('ALTER PUBLICATION %I ADD TABLE mm', mm_conflict.publication_name()); END$$",
+    );
+    // Node 3 changes a row with the trigger disabled (same version, other content).
+    mesh.nodes[2].sql(
+        r#"ALTER TABLE mm DISABLE TRIGGER "!mm_resolve";
+           UPDATE mm SET info = 'changed behind the trigger' WHERE id = 2020;
+           ALTER TABLE mm ENABLE ALWAYS TRIGGER "!mm_resolve""#,
+    );
+    // Node 1 deletes a key; node 3 purges the tombstone at once, then an older change of the key
+    // arrives there (a replicated insert of the version it had).
+    mesh.nodes[0].sql("DELETE FROM mm WHERE id = 2030");
+    mesh.wait_synced();
+    mesh.nodes[2].sql(&format!(
+        "DELETE FROM mm_conflict.tombstone;
+         SELECT pg_replication_origin_create('late_change');
+         SELECT pg_replication_origin_session_setup('late_change');
+         INSERT INTO mm SELECT * FROM json_populate_record(NULL::mm, '{}');
+         SELECT pg_replication_origin_session_reset();
+         SELECT pg_replication_origin_drop('late_change')",
+        late_row.replace('\'', "''")
+    ));
+    mesh.wait_synced();
+
+    let mut to_2 = vec![
+        "5:equal".to_string(),
+        "50:equal".into(),
+        "2010:peer".into(),
+        "2011:peer".into(),
+    ];
+    to_2.extend(ids(3000..=3004, "peer"));
+    let mut to_3 = ids(101..=200, "local");
+    to_3.extend([
+        "900:peer".to_string(),
+        "2020:equal".into(),
+        "2030:local".into(),
+    ]);
+    assert_eq!(diff_of(&mesh, 2), to_2.join(","));
+    assert_eq!(diff_of(&mesh, 3), to_3.join(","));
+    let tombstone_side = mesh.nodes[0].sql(
+        "SELECT local_version LIKE 'deleted: %' AND peer_version NOT LIKE 'deleted%'
+           FROM mm_conflict.table_diff('mm', 3) WHERE key = '{\"id\": 2030}'",
+    );
+    assert_eq!(
+        tombstone_side, "t",
+        "2030: node 1's tombstone against node 3's row"
+    );
+
+    let repaired = mesh.nodes[0].sql("SELECT mm_conflict.repair('mm')");
+    assert_eq!(repaired, (to_2.len() + to_3.len()).to_string());
+    let c = mesh.assert_converged("mm");
+    assert_eq!(c.rows, 200 + 1 + 100 - 1 + 5);
+    // Each key has its winning version: the newer unpublished writes, node 1's content for rows
+    // without a version and for the row its version came from, the tombstone.
+    for node in &mesh.nodes {
+        assert_eq!(
+            node.sql(
+                "SELECT string_agg(id || '=' || info, ',' ORDER BY id) FROM mm
+                  WHERE id IN (5, 900, 2010, 2020, 2030, 3000)"
+            ),
+            "5=row 5,900=only on node 3,2010=unpublished,2020=mesh 2020,3000=unpublished",
+            "node {}",
+            node.id
+        );
+    }
+    assert_eq!(mesh.nodes[0].sql("SELECT mm_conflict.repair('mm')"), "0");
+
+    // Under load: node 3 writes 50 rows unpublished and changes one behind the trigger, then the
+    // article's workload runs on every node while node 2 repairs.
+    mesh.nodes[2].sql(
+        r#"DO $$BEGIN EXECUTE format('ALTER PUBLICATION %I DROP TABLE mm', mm_conflict.publication_name()); END$$;
+           INSERT INTO mm(id, info) SELECT g, 'unpublished' FROM generate_series(40001, 40050) g;
+           DO $$BEGIN EXECUTE format('ALTER PUBLICATION %I ADD TABLE mm', mm_conflict.publication_name()); END$$;
+           ALTER TABLE mm DISABLE TRIGGER "!mm_resolve";
+           UPDATE mm SET info = 'changed behind the trigger' WHERE id = 2040;
+           ALTER TABLE mm ENABLE ALWAYS TRIGGER "!mm_resolve""#,
+    );
+    let seconds = load_seconds();
+    let children = start_article_load(&mesh.nodes, seconds);
+    std::thread::sleep(std::time::Duration::from_secs(u64::from(seconds) / 2));
+    let repaired: i64 = mesh.nodes[1]
+        .sql("SELECT mm_conflict.repair('mm')")
+        .parse()
+        .unwrap();
+    let tps: Vec<f64> = children.into_iter().map(pgbench_tps).collect();
+    assert!(repaired >= 51, "repaired under load: {repaired} keys");
+    let c = mesh.assert_converged("mm");
+    assert_eq!(
+        mesh.nodes[0].sql("SELECT count(*) FROM mm WHERE id BETWEEN 40001 AND 40050"),
+        "50"
+    );
+    report(
+        &format!("repair under load ({repaired} keys)"),
+        &mesh,
+        &tps,
+        &c,
+    );
+}
+
+/// `create_mesh(..., repair => true)` reconciles rows the nodes held before: no warning, and
+/// identical tables at once.
+#[test]
+fn create_mesh_repairs_existing_rows() {
+    let mut mesh = Mesh::start("mesh_repair", 3);
+    for (i, node) in mesh.nodes.iter().enumerate() {
+        node.sql(ARTICLE_TABLE);
+        node.sql(&format!(
+            "INSERT INTO mm(id, info) SELECT g, 'node {}' FROM generate_series({}, {}) g",
+            i + 1,
+            i * 100 + 1,
+            i * 100 + 150
+        ));
+    }
+    mesh.create_mesh_repairing(&["mm"], "last_xacttime", "last", None, true);
+    let c = mesh.assert_converged("mm");
+    assert_eq!(c.rows, 350);
+    // Where two nodes held a key, the first node's row (rows without a version: its content wins).
+    assert_eq!(
+        mesh.nodes[2].sql("SELECT string_agg(DISTINCT info, ',' ORDER BY info) FROM mm WHERE id BETWEEN 101 AND 150"),
+        "node 1"
+    );
+}
