@@ -187,7 +187,9 @@ DECLARE
     conn text := 'mm_conflict_repair';
     tname text;
     batch constant int := 500;
-    peer record;
+    peer_ids int[];
+    conninfos text[];
+    peer int;
     keys bytea[];
     same_keys bytea[];
     chunk bytea[];
@@ -201,25 +203,31 @@ BEGIN
     END IF;
     PERFORM mm_conflict.this_node();
     tname := mm_conflict._table_name(tbl);
+    -- Peers' conninfos are known from this node's subscriptions to them.
+    SELECT coalesce(array_agg(p.node_id ORDER BY p.node_id), '{}'),
+           coalesce(array_agg(s.subconninfo ORDER BY p.node_id), '{}')
+      INTO peer_ids, conninfos
+      FROM mm_conflict.peer p
+      JOIN pg_subscription s ON s.subname = p.subscription
+     WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database());
+    IF cardinality(peer_ids) = 0 THEN
+        RETURN 0;
+    END IF;
     PERFORM mm_conflict._require_dblink('repair()');
     FOR pass IN 1..2 LOOP
-        FOR peer IN SELECT p.node_id, s.subconninfo
-                      FROM mm_conflict.peer p
-                      JOIN pg_subscription s ON s.subname = p.subscription
-                     WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-                     ORDER BY p.node_id
-        LOOP
-            PERFORM mm_conflict._connect(conn, peer.subconninfo, format('node %s', peer.node_id));
+        FOR i IN 1..cardinality(peer_ids) LOOP
+            peer := peer_ids[i];
+            PERFORM mm_conflict._connect(conn, conninfos[i], format('node %s', peer));
             IF pass = 1 THEN
                 SELECT array_agg(d.pk) FILTER (WHERE d.winner = 'peer'),
-                       array_agg(d.pk) FILTER (WHERE d.winner = 'equal' AND d.peer_node = peer.node_id)
+                       array_agg(d.pk) FILTER (WHERE d.winner = 'equal' AND d.peer_node = peer)
                   INTO keys, same_keys
-                  FROM mm_conflict._diff_judged(tbl, conn, peer.node_id) d;
+                  FROM mm_conflict._diff_judged(tbl, conn, peer) d;
             ELSE
                 SELECT array_agg(d.pk) FILTER (WHERE d.winner = 'local'),
                        array_agg(d.pk) FILTER (WHERE d.winner = 'equal')
                   INTO keys, same_keys
-                  FROM mm_conflict._diff_judged(tbl, conn, peer.node_id) d;
+                  FROM mm_conflict._diff_judged(tbl, conn, peer) d;
             END IF;
             FOR same IN 0..1 LOOP
                 IF same = 1 THEN

@@ -294,6 +294,10 @@ impl MmError {
                 "Replicated inserts, updates and deletes find their row by primary key.".into()
             }
             NodeIdTaken { .. } => "Replicated tables and subscriptions carry the node id.".into(),
+            NotSuperuser { function } if function == "table_diff()" || function == "repair()" => {
+                "It reaches the peers with the connection strings of this node's subscriptions, which only a superuser may read; repair writes versions as replication does."
+                    .into()
+            }
             NotSuperuser { .. } => {
                 "mm_conflict creates and drops subscriptions and replication slots, which needs a superuser on every node."
                     .into()
