@@ -122,7 +122,8 @@ $$;
 -- The rows of `tbl` that differ between this node and the node behind dblink connection `conn`
 -- (node `peer`): each side's entry hash and version (NULL: no row there). Buckets of the key's
 -- hash are compared level by level, 256 children at a time; a differing bucket of at most 64 rows
--- on either side (or one at the deepest level) has its rows listed and compared.
+-- on either side (or one at the deepest level) has its rows listed and compared. Each step sends
+-- the peer its query first and reads this node's side while the peer reads its own.
 CREATE FUNCTION mm_conflict._diff_between(tbl regclass, conn text, peer integer)
 RETURNS TABLE(pk bytea, local_hash bigint, local_criterion bigint, local_stattime bigint,
               local_node smallint, peer_hash bigint, peer_criterion bigint, peer_stattime bigint,
@@ -131,13 +132,15 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     tname text := mm_conflict._table_name(tbl);
-    link text := mm_conflict._dblink('dblink');
+    send text := mm_conflict._dblink('dblink_send_query');
+    result text := mm_conflict._dblink('dblink_get_result');
     leaf_rows constant int := 64;
     max_bits constant int := 56;
     bits int := 0;
     parents bigint[];
     descend bigint[];
     leaves bigint[];
+    mine jsonb;
     compared bigint;
     ranges bigint := 0;
     differing bigint := 0;
@@ -145,37 +148,49 @@ DECLARE
     noticed timestamptz := clock_timestamp();
 BEGIN
     LOOP
+        EXECUTE format('SELECT %s($1, $2)', send) USING conn,
+            format('SELECT bucket, rows, hash FROM mm_conflict._diff_summary(%L::regclass, %s, %L::bigint[])',
+                   tname, bits, parents);
+        SELECT coalesce(jsonb_agg(jsonb_build_array(s.bucket, s.rows, s.hash)), '[]') INTO mine
+          FROM mm_conflict._diff_summary(tbl, bits, parents) s;
         EXECUTE format($q$
-            WITH l AS (SELECT * FROM mm_conflict._diff_summary($1, $2, $3)),
-                 r AS (SELECT * FROM %s($4, $5) AS r(bucket bigint, rows bigint, hash bigint)),
+            WITH l AS (SELECT (e->>0)::bigint AS bucket, (e->>1)::bigint AS rows, (e->>2)::bigint AS hash
+                         FROM jsonb_array_elements($1) e),
+                 r AS (SELECT * FROM %s($2) AS r(bucket bigint, rows bigint, hash bigint)),
                  j AS (SELECT coalesce(l.bucket, r.bucket) AS bucket, greatest(l.rows, r.rows) AS n,
                               l.hash IS DISTINCT FROM r.hash OR l.rows IS DISTINCT FROM r.rows AS differs
                          FROM l FULL JOIN r ON r.bucket = l.bucket)
             SELECT count(*),
-                   array_agg(bucket) FILTER (WHERE differs AND n > $6 AND $2 < $7),
-                   array_agg(bucket) FILTER (WHERE differs AND (n <= $6 OR $2 >= $7))
-              FROM j$q$, link)
+                   array_agg(bucket) FILTER (WHERE differs AND n > $3 AND $5 < $4),
+                   array_agg(bucket) FILTER (WHERE differs AND (n <= $3 OR $5 >= $4))
+              FROM j$q$, result)
            INTO compared, descend, leaves
-          USING tbl, bits, parents, conn,
-                format('SELECT bucket, rows, hash FROM mm_conflict._diff_summary(%L::regclass, %s, %L::bigint[])',
-                       tname, bits, parents),
-                leaf_rows, max_bits;
+          USING mine, conn, leaf_rows, max_bits, bits;
+        EXECUTE format('SELECT * FROM %s($1) AS r(bucket bigint, rows bigint, hash bigint)', result) USING conn;
         ranges := ranges + compared;
         IF leaves IS NOT NULL THEN
+            EXECUTE format('SELECT %s($1, $2)', send) USING conn,
+                format('SELECT pk, hash, criterion, stattime, node, content '
+                       'FROM mm_conflict._diff_rows(%L::regclass, %s, %L::bigint[], NULL, false)',
+                       tname, bits, leaves);
+            SELECT coalesce(jsonb_agg(jsonb_build_array(encode(r.pk, 'hex'), r.hash, r.criterion, r.stattime, r.node)), '[]')
+              INTO mine
+              FROM mm_conflict._diff_rows(tbl, bits, leaves, NULL, false) r;
             RETURN QUERY EXECUTE format($q$
-                WITH l AS (SELECT * FROM mm_conflict._diff_rows($1, $2, $3, NULL, false)),
-                     r AS (SELECT * FROM %s($4, $5) AS r(pk bytea, hash bigint, criterion bigint,
-                                                         stattime bigint, node smallint, content text))
+                WITH l AS (SELECT decode(e->>0, 'hex') AS pk, (e->>1)::bigint AS hash, (e->>2)::bigint AS criterion,
+                                  (e->>3)::bigint AS stattime, (e->>4)::smallint AS node
+                             FROM jsonb_array_elements($1) e),
+                     r AS (SELECT * FROM %s($2) AS r(pk bytea, hash bigint, criterion bigint,
+                                                     stattime bigint, node smallint, content text))
                 SELECT coalesce(l.pk, r.pk), l.hash, l.criterion, l.stattime, l.node,
                        r.hash, r.criterion, r.stattime, r.node
                   FROM l FULL JOIN r ON r.pk = l.pk
-                 WHERE l.hash IS DISTINCT FROM r.hash$q$, link)
-              USING tbl, bits, leaves, conn,
-                    format('SELECT pk, hash, criterion, stattime, node, content '
-                           'FROM mm_conflict._diff_rows(%L::regclass, %s, %L::bigint[], NULL, false)',
-                           tname, bits, leaves);
+                 WHERE l.hash IS DISTINCT FROM r.hash$q$, result)
+              USING mine, conn;
             GET DIAGNOSTICS listed = ROW_COUNT;
             differing := differing + listed;
+            EXECUTE format('SELECT * FROM %s($1) AS r(pk bytea, hash bigint, criterion bigint, '
+                           'stattime bigint, node smallint, content text)', result) USING conn;
         END IF;
         EXIT WHEN descend IS NULL;
         bits := bits + 8;
