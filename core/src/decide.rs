@@ -94,6 +94,48 @@ pub fn new_tombstone(order: &VersionOrder, stored: &Version, tombstone: &Version
     }
 }
 
+/// What a node holds for a key, as a repair compares two nodes (`mm_conflict.table_diff`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    Row(Version),
+    Tombstone(Version),
+    Nothing,
+}
+
+/// Which side's state of a key two nodes hold differently wins a repair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepairWinner {
+    Local,
+    Peer,
+    /// Two rows with one version and different contents: no order settles it (a write that went
+    /// around the trigger, or corruption).
+    Equal,
+}
+
+/// The winner between two nodes' states of a key whose rows differ, decided as replication would
+/// decide it: two rows by their versions; a tombstone beats a row only when its version does (as a
+/// replicated tombstone settles a row); anything beats nothing.
+pub fn repair_winner(order: &VersionOrder, local: Held, peer: Held) -> RepairWinner {
+    use RepairWinner::*;
+    let by = |local_wins: bool| if local_wins { Local } else { Peer };
+    match (local, peer) {
+        (Held::Row(l), Held::Row(p)) => match order.compare(&l, &p) {
+            Ordering::Greater => Local,
+            Ordering::Less => Peer,
+            Ordering::Equal => Equal,
+        },
+        (Held::Row(r), Held::Tombstone(t)) => by(!order.beats(&t, &r)),
+        (Held::Tombstone(t), Held::Row(r)) => by(order.beats(&t, &r)),
+        (Held::Tombstone(l), Held::Tombstone(p)) => match order.compare(&l, &p) {
+            Ordering::Less => Peer,
+            Ordering::Greater => Local,
+            Ordering::Equal => Equal,
+        },
+        (_, Held::Nothing) => Local,
+        (Held::Nothing, _) => Peer,
+    }
+}
+
 /// `mm_conflict.local_conflict`: what a local write that loses to the stored version does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LocalConflictMode {
@@ -239,5 +281,24 @@ mod tests {
             local_write(&ORDER, &newer, &newer, LocalConflictMode::Error),
             LocalAction::RaiseConflict
         );
+    }
+
+    #[test]
+    fn repair_winners() {
+        use Held::*;
+        use RepairWinner::*;
+        let w = |l, p| repair_winner(&ORDER, l, p);
+        assert_eq!(w(Row(v(2, 1)), Row(v(1, 1))), Local);
+        assert_eq!(w(Row(v(1, 1)), Row(v(2, 2))), Peer);
+        assert_eq!(w(Row(v(1, 1)), Row(v(1, 1))), Equal);
+        // A tombstone wins only when it beats the row (a tie keeps the row, as settle does).
+        assert_eq!(w(Row(v(1, 1)), Tombstone(v(2, 1))), Peer);
+        assert_eq!(w(Row(v(2, 1)), Tombstone(v(1, 1))), Local);
+        assert_eq!(w(Row(v(1, 1)), Tombstone(v(1, 1))), Local);
+        assert_eq!(w(Tombstone(v(2, 1)), Row(v(1, 1))), Local);
+        assert_eq!(w(Tombstone(v(1, 1)), Row(v(1, 1))), Peer);
+        assert_eq!(w(Nothing, Row(v(1, 1))), Peer);
+        assert_eq!(w(Row(v(1, 1)), Nothing), Local);
+        assert_eq!(w(Tombstone(v(1, 1)), Nothing), Local);
     }
 }

@@ -20,7 +20,10 @@ pub mod sequence;
 pub mod stamp;
 pub mod version;
 
-pub use decide::{DeleteAction, InsertAction, LocalAction, LocalConflictMode, Outcome};
+pub use decide::{
+    repair_winner, DeleteAction, Held, InsertAction, LocalAction, LocalConflictMode, Outcome,
+    RepairWinner,
+};
 pub use engine::{
     Action, Local, Lookup, Operation, Refusal, Resolution, Store, Stored, Tombstone, Tombstones,
 };

@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use mm_conflict_core::engine::{self, Action, Local, Lookup, Refusal, Resolution, Stored};
 use mm_conflict_core::stamp::Clock;
+use mm_conflict_core::{repair_winner, Held, RepairWinner};
 use mm_conflict_core::{
     Criterion, Decision, Direction, LocalConflictMode, Policy, RowStamps, Store, Tombstone,
     Tombstones, Version,
@@ -79,6 +80,8 @@ struct NodeStore<'a> {
     /// Tombstones the unique contests gave to keys (they count as written versions).
     burials: &'a mut Vec<(u8, Version)>,
     key_locked: bool,
+    /// A repair's write of a row whose content differs under the stored row's very version.
+    same_version: bool,
 }
 
 /// PostgreSQL's unique index: writing `row` while another key holds its unique value fails (an
@@ -142,6 +145,10 @@ impl Store for NodeStore<'_> {
 
     fn keyed(&self) -> bool {
         true
+    }
+
+    fn overwrites_same_version(&self) -> bool {
+        self.same_version
     }
 
     fn stamps(&self, row: &Row) -> RowStamps {
@@ -346,6 +353,7 @@ impl Mesh {
             decisions: &mut self.decisions,
             burials: &mut self.burials,
             key_locked: false,
+            same_version: false,
         };
         let result = f(&mut store);
         for (key, version) in self.burials.drain(..) {
@@ -532,6 +540,107 @@ impl Mesh {
         }
     }
 
+    /// What node `node` holds for `key`, as `table_diff` reads it.
+    fn held(&self, node: usize, key: u8) -> Held {
+        let replica = &self.nodes[node];
+        match (replica.rows.get(&key), replica.tombstones.get(&key)) {
+            (Some(row), _) => Held::Row(self.version(row)),
+            (None, Some(t)) => Held::Tombstone(t.version),
+            (None, None) => Held::Nothing,
+        }
+    }
+
+    /// Writes node `from`'s state of `key` on node `to`, as `mm_conflict._repair_apply` does: its
+    /// row as a replicated INSERT, or its tombstone as a replicated tombstone (then published, as
+    /// every write is). Returns whether it sent anything.
+    fn repair_write(&mut self, from: usize, to: usize, key: u8, same_version: bool) -> bool {
+        let row = self.nodes[from].rows.get(&key).copied();
+        let tombstone = self.nodes[from].tombstones.get(&key).copied();
+        let policy = self.policies[to].clone();
+        let (out, ()) = match (row, tombstone) {
+            (Some(row), _) => self.with_store(to, key, |s| {
+                s.same_version = same_version;
+                match engine::replicated_insert(s, &policy, &row, false) {
+                    Ok(Action::Apply) => {
+                        assert_unique(s.replica, &row);
+                        s.replica.rows.insert(key, row);
+                        s.out.push(Change::Insert(key, row));
+                    }
+                    Ok(Action::Skip) => {}
+                    other => panic!("unexpected result of a repair's insert: {other:?}"),
+                }
+            }),
+            (None, Some(t)) => self.with_store(to, key, |s| {
+                if engine::tombstone_arrives(s, &t) {
+                    s.replica.tombstones.insert(key, t);
+                    s.out.push(Change::Tombstone(key, t));
+                    engine::settle(s, &policy, &t);
+                }
+            }),
+            (None, None) => return false,
+        };
+        self.publish(to, out);
+        true
+    }
+
+    /// `mm_conflict.repair` run on node `r`: from every peer, the keys whose rows differ and
+    /// where the peer wins (or holds the content of the node that wrote an `equal` version); then
+    /// to every peer, the keys where `r` wins or the contents differ under one version. Returns
+    /// the keys written.
+    fn repair(&mut self, r: usize, keys: &[u8]) -> usize {
+        let order = self.policy().order();
+        let mut repaired = std::collections::BTreeSet::new();
+        for pass in 1..=2 {
+            for p in (0..self.nodes.len()).filter(|&p| p != r) {
+                for &key in keys {
+                    let (mine, theirs) =
+                        (self.nodes[r].rows.get(&key), self.nodes[p].rows.get(&key));
+                    if mine == theirs {
+                        continue;
+                    }
+                    let winner = repair_winner(&order, self.held(r, key), self.held(p, key));
+                    let equal = winner == RepairWinner::Equal;
+                    let sent = match (pass, winner) {
+                        (1, RepairWinner::Peer) => self.repair_write(p, r, key, false),
+                        (1, RepairWinner::Equal) => {
+                            let writer = theirs.and_then(|row| row.stamps.node);
+                            writer == Some(p as i16 + 1) && self.repair_write(p, r, key, true)
+                        }
+                        (2, RepairWinner::Local | RepairWinner::Equal) => {
+                            self.repair_write(r, p, key, equal)
+                        }
+                        _ => false,
+                    };
+                    if sent {
+                        repaired.insert(key);
+                    }
+                }
+            }
+        }
+        repaired.len()
+    }
+
+    /// A change behind the trigger: the row's content changes, its version does not, nothing is
+    /// published.
+    fn sneak(&mut self, node: usize, key: u8) {
+        self.next_write += 1;
+        let write = self.next_write;
+        if let Some(row) = self.nodes[node].rows.get_mut(&key) {
+            row.write_id = write;
+        }
+    }
+
+    fn assert_identical(&self) {
+        for (i, node) in self.nodes.iter().enumerate().skip(1) {
+            assert_eq!(
+                node.rows,
+                self.nodes[0].rows,
+                "node {} differs from node 1 after repair",
+                i + 1
+            );
+        }
+    }
+
     fn check_converged(&self) {
         let order = self.policy().order();
         for (i, node) in self.nodes.iter().enumerate().skip(1) {
@@ -634,6 +743,83 @@ proptest! {
         let mut i = 0;
         mesh.drain(|len| { i += 1; drain_choices[i % drain_choices.len()] % len });
         mesh.check_converged();
+    }
+}
+
+/// Ways a change fails to travel, besides the steps of [`Step`].
+#[derive(Clone, Debug)]
+enum Fault {
+    Step(Step),
+    /// The next transaction on a path is lost (written while the table was out of the publication).
+    Lose(usize, usize),
+    /// A node purges its tombstones.
+    Purge(usize),
+    /// A node changes a row behind its trigger.
+    Sneak(usize, u8),
+}
+
+fn faults_strategy(nodes: usize) -> impl Strategy<Value = Vec<Fault>> {
+    let fault = prop_oneof![
+        3 => (0..nodes, 0u8..5, 0i64..40, proptest::option::weighted(0.7, 0u8..3))
+            .prop_map(|(n, k, v, u)| Fault::Step(Step::Write(n, k, v, u))),
+        1 => (0..nodes, 0u8..5).prop_map(|(n, k)| Fault::Step(Step::Delete(n, k))),
+        5 => (0..nodes, 1..nodes, proptest::bool::weighted(0.1))
+            .prop_map(move |(f, d, dup)| Fault::Step(Step::Deliver(f, (f + d) % nodes, dup))),
+        2 => (0..nodes, 1..nodes).prop_map(move |(f, d)| Fault::Lose(f, (f + d) % nodes)),
+        1 => (0..nodes).prop_map(Fault::Purge),
+        1 => (0..nodes, 0u8..5).prop_map(|(n, k)| Fault::Sneak(n, k)),
+    ];
+    proptest::collection::vec(fault, 1..200)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// Replicas made to differ (transactions lost on a path, tombstones purged early, rows
+    /// changed behind the trigger) become identical after one repair from any node and the
+    /// delivery of what it wrote; without purges and sneaks, every key ends in its best version,
+    /// as if nothing had been lost. A second repair finds nothing to do.
+    #[test]
+    fn repair_makes_diverged_replicas_identical(
+        (policy, skew, faults, drain_choices, repairer) in (2usize..=4).prop_flat_map(|n| (
+            policy_strategy(),
+            proptest::collection::vec(-30i64..30, n),
+            faults_strategy(n),
+            proptest::collection::vec(0usize..1000, 64),
+            0..n,
+        ))
+    ) {
+        let mut mesh = Mesh::new(policy, skew);
+        let mut lossless = true;
+        for fault in faults {
+            match fault {
+                Fault::Step(Step::Write(n, k, v, u)) => mesh.local_write(n, k, v, u),
+                Fault::Step(Step::Delete(n, k)) => mesh.local_delete(n, k),
+                Fault::Step(Step::Deliver(f, t, dup)) => mesh.deliver(f, t, dup),
+                Fault::Lose(f, t) => {
+                    mesh.paths[f][t].pop_front();
+                }
+                Fault::Purge(n) => {
+                    lossless &= mesh.nodes[n].tombstones.is_empty();
+                    mesh.nodes[n].tombstones.clear();
+                }
+                Fault::Sneak(n, k) => {
+                    lossless &= !mesh.nodes[n].rows.contains_key(&k);
+                    mesh.sneak(n, k);
+                }
+            }
+        }
+        let mut i = 0;
+        mesh.drain(|len| { i += 1; drain_choices[i % drain_choices.len()] % len });
+        let keys: Vec<u8> = (0..5).collect();
+        mesh.repair(repairer, &keys);
+        mesh.drain(|len| { i += 1; drain_choices[i % drain_choices.len()] % len });
+        mesh.assert_identical();
+        if lossless {
+            mesh.check_converged();
+        }
+        prop_assert_eq!(mesh.repair(repairer, &keys), 0);
+        prop_assert_eq!(mesh.repair((repairer + 1) % mesh.nodes.len(), &keys), 0);
     }
 }
 

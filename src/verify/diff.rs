@@ -19,7 +19,9 @@
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-use mm_conflict_core::{Micros, NodeId, Policy, RowStamps, Version};
+use mm_conflict_core::{
+    repair_winner, Held, Micros, NodeId, Policy, RepairWinner, RowStamps, Version,
+};
 use pgrx::prelude::*;
 use pgrx::PgRelation;
 use serde_json::{Map, Value};
@@ -346,69 +348,38 @@ pub fn key_json(rel: &PgRelation, key: &[u8]) -> Result<Value, MmError> {
     }
 }
 
-/// What one side holds for a key: a row, a tombstone, or nothing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Held {
-    Row(Version),
-    Tombstone(Version),
-    Nothing,
-}
-
-impl Held {
-    pub fn from_sql(kind: Option<&str>, version: Version) -> Held {
-        match kind {
-            Some("row") => Held::Row(version),
-            Some("tombstone") => Held::Tombstone(version),
-            _ => Held::Nothing,
-        }
-    }
-
-    fn describe(&self, policy: &Policy) -> Option<String> {
-        let column = policy.criterion_column();
-        let version = |v: &Version| {
-            if v.criterion.is_none() && v.stattime.is_none() && v.node.is_none() {
-                "no version (written without mm_resolve)".to_string()
-            } else {
-                v.describe(column)
-            }
-        };
-        match self {
-            Held::Row(v) => Some(version(v)),
-            Held::Tombstone(v) => Some(format!("deleted: {}", version(v))),
-            Held::Nothing => None,
-        }
+/// What a side of the SQL holds: `row`, `tombstone` or NULL, with its version.
+fn held(kind: Option<&str>, version: Version) -> Held {
+    match kind {
+        Some("row") => Held::Row(version),
+        Some("tombstone") => Held::Tombstone(version),
+        _ => Held::Nothing,
     }
 }
 
-/// Which side's version wins for a key whose rows differ: `local`, `peer`, or `equal` (both rows
-/// have one version but not the same content: no order can settle that; it means a write that
-/// went around mm_conflict, or corruption). A tombstone wins over a row only when it beats it
-/// (as a replicated tombstone settles a row); a row wins over nothing.
-pub fn winner(policy: &Policy, local: Held, peer: Held) -> &'static str {
-    let order = policy.order();
-    match (local, peer) {
-        (Held::Row(l), Held::Row(p)) => match order.compare(&l, &p) {
-            std::cmp::Ordering::Greater => "local",
-            std::cmp::Ordering::Less => "peer",
-            std::cmp::Ordering::Equal => "equal",
-        },
-        (Held::Row(r), Held::Tombstone(t)) => {
-            if order.beats(&t, &r) {
-                "peer"
-            } else {
-                "local"
-            }
+/// A side's state as table_diff shows it (NULL: nothing).
+fn describe(held: &Held, policy: &Policy) -> Option<String> {
+    let column = policy.criterion_column();
+    let version = |v: &Version| {
+        if v.criterion.is_none() && v.stattime.is_none() && v.node.is_none() {
+            "no version (written without mm_resolve)".to_string()
+        } else {
+            v.describe(column)
         }
-        (Held::Tombstone(t), Held::Row(r)) => {
-            if order.beats(&t, &r) {
-                "local"
-            } else {
-                "peer"
-            }
-        }
-        (Held::Row(_), Held::Nothing) | (Held::Tombstone(_), Held::Nothing) => "local",
-        (Held::Nothing, _) => "peer",
-        (Held::Tombstone(_), Held::Tombstone(_)) => "equal",
+    };
+    match held {
+        Held::Row(v) => Some(version(v)),
+        Held::Tombstone(v) => Some(format!("deleted: {}", version(v))),
+        Held::Nothing => None,
+    }
+}
+
+/// `local`, `peer` or `equal` (see [`repair_winner`]).
+fn winner(policy: &Policy, local: Held, peer: Held) -> &'static str {
+    match repair_winner(&policy.order(), local, peer) {
+        RepairWinner::Local => "local",
+        RepairWinner::Peer => "peer",
+        RepairWinner::Equal => "equal",
     }
 }
 
@@ -422,11 +393,11 @@ pub fn judge(
     let info = tree.info.ok_or_else(|| MmError::Internal {
         what: format!("{} has no partitions to compare", tree.identity),
     })?;
-    let local = Held::from_sql(local.0, local.1);
-    let peer = Held::from_sql(peer.0, peer.1);
+    let local = held(local.0, local.1);
+    let peer = held(peer.0, peer.1);
     Ok((
-        local.describe(&info.policy),
-        peer.describe(&info.policy),
+        describe(&local, &info.policy),
+        describe(&peer, &info.policy),
         winner(&info.policy, local, peer),
     ))
 }
@@ -501,14 +472,6 @@ pub fn apply(rel: &PgRelation, items: &str, same_version: bool) -> Result<i64, M
 mod tests {
     use super::*;
 
-    fn v(criterion: i64, node: i16) -> Version {
-        Version {
-            criterion: Some(criterion),
-            stattime: Some(criterion),
-            node: Some(node),
-        }
-    }
-
     #[test]
     fn buckets_nest() {
         let key = b"\x00\x00\x00\x04\x00\x00\x00\x2a";
@@ -555,41 +518,5 @@ mod tests {
                 }
             )
         );
-    }
-
-    #[test]
-    fn winners() {
-        let policy = Policy::parse(&["1", "last_xacttime", "last"]).unwrap();
-        assert_eq!(
-            winner(&policy, Held::Row(v(2, 1)), Held::Row(v(1, 1))),
-            "local"
-        );
-        assert_eq!(
-            winner(&policy, Held::Row(v(1, 1)), Held::Row(v(2, 2))),
-            "peer"
-        );
-        assert_eq!(
-            winner(&policy, Held::Row(v(1, 1)), Held::Row(v(1, 1))),
-            "equal"
-        );
-        // A tombstone wins only when it beats the row.
-        assert_eq!(
-            winner(&policy, Held::Row(v(1, 1)), Held::Tombstone(v(2, 1))),
-            "peer"
-        );
-        assert_eq!(
-            winner(&policy, Held::Row(v(2, 1)), Held::Tombstone(v(1, 1))),
-            "local"
-        );
-        assert_eq!(
-            winner(&policy, Held::Row(v(1, 1)), Held::Tombstone(v(1, 1))),
-            "local"
-        );
-        assert_eq!(
-            winner(&policy, Held::Tombstone(v(2, 1)), Held::Row(v(1, 1))),
-            "local"
-        );
-        assert_eq!(winner(&policy, Held::Nothing, Held::Row(v(1, 1))), "peer");
-        assert_eq!(winner(&policy, Held::Row(v(1, 1)), Held::Nothing), "local");
     }
 }
