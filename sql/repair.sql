@@ -73,18 +73,18 @@ BEGIN
         ranges := ranges + compared;
         IF leaves IS NOT NULL THEN
             EXECUTE format('SELECT %s($1, $2)', send) USING conn,
-                format('SELECT pk, hash, criterion, stattime, node, content '
-                       'FROM mm_conflict._diff_rows(%L::regclass, %s, %L::bigint[], NULL, false)',
+                format('SELECT pk, hash, criterion, stattime, node '
+                       'FROM mm_conflict._diff_rows(%L::regclass, %s, %L::bigint[], NULL)',
                        tname, bits, leaves);
             SELECT coalesce(jsonb_agg(jsonb_build_array(encode(r.pk, 'hex'), r.hash, r.criterion, r.stattime, r.node)), '[]')
               INTO mine
-              FROM mm_conflict._diff_rows(tbl, bits, leaves, NULL, false) r;
+              FROM mm_conflict._diff_rows(tbl, bits, leaves, NULL) r;
             RETURN QUERY EXECUTE format($q$
                 WITH l AS (SELECT decode(e->>0, 'hex') AS pk, (e->>1)::bigint AS hash, (e->>2)::bigint AS criterion,
                                   (e->>3)::bigint AS stattime, (e->>4)::smallint AS node
                              FROM jsonb_array_elements($1) e),
                      r AS (SELECT * FROM %s($2) AS r(pk bytea, hash bigint, criterion bigint,
-                                                     stattime bigint, node smallint, content text))
+                                                     stattime bigint, node smallint))
                 SELECT coalesce(l.pk, r.pk), l.hash, l.criterion, l.stattime, l.node,
                        r.hash, r.criterion, r.stattime, r.node
                   FROM l FULL JOIN r ON r.pk = l.pk
@@ -93,7 +93,7 @@ BEGIN
             GET DIAGNOSTICS listed = ROW_COUNT;
             differing := differing + listed;
             EXECUTE format('SELECT * FROM %s($1) AS r(pk bytea, hash bigint, criterion bigint, '
-                           'stattime bigint, node smallint, content text)', result) USING conn;
+                           'stattime bigint, node smallint)', result) USING conn;
         END IF;
         EXIT WHEN descend IS NULL;
         bits := bits + 8;
@@ -107,10 +107,45 @@ BEGIN
 END
 $$;
 
+-- The rows of `keys` of `tbl` that differ between this node and the node behind `conn`, as
+-- _diff_between returns them (each node reads its table once, at the same time).
+CREATE FUNCTION mm_conflict._diff_keys_between(tbl regclass, conn text, keys bytea[])
+RETURNS TABLE(pk bytea, local_hash bigint, local_criterion bigint, local_stattime bigint,
+              local_node smallint, peer_hash bigint, peer_criterion bigint, peer_stattime bigint,
+              peer_node smallint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    result text := mm_conflict._dblink('dblink_get_result');
+    mine jsonb;
+BEGIN
+    EXECUTE format('SELECT %s($1, $2)', mm_conflict._dblink('dblink_send_query')) USING conn,
+        format('SELECT pk, hash, criterion, stattime, node '
+               'FROM mm_conflict._diff_rows(%L::regclass, 0, NULL, %L::bytea[])',
+               mm_conflict._table_name(tbl), keys);
+    SELECT coalesce(jsonb_agg(jsonb_build_array(encode(r.pk, 'hex'), r.hash, r.criterion, r.stattime, r.node)), '[]')
+      INTO mine
+      FROM mm_conflict._diff_rows(tbl, 0, NULL, keys) r;
+    RETURN QUERY EXECUTE format($q$
+        WITH l AS (SELECT decode(e->>0, 'hex') AS pk, (e->>1)::bigint AS hash, (e->>2)::bigint AS criterion,
+                          (e->>3)::bigint AS stattime, (e->>4)::smallint AS node
+                     FROM jsonb_array_elements($1) e),
+             r AS (SELECT * FROM %s($2) AS r(pk bytea, hash bigint, criterion bigint,
+                                             stattime bigint, node smallint))
+        SELECT coalesce(l.pk, r.pk), l.hash, l.criterion, l.stattime, l.node,
+               r.hash, r.criterion, r.stattime, r.node
+          FROM l FULL JOIN r ON r.pk = l.pk
+         WHERE l.hash IS DISTINCT FROM r.hash$q$, result)
+      USING mine, conn;
+    EXECUTE format('SELECT * FROM %s($1) AS r(pk bytea, hash bigint, criterion bigint, '
+                   'stattime bigint, node smallint)', result) USING conn;
+END
+$$;
+
 -- The keys of `tbl` that differ between this node and the node behind `conn` (node `peer`), each
 -- with both sides' versions and the winner, as table_diff shows them; plus the binary key and
--- the node that wrote each side's version (for repair).
-CREATE FUNCTION mm_conflict._diff_judged(tbl regclass, conn text, peer integer)
+-- the node that wrote each side's version (for repair). Among `keys` only, when given.
+CREATE FUNCTION mm_conflict._diff_judged(tbl regclass, conn text, peer integer, keys bytea[] DEFAULT NULL)
 RETURNS TABLE(pk bytea, key jsonb, local_version text, peer_version text, winner text,
               local_node smallint, peer_node smallint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -118,7 +153,7 @@ AS $$
 BEGIN
     -- A key with a row on one side only is compared with the other side's tombstone, if any.
     RETURN QUERY EXECUTE format($q$
-        WITH d AS MATERIALIZED (SELECT * FROM mm_conflict._diff_between($1, $2, $3)),
+        WITH d AS MATERIALIZED (SELECT * FROM %s),
              lt AS (SELECT * FROM mm_conflict._diff_tombstones(
                         $1, coalesce((SELECT array_agg(d.pk) FROM d WHERE d.local_hash IS NULL), '{}'), false)),
              rt AS (SELECT * FROM %s($2, (SELECT format(
@@ -143,8 +178,10 @@ BEGIN
           FROM s CROSS JOIN LATERAL mm_conflict._diff_judge($1, s.l_kind, s.l_criterion, s.l_stattime,
                                                             s.l_node, s.p_kind, s.p_criterion,
                                                             s.p_stattime, s.p_node) j$q$,
+        CASE WHEN keys IS NULL THEN 'mm_conflict._diff_between($1, $2, $3)'
+             ELSE 'mm_conflict._diff_keys_between($1, $2, $5)' END,
         mm_conflict._dblink('dblink'))
-      USING tbl, conn, peer, mm_conflict._table_name(tbl);
+      USING tbl, conn, peer, mm_conflict._table_name(tbl), keys;
 END
 $$;
 
@@ -180,7 +217,7 @@ COMMENT ON FUNCTION mm_conflict.table_diff(regclass, integer) IS
 CREATE FUNCTION mm_conflict._repair_items(tbl regclass, keys bytea[]) RETURNS text
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH r AS (SELECT pk, content FROM mm_conflict._diff_rows(tbl, 0, NULL, keys, true)),
+    WITH r AS (SELECT pk, content FROM mm_conflict._diff_contents(tbl, keys)),
          t AS (SELECT pk, content FROM mm_conflict._diff_tombstones(tbl, keys, true)
                 WHERE pk NOT IN (SELECT pk FROM r))
     SELECT coalesce(json_agg(i), '[]')::text
@@ -189,26 +226,34 @@ AS $$
             SELECT json_build_object('tombstone', content::json) FROM t) items
 $$;
 
--- Reconciles `tbl` across the mesh from this node. Pass 1, from every peer: the keys where the
--- peer's version wins (and, for a key whose two rows share a version, the content of the node
--- that wrote that version) are written here. Pass 2, to every peer: the keys where this node's
--- version (now the best of all) wins, or where the content differs under one version, are
--- written there. Every write is resolved by the trigger as a replicated change, so a version that
--- a concurrent write has beaten meanwhile changes nothing.
+-- Reconciles `tbl` across the mesh from this node. 1. Where does each peer differ from this node?
+-- 2. Let every change already on its way arrive (wait_for_sync here and on every peer), so that
+-- only keys that still differ are repaired, not changes replication is about to deliver. 3. From
+-- every peer, the keys that still differ and where the peer's version wins (or, for a key whose two
+-- rows share a version, the content of the node that wrote that version) are written here. 4. To
+-- every peer, those of all keys found that differ there and where this node's version (now the best
+-- of all) wins, or where the content differs under one version. Every write is resolved by the
+-- trigger as a replicated change, so a version a concurrent write has beaten meanwhile changes
+-- nothing. Nothing is written before step 3: waiting in step 2 with keys locked here could wait on
+-- this node's own apply workers.
 CREATE FUNCTION mm_conflict.repair(tbl regclass) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     conn text := 'mm_conflict_repair';
     tname text;
-    batch constant int := 500;
+    batch constant int := 100;
+    settle constant interval := '30 seconds';
     peer_ids int[];
     conninfos text[];
     peer int;
+    suspects jsonb := '{}';
+    found bytea[];
     keys bytea[];
     same_keys bytea[];
     chunk bytea[];
     items text;
+    confirmed bytea[] := '{}';
     repaired bytea[] := '{}';
     noticed timestamptz := clock_timestamp();
 BEGIN
@@ -229,20 +274,54 @@ BEGIN
         RETURN 0;
     END IF;
     PERFORM mm_conflict._require_dblink('repair()');
+
+    -- 1. The keys where each peer differs from this node.
+    FOR i IN 1..cardinality(peer_ids) LOOP
+        peer := peer_ids[i];
+        PERFORM mm_conflict._connect(conn, conninfos[i], format('node %s', peer));
+        SELECT array_agg(d.pk) INTO found FROM mm_conflict._diff_between(tbl, conn, peer) d;
+        IF found IS NOT NULL THEN
+            suspects := suspects || jsonb_build_object(peer::text, to_jsonb(found::text[]));
+        END IF;
+        PERFORM mm_conflict._disconnect(conn);
+    END LOOP;
+    IF suspects = '{}' THEN
+        RETURN 0;
+    END IF;
+
+    -- 2. What is on its way arrives.
+    PERFORM mm_conflict.wait_for_sync(settle);
+    FOR i IN 1..cardinality(peer_ids) LOOP
+        PERFORM mm_conflict._connect(conn, conninfos[i], format('node %s', peer_ids[i]));
+        PERFORM mm_conflict._remote_value(conn, format('SELECT mm_conflict.wait_for_sync(%L)', settle));
+        PERFORM mm_conflict._disconnect(conn);
+    END LOOP;
+
+    -- 3. From each peer, the keys that still differ and where it wins; 4. to each peer, the keys
+    -- (of all those that still differ somewhere) where this node wins.
     FOR pass IN 1..2 LOOP
         FOR i IN 1..cardinality(peer_ids) LOOP
             peer := peer_ids[i];
+            IF pass = 1 THEN
+                CONTINUE WHEN NOT suspects ? peer::text;
+                keys := ARRAY(SELECT jsonb_array_elements_text(suspects -> peer::text))::bytea[];
+            ELSE
+                keys := confirmed;
+            END IF;
+            CONTINUE WHEN cardinality(keys) = 0;
             PERFORM mm_conflict._connect(conn, conninfos[i], format('node %s', peer));
             IF pass = 1 THEN
                 SELECT array_agg(d.pk) FILTER (WHERE d.winner = 'peer'),
-                       array_agg(d.pk) FILTER (WHERE d.winner = 'equal' AND d.peer_node = peer)
-                  INTO keys, same_keys
-                  FROM mm_conflict._diff_judged(tbl, conn, peer) d;
+                       array_agg(d.pk) FILTER (WHERE d.winner = 'equal' AND d.peer_node = peer),
+                       array_agg(d.pk)
+                  INTO keys, same_keys, found
+                  FROM mm_conflict._diff_judged(tbl, conn, peer, keys) d;
+                confirmed := confirmed || coalesce(found, '{}');
             ELSE
                 SELECT array_agg(d.pk) FILTER (WHERE d.winner = 'local'),
                        array_agg(d.pk) FILTER (WHERE d.winner = 'equal')
                   INTO keys, same_keys
-                  FROM mm_conflict._diff_judged(tbl, conn, peer) d;
+                  FROM mm_conflict._diff_judged(tbl, conn, peer, keys) d;
             END IF;
             FOR same IN 0..1 LOOP
                 IF same = 1 THEN
@@ -271,6 +350,7 @@ BEGIN
             END LOOP;
             PERFORM mm_conflict._disconnect(conn);
         END LOOP;
+        confirmed := ARRAY(SELECT DISTINCT c FROM unnest(confirmed) c);
     END LOOP;
     RETURN (SELECT count(DISTINCT r) FROM unnest(repaired) r);
 END

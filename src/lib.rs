@@ -72,6 +72,7 @@ pgrx::extension_sql_file!(
         "mesh",
         api::functions::mm_conflict::_diff_summary,
         api::functions::mm_conflict::_diff_rows,
+        api::functions::mm_conflict::_diff_contents,
         api::functions::mm_conflict::_diff_tombstones,
         api::functions::mm_conflict::_diff_key,
         api::functions::mm_conflict::_diff_judge,

@@ -797,14 +797,17 @@ fn differences_are_found_and_repaired() {
     }
     assert_eq!(mesh.nodes[0].sql("SELECT mm_conflict.repair('mm')"), "0");
 
-    // Under load: node 3 writes 50 rows unpublished and changes one behind the trigger, then the
-    // article's workload runs on every node while node 2 repairs.
+    // Under load: node 3 writes 50 rows unpublished and changes one behind the trigger (keys
+    // the workload never writes), then the article's workload runs on every node while node 2
+    // repairs: the changes the workload has on their way are left to replication.
+    mesh.nodes[0].sql("INSERT INTO mm(id, info) VALUES (40051, 'mesh')");
+    mesh.wait_synced();
     mesh.nodes[2].sql(
         r#"DO $$BEGIN EXECUTE format('ALTER PUBLICATION %I DROP TABLE mm', mm_conflict.publication_name()); END$$;
            INSERT INTO mm(id, info) SELECT g, 'unpublished' FROM generate_series(40001, 40050) g;
            DO $$BEGIN EXECUTE format('ALTER PUBLICATION %I ADD TABLE mm', mm_conflict.publication_name()); END$$;
            ALTER TABLE mm DISABLE TRIGGER "!mm_resolve";
-           UPDATE mm SET info = 'changed behind the trigger' WHERE id = 2040;
+           UPDATE mm SET info = 'changed behind the trigger' WHERE id = 40051;
            ALTER TABLE mm ENABLE ALWAYS TRIGGER "!mm_resolve""#,
     );
     let seconds = load_seconds();
@@ -818,8 +821,10 @@ fn differences_are_found_and_repaired() {
     assert!(repaired >= 51, "repaired under load: {repaired} keys");
     let c = mesh.assert_converged("mm");
     assert_eq!(
-        mesh.nodes[0].sql("SELECT count(*) FROM mm WHERE id BETWEEN 40001 AND 40050"),
-        "50"
+        mesh.nodes[0].sql(
+            "SELECT count(*) || ' ' || min(info) FILTER (WHERE id = 40051) FROM mm WHERE id BETWEEN 40001 AND 40051"
+        ),
+        "51 mesh"
     );
     report(
         &format!("repair under load ({repaired} keys)"),

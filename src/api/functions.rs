@@ -35,14 +35,13 @@ pub mod mm_conflict {
     }
 
     /// The rows of a replicated table in `buckets` of level `bits`, or with a key in `keys`:
-    /// binary key, entry hash, version, and the row as JSON when `content`.
+    /// binary key, entry hash, version.
     #[pg_extern(stable)]
     fn _diff_rows(
         tbl: PgRelation,
         bits: i32,
         buckets: Option<Vec<i64>>,
         keys: Option<Array<&[u8]>>,
-        content: bool,
     ) -> TableIterator<
         'static,
         (
@@ -51,11 +50,12 @@ pub mod mm_conflict {
             name!(criterion, Option<i64>),
             name!(stattime, Option<i64>),
             name!(node, Option<i16>),
-            name!(content, Option<String>),
         ),
     > {
-        let keys = keys.map(|k| k.iter().flatten().map(<[u8]>::to_vec).collect());
-        let rows = diff::rows(&tbl, bits, buckets, keys, content).or_raise();
+        let keys = keys.map_or_else(Vec::new, |k| {
+            k.iter().flatten().map(<[u8]>::to_vec).collect()
+        });
+        let rows = diff::rows(&tbl, bits, buckets.unwrap_or_default(), keys).or_raise();
         TableIterator::new(rows.into_iter().map(|r| {
             (
                 r.key,
@@ -63,9 +63,18 @@ pub mod mm_conflict {
                 r.version.criterion,
                 r.version.stattime,
                 r.version.node,
-                r.content,
             )
         }))
+    }
+
+    /// The rows of `keys` of a replicated table as JSON, found by primary key.
+    #[pg_extern(stable, strict)]
+    fn _diff_contents(
+        tbl: PgRelation,
+        keys: Array<&[u8]>,
+    ) -> TableIterator<'static, (name!(pk, Vec<u8>), name!(content, String))> {
+        let keys = keys.iter().flatten().map(<[u8]>::to_vec).collect();
+        TableIterator::new(diff::contents(&tbl, keys).or_raise())
     }
 
     /// The stored tombstones of `keys` of a replicated table: version, and the tombstone row as

@@ -132,9 +132,6 @@ struct Entry<'a> {
     key: &'a [u8],
     hash: u64,
     stamps: RowStamps,
-    /// The leaf's tuple (valid during the callback).
-    tuple: pg_sys::HeapTuple,
-    tupdesc: pg_sys::TupleDesc,
 }
 
 /// Calls `each` with every row of the table.
@@ -166,8 +163,6 @@ fn for_each_row(tree: &Tree, mut each: impl FnMut(&Entry)) -> Result<(), MmError
                     key: &key,
                     hash: entry_hash(&key, content, &stamps),
                     stamps,
-                    tuple,
-                    tupdesc,
                 });
             });
             pg_sys::table_close(raw, pg_sys::NoLock as pg_sys::LOCKMODE);
@@ -223,54 +218,93 @@ pub struct RowState {
     pub key: Vec<u8>,
     pub hash: i64,
     pub version: Version,
-    /// The row as JSON (`to_json` of it), when asked for.
-    pub content: Option<String>,
 }
 
-/// The rows in `buckets` of level `bits`, and the rows whose key is in `keys`; with their JSON
-/// form when `content`.
+/// The rows in `buckets` of level `bits`, and the rows whose key is in `keys`.
 pub fn rows(
     rel: &PgRelation,
     bits: i32,
-    buckets: Option<Vec<i64>>,
-    keys: Option<Vec<Vec<u8>>>,
-    content: bool,
+    buckets: Vec<i64>,
+    keys: Vec<Vec<u8>>,
 ) -> Result<Vec<RowState>, MmError> {
     check_bits(bits)?;
     let tree = tree(rel, "table_diff")?;
     let Some(info) = tree.info.clone() else {
         return Ok(Vec::new());
     };
-    let buckets: HashSet<i64> = buckets.unwrap_or_default().into_iter().collect();
-    let keys: HashSet<Vec<u8>> = keys.unwrap_or_default().into_iter().collect();
+    let buckets: HashSet<i64> = buckets.into_iter().collect();
+    let keys: HashSet<Vec<u8>> = keys.into_iter().collect();
     let mut out = Vec::new();
     for_each_row(&tree, |entry| {
-        if !keys.contains(entry.key) && !buckets.contains(&bucket(entry.key, bits)) {
-            return;
+        if keys.contains(entry.key) || buckets.contains(&bucket(entry.key, bits)) {
+            out.push(RowState {
+                key: entry.key.to_vec(),
+                hash: entry.hash as i64,
+                version: info.policy.version(&entry.stamps),
+            });
         }
-        out.push(RowState {
-            key: entry.key.to_vec(),
-            hash: entry.hash as i64,
-            version: info.policy.version(&entry.stamps),
-            // SAFETY: the entry's tuple is a valid tuple of its leaf, described by its tupdesc.
-            content: content.then(|| unsafe { row_to_json(entry.tuple, entry.tupdesc) }),
-        });
     })?;
     Ok(out)
 }
 
-/// A tuple as JSON text, as `to_json(row)` writes it (columns by name).
-///
-/// # Safety
-/// `tuple` is a valid tuple described by `tupdesc`, a relation's descriptor (with its row type).
-unsafe fn row_to_json(tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> String {
-    // SAFETY: the composite datum is a palloc'd copy (in the per-row context); row_to_json
-    // returns a palloc'd text.
-    unsafe {
-        let datum = pg_sys::heap_copy_tuple_as_datum(tuple, tupdesc);
-        let json = pgrx::direct_function_call::<String>(pg_sys::row_to_json, &[Some(datum)]);
-        json.unwrap_or_default()
+/// The rows of `keys` as JSON (`to_json` of each, columns by name), found by primary key; keys
+/// without a row are left out. What a repair sends.
+pub fn contents(rel: &PgRelation, keys: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, String)>, MmError> {
+    let tree = tree(rel, "repair")?;
+    let (Some(info), Some(&leaf)) = (tree.info.clone(), tree.leaves.first()) else {
+        return Ok(Vec::new());
+    };
+    let Some(pk) = info.primary_key.as_ref() else {
+        return Ok(Vec::new());
+    };
+    // The key columns' names and types, from the leaf whose key decodes the binary form.
+    // SAFETY: the leaf (locked by `tree`) is opened for its descriptor and closed again.
+    let (names, types): (Vec<String>, Vec<pg_sys::Oid>) = unsafe {
+        let raw = pg_sys::table_open(leaf, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let tupdesc = (*raw).rd_att;
+        let columns = pk
+            .attnums()
+            .map(|attnum| {
+                let att = tuple::attribute(tupdesc, attnum);
+                (sql_ident(tuple::attname(att)), att.atttypid)
+            })
+            .collect::<Vec<_>>();
+        pg_sys::table_close(raw, pg_sys::NoLock as pg_sys::LOCKMODE);
+        columns.into_iter().unzip()
+    };
+    let predicate = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| format!("t.{name} = ${}", i + 1))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let by_key = CachedPlan::new(
+        format!(
+            "SELECT pg_catalog.to_json(t)::pg_catalog.text FROM {} t WHERE {predicate}",
+            tree.sql_name
+        ),
+        types,
+    );
+    let mut out = Vec::new();
+    for key in keys {
+        // SAFETY: in a transaction (receive functions may allocate and raise).
+        let Some(values) = (unsafe { pk.decode(&key) }) else {
+            continue;
+        };
+        let params: Vec<Option<pg_sys::Datum>> = values.into_iter().map(Some).collect();
+        // SAFETY: in a transaction; the parameters are the key's values, of the key columns'
+        // types the statement was prepared with; the text comes back copied out of SPI.
+        let json = unsafe {
+            by_key
+                .execute_returning(&params, pg_sys::SPI_OK_SELECT)
+                .and_then(|row| row.into_iter().next().flatten())
+                .and_then(|d| String::from_datum(d, false))
+        };
+        if let Some(json) = json {
+            out.push((key, json));
+        }
     }
+    Ok(out)
 }
 
 /// The stored tombstones of `keys` (keys without one are left out): (key, version, its row in

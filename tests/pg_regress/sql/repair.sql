@@ -35,13 +35,16 @@ SELECT * FROM mm_conflict._diff_summary('plain', 0, NULL);
 SELECT * FROM mm_conflict._diff_summary('acct', 3, NULL);
 \echo :LAST_ERROR_SQLSTATE
 
--- A row's binary key decodes to the key's columns; its JSON form is the row.
+-- A row's binary key decodes to the key's columns; its JSON form (found by key) is the row.
+CREATE VIEW keyed AS
+SELECT c.pk, c.content::json AS content
+  FROM mm_conflict._diff_contents('acct', (SELECT array_agg(pk) FROM mm_conflict._diff_rows('acct', 0, '{0}', NULL))) c;
 SELECT mm_conflict._diff_key('acct', pk) AS key,
        content::jsonb - 'mm_last_xacttime' - 'mm_last_stattime' AS row
-  FROM mm_conflict._diff_rows('acct', 0, '{0}', NULL, true)
- WHERE (content::json->>'id')::int = 7;
-SELECT count(*) FROM mm_conflict._diff_rows('acct', 0, NULL,
-    (SELECT array_agg(pk) FROM mm_conflict._diff_rows('acct', 0, '{0}', NULL, false) LIMIT 3), false);
+  FROM keyed WHERE (content->>'id')::int = 7;
+-- Keys without a row are left out.
+SELECT count(*) FROM mm_conflict._diff_contents('acct',
+    (SELECT array_agg(pk) FROM keyed WHERE (content->>'id')::int <= 3) || '\x0000000400000fff'::bytea);
 
 -- Repair writes. Row 7 as another node would send it: older, newer, the same version.
 SET mm_conflict.log_conflicts = 'table';
@@ -67,13 +70,28 @@ SELECT id, balance, note, mm_nodeid FROM acct WHERE id = 1000;
 SELECT mm_conflict._repair_apply('acct', json_build_array(json_build_object('tombstone', json_build_object(
     'table_name', 'public.acct', 'pk', pk, 'criterion', now() + shift, 'mm_last_stattime', now() + shift,
     'mm_nodeid', 2, 'mm_last_xacttime', now() + shift, 'order_last', true, 'deleted_at', now())))::text, false)
-  FROM mm_conflict._diff_rows('acct', 0, '{0}', NULL, true),
-       (VALUES (9, interval '1 hour'), (10, interval '-1 hour')) v(id, shift)
- WHERE (content::json->>'id')::int = v.id;
+  FROM keyed, (VALUES (9, interval '1 hour'), (10, interval '-1 hour')) v(id, shift)
+ WHERE (content->>'id')::int = v.id;
 SELECT id FROM acct WHERE id IN (9, 10) ORDER BY id;
 SELECT count(*) FROM mm_conflict.tombstone;
 -- Each write was resolved, and logged, as a replicated change coming from mm_conflict.repair.
 SELECT decision, key, stored_node, incoming_node, origin FROM mm_conflict.conflict_log ORDER BY id;
+
+-- A peer that cannot be reached: 08001, naming the node (without dblink: 55000, dblink missing).
+SET client_min_messages = error;
+CREATE SUBSCRIPTION mm_unreachable CONNECTION 'host=127.0.0.1 port=1 dbname=none connect_timeout=2'
+    PUBLICATION mm_conflict WITH (connect = false);
+SET client_min_messages = warning;
+INSERT INTO mm_conflict.peer VALUES (3, 'unreachable', 'mm_unreachable');
+\set VERBOSITY terse
+SELECT * FROM mm_conflict.table_diff('acct', 3);
+\echo :LAST_ERROR_SQLSTATE
+SELECT mm_conflict.repair('acct');
+\echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY default
+DELETE FROM mm_conflict.peer;
+ALTER SUBSCRIPTION mm_unreachable SET (slot_name = NONE);
+DROP SUBSCRIPTION mm_unreachable;
 
 -- Only a superuser writes repairs.
 CREATE ROLE mm_repair_user;
