@@ -3,18 +3,25 @@
 -- and written is Rust (src/verify/diff.rs); this carries its results between nodes over dblink,
 -- as the mesh functions do (sql/mesh.sql: same connection helpers, same rules).
 
--- The conninfo of peer `peer_node_id`: this node's subscription to it.
+-- This node's peers and their conninfos: those of its subscriptions to them.
+CREATE FUNCTION mm_conflict._peers() RETURNS TABLE(node_id integer, conninfo text)
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT p.node_id, s.subconninfo
+      FROM mm_conflict.peer p
+      JOIN pg_subscription s ON s.subname = p.subscription
+     WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+     ORDER BY p.node_id
+$$;
+
+-- The conninfo of peer `peer_node_id`.
 CREATE FUNCTION mm_conflict._peer_conninfo(peer_node_id integer) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     conninfo text;
 BEGIN
-    SELECT s.subconninfo INTO conninfo
-      FROM mm_conflict.peer p
-      JOIN pg_subscription s ON s.subname = p.subscription
-     WHERE p.node_id = peer_node_id
-       AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database());
+    SELECT p.conninfo INTO conninfo FROM mm_conflict._peers() p WHERE p.node_id = peer_node_id;
     IF conninfo IS NULL THEN
         PERFORM mm_conflict._fail(jsonb_build_object('error', 'not_a_peer', 'node', peer_node_id));
     END IF;
@@ -72,28 +79,9 @@ BEGIN
         EXECUTE format('SELECT * FROM %s($1) AS r(bucket bigint, rows bigint, hash bigint)', result) USING conn;
         ranges := ranges + compared;
         IF leaves IS NOT NULL THEN
-            EXECUTE format('SELECT %s($1, $2)', send) USING conn,
-                format('SELECT pk, hash, criterion, stattime, node '
-                       'FROM mm_conflict._diff_rows(%L::regclass, %s, %L::bigint[], NULL)',
-                       tname, bits, leaves);
-            SELECT coalesce(jsonb_agg(jsonb_build_array(encode(r.pk, 'hex'), r.hash, r.criterion, r.stattime, r.node)), '[]')
-              INTO mine
-              FROM mm_conflict._diff_rows(tbl, bits, leaves, NULL) r;
-            RETURN QUERY EXECUTE format($q$
-                WITH l AS (SELECT decode(e->>0, 'hex') AS pk, (e->>1)::bigint AS hash, (e->>2)::bigint AS criterion,
-                                  (e->>3)::bigint AS stattime, (e->>4)::smallint AS node
-                             FROM jsonb_array_elements($1) e),
-                     r AS (SELECT * FROM %s($2) AS r(pk bytea, hash bigint, criterion bigint,
-                                                     stattime bigint, node smallint))
-                SELECT coalesce(l.pk, r.pk), l.hash, l.criterion, l.stattime, l.node,
-                       r.hash, r.criterion, r.stattime, r.node
-                  FROM l FULL JOIN r ON r.pk = l.pk
-                 WHERE l.hash IS DISTINCT FROM r.hash$q$, result)
-              USING mine, conn;
+            RETURN QUERY SELECT * FROM mm_conflict._diff_rows_between(tbl, conn, bits, leaves, NULL);
             GET DIAGNOSTICS listed = ROW_COUNT;
             differing := differing + listed;
-            EXECUTE format('SELECT * FROM %s($1) AS r(pk bytea, hash bigint, criterion bigint, '
-                           'stattime bigint, node smallint)', result) USING conn;
         END IF;
         EXIT WHEN descend IS NULL;
         bits := bits + 8;
@@ -107,9 +95,11 @@ BEGIN
 END
 $$;
 
--- The rows of `keys` of `tbl` that differ between this node and the node behind `conn`, as
--- _diff_between returns them (each node reads its table once, at the same time).
-CREATE FUNCTION mm_conflict._diff_keys_between(tbl regclass, conn text, keys bytea[])
+-- The rows of `tbl` in `buckets` of level `bits`, or with a key in `keys`, that differ between
+-- this node and the node behind `conn`, as _diff_between returns them. The peer gets its query
+-- first and reads its table while this node reads its own.
+CREATE FUNCTION mm_conflict._diff_rows_between(tbl regclass, conn text, bits integer, buckets bigint[],
+                                                keys bytea[])
 RETURNS TABLE(pk bytea, local_hash bigint, local_criterion bigint, local_stattime bigint,
               local_node smallint, peer_hash bigint, peer_criterion bigint, peer_stattime bigint,
               peer_node smallint)
@@ -121,11 +111,11 @@ DECLARE
 BEGIN
     EXECUTE format('SELECT %s($1, $2)', mm_conflict._dblink('dblink_send_query')) USING conn,
         format('SELECT pk, hash, criterion, stattime, node '
-               'FROM mm_conflict._diff_rows(%L::regclass, 0, NULL, %L::bytea[])',
-               mm_conflict._table_name(tbl), keys);
+               'FROM mm_conflict._diff_rows(%L::regclass, %s, %L::bigint[], %L::bytea[])',
+               mm_conflict._table_name(tbl), bits, buckets, keys);
     SELECT coalesce(jsonb_agg(jsonb_build_array(encode(r.pk, 'hex'), r.hash, r.criterion, r.stattime, r.node)), '[]')
       INTO mine
-      FROM mm_conflict._diff_rows(tbl, 0, NULL, keys) r;
+      FROM mm_conflict._diff_rows(tbl, bits, buckets, keys) r;
     RETURN QUERY EXECUTE format($q$
         WITH l AS (SELECT decode(e->>0, 'hex') AS pk, (e->>1)::bigint AS hash, (e->>2)::bigint AS criterion,
                           (e->>3)::bigint AS stattime, (e->>4)::smallint AS node
@@ -179,7 +169,7 @@ BEGIN
                                                             s.l_node, s.p_kind, s.p_criterion,
                                                             s.p_stattime, s.p_node) j$q$,
         CASE WHEN keys IS NULL THEN 'mm_conflict._diff_between($1, $2, $3)'
-             ELSE 'mm_conflict._diff_keys_between($1, $2, $5)' END,
+             ELSE 'mm_conflict._diff_rows_between($1, $2, 0, NULL, $5)' END,
         mm_conflict._dblink('dblink'))
       USING tbl, conn, peer, mm_conflict._table_name(tbl), keys;
 END
@@ -228,14 +218,14 @@ $$;
 
 -- Reconciles `tbl` across the mesh from this node. 1. Where does each peer differ from this node?
 -- 2. Let every change already on its way arrive (wait_for_sync here and on every peer), so that
--- only keys that still differ are repaired, not changes replication is about to deliver. 3. From
--- every peer, the keys that still differ and where the peer's version wins (or, for a key whose two
--- rows share a version, the content of the node that wrote that version) are written here. 4. To
--- every peer, those of all keys found that differ there and where this node's version (now the best
--- of all) wins, or where the content differs under one version. Every write is resolved by the
--- trigger as a replicated change, so a version a concurrent write has beaten meanwhile changes
--- nothing. Nothing is written before step 3: waiting in step 2 with keys locked here could wait on
--- this node's own apply workers.
+-- only keys that still differ are repaired, not changes replication is about to deliver. 3. Which
+-- of those keys still differ? 4. In rounds, with every peer in turn: the keys where the peer's
+-- version wins (or, for two rows with one version, the content of the node that wrote it) are
+-- written here, those where this node's wins there; until a round writes nothing (a version taken
+-- from a later peer must still reach the earlier ones). Every write is resolved by the trigger as
+-- a replicated change, so a version a concurrent write has beaten meanwhile changes nothing.
+-- Nothing is written before step 4: waiting in step 2 with keys locked here could wait on this
+-- node's own apply workers.
 CREATE FUNCTION mm_conflict.repair(tbl regclass) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -249,11 +239,12 @@ DECLARE
     peer int;
     suspects jsonb := '{}';
     found bytea[];
+    confirmed bytea[] := '{}';
+    todo jsonb;
     keys bytea[];
-    same_keys bytea[];
     chunk bytea[];
     items text;
-    confirmed bytea[] := '{}';
+    wrote bigint;
     repaired bytea[] := '{}';
     noticed timestamptz := clock_timestamp();
 BEGIN
@@ -263,13 +254,10 @@ BEGIN
     END IF;
     PERFORM mm_conflict.this_node();
     tname := mm_conflict._table_name(tbl);
-    -- Peers' conninfos are known from this node's subscriptions to them.
     SELECT coalesce(array_agg(p.node_id ORDER BY p.node_id), '{}'),
-           coalesce(array_agg(s.subconninfo ORDER BY p.node_id), '{}')
+           coalesce(array_agg(p.conninfo ORDER BY p.node_id), '{}')
       INTO peer_ids, conninfos
-      FROM mm_conflict.peer p
-      JOIN pg_subscription s ON s.subname = p.subscription
-     WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database());
+      FROM mm_conflict._peers() p;
     IF cardinality(peer_ids) = 0 THEN
         RETURN 0;
     END IF;
@@ -297,48 +285,50 @@ BEGIN
         PERFORM mm_conflict._disconnect(conn);
     END LOOP;
 
-    -- 3. From each peer, the keys that still differ and where it wins; 4. to each peer, the keys
-    -- (of all those that still differ somewhere) where this node wins.
-    FOR pass IN 1..2 LOOP
+    -- 3. The keys that still differ.
+    FOR i IN 1..cardinality(peer_ids) LOOP
+        peer := peer_ids[i];
+        CONTINUE WHEN NOT suspects ? peer::text;
+        PERFORM mm_conflict._connect(conn, conninfos[i], format('node %s', peer));
+        SELECT array_agg(d.pk) INTO found
+          FROM mm_conflict._diff_judged(tbl, conn, peer,
+                   ARRAY(SELECT jsonb_array_elements_text(suspects -> peer::text))::bytea[]) d;
+        confirmed := confirmed || coalesce(found, '{}');
+        PERFORM mm_conflict._disconnect(conn);
+    END LOOP;
+    confirmed := ARRAY(SELECT DISTINCT c FROM unnest(confirmed) c);
+
+    -- 4. Rounds of taking and sending the winners, until one writes nothing.
+    FOR round IN 1..cardinality(peer_ids) + 1 LOOP
+        EXIT WHEN cardinality(confirmed) = 0;
+        wrote := 0;
         FOR i IN 1..cardinality(peer_ids) LOOP
             peer := peer_ids[i];
-            IF pass = 1 THEN
-                CONTINUE WHEN NOT suspects ? peer::text;
-                keys := ARRAY(SELECT jsonb_array_elements_text(suspects -> peer::text))::bytea[];
-            ELSE
-                keys := confirmed;
-            END IF;
-            CONTINUE WHEN cardinality(keys) = 0;
             PERFORM mm_conflict._connect(conn, conninfos[i], format('node %s', peer));
-            IF pass = 1 THEN
-                SELECT array_agg(d.pk) FILTER (WHERE d.winner = 'peer'),
-                       array_agg(d.pk) FILTER (WHERE d.winner = 'equal' AND d.peer_node = peer),
-                       array_agg(d.pk)
-                  INTO keys, same_keys, found
-                  FROM mm_conflict._diff_judged(tbl, conn, peer, keys) d;
-                confirmed := confirmed || coalesce(found, '{}');
-            ELSE
-                SELECT array_agg(d.pk) FILTER (WHERE d.winner = 'local'),
-                       array_agg(d.pk) FILTER (WHERE d.winner = 'equal')
-                  INTO keys, same_keys
-                  FROM mm_conflict._diff_judged(tbl, conn, peer, keys) d;
-            END IF;
-            FOR same IN 0..1 LOOP
-                IF same = 1 THEN
-                    keys := same_keys;
-                END IF;
-                CONTINUE WHEN keys IS NULL;
+            -- Keys to take from the peer, with the same version or not; to send it, likewise.
+            SELECT jsonb_build_array(
+                       coalesce(jsonb_agg(d.pk::text) FILTER (WHERE d.winner = 'peer'), '[]'),
+                       coalesce(jsonb_agg(d.pk::text) FILTER (WHERE d.winner = 'equal' AND d.peer_node = peer), '[]'),
+                       coalesce(jsonb_agg(d.pk::text) FILTER (WHERE d.winner = 'local'), '[]'),
+                       coalesce(jsonb_agg(d.pk::text) FILTER (WHERE d.winner = 'equal'
+                                                               AND d.peer_node IS DISTINCT FROM peer), '[]'))
+              INTO todo
+              FROM mm_conflict._diff_judged(tbl, conn, peer, confirmed) d;
+            FOR kind IN 1..4 LOOP
+                keys := ARRAY(SELECT jsonb_array_elements_text(todo -> (kind - 1)))::bytea[];
+                CONTINUE WHEN cardinality(keys) = 0;
                 FOR k IN 0..(cardinality(keys) - 1) / batch LOOP
                     chunk := keys[k * batch + 1 : (k + 1) * batch];
-                    IF pass = 1 THEN
+                    IF kind <= 2 THEN
                         items := mm_conflict._remote_value(conn, format(
                             'SELECT mm_conflict._repair_items(%L::regclass, %L::bytea[])', tname, chunk));
-                        PERFORM mm_conflict._repair_apply(tbl, items, same = 1);
+                        PERFORM mm_conflict._repair_apply(tbl, items, kind = 2);
                     ELSE
                         items := mm_conflict._repair_items(tbl, chunk);
                         PERFORM mm_conflict._remote_value(conn, format(
-                            'SELECT mm_conflict._repair_apply(%L::regclass, %L, %L)', tname, items, same = 1));
+                            'SELECT mm_conflict._repair_apply(%L::regclass, %L, %L)', tname, items, kind = 4));
                     END IF;
+                    wrote := wrote + cardinality(chunk);
                     repaired := repaired || chunk;
                     IF clock_timestamp() - noticed > interval '5 seconds' THEN
                         PERFORM mm_conflict._notice(jsonb_build_object(
@@ -350,7 +340,7 @@ BEGIN
             END LOOP;
             PERFORM mm_conflict._disconnect(conn);
         END LOOP;
-        confirmed := ARRAY(SELECT DISTINCT c FROM unnest(confirmed) c);
+        EXIT WHEN wrote = 0;
     END LOOP;
     RETURN (SELECT count(DISTINCT r) FROM unnest(repaired) r);
 END

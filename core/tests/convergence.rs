@@ -109,6 +109,31 @@ impl NodeStore<'_> {
     }
 }
 
+impl NodeStore<'_> {
+    /// A replicated INSERT of `row` (key `key`), as the apply worker and the trigger run it.
+    fn insert_arrives(&mut self, policy: &Policy, key: u8, row: &Row) {
+        match engine::replicated_insert(self, policy, row, false) {
+            Ok(Action::Apply) => {
+                assert_unique(self.replica, row);
+                self.replica.rows.insert(key, *row);
+                self.out.push(Change::Insert(key, *row));
+            }
+            Ok(Action::Skip) => {}
+            other => panic!("unexpected result of a replicated insert: {other:?}"),
+        }
+    }
+
+    /// A replicated tombstone of `key`: stored if it beats the key's, then (the AFTER trigger of
+    /// the tombstone table) settling the key's row.
+    fn tombstone_arrives(&mut self, policy: &Policy, key: u8, t: &Tombstone) {
+        if engine::tombstone_arrives(self, t) {
+            self.replica.tombstones.insert(key, *t);
+            self.out.push(Change::Tombstone(key, *t));
+            engine::settle(self, policy, t);
+        }
+    }
+}
+
 impl Tombstones for NodeStore<'_> {
     type Waiter = ();
 
@@ -459,14 +484,9 @@ impl Mesh {
         let mut published = Vec::new();
         for change in txn {
             let (out, ()) = match *change {
-                Change::Tombstone(key, t) => self.with_store(to, key, |s| {
-                    if engine::tombstone_arrives(s, &t) {
-                        s.replica.tombstones.insert(key, t);
-                        s.out.push(Change::Tombstone(key, t));
-                        // The AFTER trigger of the tombstone table.
-                        engine::settle(s, &policy, &t);
-                    }
-                }),
+                Change::Tombstone(key, t) => {
+                    self.with_store(to, key, |s| s.tombstone_arrives(&policy, key, &t))
+                }
                 Change::Delete(key) => self.with_store(to, key, |s| {
                     // PostgreSQL skips a DELETE of a missing row without firing any trigger.
                     let Some(row) = s.replica.rows.get(&key).copied() else {
@@ -477,17 +497,9 @@ impl Mesh {
                         s.out.push(Change::Delete(key));
                     }
                 }),
-                Change::Insert(key, row) => self.with_store(to, key, |s| {
-                    match engine::replicated_insert(s, &policy, &row, false) {
-                        Ok(Action::Apply) => {
-                            assert_unique(s.replica, &row);
-                            s.replica.rows.insert(key, row);
-                            s.out.push(Change::Insert(key, row));
-                        }
-                        Ok(Action::Skip) => {}
-                        other => panic!("unexpected result of a replicated insert: {other:?}"),
-                    }
-                }),
+                Change::Insert(key, row) => {
+                    self.with_store(to, key, |s| s.insert_arrives(&policy, key, &row))
+                }
                 Change::Update(key, row) => self.with_store(to, key, |s| {
                     // PostgreSQL skips an UPDATE of a missing row without firing any trigger.
                     let Some(stored) = s.replica.rows.get(&key).copied() else {
@@ -560,61 +572,55 @@ impl Mesh {
         let (out, ()) = match (row, tombstone) {
             (Some(row), _) => self.with_store(to, key, |s| {
                 s.same_version = same_version;
-                match engine::replicated_insert(s, &policy, &row, false) {
-                    Ok(Action::Apply) => {
-                        assert_unique(s.replica, &row);
-                        s.replica.rows.insert(key, row);
-                        s.out.push(Change::Insert(key, row));
-                    }
-                    Ok(Action::Skip) => {}
-                    other => panic!("unexpected result of a repair's insert: {other:?}"),
-                }
+                s.insert_arrives(&policy, key, &row)
             }),
-            (None, Some(t)) => self.with_store(to, key, |s| {
-                if engine::tombstone_arrives(s, &t) {
-                    s.replica.tombstones.insert(key, t);
-                    s.out.push(Change::Tombstone(key, t));
-                    engine::settle(s, &policy, &t);
-                }
-            }),
+            (None, Some(t)) => self.with_store(to, key, |s| s.tombstone_arrives(&policy, key, &t)),
             (None, None) => return false,
         };
         self.publish(to, out);
         true
     }
 
-    /// `mm_conflict.repair` run on node `r`: from every peer, the keys whose rows differ and
-    /// where the peer wins (or holds the content of the node that wrote an `equal` version); then
-    /// to every peer, the keys where `r` wins or the contents differ under one version. Returns
-    /// the keys written.
+    /// `mm_conflict.repair` run on node `r` (what replication was carrying has arrived): the keys
+    /// whose rows differ between `r` and any peer, then rounds over the peers in turn, each taking
+    /// the keys where the peer wins (or holds the content of the node that wrote an `equal`
+    /// version) and sending those where `r` wins (or the other `equal` ones), until a round writes
+    /// nothing. Returns the keys written.
     fn repair(&mut self, r: usize, keys: &[u8]) -> usize {
         let order = self.policy().order();
+        let peers: Vec<usize> = (0..self.nodes.len()).filter(|&p| p != r).collect();
+        let differs = |mesh: &Mesh, p: usize, key: u8| {
+            mesh.nodes[r].rows.get(&key) != mesh.nodes[p].rows.get(&key)
+        };
+        let confirmed: Vec<u8> = keys
+            .iter()
+            .copied()
+            .filter(|&key| peers.iter().any(|&p| differs(self, p, key)))
+            .collect();
         let mut repaired = std::collections::BTreeSet::new();
-        for pass in 1..=2 {
-            for p in (0..self.nodes.len()).filter(|&p| p != r) {
-                for &key in keys {
-                    let (mine, theirs) =
-                        (self.nodes[r].rows.get(&key), self.nodes[p].rows.get(&key));
-                    if mine == theirs {
+        for _round in 0..=peers.len() {
+            let mut wrote = false;
+            for &p in &peers {
+                for &key in &confirmed {
+                    if !differs(self, p, key) {
                         continue;
                     }
-                    let winner = repair_winner(&order, self.held(r, key), self.held(p, key));
-                    let equal = winner == RepairWinner::Equal;
-                    let sent = match (pass, winner) {
-                        (1, RepairWinner::Peer) => self.repair_write(p, r, key, false),
-                        (1, RepairWinner::Equal) => {
-                            let writer = theirs.and_then(|row| row.stamps.node);
-                            writer == Some(p as i16 + 1) && self.repair_write(p, r, key, true)
-                        }
-                        (2, RepairWinner::Local | RepairWinner::Equal) => {
-                            self.repair_write(r, p, key, equal)
-                        }
-                        _ => false,
+                    let writer = self.nodes[p].rows.get(&key).and_then(|row| row.stamps.node);
+                    let peer_wrote = writer == Some(p as i16 + 1);
+                    let sent = match repair_winner(&order, self.held(r, key), self.held(p, key)) {
+                        RepairWinner::Peer => self.repair_write(p, r, key, false),
+                        RepairWinner::Equal if peer_wrote => self.repair_write(p, r, key, true),
+                        RepairWinner::Local => self.repair_write(r, p, key, false),
+                        RepairWinner::Equal => self.repair_write(r, p, key, true),
                     };
                     if sent {
                         repaired.insert(key);
+                        wrote = true;
                     }
                 }
+            }
+            if !wrote {
+                break;
             }
         }
         repaired.len()
