@@ -38,7 +38,7 @@ use crate::pg::{partitions, tuple};
 
 /// Bits a level adds: a bucket has 256 children.
 pub const LEVEL_BITS: i32 = 8;
-/// The deepest level (buckets of 2^56).
+/// The deepest level (2^56 buckets).
 pub const MAX_BITS: i32 = 56;
 
 /// The bucket of `key` at level `bits` (0: the one bucket that holds every key).
