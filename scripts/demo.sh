@@ -2,9 +2,9 @@
 # The live demo (README command 1): installs what is missing, builds and installs mm_conflict into
 # the system PostgreSQL 15, starts 3 local clusters, builds the mesh with one create_mesh call, runs
 # the article's workload on all three at once (progress every second: per-node tps and replication
-# lag), waits for sync, and prints each node's row count and checksum with a verdict, and the
-# conflict counters of each node. The clusters are stopped at the end (also when a step fails)
-# unless --keep is given.
+# lag), waits for sync, and prints each node's row count and checksum, the conflict counters of
+# each node, and what table_diff finds between node 1 and the others, with a verdict. The clusters
+# are stopped at the end (also when a step fails) unless --keep is given.
 #
 # Usage: bash scripts/demo.sh [--keep] [--seconds N]      (default 30 s; or MM_DEMO_SECONDS=N)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -79,7 +79,11 @@ for i in 0 1 2; do
         "SELECT concat_ws(' ', applied, kept_local, inserts_converted, deletes_applied, deletes_skipped, duplicates_dropped, conflicts)
            FROM mm_conflict.conflict_stats WHERE table_name = 'mm'::regclass")
 done
-if [ "${results[0]}" = "${results[1]}" ] && [ "${results[1]}" = "${results[2]}" ]; then
+# Row by row too: mm_conflict.table_diff from node 1 to each peer (see README "Verify and repair").
+diffs="$(psql_at "${ports[0]}" -Atc "SELECT (SELECT count(*) FROM mm_conflict.table_diff('mm', 2)) || ' '
+                                         || (SELECT count(*) FROM mm_conflict.table_diff('mm', 3))")"
+echo "table_diff from node1: ${diffs% *} keys differ with node2, ${diffs#* } with node3"
+if [ "${results[0]}" = "${results[1]}" ] && [ "${results[1]}" = "${results[2]}" ] && [ "$diffs" = "0 0" ]; then
     log "VERDICT: the three nodes are identical"
 else
     log "VERDICT: the nodes differ"
