@@ -24,6 +24,7 @@ use mm_conflict_core::{
 };
 use pgrx::prelude::*;
 use pgrx::PgRelation;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
@@ -32,7 +33,7 @@ use crate::catalog::relinfo::{self, RelInfo};
 use crate::catalog::tombstones;
 use crate::error::MmError;
 use crate::pg::flag::RepairWrite;
-use crate::pg::names::{relation_identity, sql_ident, sql_qualified};
+use crate::pg::names::{relation_identity, sql_ident, sql_literal, sql_qualified};
 use crate::pg::spi::{text_datum, CachedPlan};
 use crate::pg::{partitions, tuple};
 
@@ -247,8 +248,8 @@ pub fn rows(
     Ok(out)
 }
 
-/// The rows of `keys` as JSON (`to_json` of each, columns by name), found by primary key; keys
-/// without a row are left out. What a repair sends.
+/// The rows of `keys` as JSON (`to_jsonb` of each, columns by name; json and jsonb columns as their
+/// text), found by primary key; keys without a row are left out. What a repair sends.
 pub fn contents(rel: &PgRelation, keys: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, String)>, MmError> {
     let tree = tree(rel, "repair")?;
     let (Some(info), Some(&leaf)) = (tree.info.clone(), tree.leaves.first()) else {
@@ -278,9 +279,37 @@ pub fn contents(rel: &PgRelation, keys: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, St
         .map(|(i, name)| format!("t.{name} = ${}", i + 1))
         .collect::<Vec<_>>()
         .join(" AND ");
+    // The row as JSON, json and jsonb columns as their text (see `json_text_type`).
+    // SAFETY: rel is open, so its descriptor is valid.
+    let attrs = unsafe { crate::pg::compat::attributes((*rel.as_ptr()).rd_att) };
+    let json_columns: Vec<String> = attrs
+        .iter()
+        .filter(|a| !a.attisdropped && json_text_type(a.atttypid).is_some())
+        .map(|a| {
+            let name = tuple::attname(a);
+            format!(
+                "{}, t.{}::pg_catalog.text",
+                sql_literal(name),
+                sql_ident(name)
+            )
+        })
+        .collect();
+    let row = if json_columns.is_empty() {
+        "pg_catalog.to_jsonb(t)".to_string()
+    } else {
+        // jsonb_build_object takes up to 100 arguments: a pair per json column, 50 at a time.
+        json_columns
+            .chunks(50)
+            .fold("pg_catalog.to_jsonb(t)".to_string(), |row, chunk| {
+                format!(
+                    "{row} || pg_catalog.jsonb_build_object({})",
+                    chunk.join(", ")
+                )
+            })
+    };
     let by_key = CachedPlan::new(
         format!(
-            "SELECT pg_catalog.to_json(t)::pg_catalog.text FROM {} t WHERE {predicate}",
+            "SELECT ({row})::pg_catalog.text FROM {} t WHERE {predicate}",
             tree.sql_name
         ),
         types,
@@ -458,25 +487,35 @@ pub fn apply(rel: &PgRelation, items: &str, same_version: bool) -> Result<i64, M
         });
     }
     let tree = tree(rel, "repair")?;
-    let items: Vec<Value> = serde_json::from_str(items).map_err(|e| MmError::Internal {
+    // Each item's value as the exact text it came in (a re-serialized value would lose digits of
+    // numbers and the spacing of json columns).
+    let items: Vec<Item> = serde_json::from_str(items).map_err(|e| MmError::Internal {
         what: format!("repair items do not parse: {e}"),
     })?;
-    // The columns a row is written with: every column but generated ones (computed again).
-    let columns: Vec<String> = {
-        // SAFETY: rel is open, so its descriptor is valid.
-        let attrs = unsafe { crate::pg::compat::attributes((*rel.as_ptr()).rd_att) };
-        attrs
-            .iter()
-            .filter(|a| !a.attisdropped && a.attgenerated == 0)
-            .map(|a| sql_ident(tuple::attname(a)))
-            .collect()
-    };
-    let columns = columns.join(", ");
+    // The columns a row is written with: every column but generated ones (computed again), each
+    // read from the row's JSON form (see `contents`), json and jsonb columns from their text.
+    // SAFETY: rel is open, so its descriptor is valid.
+    let attrs = unsafe { crate::pg::compat::attributes((*rel.as_ptr()).rd_att) };
+    let (columns, values): (Vec<String>, Vec<String>) = attrs
+        .iter()
+        .filter(|a| !a.attisdropped && a.attgenerated == 0)
+        .map(|a| {
+            let name = tuple::attname(a);
+            let column = sql_ident(name);
+            let value = match json_text_type(a.atttypid) {
+                Some(cast) => format!("($1::pg_catalog.jsonb ->> {})::{cast}", sql_literal(name)),
+                None => format!("r.{column}"),
+            };
+            (column, value)
+        })
+        .unzip();
     let insert_row = CachedPlan::new(
         format!(
-            "INSERT INTO {table} ({columns}) OVERRIDING SYSTEM VALUE SELECT {columns} \
-             FROM pg_catalog.json_populate_record(NULL::{table}, $1::pg_catalog.json)",
-            table = tree.sql_name
+            "INSERT INTO {table} ({columns}) OVERRIDING SYSTEM VALUE SELECT {values} \
+             FROM pg_catalog.jsonb_populate_record(NULL::{table}, $1::pg_catalog.jsonb) r",
+            table = tree.sql_name,
+            columns = columns.join(", "),
+            values = values.join(", "),
         ),
         vec![pg_sys::TEXTOID],
     );
@@ -489,17 +528,42 @@ pub fn apply(rel: &PgRelation, items: &str, same_version: bool) -> Result<i64, M
     let _repair = RepairWrite::start(same_version);
     let mut written = 0;
     for item in items {
-        let (plan, value) = match (item.get("row"), item.get("tombstone")) {
+        let (plan, value) = match (item.row, item.tombstone) {
             (Some(row), _) => (&insert_row, row),
             (None, Some(tombstone)) => (&insert_tombstone, tombstone),
             _ => continue,
         };
-        let text = value.to_string();
         // SAFETY: in a transaction; the one parameter is a text.
-        unsafe { plan.execute(&[Some(text_datum(text.as_bytes()))], pg_sys::SPI_OK_INSERT) };
+        unsafe {
+            plan.execute(
+                &[Some(text_datum(value.get().as_bytes()))],
+                pg_sys::SPI_OK_INSERT,
+            )
+        };
         written += 1;
     }
     Ok(written)
+}
+
+/// One repair item: a row (`contents`) or a tombstone (`tombstones`), as raw JSON text.
+#[derive(serde::Deserialize)]
+struct Item<'a> {
+    #[serde(borrow)]
+    row: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tombstone: Option<&'a RawValue>,
+}
+
+/// For a json or jsonb column (or a domain over one), the type its text is cast to: in a row's
+/// JSON form such a column is carried as its text, since a JSON `null` value and SQL NULL would
+/// otherwise look alike, and a json value would lose its spacing.
+fn json_text_type(typid: pg_sys::Oid) -> Option<&'static str> {
+    // SAFETY: a catalog lookup of a type that exists (a column's).
+    match unsafe { pg_sys::getBaseType(typid) } {
+        pg_sys::JSONOID => Some("pg_catalog.json"),
+        pg_sys::JSONBOID => Some("pg_catalog.jsonb"),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
