@@ -33,7 +33,7 @@ use crate::catalog::relinfo::{self, RelInfo};
 use crate::catalog::tombstones;
 use crate::error::MmError;
 use crate::pg::flag::RepairWrite;
-use crate::pg::names::{relation_identity, sql_ident, sql_literal, sql_qualified};
+use crate::pg::names::{identity, relation_names, sql_ident, sql_literal, sql_qualified};
 use crate::pg::spi::{text_datum, CachedPlan};
 use crate::pg::{partitions, tuple};
 
@@ -85,7 +85,8 @@ struct Tree {
 fn tree(rel: &PgRelation, function: &str) -> Result<Tree, MmError> {
     let relkind = readable(rel, function)?;
     // SAFETY: rel is open with AccessShareLock (PgRelation's contract).
-    let identity = unsafe { relation_identity(rel.as_ptr()) };
+    let (schema, name) = unsafe { relation_names(rel.as_ptr()) };
+    let identity = identity(&schema, &name);
     let not_replicated = || MmError::NotReplicated {
         table: identity.clone(),
     };
@@ -116,10 +117,6 @@ fn tree(rel: &PgRelation, function: &str) -> Result<Tree, MmError> {
             });
         }
     }
-    let (schema, name) =
-        crate::pg::names::parse_identity(&identity).ok_or_else(|| MmError::Internal {
-            what: format!("the table name {identity} does not parse"),
-        })?;
     Ok(Tree {
         info,
         sql_name: sql_qualified(&schema, &name),
