@@ -33,6 +33,7 @@ use crate::catalog::relinfo::{self, RelInfo};
 use crate::catalog::tombstones;
 use crate::error::MmError;
 use crate::pg::flag::RepairWrite;
+use crate::pg::key::IndexKey;
 use crate::pg::names::{identity, relation_names, sql_ident, sql_literal, sql_qualified};
 use crate::pg::spi::{text_datum, CachedPlan};
 use crate::pg::{partitions, tuple};
@@ -255,25 +256,11 @@ pub fn contents(rel: &PgRelation, keys: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, St
     let Some(pk) = info.primary_key.as_ref() else {
         return Ok(Vec::new());
     };
-    // The key columns' names and types, from the leaf whose key decodes the binary form.
-    // SAFETY: the leaf (locked by `tree`) is opened for its descriptor and closed again.
-    let (names, types): (Vec<String>, Vec<pg_sys::Oid>) = unsafe {
-        let raw = pg_sys::table_open(leaf, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let tupdesc = (*raw).rd_att;
-        let columns = pk
-            .attnums()
-            .map(|attnum| {
-                let att = tuple::attribute(tupdesc, attnum);
-                (sql_ident(tuple::attname(att)), att.atttypid)
-            })
-            .collect::<Vec<_>>();
-        pg_sys::table_close(raw, pg_sys::NoLock as pg_sys::LOCKMODE);
-        columns.into_iter().unzip()
-    };
+    let (names, types): (Vec<String>, Vec<pg_sys::Oid>) = key_columns(leaf, pk).into_iter().unzip();
     let predicate = names
         .iter()
         .enumerate()
-        .map(|(i, name)| format!("t.{name} = ${}", i + 1))
+        .map(|(i, name)| format!("t.{} = ${}", sql_ident(name), i + 1))
         .collect::<Vec<_>>()
         .join(" AND ");
     // The row as JSON, json and jsonb columns as their text (see `json_text_type`).
@@ -386,25 +373,39 @@ pub fn key_json(rel: &PgRelation, key: &[u8]) -> Result<Value, MmError> {
     let info = tree.info.as_ref().ok_or_else(undecodable)?;
     let pk = info.primary_key.as_ref().ok_or_else(undecodable)?;
     let leaf = *tree.leaves.first().ok_or_else(undecodable)?;
-    // SAFETY: the leaf (locked by `tree`) is opened for its descriptor; decode runs in a
-    // transaction; each value is a valid datum of its key column's type.
+    // SAFETY: decode runs in a transaction (receive functions may allocate and raise).
+    let values = unsafe { pk.decode(key) }.ok_or_else(undecodable)?;
+    let object: Map<String, Value> = key_columns(leaf, pk)
+        .into_iter()
+        .zip(values)
+        // SAFETY: each value was decoded by its key column's receive function, so it is a valid
+        // datum of that column's type.
+        .map(|((name, typid), value)| {
+            (name, unsafe {
+                crate::report::log::datum_json(typid, value)
+            })
+        })
+        .collect();
+    Ok(Value::Object(object))
+}
+
+/// The names and types of `pk`'s columns in `leaf` (a leaf of the tree, whose key decodes the
+/// binary form), in key order.
+fn key_columns(leaf: pg_sys::Oid, pk: &IndexKey) -> Vec<(String, pg_sys::Oid)> {
+    // SAFETY: the leaf (locked by `tree`, the lock kept to the end of the transaction) is opened
+    // for its descriptor and closed again; the key's attnums are columns of it.
     unsafe {
         let raw = pg_sys::table_open(leaf, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         let tupdesc = (*raw).rd_att;
-        let values = pk.decode(key).ok_or_else(undecodable);
-        let mut object = Map::new();
-        if let Ok(values) = &values {
-            for (attnum, &value) in pk.attnums().zip(values) {
+        let columns = pk
+            .attnums()
+            .map(|attnum| {
                 let att = tuple::attribute(tupdesc, attnum);
-                object.insert(
-                    tuple::attname(att).to_string(),
-                    crate::report::log::datum_json(att.atttypid, value),
-                );
-            }
-        }
+                (tuple::attname(att).to_string(), att.atttypid)
+            })
+            .collect();
         pg_sys::table_close(raw, pg_sys::NoLock as pg_sys::LOCKMODE);
-        values?;
-        Ok(Value::Object(object))
+        columns
     }
 }
 
