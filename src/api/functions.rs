@@ -52,9 +52,7 @@ pub mod mm_conflict {
             name!(node, Option<i16>),
         ),
     > {
-        let keys = keys.map_or_else(Vec::new, |k| {
-            k.iter().flatten().map(<[u8]>::to_vec).collect()
-        });
+        let keys = keys.map_or_else(Vec::new, owned_keys);
         let rows = diff::rows(&tbl, bits, buckets.unwrap_or_default(), keys).or_raise();
         TableIterator::new(rows.into_iter().map(|r| {
             (
@@ -73,7 +71,7 @@ pub mod mm_conflict {
         tbl: PgRelation,
         keys: Array<&[u8]>,
     ) -> TableIterator<'static, (name!(pk, Vec<u8>), name!(content, String))> {
-        let keys = keys.iter().flatten().map(<[u8]>::to_vec).collect();
+        let keys = owned_keys(keys);
         TableIterator::new(diff::contents(&tbl, keys).or_raise())
     }
 
@@ -94,7 +92,7 @@ pub mod mm_conflict {
             name!(content, Option<String>),
         ),
     > {
-        let keys = keys.iter().flatten().map(<[u8]>::to_vec).collect();
+        let keys = owned_keys(keys);
         let found = diff::tombstones(&tbl, keys, content).or_raise();
         TableIterator::new(
             found
@@ -148,6 +146,11 @@ pub mod mm_conflict {
     #[pg_extern(volatile, strict)]
     fn _repair_apply(tbl: PgRelation, items: &str, same_version: bool) -> i64 {
         diff::apply(&tbl, items, same_version).or_raise()
+    }
+
+    /// A `bytea[]` of binary keys, copied out of the array (NULL elements left out).
+    fn owned_keys(keys: Array<&[u8]>) -> Vec<Vec<u8>> {
+        keys.iter().flatten().map(<[u8]>::to_vec).collect()
     }
 
     /// A table's stable name, as tombstones, key locks and reports name it: `schema.table`, a
