@@ -641,7 +641,7 @@ impl Mesh {
             assert_eq!(
                 node.rows,
                 self.nodes[0].rows,
-                "node {} differs from node 1 after repair",
+                "node {} differs from node 1",
                 i + 1
             );
         }
@@ -649,14 +649,7 @@ impl Mesh {
 
     fn check_converged(&self) {
         let order = self.policy().order();
-        for (i, node) in self.nodes.iter().enumerate().skip(1) {
-            assert_eq!(
-                node.rows,
-                self.nodes[0].rows,
-                "node {} differs from node 1",
-                i + 1
-            );
-        }
+        self.assert_identical();
         let uniques: Vec<u8> = self.nodes[0]
             .rows
             .values()
