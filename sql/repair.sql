@@ -230,7 +230,7 @@ CREATE FUNCTION mm_conflict.repair(tbl regclass) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    conn text := 'mm_conflict_repair';
+    conns text[];                 -- one dblink connection per peer, for the whole repair
     tname text;
     batch constant int := 100;
     settle constant interval := '30 seconds';
@@ -255,8 +255,9 @@ BEGIN
     PERFORM mm_conflict.this_node();
     tname := mm_conflict._table_name(tbl);
     SELECT coalesce(array_agg(p.node_id ORDER BY p.node_id), '{}'),
-           coalesce(array_agg(p.conninfo ORDER BY p.node_id), '{}')
-      INTO peer_ids, conninfos
+           coalesce(array_agg(p.conninfo ORDER BY p.node_id), '{}'),
+           coalesce(array_agg(format('mm_conflict_repair_%s', p.node_id) ORDER BY p.node_id), '{}')
+      INTO peer_ids, conninfos, conns
       FROM mm_conflict._peers() p;
     IF cardinality(peer_ids) = 0 THEN
         RETURN 0;
@@ -266,35 +267,33 @@ BEGIN
     -- 1. The keys where each peer differs from this node.
     FOR i IN 1..cardinality(peer_ids) LOOP
         peer := peer_ids[i];
-        PERFORM mm_conflict._connect(conn, conninfos[i], format('node %s', peer));
-        SELECT array_agg(d.pk) INTO found FROM mm_conflict._diff_between(tbl, conn, peer) d;
+        PERFORM mm_conflict._connect(conns[i], conninfos[i], format('node %s', peer));
+        SELECT array_agg(d.pk) INTO found FROM mm_conflict._diff_between(tbl, conns[i], peer) d;
         IF found IS NOT NULL THEN
             suspects := suspects || jsonb_build_object(peer::text, to_jsonb(found::text[]));
         END IF;
-        PERFORM mm_conflict._disconnect(conn);
     END LOOP;
     IF suspects = '{}' THEN
+        FOR i IN 1..cardinality(conns) LOOP
+            PERFORM mm_conflict._disconnect(conns[i]);
+        END LOOP;
         RETURN 0;
     END IF;
 
     -- 2. What is on its way arrives.
     PERFORM mm_conflict.wait_for_sync(settle);
     FOR i IN 1..cardinality(peer_ids) LOOP
-        PERFORM mm_conflict._connect(conn, conninfos[i], format('node %s', peer_ids[i]));
-        PERFORM mm_conflict._remote_value(conn, format('SELECT mm_conflict.wait_for_sync(%L)', settle));
-        PERFORM mm_conflict._disconnect(conn);
+        PERFORM mm_conflict._remote_value(conns[i], format('SELECT mm_conflict.wait_for_sync(%L)', settle));
     END LOOP;
 
     -- 3. The keys that still differ.
     FOR i IN 1..cardinality(peer_ids) LOOP
         peer := peer_ids[i];
         CONTINUE WHEN NOT suspects ? peer::text;
-        PERFORM mm_conflict._connect(conn, conninfos[i], format('node %s', peer));
         SELECT array_agg(d.pk) INTO found
-          FROM mm_conflict._diff_judged(tbl, conn, peer,
+          FROM mm_conflict._diff_judged(tbl, conns[i], peer,
                    ARRAY(SELECT jsonb_array_elements_text(suspects -> peer::text))::bytea[]) d;
         confirmed := confirmed || coalesce(found, '{}');
-        PERFORM mm_conflict._disconnect(conn);
     END LOOP;
     confirmed := ARRAY(SELECT DISTINCT c FROM unnest(confirmed) c);
 
@@ -304,7 +303,6 @@ BEGIN
         wrote := 0;
         FOR i IN 1..cardinality(peer_ids) LOOP
             peer := peer_ids[i];
-            PERFORM mm_conflict._connect(conn, conninfos[i], format('node %s', peer));
             -- Keys to take from the peer, with the same version or not; to send it, likewise.
             SELECT jsonb_build_array(
                        coalesce(jsonb_agg(d.pk::text) FILTER (WHERE d.winner = 'peer'), '[]'),
@@ -313,19 +311,19 @@ BEGIN
                        coalesce(jsonb_agg(d.pk::text) FILTER (WHERE d.winner = 'equal'
                                                                AND d.peer_node IS DISTINCT FROM peer), '[]'))
               INTO todo
-              FROM mm_conflict._diff_judged(tbl, conn, peer, confirmed) d;
+              FROM mm_conflict._diff_judged(tbl, conns[i], peer, confirmed) d;
             FOR kind IN 1..4 LOOP
                 keys := ARRAY(SELECT jsonb_array_elements_text(todo -> (kind - 1)))::bytea[];
                 CONTINUE WHEN cardinality(keys) = 0;
                 FOR k IN 0..(cardinality(keys) - 1) / batch LOOP
                     chunk := keys[k * batch + 1 : (k + 1) * batch];
                     IF kind <= 2 THEN
-                        items := mm_conflict._remote_value(conn, format(
+                        items := mm_conflict._remote_value(conns[i], format(
                             'SELECT mm_conflict._repair_items(%L::regclass, %L::bytea[])', tname, chunk));
                         PERFORM mm_conflict._repair_apply(tbl, items, kind = 2);
                     ELSE
                         items := mm_conflict._repair_items(tbl, chunk);
-                        PERFORM mm_conflict._remote_value(conn, format(
+                        PERFORM mm_conflict._remote_value(conns[i], format(
                             'SELECT mm_conflict._repair_apply(%L::regclass, %L, %L)', tname, items, kind = 4));
                     END IF;
                     wrote := wrote + cardinality(chunk);
@@ -338,9 +336,11 @@ BEGIN
                     END IF;
                 END LOOP;
             END LOOP;
-            PERFORM mm_conflict._disconnect(conn);
         END LOOP;
         EXIT WHEN wrote = 0;
+    END LOOP;
+    FOR i IN 1..cardinality(conns) LOOP
+        PERFORM mm_conflict._disconnect(conns[i]);
     END LOOP;
     RETURN (SELECT count(DISTINCT r) FROM unnest(repaired) r);
 END
