@@ -37,6 +37,10 @@ pub struct RelInfo {
     pub att_stattime: pg_sys::AttrNumber,
     /// The user criterion column, for `Criterion::Column`.
     pub att_criterion: Option<pg_sys::AttrNumber>,
+    /// Whether a publication sends its changes (`pg::publication::is_published`): tombstones are
+    /// recorded only for such a table (a temporary table, or one outside every publication, is
+    /// not replicated, and its tombstones would be sent to peers that cannot resolve them).
+    pub published: bool,
     pub primary_key: Option<IndexKey>,
     /// Its other unique keys, which a replicated row may collide on (see `pg::key::unique_keys`).
     pub unique_keys: Vec<IndexKey>,
@@ -173,12 +177,14 @@ unsafe fn require(
             column: name.to_string(),
             add_column_sql: format!("ALTER TABLE {table} ADD COLUMN {name} {sql_type};"),
         })?;
-    if !ok(column.typid) {
+    // A precision (`timestamptz(3)`) would round the stamps on every peer's input but not here:
+    // the versions of one write would differ between nodes.
+    if !ok(column.typid) || (column.typmod != -1 && column.typid != pg_sys::BOOLOID) {
         return Err(MmError::UnsupportedColumnType {
             table: table.to_string(),
             column: name.to_string(),
             // SAFETY: any type oid is accepted.
-            found: unsafe { names::type_name(column.typid) },
+            found: unsafe { names::type_name_with_modifier(column.typid, column.typmod) },
             expected: sql_type.into(),
         });
     }
@@ -209,6 +215,7 @@ unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelI
             _ => names::identity(&schema, &relname),
         };
         let tupdesc = (*rel).rd_att;
+        let owner = (*(*rel).rd_rel).relowner;
 
         let att_islocal = require(tupdesc, &table, COL_ISLOCAL, "boolean", |t| {
             t == pg_sys::BOOLOID
@@ -240,8 +247,6 @@ unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelI
         };
         let primary_key = IndexKey::of(rel);
         let unique_keys = crate::pg::key::unique_keys(rel);
-        let key_attnums: Vec<pg_sys::AttrNumber> =
-            primary_key.iter().flat_map(|pk| pk.attnums()).collect();
 
         let live: Vec<&pg_sys::FormData_pg_attribute> = tuple::live_attributes(tupdesc).collect();
         let columns: Vec<StatementColumn> = live
@@ -250,7 +255,12 @@ unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelI
                 name: tuple::attname(a).to_string(),
                 generated: a.attgenerated != 0,
                 identity_always: a.attidentity == b'a' as std::ffi::c_char,
-                key: key_attnums.contains(&a.attnum),
+                key_operator: primary_key.as_ref().and_then(|pk| {
+                    pk.columns
+                        .iter()
+                        .find(|c| c.attnum == a.attnum)
+                        .map(|c| c.eq_operator_sql.clone())
+                }),
             })
             .collect();
         let sql = statements::build(&names::sql_qualified(&schema, &relname), &columns);
@@ -267,12 +277,16 @@ unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelI
             att_xacttime,
             att_stattime,
             att_criterion,
+            published: crate::pg::publication::is_published((*rel).rd_id),
             primary_key,
             unique_keys,
             live_attnums: live.iter().map(|a| a.attnum).collect(),
-            overwrite: CachedPlan::new(sql.overwrite, argtypes.clone()),
-            resend_delete: CachedPlan::new(sql.resend_delete, argtypes.clone()),
-            resend_insert: CachedPlan::new(sql.resend_insert, argtypes),
+            // mm_conflict's own writes to the table run as its owner, as PostgreSQL 16's apply
+            // workers write: a trigger of the owner's never runs with the rights of whoever
+            // caused the write (the subscription's owner, the extension's owner).
+            overwrite: CachedPlan::new(sql.overwrite, argtypes.clone()).run_as(owner),
+            resend_delete: CachedPlan::new(sql.resend_delete, argtypes.clone()).run_as(owner),
+            resend_insert: CachedPlan::new(sql.resend_insert, argtypes).run_as(owner),
         })
     }
 }

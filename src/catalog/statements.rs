@@ -11,7 +11,9 @@ pub struct StatementColumn {
     pub generated: bool,
     /// `GENERATED ALWAYS AS IDENTITY`: inserted with `OVERRIDING SYSTEM VALUE`, never updated.
     pub identity_always: bool,
-    pub key: bool,
+    /// For a key column, its equality operator in SQL (`OPERATOR(schema.name)`, the key index's
+    /// own): statements match the key with it. `None`: not a key column.
+    pub key_operator: Option<String>,
 }
 
 /// The statements of one table.
@@ -33,8 +35,10 @@ pub fn build(table: &str, columns: &[StatementColumn]) -> Statements {
     let key_match = columns
         .iter()
         .enumerate()
-        .filter(|(_, c)| c.key)
-        .map(|(i, c)| format!("{} = {}", sql_ident(&c.name), param(i)))
+        .filter_map(|(i, c)| {
+            let op = c.key_operator.as_ref()?;
+            Some(format!("{} {op} {}", sql_ident(&c.name), param(i)))
+        })
         .collect::<Vec<_>>()
         .join(" AND ");
     let settable: Vec<(usize, &StatementColumn)> = columns
@@ -88,7 +92,7 @@ mod tests {
             name: name.into(),
             generated: false,
             identity_always: false,
-            key,
+            key_operator: key.then(|| "OPERATOR(pg_catalog.=)".to_string()),
         }
     }
 
@@ -109,11 +113,11 @@ mod tests {
         let s = build("\"s\".\"t\"", &columns);
         assert_eq!(
             s.overwrite,
-            "UPDATE ONLY \"s\".\"t\" SET \"Info \"\"x\"\"\" = $2, \"v\" = $4 WHERE \"id\" = $1"
+            "UPDATE ONLY \"s\".\"t\" SET \"Info \"\"x\"\"\" = $2, \"v\" = $4 WHERE \"id\" OPERATOR(pg_catalog.=) $1"
         );
         assert_eq!(
             s.resend_delete,
-            "DELETE FROM ONLY \"s\".\"t\" WHERE \"id\" = $1 RETURNING \"id\", \"Info \"\"x\"\"\", \"g\", \"v\""
+            "DELETE FROM ONLY \"s\".\"t\" WHERE \"id\" OPERATOR(pg_catalog.=) $1 RETURNING \"id\", \"Info \"\"x\"\"\", \"g\", \"v\""
         );
         assert_eq!(
             s.resend_insert,
@@ -125,7 +129,9 @@ mod tests {
     fn composite_keys_match_every_column() {
         let s = build("t", &[col("a", true), col("b", true), col("c", false)]);
         assert!(
-            s.overwrite.ends_with("WHERE \"a\" = $1 AND \"b\" = $2"),
+            s.overwrite.ends_with(
+                "WHERE \"a\" OPERATOR(pg_catalog.=) $1 AND \"b\" OPERATOR(pg_catalog.=) $2"
+            ),
             "{}",
             s.overwrite
         );

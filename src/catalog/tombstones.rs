@@ -6,7 +6,7 @@
 //! that any role that may delete from a replicated table records its tombstones, while no
 //! ordinary role can write tombstones directly.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use mm_conflict_core::{Direction, RowStamps, Tombstone, Version, VersionOrder};
@@ -16,7 +16,7 @@ use crate::error::MmError;
 use crate::pg::key::IndexKey;
 use crate::pg::probe::{self, Probe};
 use crate::pg::spi::{text_datum, CachedPlan};
-use crate::pg::{compat, tuple};
+use crate::pg::tuple;
 
 pub struct TombstoneTable {
     relid: pg_sys::Oid,
@@ -40,11 +40,6 @@ pub struct TombstoneTable {
 
 thread_local! {
     static TABLE: RefCell<Option<Rc<TombstoneTable>>> = const { RefCell::new(None) };
-    /// The statement (local transaction, command id) that last found the tombstone table empty.
-    /// A tombstone committed by another session during that statement is missed by its later rows;
-    /// that is harmless: a replicated tombstone settles the new row when it lands, and a local one
-    /// needs the row to exist first. Our own writes advance the command id, which ends the cache.
-    static EMPTY_IN_STATEMENT: Cell<Option<(u32, u32)>> = const { Cell::new(None) };
 }
 
 /// Forgets the cached table description when the table changes.
@@ -148,7 +143,9 @@ pub fn table() -> Result<Rc<TombstoneTable>, MmError> {
             )
             .run_as(owner),
             remove: CachedPlan::new(
-                "DELETE FROM mm_conflict.tombstone WHERE table_name = $1 AND pk = $2".to_string(),
+                "DELETE FROM mm_conflict.tombstone \
+                 WHERE table_name OPERATOR(pg_catalog.=) $1 AND pk OPERATOR(pg_catalog.=) $2"
+                    .to_string(),
                 types[..2].to_vec(),
             )
             .run_as(owner),
@@ -162,15 +159,12 @@ fn opt_datum<T: Into<pg_sys::Datum>>(value: Option<T>) -> Option<pg_sys::Datum> 
     value.map(Into::into)
 }
 
-/// (local transaction id, command id): identifies the running statement.
-fn current_statement() -> (u32, u32) {
-    // SAFETY: reading the command id has no side effects (used = false).
-    (compat::local_transaction_id(), unsafe {
-        pg_sys::GetCurrentCommandId(false)
-    })
-}
-
 impl TombstoneTable {
+    /// The table's oid.
+    pub fn relid(&self) -> pg_sys::Oid {
+        self.relid
+    }
+
     /// Reads a tombstone row.
     ///
     /// # Safety
@@ -230,12 +224,9 @@ impl TombstoneTable {
     /// The tombstone of `key` in table `table_name`, seeing tombstones still being written.
     /// The caller holds the key lock.
     pub fn probe(&self, table_name: &[u8], key: &[u8]) -> Probe<Tombstone> {
-        // An empty table (the common case before the first delete) needs no index scan, and a
-        // statement that found it empty need not look again for its next rows.
-        let statement = current_statement();
-        if EMPTY_IN_STATEMENT.with(|e| e.get()) == Some(statement) {
-            return Probe::Absent;
-        }
+        // An empty table (the common case before the first delete) needs no index scan. (Its size
+        // is read for every row: a tombstone an apply worker commits while a local statement runs
+        // must be seen by that statement's later rows, or the row is stamped below it.)
         // SAFETY: the relation is opened here and kept locked until transaction end; the key
         // datums are palloc'd copies valid during the probe.
         unsafe {
@@ -244,7 +235,6 @@ impl TombstoneTable {
                 pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM) == 0;
             let tupdesc = (*rel).rd_att;
             let found = if empty {
-                EMPTY_IN_STATEMENT.with(|e| e.set(Some(statement)));
                 Probe::Absent
             } else {
                 let values = [text_datum(table_name), text_datum(key)];

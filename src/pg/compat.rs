@@ -94,21 +94,6 @@ pub unsafe fn lock_held_by_me(tag: &pg_sys::LOCKTAG, mode: pg_sys::LOCKMODE) -> 
     }
 }
 
-/// This backend's local transaction id (with the command id, it identifies a statement).
-pub fn local_transaction_id() -> u32 {
-    // SAFETY: MyProc is set for every backend that runs SQL; a plain field read.
-    unsafe {
-        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
-        {
-            (*pg_sys::MyProc).lxid
-        }
-        #[cfg(any(feature = "pg17", feature = "pg18"))]
-        {
-            (*pg_sys::MyProc).vxid.lxid
-        }
-    }
-}
-
 /// The `origin` setting of subscription `subid` (`None`: no such subscription): `any` or `none`
 /// from 16 on; before 16 every subscription takes changes of any origin.
 pub fn subscription_origin(subid: pg_sys::Oid) -> Option<String> {

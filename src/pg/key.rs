@@ -13,6 +13,10 @@ pub struct KeyColumn {
     pub collation: pg_sys::Oid,
     /// The index opclass's equality function, for scan keys and key comparison.
     pub eq_proc: pg_sys::RegProcedure,
+    /// The same equality as an operator in SQL, schema-qualified (`OPERATOR("public".=)`): how
+    /// statements match this column, so that they find the rows the index finds (a `citext` key
+    /// matches case-insensitively) whatever the session's `search_path`.
+    pub eq_operator_sql: String,
     /// `UnsafeCell`: PostgreSQL writes `fn_extra` through these pointers on calls.
     pub eq: Box<UnsafeCell<pg_sys::FmgrInfo>>,
     /// Binary send/receive: tombstones and the key lock identify a key by its binary form, which
@@ -89,6 +93,31 @@ unsafe fn fmgr(proc: pg_sys::Oid) -> Box<UnsafeCell<pg_sys::FmgrInfo>> {
     }
 }
 
+/// Operator `oid` in SQL as `OPERATOR(schema.name)`.
+///
+/// # Safety
+/// Must run inside a transaction (catalog lookup); `oid` must be an operator's.
+unsafe fn operator_sql(oid: pg_sys::Oid) -> String {
+    // SAFETY: syscache lookups of an existing operator and its schema, inside a transaction; the
+    // strings are copied before the cache entry is released.
+    unsafe {
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::OPEROID as i32,
+            pg_sys::Datum::from(oid),
+        );
+        if tuple.is_null() {
+            return "OPERATOR(pg_catalog.=)".into();
+        }
+        let form = &*(pg_sys::GETSTRUCT(tuple) as *const pg_sys::FormData_pg_operator);
+        let name = super::names::cstr_to_string(form.oprname.data.as_ptr());
+        let namespace = form.oprnamespace;
+        pg_sys::ReleaseSysCache(tuple);
+        let schema = super::names::cstr_to_string(pg_sys::get_namespace_name(namespace));
+        // Operator names are not identifiers: they are written bare after the schema.
+        format!("OPERATOR({}.{name})", super::names::sql_ident(&schema))
+    }
+}
+
 impl IndexKey {
     /// The primary key of `rel`, if it has one.
     ///
@@ -130,6 +159,7 @@ impl IndexKey {
                         pg_sys::BTEqualStrategyNumber as i16,
                     );
                     let eq_proc = pg_sys::get_opcode(operator);
+                    let eq_operator_sql = operator_sql(operator);
                     let (mut send_proc, mut is_varlena) = (pg_sys::InvalidOid, false);
                     pg_sys::getTypeBinaryOutputInfo(att.atttypid, &mut send_proc, &mut is_varlena);
                     let (mut recv_proc, mut typioparam) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
@@ -138,6 +168,7 @@ impl IndexKey {
                         attnum,
                         collation: *(*index).rd_indcollation.add(i),
                         eq_proc,
+                        eq_operator_sql,
                         eq: fmgr(eq_proc),
                         send: fmgr(send_proc),
                         recv: fmgr(recv_proc),

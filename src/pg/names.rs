@@ -161,6 +161,15 @@ pub unsafe fn type_name(typid: pg_sys::Oid) -> String {
     unsafe { cstr_to_string(pg_sys::format_type_be(typid)) }
 }
 
+/// A type's name with its modifier (`timestamp(3) with time zone`), as `format_type` writes it.
+///
+/// # Safety
+/// Must run inside a transaction (catalog lookup).
+pub unsafe fn type_name_with_modifier(typid: pg_sys::Oid, typmod: i32) -> String {
+    // SAFETY: format_type_with_typemod handles any oid and modifier; it returns a palloc'd string.
+    unsafe { cstr_to_string(pg_sys::format_type_with_typemod(typid, typmod)) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

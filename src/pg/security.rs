@@ -1,26 +1,132 @@
-//! Running a piece of work with another role's rights, as `SECURITY DEFINER` functions do.
+//! Running a piece of work with another role's rights, the way PostgreSQL's own maintenance
+//! commands do (VACUUM, CREATE INDEX, REFRESH MATERIALIZED VIEW run index expressions as the
+//! table's owner): the role switched, a `SECURITY_RESTRICTED_OPERATION`, and `search_path`
+//! pinned to `pg_catalog, pg_temp`, so that nothing the caller created or set (an operator of its
+//! own in a schema early in its `search_path`, a `SET ROLE`, a temporary object) can run with the
+//! rights lent.
+//!
+//! Every statement mm_conflict runs with rights other than the caller's goes through
+//! [`as_user`]; the statements themselves are schema-qualified too (relations, functions, and
+//! operators as `OPERATOR(pg_catalog.=)` or the key's own operator class), so the pinned path is
+//! a second wall, not the only one.
+
+use std::ffi::CStr;
 
 use pgrx::pg_sys;
 
-/// Runs `f` as role `role` (for permission checks), then restores the current role and security
-/// context, also when `f` raises an error (PostgreSQL restores them at (sub)transaction abort as
-/// well). Used so that what mm_conflict records on the side (tombstones, conflict log rows) is
-/// written with the rights of the extension's owner, whoever writes the user's table.
-pub fn as_user<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    struct Restore(pg_sys::Oid, i32);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            // SAFETY: puts back the role and context that were current on entry.
-            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) }
-        }
+/// The `search_path` every statement with lent rights runs under.
+pub const SAFE_SEARCH_PATH: &CStr = c"pg_catalog, pg_temp";
+
+/// Puts back the role and security context that were current on entry, also when the work
+/// raises an error (PostgreSQL restores them at (sub)transaction abort as well).
+struct Restore {
+    user: pg_sys::Oid,
+    context: i32,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        // SAFETY: puts back the role and context read on entry; it does not raise.
+        unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.context) }
     }
+}
+
+/// True when the session's `search_path` already resolves nothing but `pg_catalog` for
+/// functions and operators: the pinned value, or the empty one apply workers run with.
+fn search_path_is_safe() -> bool {
+    // SAFETY: namespace_search_path is the GUC's C string, valid while the backend runs.
+    unsafe {
+        let current = pg_sys::namespace_search_path;
+        if current.is_null() {
+            return false;
+        }
+        let current = CStr::from_ptr(current).to_bytes();
+        current.is_empty() || current == SAFE_SEARCH_PATH.to_bytes()
+    }
+}
+
+/// Opens a GUC nest level and sets `search_path` to [`SAFE_SEARCH_PATH`] in it, unless it is safe
+/// already; returns the level to pop.
+fn pin_search_path() -> Option<i32> {
+    if search_path_is_safe() {
+        return None;
+    }
+    // SAFETY: a new nest level, and a SET of search_path local to it (GUC_ACTION_SAVE), undone by
+    // AtEOXact_GUC(false, level) in Restore; the value is a valid search path.
+    unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            SAFE_SEARCH_PATH.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        Some(level)
+    }
+}
+
+/// Runs `f` as role `role` (for permission checks) in a security-restricted operation with the
+/// search path pinned, then restores the current role, security context and search path, also
+/// when `f` raises an error. Used for what mm_conflict writes on the side (tombstones and conflict
+/// log rows, as the extension's owner) and for its own writes to a user table (as that table's
+/// owner, as PostgreSQL 16's apply workers write).
+pub fn as_user<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let (mut user, mut context) = (pg_sys::InvalidOid, 0);
     // SAFETY: reads and sets the backend's current role; SECURITY_LOCAL_USERID_CHANGE marks the
-    // change as local (as SECURITY DEFINER does), so SET ROLE and the like cannot escape it.
+    // change as local (as SECURITY DEFINER does) and SECURITY_RESTRICTED_OPERATION forbids what a
+    // maintenance command forbids (SET ROLE, temporary objects, ...) to code running with it.
     let _restore = unsafe {
         pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-        pg_sys::SetUserIdAndSecContext(role, context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
-        Restore(user, context)
+        pg_sys::SetUserIdAndSecContext(
+            role,
+            context
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+        Restore { user, context }
     };
+    let _path = PathRestore(pin_search_path());
     f()
+}
+
+/// Pops the nest level of a pinned search path (before the role is put back: drop order is the
+/// reverse of declaration).
+struct PathRestore(Option<i32>);
+
+impl Drop for PathRestore {
+    fn drop(&mut self) {
+        if let Some(level) = self.0 {
+            // SAFETY: pops the nest level opened by pin_search_path (false: its SET is undone); it
+            // does not raise.
+            unsafe { pg_sys::AtEOXact_GUC(false, level) };
+        }
+    }
+}
+
+/// Runs `f` (as the current role) with the search path pinned: for statements mm_conflict runs
+/// with the caller's own rights, whose meaning must not depend on the caller's objects either.
+pub fn with_safe_search_path<R>(f: impl FnOnce() -> R) -> R {
+    let _path = PathRestore(pin_search_path());
+    f()
+}
+
+/// The owner of relation `relid` (`None` when it does not exist).
+pub fn relation_owner(relid: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    // SAFETY: a syscache lookup inside a transaction; the tuple is released here.
+    unsafe {
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::RELOID as i32,
+            pg_sys::Datum::from(relid),
+        );
+        if tuple.is_null() {
+            return None;
+        }
+        let owner = (*(pg_sys::GETSTRUCT(tuple) as *const pg_sys::FormData_pg_class)).relowner;
+        pg_sys::ReleaseSysCache(tuple);
+        Some(owner)
+    }
 }

@@ -61,7 +61,9 @@ impl CachedPlan {
         }
     }
 
-    /// The same statement, run with `owner`'s rights (see [`super::security::as_user`]).
+    /// The same statement, run with `owner`'s rights in a security-restricted operation (see
+    /// [`super::security::as_user`]). Without it a statement runs with the current role's rights;
+    /// either way under the pinned search path.
     pub fn run_as(mut self, owner: pg_sys::Oid) -> CachedPlan {
         self.owner = Some(owner);
         self
@@ -106,7 +108,9 @@ impl CachedPlan {
                 super::security::as_user(owner, || unsafe { self.run(values, expected, returning) })
             }
             // SAFETY: as above: in a transaction, with `values` matching `argtypes`.
-            None => unsafe { self.run(values, expected, returning) },
+            None => super::security::with_safe_search_path(|| unsafe {
+                self.run(values, expected, returning)
+            }),
         }
     }
 

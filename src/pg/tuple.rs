@@ -11,6 +11,8 @@ use super::compat;
 pub struct Column {
     pub attnum: pg_sys::AttrNumber,
     pub typid: pg_sys::Oid,
+    /// The type modifier (`timestamptz(3)`: 3; -1 for none).
+    pub typmod: i32,
 }
 
 /// The attribute of column `attnum` (1-based).
@@ -60,6 +62,7 @@ pub unsafe fn find_column(tupdesc: pg_sys::TupleDesc, name: &str) -> Option<Colu
         .map(|att| Column {
             attnum: att.attnum,
             typid: att.atttypid,
+            typmod: att.atttypmod,
         })
 }
 

@@ -27,20 +27,12 @@ thread_local! {
 /// role's rights, whoever applies the change.
 fn conflict_log_owner() -> pg_sys::Oid {
     // SAFETY: catalog lookups inside a transaction; missing_ok lookups return InvalidOid.
-    unsafe {
+    let relid = unsafe {
         let namespace = pg_sys::get_namespace_oid(c"mm_conflict".as_ptr(), true);
-        let relid = pg_sys::get_relname_relid(c"conflict_log".as_ptr(), namespace);
-        let tuple = pg_sys::SearchSysCache1(
-            pg_sys::SysCacheIdentifier::RELOID as i32,
-            pg_sys::Datum::from(relid),
-        );
-        if tuple.is_null() {
-            return pg_sys::GetUserId();
-        }
-        let owner = (*(pg_sys::GETSTRUCT(tuple) as *const pg_sys::FormData_pg_class)).relowner;
-        pg_sys::ReleaseSysCache(tuple);
-        owner
-    }
+        pg_sys::get_relname_relid(c"conflict_log".as_ptr(), namespace)
+    };
+    // SAFETY: reads the current role.
+    crate::pg::security::relation_owner(relid).unwrap_or_else(|| unsafe { pg_sys::GetUserId() })
 }
 
 /// The row's live columns as a JSON object; `only` restricts it to these attribute numbers.
@@ -242,15 +234,46 @@ pub unsafe fn log_row(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolution
         incoming_row.as_deref().map(text),
         origin_name().as_deref().map(text),
     ];
+    insert_log_row(values, None);
+}
+
+/// A conflict_log row for a replicated tombstone this node could not resolve (`reason`: why),
+/// written whatever `mm_conflict.log_conflicts` says: the delete it carries was not applied here.
+pub fn log_ignored_tombstone(table: &str, key: &[u8], version: &Version, reason: &str) {
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let key = serde_json::json!({ "binary_key": format!("\\x{hex}") }).to_string();
+    let text = |s: &str| text_datum(s.as_bytes());
+    let values = [
+        Some(text(table)),
+        Some(text(&key)),
+        Some(text("tombstone_ignored")),
+        Some(text("unknown")),
+        None,
+        None,
+        version.criterion.map(pg_sys::Datum::from),
+        version.node.map(pg_sys::Datum::from),
+        None,
+        None,
+        origin_name().as_deref().map(text),
+    ];
+    insert_log_row(values, Some(reason));
+}
+
+/// Inserts a conflict_log row (with the extension owner's rights).
+fn insert_log_row(values: [Option<pg_sys::Datum>; 11], detail: Option<&str>) {
+    let mut values = values.to_vec();
+    values.push(detail.map(|d| text_datum(d.as_bytes())));
     LOG_INSERT.with(|plan| {
         let mut plan = plan.borrow_mut();
         let plan = plan.get_or_insert_with(|| {
             CachedPlan::new(
                 "INSERT INTO mm_conflict.conflict_log (table_name, key, decision, criterion, \
                  stored_value, stored_node, incoming_value, incoming_node, stored_row, incoming_row, \
-                 origin, subscription) \
-                 VALUES ($1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11, \
-                 (SELECT s.subname FROM pg_catalog.pg_subscription s WHERE 'pg_' || s.oid = $11))"
+                 origin, subscription, detail) \
+                 VALUES ($1, $2::pg_catalog.jsonb, $3, $4, $5, $6, $7, $8, $9::pg_catalog.jsonb, \
+                 $10::pg_catalog.jsonb, $11, \
+                 (SELECT s.subname FROM pg_catalog.pg_subscription s \
+                   WHERE 'pg_' OPERATOR(pg_catalog.||) s.oid OPERATOR(pg_catalog.=) $11), $12)"
                     .into(),
                 vec![
                     pg_sys::TEXTOID,
@@ -261,6 +284,7 @@ pub unsafe fn log_row(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolution
                     pg_sys::INT2OID,
                     pg_sys::TIMESTAMPTZOID,
                     pg_sys::INT2OID,
+                    pg_sys::TEXTOID,
                     pg_sys::TEXTOID,
                     pg_sys::TEXTOID,
                     pg_sys::TEXTOID,
