@@ -6,7 +6,7 @@ CREATE TABLE mm_conflict.conflict_log (
     logged_at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     table_name     text        NOT NULL,  -- quoted, schema-qualified, as in mm_conflict.tombstone
     key            jsonb       NOT NULL,  -- the primary key: {"column": value, ...}
-    decision       text        NOT NULL,  -- applied, kept_local, insert_converted_to_update, delete_applied, delete_skipped, unique_conflict
+    decision       text        NOT NULL,  -- applied, kept_local, insert_converted_to_update, delete_applied, delete_skipped, unique_conflict, tombstone_ignored
     criterion      text        NOT NULL,  -- the column the versions are compared on
     stored_value   timestamptz,           -- stored version (row or tombstone): criterion value,
     stored_node    smallint,              --   node that wrote it (both NULL: the key had none)
@@ -15,7 +15,8 @@ CREATE TABLE mm_conflict.conflict_log (
     stored_row     jsonb,                 -- the stored row (NULL: a tombstone, or none)
     incoming_row   jsonb,                 -- the incoming row (NULL: a delete)
     origin         text,                  -- replication origin of the change (pg_<subscription oid>)
-    subscription   name                   -- that subscription's name, when it is one
+    subscription   name,                  -- that subscription's name, when it is one
+    detail         text                   -- why, for tombstone_ignored (a tombstone not resolved)
 );
 CREATE INDEX ON mm_conflict.conflict_log (table_name, logged_at);
 COMMENT ON TABLE mm_conflict.conflict_log IS

@@ -24,6 +24,11 @@ CREATE TRIGGER tombstone_settle AFTER INSERT OR UPDATE ON mm_conflict.tombstone
     FOR EACH ROW EXECUTE FUNCTION mm_conflict.tombstone_settle();
 ALTER TABLE mm_conflict.tombstone ENABLE ALWAYS TRIGGER tombstone_settle;
 
+-- These two fire only on mm_conflict.tombstone (firing does not check EXECUTE; attaching does):
+-- no other role may attach them to a table of its own.
+REVOKE EXECUTE ON FUNCTION mm_conflict.tombstone_resolve() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION mm_conflict.tombstone_settle() FROM PUBLIC;
+
 -- Tombstones are data: keep them in dumps.
 SELECT pg_catalog.pg_extension_config_dump('mm_conflict.tombstone', '');
 
@@ -51,10 +56,17 @@ BEGIN
       INTO peers_seen_until
       FROM pg_subscription s
       LEFT JOIN pg_stat_subscription w
-             ON w.subid = s.oid AND w.relid IS NULL AND (to_jsonb(w) ->> 'leader_pid') IS NULL
-     WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database());
+             ON w.subid OPERATOR(pg_catalog.=) s.oid AND w.relid IS NULL
+            AND (to_jsonb(w) OPERATOR(pg_catalog.->>) 'leader_pid') IS NULL
+     WHERE s.subdbid OPERATOR(pg_catalog.=)
+           (SELECT oid FROM pg_database WHERE datname OPERATOR(pg_catalog.=) current_database())
+       -- only subscriptions that carry tombstones (a subscription of something else, enabled
+       -- or not, cannot bring a change that a tombstone must outlive)
+       AND EXISTS (SELECT 1 FROM pg_subscription_rel r
+                    WHERE r.srsubid OPERATOR(pg_catalog.=) s.oid
+                      AND r.srrelid OPERATOR(pg_catalog.=) 'mm_conflict.tombstone'::regclass);
     cutoff := least(cutoff, coalesce(peers_seen_until, cutoff));
-    DELETE FROM mm_conflict.tombstone WHERE deleted_at < cutoff;
+    DELETE FROM mm_conflict.tombstone WHERE deleted_at OPERATOR(pg_catalog.<) cutoff;
     GET DIAGNOSTICS purged = ROW_COUNT;
     RETURN purged;
 END

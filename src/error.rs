@@ -55,6 +55,20 @@ pub enum MmError {
     #[error("{function} needs a table (ordinary or partitioned), and {relation} is not one")]
     NotATable { relation: String, function: String },
 
+    #[error("{function} fires only {expected} ON mm_conflict.tombstone, not {fired} ON {table}")]
+    TriggerOnWrongTable {
+        function: String,
+        expected: String,
+        fired: String,
+        table: String,
+    },
+
+    #[error("mm_conflict.truncate_guard must be fired BEFORE TRUNCATE, not {fired}")]
+    TruncateGuardEvent { fired: String },
+
+    #[error("invalid argument to {function}: {detail}")]
+    BadInternalArgument { function: String, detail: String },
+
     #[error("table {table} belongs to mm_conflict itself")]
     ExtensionTable { table: String },
 
@@ -237,8 +251,12 @@ impl MmError {
             BadArgument(_) | BadMeshSpec { .. } | EmptyNodeName | MeshWithoutTables => {
                 ERRCODE_INVALID_PARAMETER_VALUE
             }
-            SubscribeToSelf { .. } | PeerIsAnotherNode { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
-            WrongTriggerEvent { .. } => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+            SubscribeToSelf { .. } | PeerIsAnotherNode { .. } | BadInternalArgument { .. } => {
+                ERRCODE_INVALID_PARAMETER_VALUE
+            }
+            WrongTriggerEvent { .. } | TriggerOnWrongTable { .. } | TruncateGuardEvent { .. } => {
+                ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED
+            }
             MissingColumn { .. } | UnknownCriterionColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
             UnsupportedColumnType { .. } => ERRCODE_DATATYPE_MISMATCH,
             LocalConflict { .. } => ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION,
@@ -350,6 +368,14 @@ impl MmError {
             }
             BadArgument(PolicyError::BadDirection { .. }) => {
                 "Argument 3 is first or last (for criterion nodeid: the winning node id).".into()
+            }
+            BadInternalArgument { .. } => {
+                "It is one of mm_conflict's own helpers, called by its functions with what they computed; call the documented functions instead."
+                    .into()
+            }
+            TriggerOnWrongTable { .. } => {
+                "Drop this trigger: CREATE EXTENSION puts the ones mm_conflict needs in place (on a replicated table, mm_conflict.replicate_table installs mm_resolve)."
+                    .into()
             }
             WrongTriggerEvent { .. } => {
                 "CREATE TRIGGER ... BEFORE INSERT OR UPDATE OR DELETE ON tbl FOR EACH ROW EXECUTE FUNCTION mm_resolve(...)"

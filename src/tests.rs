@@ -15,6 +15,7 @@ mod tests {
              CREATE TRIGGER mm_resolve BEFORE INSERT OR UPDATE OR DELETE ON mm
                  FOR EACH ROW EXECUTE FUNCTION mm_resolve({trigger_args});
              ALTER TABLE mm ENABLE ALWAYS TRIGGER mm_resolve;
+             CREATE PUBLICATION mm_test FOR TABLE mm;
              CREATE FUNCTION pg_temp.sqlstate_of(stmt text) RETURNS text LANGUAGE plpgsql AS $f$
              BEGIN EXECUTE stmt; RETURN NULL; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $f$;"
         ))

@@ -12,6 +12,7 @@ pub mod mm_conflict {
 
     /// Version of the loaded shared library (compare with `pg_extension.extversion`).
     #[pg_extern(immutable, parallel_safe)]
+    #[search_path(pg_catalog, pg_temp)]
     fn version() -> &'static str {
         env!("CARGO_PKG_VERSION")
     }
@@ -19,6 +20,7 @@ pub mod mm_conflict {
     /// Order-independent checksum of a table's rows over its user columns (bookkeeping columns
     /// excluded). Equal on two nodes ⇔ (with overwhelming probability) the same rows.
     #[pg_extern(stable, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn table_checksum(tbl: PgRelation) -> i64 {
         crate::verify::checksum::checksum(&tbl).or_raise()
     }
@@ -26,6 +28,7 @@ pub mod mm_conflict {
     /// `table_diff`'s buckets of level `bits` of a replicated table (the children of `parents`
     /// only, when given): the ones that hold rows, with their row count and hash.
     #[pg_extern(stable)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _diff_summary(
         tbl: PgRelation,
         bits: i32,
@@ -37,6 +40,7 @@ pub mod mm_conflict {
     /// The rows of a replicated table in `buckets` of level `bits`, or with a key in `keys`:
     /// binary key, entry hash, version.
     #[pg_extern(stable)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _diff_rows(
         tbl: PgRelation,
         bits: i32,
@@ -67,6 +71,7 @@ pub mod mm_conflict {
 
     /// The rows of `keys` of a replicated table as JSON, found by primary key.
     #[pg_extern(stable, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _diff_contents(
         tbl: PgRelation,
         keys: Array<&[u8]>,
@@ -78,6 +83,7 @@ pub mod mm_conflict {
     /// The stored tombstones of `keys` of a replicated table: version, and the tombstone row as
     /// JSON when `content`.
     #[pg_extern(stable, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _diff_tombstones(
         tbl: PgRelation,
         keys: Array<&[u8]>,
@@ -103,6 +109,7 @@ pub mod mm_conflict {
 
     /// A binary key of a replicated table as a JSON object of its columns.
     #[pg_extern(stable, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _diff_key(tbl: PgRelation, pk: Vec<u8>) -> JsonB {
         JsonB(diff::key_json(&tbl, &pk).or_raise())
     }
@@ -111,6 +118,7 @@ pub mod mm_conflict {
     /// nothing) and the winner (`local`, `peer` or `equal`). A side is `row`, `tombstone` or NULL.
     #[allow(clippy::too_many_arguments)]
     #[pg_extern(stable)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _diff_judge(
         tbl: PgRelation,
         local_kind: Option<String>,
@@ -144,6 +152,7 @@ pub mod mm_conflict {
     /// replicated table, each resolved as a replicated change; `same_version`: rows with the
     /// stored version are written too. Returns the number of items written.
     #[pg_extern(volatile, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _repair_apply(tbl: PgRelation, items: &str, same_version: bool) -> i64 {
         diff::apply(&tbl, items, same_version).or_raise()
     }
@@ -157,6 +166,7 @@ pub mod mm_conflict {
     /// part double-quoted only when it is not a plain lower-case name, whatever the session's
     /// settings or the server's keyword list.
     #[pg_extern(stable, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _table_name(tbl: PgRelation) -> String {
         // SAFETY: tbl is open with AccessShareLock for the duration of the call.
         unsafe { names::relation_identity(tbl.as_ptr()) }
@@ -164,6 +174,7 @@ pub mod mm_conflict {
 
     /// `create_mesh`'s node list as rows, checked; errors name the bad element and field.
     #[pg_extern(immutable, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn mesh_nodes(
         nodes: JsonB,
     ) -> TableIterator<
@@ -180,12 +191,14 @@ pub mod mm_conflict {
 
     /// 'ok', 'not_loaded' (no shared_preload_libraries) or 'full' (no free counter slot).
     #[pg_extern(volatile, parallel_safe)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _conflict_counters_state() -> &'static str {
         counters::state()
     }
 
     /// This database's counters, one row per table counted since the last reset.
     #[pg_extern(volatile, parallel_safe)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _conflict_counters() -> TableIterator<
         'static,
         (
@@ -220,6 +233,7 @@ pub mod mm_conflict {
 
     /// Zeroes this database's counters: of one table, or (NULL) of all its tables.
     #[pg_extern(volatile, parallel_safe)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _reset_conflict_counters(relid: Option<pg_sys::Oid>) {
         counters::reset(relid).or_raise()
     }

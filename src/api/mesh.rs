@@ -12,8 +12,37 @@ pub mod mm_conflict {
 
     fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value, what: &str) -> T {
         serde_json::from_value(value).unwrap_or_else(|e| {
-            MmError::Internal {
-                what: format!("{what}: {e}"),
+            MmError::BadInternalArgument {
+                function: what.into(),
+                detail: e.to_string(),
+            }
+            .raise()
+        })
+    }
+
+    /// A text array argument without NULL elements (`function` and `argument` name it in the
+    /// error otherwise).
+    fn no_nulls(values: Vec<Option<String>>, function: &str, argument: &str) -> Vec<String> {
+        values
+            .into_iter()
+            .map(|v| {
+                v.unwrap_or_else(|| {
+                    MmError::NullArgument {
+                        function: function.into(),
+                        argument: format!("an element of {argument}"),
+                    }
+                    .raise()
+                })
+            })
+            .collect()
+    }
+
+    /// A non-NULL argument of a function that is not `strict`.
+    fn given<T>(value: Option<T>, function: &str, argument: &str) -> T {
+        value.unwrap_or_else(|| {
+            MmError::NullArgument {
+                function: function.into(),
+                argument: argument.into(),
             }
             .raise()
         })
@@ -28,49 +57,57 @@ pub mod mm_conflict {
     /// Raises the error described by `error` (`{"error": "<variant>", <fields>}`): how the SQL
     /// functions raise mm_conflict's errors, so that every wording and SQLSTATE lives in one enum.
     #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _fail(error: JsonB) {
-        from_json::<MmError>(error.0, "an error raised from SQL").raise()
+        from_json::<MmError>(error.0, "mm_conflict._fail").raise()
     }
 
     /// Reports `error` (as for `_fail`) as a WARNING and goes on.
     #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _warn(error: JsonB) {
-        from_json::<MmError>(error.0, "a warning raised from SQL").warn()
+        from_json::<MmError>(error.0, "mm_conflict._warn").warn()
     }
 
     /// Reports `error` (as for `_fail`) as a NOTICE and goes on.
     #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _notice(error: JsonB) {
-        from_json::<MmError>(error.0, "a notice raised from SQL").notice()
+        from_json::<MmError>(error.0, "mm_conflict._notice").notice()
     }
 
     /// The `origin` setting of subscription `subid`: `any` or `none` (always `any` before
     /// PostgreSQL 16, which relays everything).
     #[pg_extern(stable, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _subscription_origin(subid: pg_sys::Oid) -> Option<String> {
         crate::pg::compat::subscription_origin(subid)
     }
 
     /// This node's id (`55000` until `node_init`).
     #[pg_extern(stable)]
+    #[search_path(pg_catalog, pg_temp)]
     fn this_node() -> i16 {
         local::this_node().or_raise()
     }
 
     /// Records this node's id and name (default `node<id>`); again with the same id, renames it.
     #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
     fn node_init(node_id: Option<i32>, node_name: default!(Option<&str>, "NULL")) {
         local::node_init(node_id, node_name).or_raise()
     }
 
     /// `22003` unless `node_id` is a node id (1..32767).
     #[pg_extern(immutable)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _check_node_id(node_id: Option<i32>) {
         local::check_node_id(node_id.map(i64::from)).or_raise();
     }
 
     /// `42501` unless the current role is a superuser (`what` names the caller).
     #[pg_extern(stable)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _require_superuser(what: &str) {
         // SAFETY: a catalog lookup of the current role inside a transaction.
         if !unsafe { pg_sys::superuser() } {
@@ -83,6 +120,7 @@ pub mod mm_conflict {
 
     /// Makes `tbl` a replicated table on this node (see README "Step by step").
     #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
     fn replicate_table(
         tbl: Option<PgRelation>,
         criterion: default!(Option<&str>, "'last_xacttime'"),
@@ -103,6 +141,7 @@ pub mod mm_conflict {
     /// draw never meet (`replicate_table` does it; for tables set up by hand). Returns how many
     /// sequences it changed.
     #[pg_extern(volatile, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn make_sequences_node_safe(tbl: PgRelation) -> i32 {
         let oid = closed(tbl);
         let me = local::this_node().or_raise();
@@ -114,6 +153,7 @@ pub mod mm_conflict {
     /// The sequences that feed columns of this node's replicated tables, and whether each is
     /// node-safe (the view `mm_conflict.sequences`).
     #[pg_extern(stable)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _sequences() -> TableIterator<
         'static,
         (
@@ -148,53 +188,61 @@ pub mod mm_conflict {
     /// puts the TRUNCATE guard on partitions of replicated tables created since. Returns how many
     /// it guarded.
     #[pg_extern(volatile, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _guard_new_partitions(tbl: pg_sys::Oid) -> i32 {
         local::guard_new_partitions(tbl) as i32
     }
 
     /// Stops replicating `tbl` on this node.
     #[pg_extern(volatile, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn unreplicate_table(tbl: PgRelation) {
         local::unreplicate_table(closed(tbl)).or_raise()
     }
 
     /// Raises the error `mm_resolve` would raise on its first row of `tbl`, if any.
     #[pg_extern(strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn check_table(tbl: PgRelation) {
         local::check_table(closed(tbl)).or_raise()
     }
 
     /// The publication every node offers its peers.
     #[pg_extern(immutable, parallel_safe)]
+    #[search_path(pg_catalog, pg_temp)]
     fn publication_name() -> &'static str {
         plan::PUBLICATION
     }
 
     /// The name of the slot and subscription that carry changes from `publisher` to `subscriber`.
     #[pg_extern(immutable, parallel_safe, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn channel_name(publisher: i32, subscriber: i32) -> String {
         plan::channel_name(i64::from(publisher), i64::from(subscriber))
     }
 
     /// `create_mesh`: the query that inspects a node.
     #[pg_extern(immutable, strict)]
-    fn _inspect_query(tables: Vec<String>) -> String {
-        plan::inspect_query(&tables)
+    #[search_path(pg_catalog, pg_temp)]
+    fn _inspect_query(tables: Vec<Option<String>>) -> String {
+        plan::inspect_query(&no_nulls(tables, "mm_conflict._inspect_query", "tables"))
     }
 
     /// `create_mesh`: raises what keeps node `node_id` (as inspected) from being set up.
     #[pg_extern(immutable, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _check_mesh_node(state: JsonB, node_id: i32) {
-        let state: NodeState = from_json(state.0, "a node's state");
+        let state: NodeState = from_json(state.0, "mm_conflict._check_mesh_node");
         plan::check_node(&state, i64::from(node_id)).or_raise()
     }
 
     /// `create_mesh`'s plan, one row per step in order (`node` is 1-based in the node list).
     #[pg_extern(immutable, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _create_mesh_plan(
         nodes: JsonB,
-        states: Vec<JsonB>,
-        tables: Vec<String>,
+        states: Vec<Option<JsonB>>,
+        tables: Vec<Option<String>>,
         criterion: &str,
         method: &str,
         preferred_node: i32,
@@ -214,8 +262,12 @@ pub mod mm_conflict {
         let nodes = parse_nodes(nodes.0).or_raise();
         let states: Vec<NodeState> = states
             .into_iter()
-            .map(|s| from_json(s.0, "a node's state"))
+            .map(|s| {
+                let s = given(s, "mm_conflict._create_mesh_plan", "an element of states");
+                from_json(s.0, "mm_conflict._create_mesh_plan")
+            })
             .collect();
+        let tables = no_nulls(tables, "mm_conflict._create_mesh_plan", "tables");
         let policy = TablePolicy {
             criterion: criterion.into(),
             method: method.into(),
@@ -247,27 +299,40 @@ pub mod mm_conflict {
 
     /// `create_mesh`: the message and detail of a failed step.
     #[pg_extern(immutable)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _create_mesh_failure(
-        node_label: &str,
-        step: &str,
-        message: &str,
+        node_label: Option<&str>,
+        step: Option<&str>,
+        message: Option<&str>,
         detail: Option<&str>,
-        undone: Vec<String>,
-        not_undone: Vec<String>,
+        undone: Option<Vec<Option<String>>>,
+        not_undone: Option<Vec<Option<String>>>,
     ) -> TableIterator<'static, (name!(message, String), name!(detail, String))> {
-        let (message, detail) =
-            plan::failure(node_label, step, message, detail, &undone, &not_undone);
+        const F: &str = "mm_conflict._create_mesh_failure";
+        let list =
+            |v: Option<Vec<Option<String>>>, name: &str| no_nulls(given(v, F, name), F, name);
+        let (undone, not_undone) = (list(undone, "undone"), list(not_undone, "not_undone"));
+        let (message, detail) = plan::failure(
+            given(node_label, F, "node_label"),
+            given(step, F, "step"),
+            given(message, F, "message"),
+            detail,
+            &undone,
+            &not_undone,
+        );
         TableIterator::once((message, detail))
     }
 
     /// `subscribe`: the query that inspects the peer.
     #[pg_extern(immutable, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _peer_query(channel: &str) -> String {
         plan::peer_query(channel)
     }
 
     /// `subscribe`: the query for the peer's identity (once it has the extension).
     #[pg_extern(immutable)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _peer_identity_query() -> &'static str {
         plan::PEER_IDENTITY_QUERY
     }
@@ -275,13 +340,15 @@ pub mod mm_conflict {
     /// `subscribe`: raises what keeps this node from subscribing to `peer` (as inspected); true
     /// when a left-over slot of this name must be dropped on the peer first.
     #[pg_extern(immutable, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _check_peer(peer: i32, channel: &str, state: JsonB) -> bool {
-        let state: PeerState = from_json(state.0, "a peer's state");
+        let state: PeerState = from_json(state.0, "mm_conflict._check_peer");
         plan::check_peer(i64::from(peer), channel, &state).or_raise()
     }
 
     /// `subscribe`: the `CREATE SUBSCRIPTION` statement.
     #[pg_extern(immutable, strict)]
+    #[search_path(pg_catalog, pg_temp)]
     fn _subscription_sql(channel: &str, conninfo: &str, copy_data: bool) -> String {
         plan::subscription_sql(
             channel,

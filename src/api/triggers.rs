@@ -77,6 +77,15 @@ pub mod mm_conflict {
         trigger: &'a PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, Infallible> {
         let td = trigger.trigger_data();
+        // SAFETY: td is the TriggerData of this firing.
+        unsafe {
+            apply::tombstone::check_firing(
+                td,
+                "mm_conflict.tombstone_settle",
+                pg_sys::TRIGGER_EVENT_AFTER,
+            )
+        }
+        .or_raise();
         if crate::pg::is_replicated_session() {
             let tuple =
                 if td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK == pg_sys::TRIGGER_EVENT_UPDATE {

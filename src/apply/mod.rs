@@ -56,7 +56,7 @@ impl Converting {
     }
 }
 
-fn describe_event(event: u32) -> String {
+pub(crate) fn describe_event(event: u32) -> String {
     let timing = match event & pg_sys::TRIGGER_EVENT_TIMINGMASK {
         pg_sys::TRIGGER_EVENT_BEFORE => "BEFORE",
         pg_sys::TRIGGER_EVENT_INSTEAD => "INSTEAD OF",
@@ -188,6 +188,13 @@ pub unsafe fn fire(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTuple>
 /// # Safety
 /// `td` must be the `TriggerData` of a trigger PostgreSQL is firing.
 pub unsafe fn truncate(td: &pg_sys::TriggerData) -> Result<(), MmError> {
+    if td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK != pg_sys::TRIGGER_EVENT_TRUNCATE
+        || td.tg_event & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_BEFORE
+    {
+        return Err(MmError::TruncateGuardEvent {
+            fired: describe_event(td.tg_event),
+        });
+    }
     // SAFETY: PostgreSQL keeps the trigger's relation open and locked during the firing.
     let replicated = unsafe { crate::catalog::relinfo::has_mm_resolve(td.tg_relation) };
     // A partition detached from a replicated table keeps the guard but loses mm_resolve: no

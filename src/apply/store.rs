@@ -182,7 +182,9 @@ impl Tombstones for PgStore<'_> {
     }
 
     fn record_tombstone(&mut self, tombstone: &Tombstone) {
-        self.key_tombstones().record_tombstone(tombstone);
+        if self.info.published {
+            self.key_tombstones().record_tombstone(tombstone);
+        }
     }
 
     fn remove_tombstone(&mut self) {

@@ -14,16 +14,62 @@ use super::store::{KeyTombstones, PgStore};
 use super::OwnWrite;
 use crate::catalog::{relinfo, tombstones};
 use crate::error::MmError;
-use crate::pg::{is_replicated_session, key};
+use crate::pg::{is_replicated_session, key, subxact};
 use crate::pg::{names, partitions};
+use crate::report;
+
+/// Checks that a tombstone trigger fires where CREATE EXTENSION put it: on
+/// `mm_conflict.tombstone`, FOR EACH ROW, at `timing`. Anywhere else (a table owner may attach the
+/// function to a table of its own) it would read that table's tuples with the tombstone table's
+/// column numbers.
+///
+/// # Safety
+/// `td` must be the `TriggerData` of a trigger PostgreSQL is firing.
+pub unsafe fn check_firing(
+    td: &pg_sys::TriggerData,
+    function: &str,
+    timing: u32,
+) -> Result<(), MmError> {
+    let table = tombstones::table()?;
+    // SAFETY: the trigger's relation is open during the firing (`# Safety`).
+    let relid = unsafe { (*td.tg_relation).rd_id };
+    let event = td.tg_event;
+    if relid == table.relid()
+        && event & pg_sys::TRIGGER_EVENT_TIMINGMASK == timing
+        && event & pg_sys::TRIGGER_EVENT_ROW != 0
+        && event & pg_sys::TRIGGER_EVENT_OPMASK != pg_sys::TRIGGER_EVENT_TRUNCATE
+    {
+        return Ok(());
+    }
+    let expected = if timing == pg_sys::TRIGGER_EVENT_BEFORE {
+        "BEFORE INSERT OR UPDATE OR DELETE FOR EACH ROW"
+    } else {
+        "AFTER INSERT OR UPDATE FOR EACH ROW"
+    };
+    Err(MmError::TriggerOnWrongTable {
+        function: function.into(),
+        expected: expected.into(),
+        fired: super::describe_event(event),
+        // SAFETY: as above.
+        table: unsafe { names::relation_identity(td.tg_relation) },
+    })
+}
 
 /// BEFORE INSERT OR UPDATE OR DELETE on `mm_conflict.tombstone`: returns the tuple to write, or
 /// `None` to skip it. Local writes pass; replicated ones are resolved against the stored
 /// tombstone; replicated deletes (purges elsewhere) are skipped.
 ///
 /// # Safety
-/// `td` must be the `TriggerData` of a firing on the tombstone table.
+/// `td` must be the `TriggerData` of a trigger PostgreSQL is firing.
 pub unsafe fn resolve(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTuple>, MmError> {
+    // SAFETY: td is the TriggerData of this firing (`# Safety`).
+    unsafe {
+        check_firing(
+            td,
+            "mm_conflict.tombstone_resolve",
+            pg_sys::TRIGGER_EVENT_BEFORE,
+        )
+    }?;
     let op = td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
     let replicated = is_replicated_session();
     // SAFETY: td and its tuples are valid during the firing; they belong to the tombstone table,
@@ -55,7 +101,10 @@ pub unsafe fn resolve(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTup
 }
 
 /// AFTER INSERT OR UPDATE on `mm_conflict.tombstone`, in replicated sessions: a tombstone that is
-/// new on this node (it got past [`resolve`]) settles this node's row of the key.
+/// new on this node (it got past [`resolve`]) settles this node's row of the key. A tombstone
+/// that cannot be resolved here (it names something that is not a table, or its key does not
+/// decode as the table's key) is ignored with a WARNING and a `conflict_log` row: it never stops
+/// the apply worker, which would halt every table of the subscription.
 ///
 /// # Safety
 /// `tuple` is the new tombstone row, described by `tupdesc` (the tombstone table's).
@@ -67,31 +116,34 @@ pub unsafe fn settle(tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> Re
     unsafe {
         let (name, key) = table.name_and_key(tuple, tupdesc);
         let tombstone = table.read(tuple, tupdesc);
+        let ignore = |reason: String| {
+            let table = String::from_utf8_lossy(&name).into_owned();
+            report::log::log_ignored_tombstone(&table, &key, &tombstone.version, &reason);
+            MmError::TombstoneIgnored { table, reason }.warn();
+            Ok(())
+        };
         let Some((schema, relname)) = std::str::from_utf8(&name)
             .ok()
             .and_then(names::parse_identity)
         else {
-            MmError::TombstoneIgnored {
-                table: String::from_utf8_lossy(&name).into_owned(),
-                reason: "that is not a table name".into(),
-            }
-            .warn();
-            return Ok(());
+            return ignore("that is not a table name".into());
         };
         let Some(relid) = relation_oid(&schema, &relname) else {
             return Ok(()); // the table does not exist here: nothing to settle
         };
         // A partitioned table is replicated as its root: the row is in one of its leaves.
-        let tables = if pg_sys::get_rel_relkind(relid) as u8 == pg_sys::RELKIND_PARTITIONED_TABLE {
-            partitions::leaf_partitions(relid)
-        } else {
-            vec![relid]
+        let tables = match pg_sys::get_rel_relkind(relid) as u8 {
+            pg_sys::RELKIND_PARTITIONED_TABLE => partitions::leaf_partitions(relid),
+            pg_sys::RELKIND_RELATION => vec![relid],
+            _ => return ignore("it names a relation that is not a table on this node".into()),
         };
         for relid in tables {
             let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
             let result = settle_row(rel, key.clone(), &tombstone);
             pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-            result?;
+            if let Some(reason) = result? {
+                return ignore(reason);
+            }
         }
         Ok(())
     }
@@ -112,42 +164,46 @@ fn relation_oid(schema: &str, relname: &str) -> Option<pg_sys::Oid> {
     }
 }
 
+/// Settles `rel`'s row of `key`; `Some(reason)` when the tombstone cannot be resolved here.
+///
 /// # Safety
 /// `rel` is open and locked.
 unsafe fn settle_row(
     rel: pg_sys::Relation,
     key: Vec<u8>,
     tombstone: &mm_conflict_core::Tombstone,
-) -> Result<(), MmError> {
+) -> Result<Option<String>, MmError> {
     // SAFETY: rel is open and locked by the caller.
     unsafe {
         let Some(info) = relinfo::lookup_for_relation(rel)? else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(pk) = info.primary_key.as_ref() else {
-            return Ok(());
+            return Ok(None);
         };
         if key::is_future_format(&key) {
-            MmError::TombstoneIgnored {
-                table: info.table.clone(),
-                reason: format!(
-                    "its key is in format {}, which this version does not read",
-                    key::format_of(&key)
-                ),
-            }
-            .warn();
-            return Ok(());
+            return Ok(Some(format!(
+                "its key is in format {}, which this version does not read",
+                key::format_of(&key)
+            )));
         }
-        let Some(values) = pk.decode(&key) else {
-            MmError::TombstoneIgnored {
-                table: info.table.clone(),
-                reason: "its key does not match the table's primary key".into(),
+        // Receive functions raise errors on bytes that are not theirs: in a subtransaction, so
+        // that a key that does not decode is reported, not fatal.
+        let values = match subxact::catching(|| pk.decode(&key)) {
+            Ok(Some(values)) => values,
+            Ok(None) => {
+                return Ok(Some(
+                    "its key does not match the table's primary key".into(),
+                ))
             }
-            .warn();
-            return Ok(());
+            Err(message) => {
+                return Ok(Some(format!(
+                    "its key does not decode as the table's primary key ({message})"
+                )))
+            }
         };
         let mut store = PgStore::for_key(&info, rel, values, key, false);
         engine::settle(&mut store, &info.policy, tombstone);
-        Ok(())
+        Ok(None)
     }
 }

@@ -8,7 +8,9 @@
 //! * [`key`]: a primary key's columns, values and binary form.
 //! * [`probe`]: the primary-key probe that follows update chains.
 //! * [`keylock`]: the per-key lock.
+//! * [`publication`]: whether a table is published.
 //! * [`spi`]: prepared statements.
+//! * [`subxact`]: work that may fail, in a subtransaction of its own.
 //! * [`security`]: running work with another role's rights.
 //! * [`flag`]: backend-local flags raised for a scope.
 
@@ -19,8 +21,10 @@ pub mod keylock;
 pub mod names;
 pub mod partitions;
 pub mod probe;
+pub mod publication;
 pub mod security;
 pub mod spi;
+pub mod subxact;
 pub mod tuple;
 
 pub use compat::is_replicated_session;

@@ -30,3 +30,26 @@ pub fn leaf_partitions(relid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
     })
     .unwrap_or_default()
 }
+
+/// Partition `relid` and every partitioned table above it, up to the root.
+pub fn ancestors(relid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+    let mut out: Vec<pg_sys::Oid> = pgrx::spi::Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT relid FROM pg_catalog.pg_partition_ancestors($1)",
+            None,
+            &[relid.into()],
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            if let Some(oid) = row.get::<pg_sys::Oid>(1)? {
+                out.push(oid);
+            }
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_default();
+    if !out.contains(&relid) {
+        out.push(relid);
+    }
+    out
+}

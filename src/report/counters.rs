@@ -104,6 +104,12 @@ pub fn count(relid: pg_sys::Oid, decision: Decision, conflict: bool) {
         {
             Some(i) => i,
             None => {
+                // The table's first change in this transaction: while the transaction can still
+                // read the catalog, make room if the counters are full of tables and databases
+                // that were dropped since.
+                if shared_ready() && !has_room(relid) {
+                    reclaim_dropped();
+                }
                 pending.push(Pending {
                     relid,
                     subxact,
@@ -183,6 +189,78 @@ fn find_slot(shared: &mut SharedCounters, database: u32, relid: u32, now: i64) -
     None
 }
 
+/// Whether (this database, `relid`) has a slot, or a free one can be claimed for it.
+fn has_room(relid: pg_sys::Oid) -> bool {
+    // SAFETY: a read of a backend global.
+    let database = unsafe { pg_sys::MyDatabaseId.to_u32() };
+    let shared = SHARED.share();
+    let start = slot_index(database, relid.to_u32());
+    (0..SLOTS).any(|step| {
+        let slot = &shared.slots[(start + step) % SLOTS];
+        slot.relid == 0 || (slot.database == database && slot.relid == relid.to_u32())
+    })
+}
+
+/// Frees the slots of databases that no longer exist, and of this database's dropped tables.
+fn reclaim_dropped() {
+    // SAFETY: a read of a backend global.
+    let database = unsafe { pg_sys::MyDatabaseId.to_u32() };
+    let used: Vec<(u32, u32)> = SHARED
+        .share()
+        .slots
+        .iter()
+        .filter(|s| s.relid != 0)
+        .map(|s| (s.database, s.relid))
+        .collect();
+    // Catalog lookups outside the lock.
+    let mut databases: Vec<u32> = used.iter().map(|&(d, _)| d).collect();
+    databases.sort_unstable();
+    databases.dedup();
+    // SAFETY: syscache existence checks inside a transaction.
+    let exists = |cache: pg_sys::SysCacheIdentifier::Type, oid: u32| unsafe {
+        pg_sys::SearchSysCacheExists(
+            cache as i32,
+            pg_sys::Datum::from(oid),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+        )
+    };
+    let dead_databases: Vec<u32> = databases
+        .into_iter()
+        .filter(|&d| !exists(pg_sys::SysCacheIdentifier::DATABASEOID, d))
+        .collect();
+    let dead_tables: Vec<u32> = used
+        .iter()
+        .filter(|&&(d, r)| d == database && !exists(pg_sys::SysCacheIdentifier::RELOID, r))
+        .map(|&(_, r)| r)
+        .collect();
+    if dead_databases.is_empty() && dead_tables.is_empty() {
+        return;
+    }
+    let mut shared = SHARED.exclusive();
+    rebuild(&mut shared, |s| {
+        !dead_databases.contains(&s.database)
+            && !(s.database == database && dead_tables.contains(&s.relid))
+    });
+}
+
+/// Keeps only the slots `keep` accepts, re-inserted (open addressing needs unbroken probe chains).
+fn rebuild(shared: &mut SharedCounters, keep: impl Fn(&Slot) -> bool) {
+    let kept: Vec<Slot> = shared
+        .slots
+        .iter()
+        .filter(|s| s.relid != 0 && keep(s))
+        .copied()
+        .collect();
+    shared.slots = [FREE; SLOTS];
+    for slot in kept {
+        if let Some(i) = find_slot(shared, slot.database, slot.relid, slot.since) {
+            shared.slots[i] = slot;
+        }
+    }
+}
+
 fn add_to_shared(pending: &[Pending]) {
     // SAFETY: reads of backend globals.
     let (database, now) = unsafe { (pg_sys::MyDatabaseId.to_u32(), pg_sys::GetCurrentTimestamp()) };
@@ -258,23 +336,11 @@ pub fn reset(relid: Option<pg_sys::Oid>) -> Result<(), MmError> {
                 slot.since = now;
             }
         }
-        None => {
-            // Free this database's slots and re-insert the others (open addressing needs
-            // unbroken probe chains).
-            let kept: Vec<Slot> = shared
-                .slots
-                .iter()
-                .filter(|s| s.relid != 0 && s.database != database)
-                .copied()
-                .collect();
-            shared.slots = [FREE; SLOTS];
-            for slot in kept {
-                if let Some(i) = find_slot(&mut shared, slot.database, slot.relid, slot.since) {
-                    shared.slots[i] = slot;
-                }
-            }
-        }
+        None => rebuild(&mut shared, |s| s.database != database),
     }
+    drop(shared);
+    // Databases dropped since counting began free their slots here too.
+    reclaim_dropped();
     Ok(())
 }
 
