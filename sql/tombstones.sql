@@ -34,10 +34,14 @@ SELECT pg_catalog.pg_extension_config_dump('mm_conflict.tombstone', '');
 
 -- Removes tombstones older than the retention, on this node only (peers skip replicated deletes
 -- of tombstones). A tombstone is still needed while a change made before it may arrive: so the
--- cut-off never passes the send time of the last message received from any peer, and nothing is
--- purged while a subscription of this node has no running worker. Only leader apply workers count:
--- from PostgreSQL 16 on, parallel apply workers have rows of their own (with a leader_pid), and an
--- idle one has no last_msg_send_time.
+-- cut-off never passes what every subscription that carries tombstones has applied. With
+-- mm_conflict in shared_preload_libraries that is the peer's commit time of the last transaction
+-- applied from it (mm_conflict._applied_until(): peers send in commit order, so everything they
+-- committed before it is here); nothing is purged for a subscription that applied nothing since
+-- the server started. Without it, the send time of the last message received from the peer
+-- (pg_stat_subscription, where keepalives move it even while the peer is behind), and nothing is
+-- purged while such a subscription has no running worker. Only leader apply workers count: from
+-- PostgreSQL 16 on, parallel apply workers have rows of their own (with a leader_pid).
 CREATE FUNCTION mm_conflict.purge_tombstones(retention interval DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -51,20 +55,36 @@ DECLARE
     peers_seen_until timestamptz;
     purged bigint;
 BEGIN
-    SELECT CASE WHEN bool_or(w.pid IS NULL OR w.last_msg_send_time IS NULL) THEN '-infinity'
-                ELSE min(w.last_msg_send_time) END
-      INTO peers_seen_until
-      FROM pg_subscription s
-      LEFT JOIN pg_stat_subscription w
-             ON w.subid OPERATOR(pg_catalog.=) s.oid AND w.relid IS NULL
-            AND (to_jsonb(w) OPERATOR(pg_catalog.->>) 'leader_pid') IS NULL
-     WHERE s.subdbid OPERATOR(pg_catalog.=)
-           (SELECT oid FROM pg_database WHERE datname OPERATOR(pg_catalog.=) current_database())
-       -- only subscriptions that carry tombstones (a subscription of something else, enabled
-       -- or not, cannot bring a change that a tombstone must outlive)
-       AND EXISTS (SELECT 1 FROM pg_subscription_rel r
-                    WHERE r.srsubid OPERATOR(pg_catalog.=) s.oid
-                      AND r.srrelid OPERATOR(pg_catalog.=) 'mm_conflict.tombstone'::regclass);
+    IF mm_conflict._progress_tracked() THEN
+        SELECT CASE WHEN bool_or(a.applied_until IS NULL) THEN '-infinity'
+                    ELSE min(timestamptz '2000-01-01 00:00:00+00' OPERATOR(pg_catalog.+)
+                             (a.applied_until OPERATOR(pg_catalog.*) interval '1 microsecond'))
+               END
+          INTO peers_seen_until
+          FROM pg_subscription s
+          LEFT JOIN mm_conflict._applied_until() a
+                 ON a.origin OPERATOR(pg_catalog.=) ('pg_' OPERATOR(pg_catalog.||) s.oid)
+         WHERE s.subdbid OPERATOR(pg_catalog.=)
+               (SELECT oid FROM pg_database WHERE datname OPERATOR(pg_catalog.=) current_database())
+           -- only subscriptions that carry tombstones (a subscription of something else, enabled
+           -- or not, cannot bring a change that a tombstone must outlive)
+           AND EXISTS (SELECT 1 FROM pg_subscription_rel r
+                        WHERE r.srsubid OPERATOR(pg_catalog.=) s.oid
+                          AND r.srrelid OPERATOR(pg_catalog.=) 'mm_conflict.tombstone'::regclass);
+    ELSE
+        SELECT CASE WHEN bool_or(w.pid IS NULL OR w.last_msg_send_time IS NULL) THEN '-infinity'
+                    ELSE min(w.last_msg_send_time) END
+          INTO peers_seen_until
+          FROM pg_subscription s
+          LEFT JOIN pg_stat_subscription w
+                 ON w.subid OPERATOR(pg_catalog.=) s.oid AND w.relid IS NULL
+                AND (to_jsonb(w) OPERATOR(pg_catalog.->>) 'leader_pid') IS NULL
+         WHERE s.subdbid OPERATOR(pg_catalog.=)
+               (SELECT oid FROM pg_database WHERE datname OPERATOR(pg_catalog.=) current_database())
+           AND EXISTS (SELECT 1 FROM pg_subscription_rel r
+                        WHERE r.srsubid OPERATOR(pg_catalog.=) s.oid
+                          AND r.srrelid OPERATOR(pg_catalog.=) 'mm_conflict.tombstone'::regclass);
+    END IF;
     cutoff := least(cutoff, coalesce(peers_seen_until, cutoff));
     DELETE FROM mm_conflict.tombstone WHERE deleted_at OPERATOR(pg_catalog.<) cutoff;
     GET DIAGNOSTICS purged = ROW_COUNT;

@@ -84,6 +84,7 @@ pgrx::extension_sql_file!(
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     report::counters::init();
+    report::progress::init();
     catalog::relinfo::register_invalidation();
 }
 

@@ -84,6 +84,27 @@ pub mod mm_conflict {
         crate::pg::compat::subscription_origin(subid)
     }
 
+    /// Whether `_applied_until` is tracked (`shared_preload_libraries`).
+    #[pg_extern(volatile, parallel_safe)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn _progress_tracked() -> bool {
+        crate::report::progress::available()
+    }
+
+    /// Per replication origin of this database, the peer's commit time (PostgreSQL microseconds)
+    /// of the last transaction applied here since the server started (see `report::progress`).
+    #[pg_extern(volatile, parallel_safe)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn _applied_until() -> TableIterator<'static, (name!(origin, String), name!(applied_until, i64))>
+    {
+        use crate::report::progress;
+        let rows: Vec<(String, i64)> = progress::this_database()
+            .into_iter()
+            .filter_map(|(origin, time)| Some((progress::origin_name(origin)?, time)))
+            .collect();
+        TableIterator::new(rows)
+    }
+
     /// This node's id (`55000` until `node_init`).
     #[pg_extern(stable)]
     #[search_path(pg_catalog, pg_temp)]

@@ -114,6 +114,9 @@ pub unsafe fn fire(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTuple>
         let tupdesc = (*td.tg_relation).rd_att;
         let (old, new) = (td.tg_trigtuple, td.tg_newtuple);
         let replicated = is_replicated_session();
+        if replicated {
+            crate::report::progress::watch();
+        }
         let own_write = OwnWrite::active();
         // A replicated INSERT's probe copies the stored row only when a conflict could show it.
         let copy_rows = replicated

@@ -72,6 +72,9 @@ pub unsafe fn resolve(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTup
     }?;
     let op = td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
     let replicated = is_replicated_session();
+    if replicated {
+        report::progress::watch();
+    }
     // SAFETY: td and its tuples are valid during the firing; they belong to the tombstone table,
     // described by its rd_att.
     unsafe {

@@ -4,6 +4,7 @@
 
 pub mod counters;
 pub mod log;
+pub mod progress;
 
 use pgrx::pg_sys;
 
