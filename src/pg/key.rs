@@ -5,7 +5,7 @@ use std::cell::UnsafeCell;
 
 use pgrx::pg_sys;
 
-use super::tuple;
+use super::{settings, tuple};
 
 /// A primary-key column and the functions the trigger needs for it.
 pub struct KeyColumn {
@@ -22,6 +22,10 @@ pub struct KeyColumn {
     /// Binary send/receive: tombstones and the key lock identify a key by its binary form, which
     /// is the same on every node and in every session (text output depends on settings).
     send: Box<UnsafeCell<pg_sys::FmgrInfo>>,
+    /// For a type whose binary form names node-local objects by oid (an array of a user type, a
+    /// composite with a field of one, a `reg*` type): its text form under pinned settings
+    /// instead (see [`binary_form_is_portable`]).
+    text: Option<(settings::Output, settings::Input)>,
     recv: Box<UnsafeCell<pg_sys::FmgrInfo>>,
     typioparam: pg_sys::Oid,
     typmod: i32,
@@ -174,6 +178,15 @@ impl IndexKey {
                         recv: fmgr(recv_proc),
                         typioparam,
                         typmod: att.atttypmod,
+                        // The functions' caches live as long as this key (CacheMemoryContext).
+                        text: (!binary_form_is_portable(att.atttypid, 0)).then(|| {
+                            pgrx::PgMemoryContexts::CacheMemoryContext.switch_to(|_| {
+                                (
+                                    settings::Output::of(att.atttypid),
+                                    settings::Input::of(att.atttypid, att.atttypmod),
+                                )
+                            })
+                        }),
                         int_width: match att.atttypid {
                             pg_sys::INT2OID => Some(2),
                             pg_sys::INT4OID => Some(4),
@@ -230,8 +243,9 @@ impl IndexKey {
             .collect()
     }
 
-    /// The key in binary form: per column, a 4-byte big-endian length and the type's send output
-    /// (see [`KEY_FORMAT`]).
+    /// The key in binary form: per column, a 4-byte big-endian length and the type's send output,
+    /// or its text under pinned settings for a type whose send output names node-local objects
+    /// (see [`binary_form_is_portable`] and [`KEY_FORMAT`]).
     ///
     /// # Safety
     /// `values` are this key's column values.
@@ -243,6 +257,19 @@ impl IndexKey {
                 let v = value.value() as i64;
                 out.extend_from_slice(&(width as u32).to_be_bytes());
                 out.extend_from_slice(&v.to_be_bytes()[8 - width..]);
+                continue;
+            }
+            if let Some((output, _)) = &col.text {
+                // SAFETY: `value` is a valid datum of the column's type (`# Safety`); the text is
+                // copied out and freed inside the pinned scope.
+                let text = settings::pinned(|| unsafe {
+                    let cstr = output.cstring(value);
+                    let bytes = std::ffi::CStr::from_ptr(cstr).to_bytes().to_vec();
+                    pg_sys::pfree(cstr.cast());
+                    bytes
+                });
+                out.extend_from_slice(&(text.len() as u32).to_be_bytes());
+                out.extend_from_slice(&text);
                 continue;
             }
             // SAFETY: the send function of the column's type returns a palloc'd bytea.
@@ -270,6 +297,13 @@ impl IndexKey {
             let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
             let data = bytes.get(4..4 + len)?;
             bytes = &bytes[4 + len..];
+            if let Some((_, input)) = &col.text {
+                let text = std::ffi::CString::new(data).ok()?;
+                // SAFETY: in a transaction (`# Safety`); the input function raises an error on text
+                // that is not a value of the type.
+                values.push(settings::pinned(|| unsafe { input.value(Some(&text)) })?);
+                continue;
+            }
             // SAFETY: a fresh StringInfo holds the column's bytes; the receive function consumes
             // exactly them (ReceiveFunctionCall raises an error otherwise).
             unsafe {
@@ -308,6 +342,61 @@ impl IndexKey {
                 })
             }
         })
+    }
+}
+
+/// Whether the binary (send) form of type `typid` is the same on every node: it is not when it
+/// names node-local objects by oid. An array's names its element type, a composite's the type of
+/// each field, a `reg*` value is an oid; enums send their label, ranges their bounds.
+///
+/// # Safety
+/// In a transaction; `typid` is an existing type.
+unsafe fn binary_form_is_portable(typid: pg_sys::Oid, depth: u32) -> bool {
+    let builtin = |oid: pg_sys::Oid| oid.to_u32() < pg_sys::FirstNormalObjectId;
+    // A type nested this deep is not worth the walk: the text form is always right.
+    if depth > 8 {
+        return false;
+    }
+    // SAFETY: catalog lookups of existing types (`# Safety`); the row type's descriptor is
+    // released before returning.
+    unsafe {
+        let base = pg_sys::getBaseType(typid);
+        if matches!(
+            base,
+            pg_sys::REGCLASSOID
+                | pg_sys::REGTYPEOID
+                | pg_sys::REGPROCOID
+                | pg_sys::REGPROCEDUREOID
+                | pg_sys::REGOPEROID
+                | pg_sys::REGOPERATOROID
+                | pg_sys::REGCONFIGOID
+                | pg_sys::REGDICTIONARYOID
+                | pg_sys::REGNAMESPACEOID
+                | pg_sys::REGROLEOID
+                | pg_sys::REGCOLLATIONOID
+        ) {
+            return false;
+        }
+        let element = pg_sys::get_element_type(base);
+        if element != pg_sys::InvalidOid {
+            return builtin(element) && binary_form_is_portable(element, depth + 1);
+        }
+        match pg_sys::get_typtype(base) as u8 {
+            b'c' => {
+                let desc = pg_sys::lookup_rowtype_tupdesc(base, -1);
+                let portable = super::compat::attributes(desc)
+                    .iter()
+                    .filter(|a| !a.attisdropped)
+                    .all(|a| builtin(a.atttypid) && binary_form_is_portable(a.atttypid, depth + 1));
+                if (*desc).tdrefcount >= 0 {
+                    pg_sys::DecrTupleDescRefCount(desc);
+                }
+                portable
+            }
+            b'r' => binary_form_is_portable(pg_sys::get_range_subtype(base), depth + 1),
+            b'm' => binary_form_is_portable(pg_sys::get_multirange_range(base), depth + 1),
+            _ => true,
+        }
     }
 }
 
