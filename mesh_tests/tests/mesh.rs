@@ -913,3 +913,74 @@ fn repair_carries_every_type_exactly() {
     }
     assert_eq!(mesh.nodes[0].sql("SELECT mm_conflict.repair('t')"), "0");
 }
+
+/// Types whose in-memory form carries node-local OIDs (an enum, a composite, arrays of them, a
+/// range and its multirange, domains over them) created in another order on each node, and the
+/// nodes' sessions with other settings (time zone, date style, float digits): identical rows still
+/// compare equal. Same `table_checksum` on both nodes, nothing for `table_diff` either way,
+/// nothing for `repair`.
+#[test]
+fn types_created_in_another_order_compare_equal() {
+    let mut mesh = Mesh::start("type_oids", 2);
+    let mood = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')";
+    let pair = "CREATE TYPE pair AS (a int, m mood, f float8, at timestamptz, t text)";
+    let span = "CREATE TYPE span AS RANGE (subtype = float8, multirange_type_name = spans)";
+    let moods = "CREATE DOMAIN moods AS mood[] CHECK (cardinality(VALUE) < 10)";
+    let known = "CREATE DOMAIN known AS pair CHECK ((VALUE).a > 0)";
+    let table = "CREATE TABLE t(id int PRIMARY KEY, m mood, ms mood[], p pair, ps pair[], s span,
+        sm spans, d moods, k known, ir int4range, ia int[], f float8)";
+    mesh.nodes[0].sql(&[mood, pair, span, moods, known, table].join(";"));
+    // Node 2: other types first, and ours in another order, so that every OID differs.
+    mesh.nodes[1].sql(
+        &[
+            "CREATE TYPE filler AS ENUM ('x'); CREATE TYPE filler2 AS (x int)",
+            span,
+            mood,
+            moods,
+            "CREATE TYPE filler3 AS RANGE (subtype = int8)",
+            pair,
+            known,
+            table,
+        ]
+        .join(";"),
+    );
+    let oids = |node: &Node| {
+        node.sql("SELECT string_agg(oid::text, ',' ORDER BY typname) FROM pg_type WHERE typname IN ('mood', 'pair', 'span', 'spans')")
+    };
+    assert_ne!(oids(&mesh.nodes[0]), oids(&mesh.nodes[1]));
+    mesh.create_mesh_on(&["t"], "last_xacttime", "last", None);
+    // Node 2's sessions (dblink's from node 1 included) show times and floats another way.
+    mesh.nodes[1].sql(
+        "ALTER DATABASE postgres SET TimeZone = 'Asia/Tokyo';
+         ALTER DATABASE postgres SET extra_float_digits = 0",
+    );
+    mesh.nodes[0].sql(
+        r#"INSERT INTO t VALUES
+           (1, 'ok', '{sad,happy}', ROW(1, 'ok', 0.1 + 0.2, '2026-01-01 12:00:00.5+05', 'x y'),
+            ARRAY[ROW(2, 'sad', -0.0, NULL, NULL)::pair, NULL], '[1.5,2.5)', '{[1,2),[3,4)}', '{ok,ok}',
+            ROW(3, 'happy', 1e-310, 'infinity', ''), '[1,5)', '{1,2}', 0.1 + 0.2),
+           (2, NULL, '{}', ROW(NULL, NULL, NULL, NULL, NULL), '{}', 'empty', '{}', '{}', NULL, 'empty', '{}', NULL),
+           (3, 'sad', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'NaN')"#,
+    );
+    mesh.wait_synced();
+    let checksum = |node: &Node, settings: &str| {
+        node.sql(&format!(
+            "{settings} SELECT count(*) || ' ' || mm_conflict.table_checksum('t') FROM t"
+        ))
+    };
+    let on_1 = checksum(
+        &mesh.nodes[0],
+        "SET DateStyle = 'SQL, DMY'; SET extra_float_digits = -15; SET IntervalStyle = sql_standard;",
+    );
+    assert!(on_1.starts_with("3 "), "{on_1}");
+    assert_eq!(on_1, checksum(&mesh.nodes[1], ""));
+    mesh.assert_no_diff("t");
+    mesh.nodes[1].sql("CREATE EXTENSION IF NOT EXISTS dblink");
+    assert_eq!(
+        mesh.nodes[1].sql("SELECT count(*) FROM mm_conflict.table_diff('t', 1)"),
+        "0"
+    );
+    assert_eq!(mesh.nodes[0].sql("SELECT mm_conflict.repair('t')"), "0");
+    assert_eq!(mesh.nodes[1].sql("SELECT mm_conflict.repair('t')"), "0");
+    mesh.assert_converged("t");
+}

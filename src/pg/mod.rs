@@ -10,6 +10,7 @@
 //! * [`keylock`]: the per-key lock.
 //! * [`spi`]: prepared statements.
 //! * [`security`]: running work with another role's rights.
+//! * [`settings`]: values as text that reads the same on every node (settings pinned, text I/O).
 //! * [`flag`]: backend-local flags raised for a scope.
 
 pub mod compat;
@@ -20,6 +21,7 @@ pub mod names;
 pub mod partitions;
 pub mod probe;
 pub mod security;
+pub mod settings;
 pub mod spi;
 pub mod tuple;
 

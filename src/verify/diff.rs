@@ -137,7 +137,8 @@ struct Entry<'a> {
 fn for_each_row(tree: &Tree, mut each: impl FnMut(&Entry)) -> Result<(), MmError> {
     for &leaf in &tree.leaves {
         // SAFETY: the leaf is opened and locked here and closed after its scan (the lock is kept
-        // to the end of the transaction); the scan hands over deformed slots of that leaf.
+        // to the end of the transaction); the scan hands over deformed slots of that leaf, hashed
+        // inside `hashing` with columns read from it in this call.
         unsafe {
             let raw = pg_sys::table_open(leaf, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
             let info =
@@ -151,18 +152,20 @@ fn for_each_row(tree: &Tree, mut each: impl FnMut(&Entry)) -> Result<(), MmError
                     table: tree.identity.clone(),
                 })?;
             let tupdesc = (*raw).rd_att;
-            let (columns, seed) = user_columns(raw);
-            scan(raw, "mm_conflict table_diff", |slot| {
-                let mut should_free = false;
-                let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
-                let key = pk.encode(&pk.values(tuple, tupdesc));
-                let content = row_hash(&columns, seed, (*slot).tts_values, (*slot).tts_isnull);
-                let stamps = info.stamps(tuple, tupdesc);
-                each(&Entry {
-                    key: &key,
-                    hash: entry_hash(&key, content, &stamps),
-                    stamps,
-                });
+            let columns = user_columns(raw);
+            columns.hashing(|| {
+                scan(raw, "mm_conflict table_diff", |slot| {
+                    let mut should_free = false;
+                    let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
+                    let key = pk.encode(&pk.values(tuple, tupdesc));
+                    let content = row_hash(&columns, (*slot).tts_values, (*slot).tts_isnull);
+                    let stamps = info.stamps(tuple, tupdesc);
+                    each(&Entry {
+                        key: &key,
+                        hash: entry_hash(&key, content, &stamps),
+                        stamps,
+                    });
+                })
             });
             pg_sys::table_close(raw, pg_sys::NoLock as pg_sys::LOCKMODE);
         }
