@@ -182,6 +182,9 @@ pub enum MmError {
     #[error("repair of {table}: {keys} keys repaired so far")]
     RepairProgress { table: String, keys: i64 },
 
+    #[error("a value of column \"{column}\" of {table} is not UTF-8 text, which repair carries values as")]
+    ValueNotUtf8 { table: String, column: String },
+
     #[error("table {table}: {keys} keys reconciled across the nodes")]
     MeshRepaired { table: String, keys: i64 },
 
@@ -281,6 +284,7 @@ impl MmError {
             | RepairProgress { .. }
             | MeshRepaired { .. } => ERRCODE_SUCCESSFUL_COMPLETION,
             NotAPeer { .. } => ERRCODE_UNDEFINED_OBJECT,
+            ValueNotUtf8 { .. } => ERRCODE_UNTRANSLATABLE_CHARACTER,
             Internal { .. } => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -440,6 +444,7 @@ impl MmError {
             HiddenByRowSecurity { .. } => {
                 "Run it as the table's owner or as a role with BYPASSRLS.".into()
             }
+            ValueNotUtf8 { .. } => "repair() needs databases in UTF-8 encoding.".into(),
             SequenceNotNodeSafe { table, column, sequence, .. }
             | SequenceNarrow { table, column, sequence } => format!(
                 "Make the key a bigint: ALTER TABLE {table} ALTER COLUMN \"{}\" TYPE bigint; ALTER SEQUENCE {sequence} AS bigint;",

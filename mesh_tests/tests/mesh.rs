@@ -860,9 +860,13 @@ fn create_mesh_repairs_existing_rows() {
 
 /// A repair carries every value exactly: rows of a table with columns of many types (json with
 /// its spacing, JSON `null` apart from SQL NULL, numeric scale, float edge values, arrays,
-/// composites, domains, enums, ranges, large values, an identity column, a generated one) written
-/// on node 1 while the table was out of its publication, repaired onto node 2: identical checksums,
-/// nothing left for `table_diff`, nothing for a second repair.
+/// composites, domains, enums, ranges, large values in line and out of line, an identity column,
+/// a generated one) written
+/// on node 1 while the table was out of its publication, repaired onto node 2, and float edge
+/// values (-0, subnormals, 0.1 + 0.2, NaN) written on each node, repaired onto the other, with the
+/// float digits cut in the calling session (`extra_float_digits = -15`) and on the peer (`0` for
+/// its database): identical checksums, the same text of every float, nothing left for
+/// `table_diff`, nothing for a second repair.
 #[test]
 fn repair_carries_every_type_exactly() {
     let mut mesh = Mesh::start("repair_types", 2);
@@ -890,19 +894,34 @@ fn repair_carries_every_type_exactly() {
            (3, -0.000001, 1e300, 3.4e38, repeat('long value ', 10000), decode(repeat('ab', 5000), 'hex'), '[]',
             '[]', '{{1,2},{3,4}}', '{}', 'infinity', '-infinity', 'infinity', '-1 mons',
             '00000000-0000-0000-0000-000000000000', '::1', false, ROW(NULL, NULL), 1, 'sad', '', '(0,0)', '[,)');
+           INSERT INTO t(id, f, r) VALUES (4, '-0', '-0'), (5, 1e-310, 1e-40), (6, 0.1::float8 + 0.2, 1::real / 3),
+               (7, 'NaN', 'NaN');
+           UPDATE t SET s = (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 4000) g) WHERE id = 5;
            DO $$BEGIN EXECUTE format('ALTER PUBLICATION %I ADD TABLE t', mm_conflict.publication_name()); END$$"#,
     );
-    assert_eq!(
-        mesh.nodes[0].sql("SELECT string_agg(key->>'id' || ':' || winner, ',' ORDER BY key) FROM mm_conflict.table_diff('t', 2)"),
-        "1:local,2:local,3:local"
+    mesh.nodes[1].sql(
+        r#"DO $$BEGIN EXECUTE format('ALTER PUBLICATION %I DROP TABLE t', mm_conflict.publication_name()); END$$;
+           INSERT INTO t(id, f, r) VALUES (11, '-0', '-0'), (12, 0.1::float8 + 0.2, 1::real / 3), (13, 1e-310, 'NaN');
+           UPDATE t SET b = (SELECT decode(string_agg(md5(g::text), ''), 'hex') FROM generate_series(1, 4000) g) WHERE id = 12;
+           DO $$BEGIN EXECUTE format('ALTER PUBLICATION %I ADD TABLE t', mm_conflict.publication_name()); END$$;
+           ALTER DATABASE postgres SET extra_float_digits = 0"#,
     );
-    assert_eq!(mesh.nodes[0].sql("SELECT mm_conflict.repair('t')"), "3");
+    let cut = "SET extra_float_digits = -15;";
+    assert_eq!(
+        mesh.nodes[0].sql(&format!("{cut} SELECT string_agg(key->>'id' || ':' || winner, ',' ORDER BY (key->>'id')::int) FROM mm_conflict.table_diff('t', 2)")),
+        "1:local,2:local,3:local,4:local,5:local,6:local,7:local,11:peer,12:peer,13:peer"
+    );
+    assert_eq!(
+        mesh.nodes[0].sql(&format!("{cut} SELECT mm_conflict.repair('t')")),
+        "10"
+    );
     let c = mesh.assert_converged("t");
-    assert_eq!(c.rows, 3);
-    for column in ["j", "jb", "n"] {
+    assert_eq!(c.rows, 10);
+    for column in ["j", "jb", "n", "f", "r"] {
         let values = |node: &Node| {
             node.sql(&format!(
-                "SELECT string_agg(coalesce({column}::text, '<NULL>'), '|' ORDER BY id) FROM t"
+                "SET extra_float_digits = 3;
+                 SELECT string_agg(coalesce({column}::text, '<NULL>'), '|' ORDER BY id) FROM t"
             ))
         };
         assert_eq!(
@@ -911,7 +930,17 @@ fn repair_carries_every_type_exactly() {
             "column {column}"
         );
     }
-    assert_eq!(mesh.nodes[0].sql("SELECT mm_conflict.repair('t')"), "0");
+    assert_eq!(
+        mesh.nodes[0].sql(
+            "SET extra_float_digits = 3;
+             SELECT string_agg(id || '=' || f || '/' || r, ',' ORDER BY id) FROM t WHERE id IN (4, 5, 6, 7, 11, 12, 13)"
+        ),
+        "4=-0/-0,5=1e-310/1e-40,6=0.30000000000000004/0.33333334,7=NaN/NaN,11=-0/-0,12=0.30000000000000004/0.33333334,13=1e-310/NaN"
+    );
+    assert_eq!(
+        mesh.nodes[0].sql(&format!("{cut} SELECT mm_conflict.repair('t')")),
+        "0"
+    );
 }
 
 /// Types whose in-memory form carries node-local OIDs (an enum, a composite, arrays of them, a

@@ -65,7 +65,8 @@ pub mod mm_conflict {
         }))
     }
 
-    /// The rows of `keys` of a replicated table as JSON, found by primary key.
+    /// The rows of `keys` of a replicated table, found by primary key: each a JSON object of its
+    /// columns' text (under pinned settings), what `_repair_apply` reads back.
     #[pg_extern(stable, strict)]
     fn _diff_contents(
         tbl: PgRelation,

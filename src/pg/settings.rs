@@ -1,5 +1,5 @@
 //! Values as text that reads the same on every node: the settings that change how values print
-//! and parse, pinned for a piece of work, and a type's text output function.
+//! and parse, pinned for a piece of work, and a type's text output and input functions.
 //!
 //! A value's text depends on the session: `DateStyle`, `IntervalStyle` and `TimeZone` change how
 //! times print, `extra_float_digits <= 0` rounds floats, `bytea_output` and `lc_monetary` change
@@ -98,5 +98,65 @@ impl Output {
     pub unsafe fn cstring(&self, value: pg_sys::Datum) -> *mut c_char {
         // SAFETY: a valid datum of the function's type (`# Safety`).
         unsafe { pg_sys::OutputFunctionCall(self.function.get(), value) }
+    }
+
+    /// The text of `value` as a Rust string; `None` when it is not UTF-8 (a type's output is in
+    /// the database's encoding).
+    ///
+    /// # Safety
+    /// As for [`Output::cstring`].
+    pub unsafe fn string(&self, value: pg_sys::Datum) -> Option<String> {
+        // SAFETY: as for `cstring`; the palloc'd text is read, copied and freed here.
+        unsafe {
+            let text = self.cstring(value);
+            let string = CStr::from_ptr(text).to_str().ok().map(str::to_owned);
+            pg_sys::pfree(text.cast());
+            string
+        }
+    }
+}
+
+/// A column type's text input function.
+pub struct Input {
+    /// `UnsafeCell`: PostgreSQL writes `fn_extra` through this pointer on calls.
+    function: Box<UnsafeCell<pg_sys::FmgrInfo>>,
+    typioparam: pg_sys::Oid,
+    typmod: i32,
+}
+
+impl Input {
+    /// The input function of type `typid` with modifier `typmod` (a column's `atttypmod`).
+    ///
+    /// # Safety
+    /// As for [`Output::of`].
+    pub unsafe fn of(typid: pg_sys::Oid, typmod: i32) -> Input {
+        let (mut func, mut typioparam) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
+        // SAFETY: as in `Output::of`.
+        unsafe {
+            pg_sys::getTypeInputInfo(typid, &mut func, &mut typioparam);
+            let function = Box::new(UnsafeCell::new(std::mem::zeroed()));
+            pg_sys::fmgr_info(func, function.get());
+            Input {
+                function,
+                typioparam,
+                typmod,
+            }
+        }
+    }
+
+    /// The value `text` reads as (`None`: NULL, which the input function still sees when it is
+    /// not strict, so that a domain checks its `NOT NULL`); raises the input function's error on
+    /// text that is not a value of the type.
+    ///
+    /// # Safety
+    /// In a transaction.
+    pub unsafe fn value(&self, text: Option<&CStr>) -> Option<pg_sys::Datum> {
+        let text_ptr = text.map_or(std::ptr::null_mut(), |t| t.as_ptr().cast_mut());
+        // SAFETY: InputFunctionCall takes a NUL-terminated string (or NULL) that it does not
+        // modify, and the type's I/O parameter and modifier looked up by `of`.
+        let value = unsafe {
+            pg_sys::InputFunctionCall(self.function.get(), text_ptr, self.typioparam, self.typmod)
+        };
+        text.map(|_| value)
     }
 }
