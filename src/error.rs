@@ -86,6 +86,9 @@ pub enum MmError {
     #[error("{function} requires superuser")]
     NotSuperuser { function: String },
 
+    #[error("{function} shows tombstones, which only superusers and the owner of mm_conflict.tombstone may read")]
+    TombstonesNotReadable { function: String },
+
     // ---- reaching peers -------------------------------------------------------------------
     #[error("extension dblink is not installed, and {function} needs it to reach other nodes")]
     DblinkMissing { function: String },
@@ -261,9 +264,10 @@ impl MmError {
             | CountersNotLoaded
             | ExtensionDamaged { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             NullArgument { .. } => ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            NotSuperuser { .. } | RemoteNotSuperuser | HiddenByRowSecurity { .. } => {
-                ERRCODE_INSUFFICIENT_PRIVILEGE
-            }
+            NotSuperuser { .. }
+            | TombstonesNotReadable { .. }
+            | RemoteNotSuperuser
+            | HiddenByRowSecurity { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             TruncateRefused { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             UnreplicateInMesh { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             SequenceNotNodeSafe { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -304,6 +308,10 @@ impl MmError {
             }
             NotSuperuser { .. } => {
                 "mm_conflict creates and drops subscriptions and replication slots, which needs a superuser on every node."
+                    .into()
+            }
+            TombstonesNotReadable { .. } => {
+                "A tombstone tells that a key of the table was deleted, when, and on which node."
                     .into()
             }
             RemoteNotSuperuser => {
@@ -445,6 +453,10 @@ impl MmError {
                 "Run it as the table's owner or as a role with BYPASSRLS.".into()
             }
             ValueNotUtf8 { .. } => "repair() needs databases in UTF-8 encoding.".into(),
+            TombstonesNotReadable { .. } => {
+                "table_diff() and repair() read tombstones for their caller, who must be a superuser."
+                    .into()
+            }
             SequenceNotNodeSafe { table, column, sequence, .. }
             | SequenceNarrow { table, column, sequence } => format!(
                 "Make the key a bigint: ALTER TABLE {table} ALTER COLUMN \"{}\" TYPE bigint; ALTER SEQUENCE {sequence} AS bigint;",

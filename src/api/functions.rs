@@ -77,7 +77,7 @@ pub mod mm_conflict {
     }
 
     /// The stored tombstones of `keys` of a replicated table: version, and the tombstone row as
-    /// JSON when `content`.
+    /// JSON when `content`. For superusers and the owner of `mm_conflict.tombstone` only.
     #[pg_extern(stable, strict)]
     fn _diff_tombstones(
         tbl: PgRelation,

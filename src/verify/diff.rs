@@ -337,11 +337,14 @@ pub fn tombstones(
     keys: Vec<Vec<u8>>,
     content: bool,
 ) -> Result<Vec<(Vec<u8>, Version, Option<String>)>, MmError> {
+    // The probe below reads the tombstone table's heap without a permission check: only roles
+    // that may read that table see what it holds.
+    may_read_tombstones("_diff_tombstones()")?;
     let tree = tree(rel, "table_diff")?;
     let table = tombstones::table()?;
     let as_json = CachedPlan::new(
         "SELECT pg_catalog.to_json(t)::pg_catalog.text FROM mm_conflict.tombstone t \
-         WHERE t.table_name = $1 AND t.pk = $2"
+         WHERE t.table_name OPERATOR(pg_catalog.=) $1 AND t.pk OPERATOR(pg_catalog.=) $2"
             .into(),
         vec![pg_sys::TEXTOID, pg_sys::BYTEAOID],
     );
@@ -372,6 +375,32 @@ pub fn tombstones(
         out.push((key, found.version, json));
     }
     Ok(out)
+}
+
+/// Checks that this role may read `mm_conflict.tombstone` (its owner, the extension's owner, and
+/// superusers; no other role unless that owner granted it), as `function` (named in the error)
+/// shows what it holds.
+fn may_read_tombstones(function: &str) -> Result<(), MmError> {
+    // SAFETY: catalog lookups in a transaction.
+    let allowed = unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"mm_conflict".as_ptr(), true);
+        let relid = if namespace == pg_sys::InvalidOid {
+            pg_sys::InvalidOid
+        } else {
+            pg_sys::get_relname_relid(c"tombstone".as_ptr(), namespace)
+        };
+        pg_sys::superuser()
+            || (relid != pg_sys::InvalidOid
+                && pg_sys::pg_class_aclcheck(relid, pg_sys::GetUserId(), pg_sys::ACL_SELECT as _)
+                    == pg_sys::AclResult::ACLCHECK_OK)
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(MmError::TombstonesNotReadable {
+            function: function.into(),
+        })
+    }
 }
 
 /// The key in binary form as a JSON object of its columns.
