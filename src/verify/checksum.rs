@@ -362,7 +362,7 @@ pub(super) unsafe fn scan(
             // Frees detoasted copies; a no-op (PostgreSQL checks) when the row allocated nothing.
             per_row.reset();
             rows += 1;
-            if rows % 4096 == 0 {
+            if rows.is_multiple_of(4096) {
                 pg_sys::check_for_interrupts!();
             }
         }

@@ -330,13 +330,16 @@ pub fn contents(rel: &PgRelation, keys: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, St
     })
 }
 
+/// A stored tombstone as `tombstones` gives it: key, version, its row as JSON.
+pub type StoredTombstone = (Vec<u8>, Version, Option<String>);
+
 /// The stored tombstones of `keys` (keys without one are left out): (key, version, its row in
 /// `mm_conflict.tombstone` as JSON when `content`).
 pub fn tombstones(
     rel: &PgRelation,
     keys: Vec<Vec<u8>>,
     content: bool,
-) -> Result<Vec<(Vec<u8>, Version, Option<String>)>, MmError> {
+) -> Result<Vec<StoredTombstone>, MmError> {
     // The probe below reads the tombstone table's heap without a permission check: only roles
     // that may read that table see what it holds.
     may_read_tombstones("_diff_tombstones()")?;
