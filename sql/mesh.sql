@@ -128,10 +128,13 @@ BEGIN
             'error', 'cannot_connect', 'who', who, 'detail', coalesce(nullif(detail, ''), msg)));
     END;
     -- Statements sent to peers can carry conninfos: keep them out of the peer's log. Remote
-    -- sessions resolve names only in pg_catalog.
+    -- sessions resolve names only in pg_catalog, and print values the same way whatever the
+    -- peer's defaults (floats with every digit, times in ISO form and UTC).
     PERFORM mm_conflict._remote_exec(conn,
         'SET log_min_error_statement = panic; SET log_statement = none; SET log_min_duration_statement = -1; '
-        'SET application_name = mm_conflict; SET search_path = pg_catalog, pg_temp');
+        'SET application_name = mm_conflict; SET search_path = pg_catalog, pg_temp; '
+        'SET extra_float_digits = 3; SET DateStyle = ISO; SET IntervalStyle = postgres; '
+        'SET TimeZone = UTC; SET bytea_output = hex; SET lc_monetary = ''C''; SET xmloption = content');
 END
 $$;
 

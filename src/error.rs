@@ -100,6 +100,9 @@ pub enum MmError {
     #[error("{function} requires superuser")]
     NotSuperuser { function: String },
 
+    #[error("{function} shows tombstones, which only superusers and the owner of mm_conflict.tombstone may read")]
+    TombstonesNotReadable { function: String },
+
     // ---- reaching peers -------------------------------------------------------------------
     #[error("extension dblink is not installed, and {function} needs it to reach other nodes")]
     DblinkMissing { function: String },
@@ -196,6 +199,9 @@ pub enum MmError {
     #[error("repair of {table}: {keys} keys repaired so far")]
     RepairProgress { table: String, keys: i64 },
 
+    #[error("a value of column \"{column}\" of {table} is not UTF-8 text, which repair carries values as")]
+    ValueNotUtf8 { table: String, column: String },
+
     #[error("table {table}: {keys} keys reconciled across the nodes")]
     MeshRepaired { table: String, keys: i64 },
 
@@ -276,9 +282,10 @@ impl MmError {
             | CountersNotLoaded
             | ExtensionDamaged { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             NullArgument { .. } => ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            NotSuperuser { .. } | RemoteNotSuperuser | HiddenByRowSecurity { .. } => {
-                ERRCODE_INSUFFICIENT_PRIVILEGE
-            }
+            NotSuperuser { .. }
+            | TombstonesNotReadable { .. }
+            | RemoteNotSuperuser
+            | HiddenByRowSecurity { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             TruncateRefused { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             UnreplicateInMesh { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             SequenceNotNodeSafe { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -299,6 +306,7 @@ impl MmError {
             | RepairProgress { .. }
             | MeshRepaired { .. } => ERRCODE_SUCCESSFUL_COMPLETION,
             NotAPeer { .. } => ERRCODE_UNDEFINED_OBJECT,
+            ValueNotUtf8 { .. } => ERRCODE_UNTRANSLATABLE_CHARACTER,
             Internal { .. } => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -318,6 +326,10 @@ impl MmError {
             }
             NotSuperuser { .. } => {
                 "mm_conflict creates and drops subscriptions and replication slots, which needs a superuser on every node."
+                    .into()
+            }
+            TombstonesNotReadable { .. } => {
+                "A tombstone tells that a key of the table was deleted, when, and on which node."
                     .into()
             }
             RemoteNotSuperuser => {
@@ -465,6 +477,11 @@ impl MmError {
             }
             HiddenByRowSecurity { .. } => {
                 "Run it as the table's owner or as a role with BYPASSRLS.".into()
+            }
+            ValueNotUtf8 { .. } => "repair() needs databases in UTF-8 encoding.".into(),
+            TombstonesNotReadable { .. } => {
+                "table_diff() and repair() read tombstones for their caller, who must be a superuser."
+                    .into()
             }
             SequenceNotNodeSafe { table, column, sequence, .. }
             | SequenceNarrow { table, column, sequence } => format!(

@@ -860,9 +860,13 @@ fn create_mesh_repairs_existing_rows() {
 
 /// A repair carries every value exactly: rows of a table with columns of many types (json with
 /// its spacing, JSON `null` apart from SQL NULL, numeric scale, float edge values, arrays,
-/// composites, domains, enums, ranges, large values, an identity column, a generated one) written
-/// on node 1 while the table was out of its publication, repaired onto node 2: identical checksums,
-/// nothing left for `table_diff`, nothing for a second repair.
+/// composites, domains, enums, ranges, large values in line and out of line, an identity column,
+/// a generated one) written
+/// on node 1 while the table was out of its publication, repaired onto node 2, and float edge
+/// values (-0, subnormals, 0.1 + 0.2, NaN) written on each node, repaired onto the other, with the
+/// float digits cut in the calling session (`extra_float_digits = -15`) and on the peer (`0` for
+/// its database): identical checksums, the same text of every float, nothing left for
+/// `table_diff`, nothing for a second repair.
 #[test]
 fn repair_carries_every_type_exactly() {
     let mut mesh = Mesh::start("repair_types", 2);
@@ -890,19 +894,34 @@ fn repair_carries_every_type_exactly() {
            (3, -0.000001, 1e300, 3.4e38, repeat('long value ', 10000), decode(repeat('ab', 5000), 'hex'), '[]',
             '[]', '{{1,2},{3,4}}', '{}', 'infinity', '-infinity', 'infinity', '-1 mons',
             '00000000-0000-0000-0000-000000000000', '::1', false, ROW(NULL, NULL), 1, 'sad', '', '(0,0)', '[,)');
+           INSERT INTO t(id, f, r) VALUES (4, '-0', '-0'), (5, 1e-310, 1e-40), (6, 0.1::float8 + 0.2, 1::real / 3),
+               (7, 'NaN', 'NaN');
+           UPDATE t SET s = (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 4000) g) WHERE id = 5;
            DO $$BEGIN EXECUTE format('ALTER PUBLICATION %I ADD TABLE t', mm_conflict.publication_name()); END$$"#,
     );
-    assert_eq!(
-        mesh.nodes[0].sql("SELECT string_agg(key->>'id' || ':' || winner, ',' ORDER BY key) FROM mm_conflict.table_diff('t', 2)"),
-        "1:local,2:local,3:local"
+    mesh.nodes[1].sql(
+        r#"DO $$BEGIN EXECUTE format('ALTER PUBLICATION %I DROP TABLE t', mm_conflict.publication_name()); END$$;
+           INSERT INTO t(id, f, r) VALUES (11, '-0', '-0'), (12, 0.1::float8 + 0.2, 1::real / 3), (13, 1e-310, 'NaN');
+           UPDATE t SET b = (SELECT decode(string_agg(md5(g::text), ''), 'hex') FROM generate_series(1, 4000) g) WHERE id = 12;
+           DO $$BEGIN EXECUTE format('ALTER PUBLICATION %I ADD TABLE t', mm_conflict.publication_name()); END$$;
+           ALTER DATABASE postgres SET extra_float_digits = 0"#,
     );
-    assert_eq!(mesh.nodes[0].sql("SELECT mm_conflict.repair('t')"), "3");
+    let cut = "SET extra_float_digits = -15;";
+    assert_eq!(
+        mesh.nodes[0].sql(&format!("{cut} SELECT string_agg(key->>'id' || ':' || winner, ',' ORDER BY (key->>'id')::int) FROM mm_conflict.table_diff('t', 2)")),
+        "1:local,2:local,3:local,4:local,5:local,6:local,7:local,11:peer,12:peer,13:peer"
+    );
+    assert_eq!(
+        mesh.nodes[0].sql(&format!("{cut} SELECT mm_conflict.repair('t')")),
+        "10"
+    );
     let c = mesh.assert_converged("t");
-    assert_eq!(c.rows, 3);
-    for column in ["j", "jb", "n"] {
+    assert_eq!(c.rows, 10);
+    for column in ["j", "jb", "n", "f", "r"] {
         let values = |node: &Node| {
             node.sql(&format!(
-                "SELECT string_agg(coalesce({column}::text, '<NULL>'), '|' ORDER BY id) FROM t"
+                "SET extra_float_digits = 3;
+                 SELECT string_agg(coalesce({column}::text, '<NULL>'), '|' ORDER BY id) FROM t"
             ))
         };
         assert_eq!(
@@ -911,5 +930,86 @@ fn repair_carries_every_type_exactly() {
             "column {column}"
         );
     }
+    assert_eq!(
+        mesh.nodes[0].sql(
+            "SET extra_float_digits = 3;
+             SELECT string_agg(id || '=' || f || '/' || r, ',' ORDER BY id) FROM t WHERE id IN (4, 5, 6, 7, 11, 12, 13)"
+        ),
+        "4=-0/-0,5=1e-310/1e-40,6=0.30000000000000004/0.33333334,7=NaN/NaN,11=-0/-0,12=0.30000000000000004/0.33333334,13=1e-310/NaN"
+    );
+    assert_eq!(
+        mesh.nodes[0].sql(&format!("{cut} SELECT mm_conflict.repair('t')")),
+        "0"
+    );
+}
+
+/// Types whose in-memory form carries node-local OIDs (an enum, a composite, arrays of them, a
+/// range and its multirange, domains over them) created in another order on each node, and the
+/// nodes' sessions with other settings (time zone, date style, float digits): identical rows still
+/// compare equal. Same `table_checksum` on both nodes, nothing for `table_diff` either way,
+/// nothing for `repair`.
+#[test]
+fn types_created_in_another_order_compare_equal() {
+    let mut mesh = Mesh::start("type_oids", 2);
+    let mood = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')";
+    let pair = "CREATE TYPE pair AS (a int, m mood, f float8, at timestamptz, t text)";
+    let span = "CREATE TYPE span AS RANGE (subtype = float8, multirange_type_name = spans)";
+    let moods = "CREATE DOMAIN moods AS mood[] CHECK (cardinality(VALUE) < 10)";
+    let known = "CREATE DOMAIN known AS pair CHECK ((VALUE).a > 0)";
+    let table = "CREATE TABLE t(id int PRIMARY KEY, m mood, ms mood[], p pair, ps pair[], s span,
+        sm spans, d moods, k known, ir int4range, ia int[], f float8)";
+    mesh.nodes[0].sql(&[mood, pair, span, moods, known, table].join(";"));
+    // Node 2: other types first, and ours in another order, so that every OID differs.
+    mesh.nodes[1].sql(
+        &[
+            "CREATE TYPE filler AS ENUM ('x'); CREATE TYPE filler2 AS (x int)",
+            span,
+            mood,
+            moods,
+            "CREATE TYPE filler3 AS RANGE (subtype = int8)",
+            pair,
+            known,
+            table,
+        ]
+        .join(";"),
+    );
+    let oids = |node: &Node| {
+        node.sql("SELECT string_agg(oid::text, ',' ORDER BY typname) FROM pg_type WHERE typname IN ('mood', 'pair', 'span', 'spans')")
+    };
+    assert_ne!(oids(&mesh.nodes[0]), oids(&mesh.nodes[1]));
+    mesh.create_mesh_on(&["t"], "last_xacttime", "last", None);
+    // Node 2's sessions (dblink's from node 1 included) show times and floats another way.
+    mesh.nodes[1].sql(
+        "ALTER DATABASE postgres SET TimeZone = 'Asia/Tokyo';
+         ALTER DATABASE postgres SET extra_float_digits = 0",
+    );
+    mesh.nodes[0].sql(
+        r#"INSERT INTO t VALUES
+           (1, 'ok', '{sad,happy}', ROW(1, 'ok', 0.1 + 0.2, '2026-01-01 12:00:00.5+05', 'x y'),
+            ARRAY[ROW(2, 'sad', -0.0, NULL, NULL)::pair, NULL], '[1.5,2.5)', '{[1,2),[3,4)}', '{ok,ok}',
+            ROW(3, 'happy', 1e-310, 'infinity', ''), '[1,5)', '{1,2}', 0.1 + 0.2),
+           (2, NULL, '{}', ROW(NULL, NULL, NULL, NULL, NULL), '{}', 'empty', '{}', '{}', NULL, 'empty', '{}', NULL),
+           (3, 'sad', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'NaN')"#,
+    );
+    mesh.wait_synced();
+    let checksum = |node: &Node, settings: &str| {
+        node.sql(&format!(
+            "{settings} SELECT count(*) || ' ' || mm_conflict.table_checksum('t') FROM t"
+        ))
+    };
+    let on_1 = checksum(
+        &mesh.nodes[0],
+        "SET DateStyle = 'SQL, DMY'; SET extra_float_digits = -15; SET IntervalStyle = sql_standard;",
+    );
+    assert!(on_1.starts_with("3 "), "{on_1}");
+    assert_eq!(on_1, checksum(&mesh.nodes[1], ""));
+    mesh.assert_no_diff("t");
+    mesh.nodes[1].sql("CREATE EXTENSION IF NOT EXISTS dblink");
+    assert_eq!(
+        mesh.nodes[1].sql("SELECT count(*) FROM mm_conflict.table_diff('t', 1)"),
+        "0"
+    );
     assert_eq!(mesh.nodes[0].sql("SELECT mm_conflict.repair('t')"), "0");
+    assert_eq!(mesh.nodes[1].sql("SELECT mm_conflict.repair('t')"), "0");
+    mesh.assert_converged("t");
 }

@@ -69,7 +69,8 @@ pub mod mm_conflict {
         }))
     }
 
-    /// The rows of `keys` of a replicated table as JSON, found by primary key.
+    /// The rows of `keys` of a replicated table, found by primary key: each a JSON object of its
+    /// columns' text (under pinned settings), what `_repair_apply` reads back.
     #[pg_extern(stable, strict)]
     #[search_path(pg_catalog, pg_temp)]
     fn _diff_contents(
@@ -81,7 +82,7 @@ pub mod mm_conflict {
     }
 
     /// The stored tombstones of `keys` of a replicated table: version, and the tombstone row as
-    /// JSON when `content`.
+    /// JSON when `content`. For superusers and the owner of `mm_conflict.tombstone` only.
     #[pg_extern(stable, strict)]
     #[search_path(pg_catalog, pg_temp)]
     fn _diff_tombstones(

@@ -12,6 +12,7 @@
 //! * [`spi`]: prepared statements.
 //! * [`subxact`]: work that may fail, in a subtransaction of its own.
 //! * [`security`]: running work with another role's rights.
+//! * [`settings`]: values as text that reads the same on every node (settings pinned, text I/O).
 //! * [`flag`]: backend-local flags raised for a scope.
 
 pub mod compat;
@@ -23,6 +24,7 @@ pub mod partitions;
 pub mod probe;
 pub mod publication;
 pub mod security;
+pub mod settings;
 pub mod spi;
 pub mod subxact;
 pub mod tuple;

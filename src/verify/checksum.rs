@@ -1,11 +1,16 @@
 //! `mm_conflict.table_checksum`: one order-independent number per table, so that nodes can be
 //! compared without moving rows.
 //!
-//! Each row hashes the binary form of its user columns (bookkeeping columns excluded: `mm_islocal`
-//! differs between nodes by design), taken in column-name order, so that nodes whose tables have
-//! the same columns in another physical order still agree; row hashes are added up, so row order
-//! does not matter. The scan reads the heap directly: no output functions, no executor, which is
-//! what makes it several times faster than `sum(hashtext(t::text))`.
+//! Each row hashes its user columns (bookkeeping columns excluded: `mm_islocal` differs between
+//! nodes by design), taken in column-name order, so that nodes whose tables have the same columns
+//! in another physical order still agree; row hashes are added up, so row order does not matter.
+//! A value is hashed by its in-memory bytes where those are the same on every node, which is most
+//! types; values whose bytes hold a node-local OID (enums, arrays of a type created by the user,
+//! composites, ranges and multiranges of a user-created range type, domains over these, `regclass`
+//! and its kin, `aclitem`) are hashed by their text output under pinned settings
+//! ([`crate::pg::settings`]), decided once per column. The scan reads the heap directly: no
+//! executor, and no output functions for the other types, which is what makes it several times
+//! faster than `sum(hashtext(t::text))`.
 
 use std::ffi::CStr;
 
@@ -16,6 +21,7 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::error::MmError;
 use crate::pg::names::relation_identity;
+use crate::pg::settings::{self, Output};
 use crate::pg::{compat, tuple};
 
 const BOOKKEEPING: [&str; 4] = [COL_ISLOCAL, COL_NODEID, COL_XACTTIME, COL_STATTIME];
@@ -27,14 +33,51 @@ pub(super) struct Column {
     index: usize,
     len: i16,
     by_value: bool,
+    how: HashAs,
 }
 
-/// The user columns of `rel` in name order, and a seed that hashes their names (two tables with
+/// How a column's values are hashed.
+enum HashAs {
+    /// Their in-memory bytes, the same on every node.
+    Bytes,
+    /// `real`, `double precision` (or a domain over one): their bytes, every NaN as one NaN (NaNs
+    /// of other bit patterns print, and so travel, as the one `NaN`).
+    Float4,
+    Float8,
+    /// Their text output (their bytes hold node-local OIDs), under pinned settings.
+    Text(Output),
+}
+
+/// The user columns of a table (see [`user_columns`]).
+pub(super) struct Columns {
+    columns: Vec<Column>,
+    /// Hashes the columns' names.
+    seed: u64,
+}
+
+impl Columns {
+    /// Whether some column is hashed by its text: then rows are hashed under
+    /// [`settings::pinned`] (see [`Columns::hashing`]).
+    fn by_text(&self) -> bool {
+        self.columns
+            .iter()
+            .any(|c| matches!(c.how, HashAs::Text(_)))
+    }
+
+    /// Runs `f`, which hashes rows, with the settings the columns' text needs pinned (when some
+    /// column is hashed by its text).
+    pub(super) fn hashing<R>(&self, f: impl FnOnce() -> R) -> R {
+        settings::pinned_if(self.by_text(), f)
+    }
+}
+
+/// The user columns of `rel` in name order, with a seed that hashes their names (two tables with
 /// different column names never agree by accident).
 ///
 /// # Safety
-/// `rel` must be open.
-pub(super) unsafe fn user_columns(rel: pg_sys::Relation) -> (Vec<Column>, u64) {
+/// `rel` must be open. The columns' output functions cache data in the current memory context:
+/// use them only while it lives.
+pub(super) unsafe fn user_columns(rel: pg_sys::Relation) -> Columns {
     // SAFETY: the relation is open, so its descriptor is valid.
     let attrs = unsafe { compat::attributes((*rel).rd_att) };
     let mut named: Vec<(String, Column)> = attrs
@@ -43,27 +86,128 @@ pub(super) unsafe fn user_columns(rel: pg_sys::Relation) -> (Vec<Column>, u64) {
         .filter(|(_, a)| !a.attisdropped)
         .filter_map(|(index, a)| {
             let name = tuple::attname(a).to_string();
-            (!BOOKKEEPING.contains(&name.as_str())).then_some((
-                name,
-                Column {
-                    index,
-                    len: a.attlen,
-                    by_value: a.attbyval,
-                },
-            ))
+            (!BOOKKEEPING.contains(&name.as_str())).then(|| {
+                // SAFETY: catalog lookups of a column's type (it exists); the output function is
+                // used while the current context lives (`# Safety`).
+                let how = unsafe { hash_as(a.atttypid, a.attbyval) };
+                (
+                    name,
+                    Column {
+                        index,
+                        len: a.attlen,
+                        by_value: a.attbyval,
+                        how,
+                    },
+                )
+            })
         })
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
     let seed = xxh3_64_with_seed(names.join("\0").as_bytes(), 0);
-    (named.into_iter().map(|(_, c)| c).collect(), seed)
+    Columns {
+        columns: named.into_iter().map(|(_, c)| c).collect(),
+        seed,
+    }
 }
 
-/// Hashes a non-NULL datum of `column` into `seed` (a detoasted copy goes to the current context).
+/// Below this, OIDs are assigned by hand in PostgreSQL's catalog files: the same on every node of
+/// every major. Types created by `initdb`'s scripts, by extensions or by users get theirs in order
+/// of creation, node by node.
+const FIXED_OIDS: u32 = pg_sys::FirstGenbkiObjectId;
+
+/// Built-in types whose values are OIDs of node-local objects (or hold some): their text names
+/// the objects.
+const OID_VALUED: [pg_sys::Oid; 12] = [
+    pg_sys::REGCLASSOID,
+    pg_sys::REGCOLLATIONOID,
+    pg_sys::REGCONFIGOID,
+    pg_sys::REGDICTIONARYOID,
+    pg_sys::REGNAMESPACEOID,
+    pg_sys::REGOPERATOROID,
+    pg_sys::REGOPEROID,
+    pg_sys::REGPROCEDUREOID,
+    pg_sys::REGPROCOID,
+    pg_sys::REGROLEOID,
+    pg_sys::REGTYPEOID,
+    pg_sys::ACLITEMOID,
+];
+
+/// How values of type `typid` (passed by value or not) are hashed.
 ///
 /// # Safety
-/// `datum` must be a valid, non-NULL datum of the column's type.
+/// In a transaction; `typid` exists. A text output function caches data in the current memory
+/// context.
+unsafe fn hash_as(typid: pg_sys::Oid, by_value: bool) -> HashAs {
+    // SAFETY: catalog lookups of an existing type (`# Safety`).
+    unsafe {
+        let base = pg_sys::getBaseType(typid);
+        if base == pg_sys::FLOAT4OID && by_value {
+            HashAs::Float4
+        } else if base == pg_sys::FLOAT8OID && by_value {
+            HashAs::Float8
+        } else if bytes_are_portable(base) {
+            HashAs::Bytes
+        } else {
+            HashAs::Text(Output::of(typid))
+        }
+    }
+}
+
+/// Whether the in-memory form of every value of `typid` is the same on every node: no node-local
+/// OID in it. An enum is its label's OID; an array carries its element type's OID, a composite
+/// its type's, a range or multirange its range type's; a domain is its base type's form.
+///
+/// # Safety
+/// In a transaction; `typid` exists.
+unsafe fn bytes_are_portable(typid: pg_sys::Oid) -> bool {
+    // SAFETY: catalog lookups of an existing type (`# Safety`), and of its element type.
+    unsafe {
+        let typid = pg_sys::getBaseType(typid);
+        let fixed = typid.to_u32() < FIXED_OIDS;
+        match pg_sys::get_typtype(typid) as u8 {
+            pg_sys::TYPTYPE_BASE => {
+                let element = pg_sys::get_element_type(typid);
+                if element != pg_sys::InvalidOid {
+                    element.to_u32() < FIXED_OIDS && bytes_are_portable(element)
+                } else {
+                    !OID_VALUED.contains(&typid)
+                }
+            }
+            // Built-in ranges are of built-in types.
+            pg_sys::TYPTYPE_RANGE | pg_sys::TYPTYPE_MULTIRANGE => fixed,
+            // Enums, composites, pseudo-types.
+            _ => false,
+        }
+    }
+}
+
+/// Hashes a non-NULL datum of `column` into `seed` (a detoasted copy or the value's text goes to
+/// the current context).
+///
+/// # Safety
+/// `datum` must be a valid, non-NULL datum of the column's type; a column hashed by its text is
+/// hashed under [`settings::pinned`].
 unsafe fn hash_datum(column: &Column, datum: pg_sys::Datum, seed: u64) -> u64 {
+    match &column.how {
+        HashAs::Bytes => {}
+        HashAs::Float4 => {
+            let value = f32::from_bits(datum.value() as u32);
+            let bits = if value.is_nan() { f32::NAN } else { value }.to_bits();
+            return xxh3_64_with_seed(&bits.to_le_bytes(), seed);
+        }
+        HashAs::Float8 => {
+            let value = f64::from_bits(datum.value() as u64);
+            let bits = if value.is_nan() { f64::NAN } else { value }.to_bits();
+            return xxh3_64_with_seed(&bits.to_le_bytes(), seed);
+        }
+        HashAs::Text(output) => {
+            // SAFETY: a valid datum of the column's type (`# Safety`); its text is palloc'd in
+            // the current (per-row) context.
+            let text = unsafe { CStr::from_ptr(output.cstring(datum)) };
+            return xxh3_64_with_seed(text.to_bytes(), seed);
+        }
+    }
     if column.by_value {
         let bytes = datum.value().to_le_bytes();
         return xxh3_64_with_seed(&bytes[..column.len as usize], seed);
@@ -87,19 +231,19 @@ unsafe fn hash_datum(column: &Column, datum: pg_sys::Datum, seed: u64) -> u64 {
     xxh3_64_with_seed(bytes, seed)
 }
 
-/// The hash of one row's user columns (`columns` and `seed` from [`user_columns`]), whatever
-/// their physical order; detoasted copies go to the current memory context.
+/// The hash of one row's user columns (`columns` from [`user_columns`]), whatever their physical
+/// order; detoasted copies and texts go to the current memory context.
 ///
 /// # Safety
 /// `values` and `nulls` are a deformed tuple (`tts_values`, `tts_isnull` of a slot after
-/// `slot_getallattrs`) of the relation `columns` was read from.
+/// `slot_getallattrs`) of the relation `columns` was read from; runs inside
+/// [`Columns::hashing`].
 pub(super) unsafe fn row_hash(
-    columns: &[Column],
-    seed: u64,
+    columns: &Columns,
     values: *const pg_sys::Datum,
     nulls: *const bool,
 ) -> u64 {
-    columns.iter().fold(seed, |h, column| {
+    columns.columns.iter().fold(columns.seed, |h, column| {
         // SAFETY: every column index is below the relation's natts, which the deformed arrays
         // cover (`# Safety`); a non-NULL value is a valid datum of its column.
         unsafe {
@@ -177,21 +321,16 @@ pub fn checksum(rel: &PgRelation) -> Result<i64, MmError> {
 /// # Safety
 /// `raw` must be an open, locked ordinary table.
 unsafe fn heap_sum(raw: pg_sys::Relation) -> u64 {
-    // SAFETY: rel is open.
-    let (columns, seed) = unsafe { user_columns(raw) };
+    // SAFETY: rel is open; the columns are used within this call.
+    let columns = unsafe { user_columns(raw) };
     let mut sum = 0u64;
     // SAFETY: rel is an open, locked table (`# Safety`); the closure reads the slot's deformed
-    // values, which is what row_hash needs.
-    unsafe {
+    // values, which is what row_hash needs, inside `hashing`.
+    columns.hashing(|| unsafe {
         scan(raw, "mm_conflict table_checksum", |slot| {
-            sum = sum.wrapping_add(row_hash(
-                &columns,
-                seed,
-                (*slot).tts_values,
-                (*slot).tts_isnull,
-            ));
+            sum = sum.wrapping_add(row_hash(&columns, (*slot).tts_values, (*slot).tts_isnull));
         })
-    };
+    });
     sum
 }
 
@@ -223,7 +362,7 @@ pub(super) unsafe fn scan(
             // Frees detoasted copies; a no-op (PostgreSQL checks) when the row allocated nothing.
             per_row.reset();
             rows += 1;
-            if rows % 4096 == 0 {
+            if rows.is_multiple_of(4096) {
                 pg_sys::check_for_interrupts!();
             }
         }

@@ -17,6 +17,7 @@
 //! tombstone, if any, is the version the row is compared with.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
 use std::rc::Rc;
 
 use mm_conflict_core::{
@@ -34,7 +35,8 @@ use crate::catalog::tombstones;
 use crate::error::MmError;
 use crate::pg::flag::RepairWrite;
 use crate::pg::key::IndexKey;
-use crate::pg::names::{identity, relation_names, sql_ident, sql_literal, sql_qualified};
+use crate::pg::names::{identity, relation_names, sql_ident, sql_qualified};
+use crate::pg::settings::{self, Input, Output};
 use crate::pg::spi::{text_datum, CachedPlan};
 use crate::pg::{partitions, tuple};
 
@@ -137,7 +139,8 @@ struct Entry<'a> {
 fn for_each_row(tree: &Tree, mut each: impl FnMut(&Entry)) -> Result<(), MmError> {
     for &leaf in &tree.leaves {
         // SAFETY: the leaf is opened and locked here and closed after its scan (the lock is kept
-        // to the end of the transaction); the scan hands over deformed slots of that leaf.
+        // to the end of the transaction); the scan hands over deformed slots of that leaf, hashed
+        // inside `hashing` with columns read from it in this call.
         unsafe {
             let raw = pg_sys::table_open(leaf, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
             let info =
@@ -151,18 +154,20 @@ fn for_each_row(tree: &Tree, mut each: impl FnMut(&Entry)) -> Result<(), MmError
                     table: tree.identity.clone(),
                 })?;
             let tupdesc = (*raw).rd_att;
-            let (columns, seed) = user_columns(raw);
-            scan(raw, "mm_conflict table_diff", |slot| {
-                let mut should_free = false;
-                let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
-                let key = pk.encode(&pk.values(tuple, tupdesc));
-                let content = row_hash(&columns, seed, (*slot).tts_values, (*slot).tts_isnull);
-                let stamps = info.stamps(tuple, tupdesc);
-                each(&Entry {
-                    key: &key,
-                    hash: entry_hash(&key, content, &stamps),
-                    stamps,
-                });
+            let columns = user_columns(raw);
+            columns.hashing(|| {
+                scan(raw, "mm_conflict table_diff", |slot| {
+                    let mut should_free = false;
+                    let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
+                    let key = pk.encode(&pk.values(tuple, tupdesc));
+                    let content = row_hash(&columns, (*slot).tts_values, (*slot).tts_isnull);
+                    let stamps = info.stamps(tuple, tupdesc);
+                    each(&Entry {
+                        key: &key,
+                        hash: entry_hash(&key, content, &stamps),
+                        stamps,
+                    });
+                })
             });
             pg_sys::table_close(raw, pg_sys::NoLock as pg_sys::LOCKMODE);
         }
@@ -246,8 +251,10 @@ pub fn rows(
     Ok(out)
 }
 
-/// The rows of `keys` as JSON (`to_jsonb` of each, columns by name; json and jsonb columns as their
-/// text), found by primary key; keys without a row are left out. What a repair sends.
+/// The rows of `keys` as JSON objects of their columns by name, each column's value as its text
+/// output (or `null`), printed under pinned settings ([`settings::pinned`]) so that it reads back
+/// as the very value on any node and whatever the sessions' settings; found by primary key, keys
+/// without a row are left out. What a repair sends ([`apply`] reads it).
 pub fn contents(rel: &PgRelation, keys: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, String)>, MmError> {
     let tree = tree(rel, "repair")?;
     let (Some(info), Some(&leaf)) = (tree.info.clone(), tree.leaves.first()) else {
@@ -260,45 +267,28 @@ pub fn contents(rel: &PgRelation, keys: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, St
     let predicate = names
         .iter()
         .enumerate()
-        .map(|(i, name)| format!("t.{} = ${}", sql_ident(name), i + 1))
+        .map(|(i, name)| format!("t.{} OPERATOR(pg_catalog.=) ${}", sql_ident(name), i + 1))
         .collect::<Vec<_>>()
         .join(" AND ");
-    // The row as JSON, json and jsonb columns as their text (see `json_text_type`).
-    // SAFETY: rel is open, so its descriptor is valid.
-    let attrs = unsafe { crate::pg::compat::attributes((*rel.as_ptr()).rd_att) };
-    let json_columns: Vec<String> = attrs
-        .iter()
-        .filter(|a| !a.attisdropped && json_text_type(a.atttypid).is_some())
-        .map(|a| {
-            let name = tuple::attname(a);
-            format!(
-                "{}, t.{}::pg_catalog.text",
-                sql_literal(name),
-                sql_ident(name)
-            )
-        })
-        .collect();
-    let row = if json_columns.is_empty() {
-        "pg_catalog.to_jsonb(t)".to_string()
-    } else {
-        // jsonb_build_object takes up to 100 arguments: a pair per json column, 50 at a time.
-        json_columns
-            .chunks(50)
-            .fold("pg_catalog.to_jsonb(t)".to_string(), |row, chunk| {
-                format!(
-                    "{row} || pg_catalog.jsonb_build_object({})",
-                    chunk.join(", ")
-                )
-            })
+    // SAFETY: rel is open, so its descriptor is valid; the output functions are used in this call.
+    let columns: Vec<(String, Output)> = unsafe {
+        tuple::live_attributes((*rel.as_ptr()).rd_att)
+            .map(|a| (tuple::attname(a).to_string(), Output::of(a.atttypid)))
+            .collect()
     };
+    let select_list = columns
+        .iter()
+        .map(|(name, _)| format!("t.{}", sql_ident(name)))
+        .collect::<Vec<_>>()
+        .join(", ");
     let by_key = CachedPlan::new(
         format!(
-            "SELECT ({row})::pg_catalog.text FROM {} t WHERE {predicate}",
+            "SELECT {select_list} FROM {} t WHERE {predicate}",
             tree.sql_name
         ),
         types,
     );
-    let mut out = Vec::new();
+    let mut rows = Vec::new();
     for key in keys {
         // SAFETY: in a transaction (receive functions may allocate and raise).
         let Some(values) = (unsafe { pk.decode(&key) }) else {
@@ -306,19 +296,42 @@ pub fn contents(rel: &PgRelation, keys: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, St
         };
         let params: Vec<Option<pg_sys::Datum>> = values.into_iter().map(Some).collect();
         // SAFETY: in a transaction; the parameters are the key's values, of the key columns'
-        // types the statement was prepared with; the text comes back copied out of SPI.
-        let json = unsafe {
-            by_key
-                .execute_returning(&params, pg_sys::SPI_OK_SELECT)
-                .and_then(|row| row.into_iter().next().flatten())
-                .and_then(|d| String::from_datum(d, false))
-        };
-        if let Some(json) = json {
-            out.push((key, json));
+        // types the statement was prepared with; the row comes back copied out of SPI.
+        if let Some(row) = unsafe { by_key.execute_returning(&params, pg_sys::SPI_OK_SELECT) } {
+            rows.push((key, row));
         }
     }
-    Ok(out)
+    settings::pinned(|| {
+        rows.into_iter()
+            .map(|(key, row)| {
+                let object = columns
+                    .iter()
+                    .zip(row)
+                    .map(|((name, output), value)| {
+                        let text = match value {
+                            None => Value::Null,
+                            // SAFETY: each value is of its column's type (selected in column
+                            // order), printed by that type's output function.
+                            Some(v) => {
+                                Value::String(unsafe { output.string(v) }.ok_or_else(|| {
+                                    MmError::ValueNotUtf8 {
+                                        table: tree.identity.clone(),
+                                        column: name.clone(),
+                                    }
+                                })?)
+                            }
+                        };
+                        Ok((name.clone(), text))
+                    })
+                    .collect::<Result<Map<String, Value>, MmError>>()?;
+                Ok((key, Value::Object(object).to_string()))
+            })
+            .collect()
+    })
 }
+
+/// A stored tombstone as `tombstones` gives it: key, version, its row as JSON.
+pub type StoredTombstone = (Vec<u8>, Version, Option<String>);
 
 /// The stored tombstones of `keys` (keys without one are left out): (key, version, its row in
 /// `mm_conflict.tombstone` as JSON when `content`).
@@ -326,12 +339,15 @@ pub fn tombstones(
     rel: &PgRelation,
     keys: Vec<Vec<u8>>,
     content: bool,
-) -> Result<Vec<(Vec<u8>, Version, Option<String>)>, MmError> {
+) -> Result<Vec<StoredTombstone>, MmError> {
+    // The probe below reads the tombstone table's heap without a permission check: only roles
+    // that may read that table see what it holds.
+    may_read_tombstones("_diff_tombstones()")?;
     let tree = tree(rel, "table_diff")?;
     let table = tombstones::table()?;
     let as_json = CachedPlan::new(
         "SELECT pg_catalog.to_json(t)::pg_catalog.text FROM mm_conflict.tombstone t \
-         WHERE t.table_name = $1 AND t.pk = $2"
+         WHERE t.table_name OPERATOR(pg_catalog.=) $1 AND t.pk OPERATOR(pg_catalog.=) $2"
             .into(),
         vec![pg_sys::TEXTOID, pg_sys::BYTEAOID],
     );
@@ -362,6 +378,32 @@ pub fn tombstones(
         out.push((key, found.version, json));
     }
     Ok(out)
+}
+
+/// Checks that this role may read `mm_conflict.tombstone` (its owner, the extension's owner, and
+/// superusers; no other role unless that owner granted it), as `function` (named in the error)
+/// shows what it holds.
+fn may_read_tombstones(function: &str) -> Result<(), MmError> {
+    // SAFETY: catalog lookups in a transaction.
+    let allowed = unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"mm_conflict".as_ptr(), true);
+        let relid = if namespace == pg_sys::InvalidOid {
+            pg_sys::InvalidOid
+        } else {
+            pg_sys::get_relname_relid(c"tombstone".as_ptr(), namespace)
+        };
+        pg_sys::superuser()
+            || (relid != pg_sys::InvalidOid
+                && pg_sys::pg_class_aclcheck(relid, pg_sys::GetUserId(), pg_sys::ACL_SELECT as _)
+                    == pg_sys::AclResult::ACLCHECK_OK)
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(MmError::TombstonesNotReadable {
+            function: function.into(),
+        })
+    }
 }
 
 /// The key in binary form as a JSON object of its columns.
@@ -473,7 +515,7 @@ pub fn version(criterion: Option<i64>, stattime: Option<i64>, node: Option<i16>)
 }
 
 /// Writes the winning versions `items` (a JSON array of `{"row": …}` and `{"tombstone": …}`, as
-/// `rows`/`tombstones` give them) into the table, each resolved by the trigger exactly as a
+/// `contents`/`tombstones` give them) into the table, each resolved by the trigger exactly as a
 /// replicated change (a row as a replicated INSERT, a tombstone as a replicated tombstone), so a
 /// version that is not better than the one stored changes nothing. `same_version`: a row with the
 /// stored row's very version is written too. Returns the number of items written.
@@ -491,31 +533,35 @@ pub fn apply(rel: &PgRelation, items: &str, same_version: bool) -> Result<i64, M
         what: format!("repair items do not parse: {e}"),
     })?;
     // The columns a row is written with: every column but generated ones (computed again), each
-    // read from the row's JSON form (see `contents`), json and jsonb columns from their text.
-    // SAFETY: rel is open, so its descriptor is valid.
-    let attrs = unsafe { crate::pg::compat::attributes((*rel.as_ptr()).rd_att) };
-    let (columns, values): (Vec<String>, Vec<String>) = attrs
-        .iter()
-        .filter(|a| !a.attisdropped && a.attgenerated == 0)
-        .map(|a| {
-            let name = tuple::attname(a);
-            let column = sql_ident(name);
-            let value = match json_text_type(a.atttypid) {
-                Some(cast) => format!("($1::pg_catalog.jsonb ->> {})::{cast}", sql_literal(name)),
-                None => format!("r.{column}"),
-            };
-            (column, value)
-        })
-        .unzip();
+    // read by its type's input function from its text in the row (see `contents`).
+    // SAFETY: rel is open, so its descriptor is valid; the input functions are used in this call.
+    let columns: Vec<(String, pg_sys::Oid, Input)> = unsafe {
+        tuple::live_attributes((*rel.as_ptr()).rd_att)
+            .filter(|a| a.attgenerated == 0)
+            .map(|a| {
+                (
+                    tuple::attname(a).to_string(),
+                    a.atttypid,
+                    Input::of(a.atttypid, a.atttypmod),
+                )
+            })
+            .collect()
+    };
     let insert_row = CachedPlan::new(
         format!(
-            "INSERT INTO {table} ({columns}) OVERRIDING SYSTEM VALUE SELECT {values} \
-             FROM pg_catalog.jsonb_populate_record(NULL::{table}, $1::pg_catalog.jsonb) r",
+            "INSERT INTO {table} ({names}) OVERRIDING SYSTEM VALUE VALUES ({params})",
             table = tree.sql_name,
-            columns = columns.join(", "),
-            values = values.join(", "),
+            names = columns
+                .iter()
+                .map(|(name, _, _)| sql_ident(name))
+                .collect::<Vec<_>>()
+                .join(", "),
+            params = (1..=columns.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         ),
-        vec![pg_sys::TEXTOID],
+        columns.iter().map(|(_, typid, _)| *typid).collect(),
     );
     let insert_tombstone = CachedPlan::new(
         "INSERT INTO mm_conflict.tombstone SELECT * FROM \
@@ -523,24 +569,76 @@ pub fn apply(rel: &PgRelation, items: &str, same_version: bool) -> Result<i64, M
             .into(),
         vec![pg_sys::TEXTOID],
     );
+    // Every row's values, read under the settings they were printed with; the writes run after,
+    // under the session's own settings, as replicated writes do.
+    let writes = settings::pinned(|| {
+        items
+            .into_iter()
+            .filter_map(|item| match (item.row, item.tombstone) {
+                (Some(row), _) => Some(row_values(&columns, row).map(Write::Row)),
+                (None, Some(tombstone)) => Some(Ok(Write::Tombstone(tombstone))),
+                _ => None,
+            })
+            .collect::<Result<Vec<_>, MmError>>()
+    })?;
     let _repair = RepairWrite::start(same_version);
     let mut written = 0;
-    for item in items {
-        let (plan, value) = match (item.row, item.tombstone) {
-            (Some(row), _) => (&insert_row, row),
-            (None, Some(tombstone)) => (&insert_tombstone, tombstone),
-            _ => continue,
-        };
-        // SAFETY: in a transaction; the one parameter is a text.
+    for write in writes {
+        // SAFETY: in a transaction; a row's values are of its columns' types, in the order the
+        // statement was prepared with; a tombstone is one text.
         unsafe {
-            plan.execute(
-                &[Some(text_datum(value.get().as_bytes()))],
-                pg_sys::SPI_OK_INSERT,
-            )
+            match write {
+                Write::Row(values) => insert_row.execute(&values, pg_sys::SPI_OK_INSERT),
+                Write::Tombstone(value) => insert_tombstone.execute(
+                    &[Some(text_datum(value.get().as_bytes()))],
+                    pg_sys::SPI_OK_INSERT,
+                ),
+            }
         };
         written += 1;
     }
     Ok(written)
+}
+
+/// What [`apply`] writes for an item.
+enum Write<'a> {
+    Row(Vec<Option<pg_sys::Datum>>),
+    Tombstone(&'a RawValue),
+}
+
+/// The values of `row` (a JSON object of columns by name, as [`contents`] gives it) for
+/// `columns`: each read by its type's input function from its text (a JSON string; another
+/// scalar, such as a number, is read from its JSON text); `null` or a column that is not there is
+/// NULL. Runs under [`settings::pinned`].
+fn row_values(
+    columns: &[(String, pg_sys::Oid, Input)],
+    row: &RawValue,
+) -> Result<Vec<Option<pg_sys::Datum>>, MmError> {
+    let bad = |what: String| MmError::Internal {
+        what: format!("a repair row {what}"),
+    };
+    let fields: HashMap<String, &RawValue> =
+        serde_json::from_str(row.get()).map_err(|e| bad(format!("is not a JSON object: {e}")))?;
+    columns
+        .iter()
+        .map(|(name, _, input)| {
+            let text = match fields.get(name).map(|v| v.get()) {
+                None | Some("null") => None,
+                Some(raw) if raw.starts_with('"') => Some(
+                    serde_json::from_str::<String>(raw)
+                        .map_err(|e| bad(format!("has a bad string for \"{name}\": {e}")))?,
+                ),
+                Some(raw) => Some(raw.to_string()),
+            };
+            let text = text
+                .map(CString::new)
+                .transpose()
+                .map_err(|_| bad(format!("has a NUL character in \"{name}\"")))?;
+            // SAFETY: in a transaction; the input function raises on text that is not a value of
+            // the column's type.
+            Ok(unsafe { input.value(text.as_deref()) })
+        })
+        .collect()
 }
 
 /// One repair item: a row (`contents`) or a tombstone (`tombstones`), as raw JSON text.
@@ -550,18 +648,6 @@ struct Item<'a> {
     row: Option<&'a RawValue>,
     #[serde(borrow)]
     tombstone: Option<&'a RawValue>,
-}
-
-/// For a json or jsonb column (or a domain over one), the type its text is cast to: in a row's
-/// JSON form such a column is carried as its text, since a JSON `null` value and SQL NULL would
-/// otherwise look alike, and a json value would lose its spacing.
-fn json_text_type(typid: pg_sys::Oid) -> Option<&'static str> {
-    // SAFETY: a catalog lookup of a type that exists (a column's).
-    match unsafe { pg_sys::getBaseType(typid) } {
-        pg_sys::JSONOID => Some("pg_catalog.json"),
-        pg_sys::JSONBOID => Some("pg_catalog.jsonb"),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -101,7 +101,17 @@ SELECT mm_conflict._repair_apply('acct', '[]', false);
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM mm_conflict.table_diff('acct', 2);
 \echo :LAST_ERROR_SQLSTATE
+-- Tombstones are for the owner of mm_conflict.tombstone and superusers: SELECT on the table is not
+-- enough to see a deleted key's version (nor its tombstone row).
+SELECT count(*) FROM mm_conflict._diff_tombstones('acct', ARRAY['\x0000000400000009'::bytea], false);
+\echo :SQLSTATE
+SELECT count(*) FROM mm_conflict._diff_tombstones('acct', ARRAY['\x0000000400000009'::bytea], true);
+\echo :SQLSTATE
+SELECT mm_conflict._repair_items('acct', ARRAY['\x0000000400000009'::bytea]);
+\echo :SQLSTATE
 RESET ROLE;
+SELECT pk, node, content::json->>'table_name' AS table_name
+  FROM mm_conflict._diff_tombstones('acct', ARRAY['\x0000000400000009'::bytea], true);
 
 \c :home
 DROP DATABASE mm_repair;

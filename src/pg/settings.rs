@@ -1,0 +1,162 @@
+//! Values as text that reads the same on every node: the settings that change how values print
+//! and parse, pinned for a piece of work, and a type's text output and input functions.
+//!
+//! A value's text depends on the session: `DateStyle`, `IntervalStyle` and `TimeZone` change how
+//! times print, `extra_float_digits <= 0` rounds floats, `bytea_output` and `lc_monetary` change
+//! bytea and money, `search_path` how `regclass` and its kin name objects. [`pinned`] sets them to
+//! one value for a scope, so that the text of a value is the same on every node and in every
+//! session, and reads back as the very value it came from.
+
+use std::cell::UnsafeCell;
+use std::ffi::{c_char, CStr};
+
+use pgrx::pg_sys;
+
+/// The settings [`pinned`] sets, and their values.
+pub const PINNED: [(&CStr, &CStr); 8] = [
+    (c"DateStyle", c"ISO, MDY"),
+    (c"IntervalStyle", c"postgres"),
+    (c"extra_float_digits", c"3"),
+    (c"TimeZone", c"UTC"),
+    (c"bytea_output", c"hex"),
+    (c"lc_monetary", c"C"),
+    (c"xmloption", c"content"),
+    (c"search_path", c"pg_catalog, pg_temp"),
+];
+
+/// Runs `f` with the settings of [`PINNED`], then puts back the session's own values, also when
+/// `f` raises an error (as a function's `SET` clause does: a GUC nest level of its own, popped on
+/// the way out; (sub)transaction abort would pop it too).
+pub fn pinned<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(i32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: pops the nest level `pinned` opened (and any deeper one left open),
+            // restoring every value saved in it.
+            unsafe { pg_sys::AtEOXact_GUC(!std::thread::panicking(), self.0) }
+        }
+    }
+    // SAFETY: a new nest level, popped by `Restore` whatever happens next; each setting is saved
+    // in it (GUC_ACTION_SAVE) and set with a session's rights, all of them being user settings.
+    // An unknown name or a refused value raises an ERROR (elevel 0 means ERROR for a session).
+    let _restore = unsafe {
+        let restore = Restore(pg_sys::NewGUCNestLevel());
+        for (name, value) in PINNED {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
+        restore
+    };
+    f()
+}
+
+/// [`pinned`] when `needed`, else `f` alone.
+pub fn pinned_if<R>(needed: bool, f: impl FnOnce() -> R) -> R {
+    if needed {
+        pinned(f)
+    } else {
+        f()
+    }
+}
+
+/// A type's text output function.
+pub struct Output {
+    /// `UnsafeCell`: PostgreSQL writes `fn_extra` through this pointer on calls.
+    function: Box<UnsafeCell<pg_sys::FmgrInfo>>,
+}
+
+impl Output {
+    /// The output function of type `typid`.
+    ///
+    /// # Safety
+    /// In a transaction; `typid` is an existing type. The function's cache (`fn_extra`) lives in
+    /// the current memory context: use the `Output` only while that context lives.
+    pub unsafe fn of(typid: pg_sys::Oid) -> Output {
+        let (mut func, mut varlena) = (pg_sys::InvalidOid, false);
+        // SAFETY: catalog lookups of an existing type (`# Safety`); fmgr_info fills the zeroed
+        // FmgrInfo, which stays at its address in the box.
+        unsafe {
+            pg_sys::getTypeOutputInfo(typid, &mut func, &mut varlena);
+            let function = Box::new(UnsafeCell::new(std::mem::zeroed()));
+            pg_sys::fmgr_info(func, function.get());
+            Output { function }
+        }
+    }
+
+    /// The text of `value`, palloc'd in the current memory context.
+    ///
+    /// # Safety
+    /// `value` is a valid, non-NULL datum of the type.
+    pub unsafe fn cstring(&self, value: pg_sys::Datum) -> *mut c_char {
+        // SAFETY: a valid datum of the function's type (`# Safety`).
+        unsafe { pg_sys::OutputFunctionCall(self.function.get(), value) }
+    }
+
+    /// The text of `value` as a Rust string; `None` when it is not UTF-8 (a type's output is in
+    /// the database's encoding).
+    ///
+    /// # Safety
+    /// As for [`Output::cstring`].
+    pub unsafe fn string(&self, value: pg_sys::Datum) -> Option<String> {
+        // SAFETY: as for `cstring`; the palloc'd text is read, copied and freed here.
+        unsafe {
+            let text = self.cstring(value);
+            let string = CStr::from_ptr(text).to_str().ok().map(str::to_owned);
+            pg_sys::pfree(text.cast());
+            string
+        }
+    }
+}
+
+/// A column type's text input function.
+pub struct Input {
+    /// `UnsafeCell`: PostgreSQL writes `fn_extra` through this pointer on calls.
+    function: Box<UnsafeCell<pg_sys::FmgrInfo>>,
+    typioparam: pg_sys::Oid,
+    typmod: i32,
+}
+
+impl Input {
+    /// The input function of type `typid` with modifier `typmod` (a column's `atttypmod`).
+    ///
+    /// # Safety
+    /// As for [`Output::of`].
+    pub unsafe fn of(typid: pg_sys::Oid, typmod: i32) -> Input {
+        let (mut func, mut typioparam) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
+        // SAFETY: as in `Output::of`.
+        unsafe {
+            pg_sys::getTypeInputInfo(typid, &mut func, &mut typioparam);
+            let function = Box::new(UnsafeCell::new(std::mem::zeroed()));
+            pg_sys::fmgr_info(func, function.get());
+            Input {
+                function,
+                typioparam,
+                typmod,
+            }
+        }
+    }
+
+    /// The value `text` reads as (`None`: NULL, which the input function still sees when it is
+    /// not strict, so that a domain checks its `NOT NULL`); raises the input function's error on
+    /// text that is not a value of the type.
+    ///
+    /// # Safety
+    /// In a transaction.
+    pub unsafe fn value(&self, text: Option<&CStr>) -> Option<pg_sys::Datum> {
+        let text_ptr = text.map_or(std::ptr::null_mut(), |t| t.as_ptr().cast_mut());
+        // SAFETY: InputFunctionCall takes a NUL-terminated string (or NULL) that it does not
+        // modify, and the type's I/O parameter and modifier looked up by `of`.
+        let value = unsafe {
+            pg_sys::InputFunctionCall(self.function.get(), text_ptr, self.typioparam, self.typmod)
+        };
+        text.map(|_| value)
+    }
+}
