@@ -11,6 +11,9 @@ Each ITEM is one of
     file:PATH            a whole hand-written SQL file (sql/...)
     function:PATH:NAME   CREATE FUNCTION mm_conflict.NAME(...) ... $$; from PATH, with the
                          COMMENT ON FUNCTION / REVOKE statements on it that follow
+    replace:PATH:NAME    the same as CREATE OR REPLACE FUNCTION (same signature, new body)
+    config:NAME          ALTER FUNCTION mm_conflict.NAME(...) SET ... for the SET clauses pgrx
+                         generates for Rust function NAME (its search_path)
 The upgrade test (scripts/upgrade_test.sh) compares the upgraded catalog with a fresh install's,
 which is what checks the result.
 """
@@ -24,6 +27,27 @@ def pgrx_function(schema, name):
     if not m:
         sys.exit("no pgrx function mm_conflict.%s in the schema" % name)
     return re.sub(r"CREATE +FUNCTION", "CREATE FUNCTION", m.group(0))
+
+
+def pgrx_config(schema, name):
+    """ALTER FUNCTION ... SET for each SET clause of pgrx function NAME."""
+    text = pgrx_function(schema, name)
+    args = text[text.index("(") + 1:]
+    depth, end = 1, 0
+    for i, c in enumerate(args):
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        if depth == 0:
+            end = i
+            break
+    body, rest = args[:end], args[end:]
+    body = re.sub(r"/\*.*?\*/", "", body)
+    types = []
+    for part in filter(None, (p.strip() for p in body.split(","))):
+        part = re.sub(r"\s+DEFAULT\s+.*$", "", part, flags=re.S)
+        types.append(re.sub(r'^"[^"]+"\s+', "", part))
+    sets = re.findall(r"^SET (.*)$", rest, re.M)
+    return "\n".join('ALTER FUNCTION mm_conflict."%s"(%s) SET %s;' % (name, ", ".join(types), s)
+                     for s in sets)
 
 
 def sql_function(path, name):
@@ -59,6 +83,11 @@ def main(argv):
         elif kind == "function":
             path, _, name = arg.rpartition(":")
             print(sql_function(path, name))
+        elif kind == "replace":
+            path, _, name = arg.rpartition(":")
+            print(sql_function(path, name).replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
+        elif kind == "config":
+            print(pgrx_config(schema, arg))
         else:
             sys.exit("unknown item %r" % item)
         print()

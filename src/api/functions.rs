@@ -30,10 +30,16 @@ pub mod mm_conflict {
     #[pg_extern(stable)]
     #[search_path(pg_catalog, pg_temp)]
     fn _diff_summary(
-        tbl: PgRelation,
-        bits: i32,
-        parents: Option<Vec<i64>>,
+        tbl: Option<PgRelation>,
+        bits: Option<i32>,
+        parents: Option<Vec<Option<i64>>>,
     ) -> TableIterator<'static, (name!(bucket, i64), name!(rows, i64), name!(hash, i64))> {
+        const F: &str = "mm_conflict._diff_summary";
+        let (tbl, bits) = (
+            crate::api::args::given(tbl, F, "tbl"),
+            crate::api::args::given(bits, F, "bits"),
+        );
+        let parents = parents.map(|p| crate::api::args::no_nulls(p, F, "parents"));
         TableIterator::new(diff::summary(&tbl, bits, parents).or_raise())
     }
 
@@ -42,9 +48,9 @@ pub mod mm_conflict {
     #[pg_extern(stable)]
     #[search_path(pg_catalog, pg_temp)]
     fn _diff_rows(
-        tbl: PgRelation,
-        bits: i32,
-        buckets: Option<Vec<i64>>,
+        tbl: Option<PgRelation>,
+        bits: Option<i32>,
+        buckets: Option<Vec<Option<i64>>>,
         keys: Option<Array<&[u8]>>,
     ) -> TableIterator<
         'static,
@@ -56,8 +62,15 @@ pub mod mm_conflict {
             name!(node, Option<i16>),
         ),
     > {
+        const F: &str = "mm_conflict._diff_rows";
+        let (tbl, bits) = (
+            crate::api::args::given(tbl, F, "tbl"),
+            crate::api::args::given(bits, F, "bits"),
+        );
+        let buckets =
+            buckets.map_or_else(Vec::new, |b| crate::api::args::no_nulls(b, F, "buckets"));
         let keys = keys.map_or_else(Vec::new, owned_keys);
-        let rows = diff::rows(&tbl, bits, buckets.unwrap_or_default(), keys).or_raise();
+        let rows = diff::rows(&tbl, bits, buckets, keys).or_raise();
         TableIterator::new(rows.into_iter().map(|r| {
             (
                 r.key,
@@ -121,7 +134,7 @@ pub mod mm_conflict {
     #[pg_extern(stable)]
     #[search_path(pg_catalog, pg_temp)]
     fn _diff_judge(
-        tbl: PgRelation,
+        tbl: Option<PgRelation>,
         local_kind: Option<String>,
         local_criterion: Option<i64>,
         local_stattime: Option<i64>,
@@ -138,6 +151,7 @@ pub mod mm_conflict {
             name!(winner, String),
         ),
     > {
+        let tbl = crate::api::args::given(tbl, "mm_conflict._diff_judge", "tbl");
         let local = diff::version(local_criterion, local_stattime, local_node);
         let peer = diff::version(peer_criterion, peer_stattime, peer_node);
         let (l, p, w) = diff::judge(

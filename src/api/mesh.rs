@@ -20,34 +20,6 @@ pub mod mm_conflict {
         })
     }
 
-    /// A text array argument without NULL elements (`function` and `argument` name it in the
-    /// error otherwise).
-    fn no_nulls(values: Vec<Option<String>>, function: &str, argument: &str) -> Vec<String> {
-        values
-            .into_iter()
-            .map(|v| {
-                v.unwrap_or_else(|| {
-                    MmError::NullArgument {
-                        function: function.into(),
-                        argument: format!("an element of {argument}"),
-                    }
-                    .raise()
-                })
-            })
-            .collect()
-    }
-
-    /// A non-NULL argument of a function that is not `strict`.
-    fn given<T>(value: Option<T>, function: &str, argument: &str) -> T {
-        value.unwrap_or_else(|| {
-            MmError::NullArgument {
-                function: function.into(),
-                argument: argument.into(),
-            }
-            .raise()
-        })
-    }
-
     /// The oid of a `regclass` argument, with the relation closed again (its lock is kept): DDL
     /// on it in this session fails while it is open.
     fn closed(tbl: PgRelation) -> pg_sys::Oid {
@@ -246,7 +218,11 @@ pub mod mm_conflict {
     #[pg_extern(immutable, strict)]
     #[search_path(pg_catalog, pg_temp)]
     fn _inspect_query(tables: Vec<Option<String>>) -> String {
-        plan::inspect_query(&no_nulls(tables, "mm_conflict._inspect_query", "tables"))
+        plan::inspect_query(&crate::api::args::no_nulls(
+            tables,
+            "mm_conflict._inspect_query",
+            "tables",
+        ))
     }
 
     /// `create_mesh`: raises what keeps node `node_id` (as inspected) from being set up.
@@ -284,11 +260,15 @@ pub mod mm_conflict {
         let states: Vec<NodeState> = states
             .into_iter()
             .map(|s| {
-                let s = given(s, "mm_conflict._create_mesh_plan", "an element of states");
+                let s = crate::api::args::given(
+                    s,
+                    "mm_conflict._create_mesh_plan",
+                    "an element of states",
+                );
                 from_json(s.0, "mm_conflict._create_mesh_plan")
             })
             .collect();
-        let tables = no_nulls(tables, "mm_conflict._create_mesh_plan", "tables");
+        let tables = crate::api::args::no_nulls(tables, "mm_conflict._create_mesh_plan", "tables");
         let policy = TablePolicy {
             criterion: criterion.into(),
             method: method.into(),
@@ -330,13 +310,14 @@ pub mod mm_conflict {
         not_undone: Option<Vec<Option<String>>>,
     ) -> TableIterator<'static, (name!(message, String), name!(detail, String))> {
         const F: &str = "mm_conflict._create_mesh_failure";
-        let list =
-            |v: Option<Vec<Option<String>>>, name: &str| no_nulls(given(v, F, name), F, name);
+        let list = |v: Option<Vec<Option<String>>>, name: &str| {
+            crate::api::args::no_nulls(crate::api::args::given(v, F, name), F, name)
+        };
         let (undone, not_undone) = (list(undone, "undone"), list(not_undone, "not_undone"));
         let (message, detail) = plan::failure(
-            given(node_label, F, "node_label"),
-            given(step, F, "step"),
-            given(message, F, "message"),
+            crate::api::args::given(node_label, F, "node_label"),
+            crate::api::args::given(step, F, "step"),
+            crate::api::args::given(message, F, "message"),
             detail,
             &undone,
             &not_undone,

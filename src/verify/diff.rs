@@ -209,10 +209,9 @@ fn check_bits(bits: i32) -> Result<(), MmError> {
     if (0..=MAX_BITS).contains(&bits) && bits % LEVEL_BITS == 0 {
         Ok(())
     } else {
-        Err(MmError::Internal {
-            what: format!(
-                "table_diff level {bits} is not a multiple of {LEVEL_BITS} up to {MAX_BITS}"
-            ),
+        Err(MmError::BadInternalArgument {
+            function: "table_diff".into(),
+            detail: format!("level {bits} is not a multiple of {LEVEL_BITS} up to {MAX_BITS}"),
         })
     }
 }
@@ -264,10 +263,19 @@ pub fn contents(rel: &PgRelation, keys: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, St
         return Ok(Vec::new());
     };
     let (names, types): (Vec<String>, Vec<pg_sys::Oid>) = key_columns(leaf, pk).into_iter().unzip();
+    // Each key column matched by the key index's own equality operator (as the index matches).
     let predicate = names
         .iter()
+        .zip(&pk.columns)
         .enumerate()
-        .map(|(i, name)| format!("t.{} OPERATOR(pg_catalog.=) ${}", sql_ident(name), i + 1))
+        .map(|(i, (name, column))| {
+            format!(
+                "t.{} {} ${}",
+                sql_ident(name),
+                column.eq_operator_sql,
+                i + 1
+            )
+        })
         .collect::<Vec<_>>()
         .join(" AND ");
     // SAFETY: rel is open, so its descriptor is valid; the output functions are used in this call.
@@ -409,8 +417,9 @@ fn may_read_tombstones(function: &str) -> Result<(), MmError> {
 /// The key in binary form as a JSON object of its columns.
 pub fn key_json(rel: &PgRelation, key: &[u8]) -> Result<Value, MmError> {
     let tree = tree(rel, "table_diff")?;
-    let undecodable = || MmError::Internal {
-        what: format!("a key of {} does not decode", tree.identity),
+    let undecodable = || MmError::BadInternalArgument {
+        function: "mm_conflict._diff_key".into(),
+        detail: format!("the key is not a key of {}", tree.identity),
     };
     let info = tree.info.as_ref().ok_or_else(undecodable)?;
     let pk = info.primary_key.as_ref().ok_or_else(undecodable)?;
@@ -493,8 +502,9 @@ pub fn judge(
     peer: (Option<&str>, Version),
 ) -> Result<(Option<String>, Option<String>, &'static str), MmError> {
     let tree = tree(rel, "table_diff")?;
-    let info = tree.info.ok_or_else(|| MmError::Internal {
-        what: format!("{} has no partitions to compare", tree.identity),
+    let info = tree.info.ok_or_else(|| MmError::BadInternalArgument {
+        function: "mm_conflict._diff_judge".into(),
+        detail: format!("{} has no partitions to compare", tree.identity),
     })?;
     let local = held(local.0, local.1);
     let peer = held(peer.0, peer.1);
@@ -529,9 +539,11 @@ pub fn apply(rel: &PgRelation, items: &str, same_version: bool) -> Result<i64, M
     let tree = tree(rel, "repair")?;
     // Each item's value as the exact text it came in (a re-serialized value would lose digits of
     // numbers and the spacing of json columns).
-    let items: Vec<Item> = serde_json::from_str(items).map_err(|e| MmError::Internal {
-        what: format!("repair items do not parse: {e}"),
-    })?;
+    let items: Vec<Item> =
+        serde_json::from_str(items).map_err(|e| MmError::BadInternalArgument {
+            function: "mm_conflict._repair_apply".into(),
+            detail: format!("the items do not parse: {e}"),
+        })?;
     // The columns a row is written with: every column but generated ones (computed again), each
     // read by its type's input function from its text in the row (see `contents`).
     // SAFETY: rel is open, so its descriptor is valid; the input functions are used in this call.
@@ -562,12 +574,27 @@ pub fn apply(rel: &PgRelation, items: &str, same_version: bool) -> Result<i64, M
                 .join(", "),
         ),
         columns.iter().map(|(_, typid, _)| *typid).collect(),
+    )
+    // As the table's owner, as PostgreSQL 16's apply workers write: a trigger of the owner's
+    // never runs with the rights of the superuser who calls repair.
+    .run_as(
+        crate::pg::security::relation_owner(rel.oid()).unwrap_or_else(|| {
+            // SAFETY: reads the current role.
+            unsafe { pg_sys::GetUserId() }
+        }),
     );
+    let tombstone_table = tombstones::table()?;
     let insert_tombstone = CachedPlan::new(
         "INSERT INTO mm_conflict.tombstone SELECT * FROM \
          pg_catalog.json_populate_record(NULL::mm_conflict.tombstone, $1::pg_catalog.json)"
             .into(),
         vec![pg_sys::TEXTOID],
+    )
+    .run_as(
+        crate::pg::security::relation_owner(tombstone_table.relid()).unwrap_or_else(|| {
+            // SAFETY: reads the current role.
+            unsafe { pg_sys::GetUserId() }
+        }),
     );
     // Every row's values, read under the settings they were printed with; the writes run after,
     // under the session's own settings, as replicated writes do.
@@ -614,8 +641,9 @@ fn row_values(
     columns: &[(String, pg_sys::Oid, Input)],
     row: &RawValue,
 ) -> Result<Vec<Option<pg_sys::Datum>>, MmError> {
-    let bad = |what: String| MmError::Internal {
-        what: format!("a repair row {what}"),
+    let bad = |what: String| MmError::BadInternalArgument {
+        function: "mm_conflict._repair_apply".into(),
+        detail: format!("a repair row {what}"),
     };
     let fields: HashMap<String, &RawValue> =
         serde_json::from_str(row.get()).map_err(|e| bad(format!("is not a JSON object: {e}")))?;

@@ -3,6 +3,7 @@
 -- session's search_path (an apply worker's is empty). (Without contrib, as PostgreSQL 16's build
 -- here: citext_keys_1.out.)
 \set SHOW_CONTEXT never
+SELECT mm_conflict.node_init(1, 'one') WHERE NOT EXISTS (SELECT 1 FROM mm_conflict.node);
 CREATE EXTENSION IF NOT EXISTS citext;
 CREATE TABLE ck(email citext PRIMARY KEY, info text);
 SELECT mm_conflict.replicate_table('ck');
