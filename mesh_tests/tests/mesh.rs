@@ -1013,3 +1013,136 @@ fn types_created_in_another_order_compare_equal() {
     assert_eq!(mesh.nodes[1].sql("SELECT mm_conflict.repair('t')"), "0");
     mesh.assert_converged("t");
 }
+
+/// Primary keys of types whose binary form names node-local types (an array of an enum, a
+/// composite with an enum field), on two nodes that created those types in another order: the
+/// key's tombstone form is the same on both (its text under pinned settings), so deletes and
+/// updates from either node reach the other, and nothing is ignored.
+#[test]
+fn keys_of_user_types_converge() {
+    let mut mesh = Mesh::start("key_type_oids", 2);
+    let mood = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')";
+    let pair = "CREATE TYPE pair AS (a int, m mood)";
+    let tables = "CREATE TABLE ka(tags mood[] PRIMARY KEY, v text);
+                  CREATE TABLE kc(p pair PRIMARY KEY, v text)";
+    mesh.nodes[0].sql(&[mood, pair, tables].join(";"));
+    mesh.nodes[1].sql(
+        &[
+            "CREATE TYPE filler AS ENUM ('x'); CREATE TYPE filler2 AS (x int)",
+            mood,
+            "CREATE TYPE filler3 AS ENUM ('y')",
+            pair,
+            tables,
+        ]
+        .join(";"),
+    );
+    let oids = |node: &Node| {
+        node.sql("SELECT string_agg(oid::text, ',' ORDER BY typname) FROM pg_type WHERE typname IN ('mood', 'pair')")
+    };
+    assert_ne!(oids(&mesh.nodes[0]), oids(&mesh.nodes[1]));
+    mesh.create_mesh_on(&["ka", "kc"], "last_xacttime", "last", None);
+    mesh.nodes[0].sql(
+        "INSERT INTO ka VALUES ('{sad}', 'a'), ('{ok,happy}', 'b'), ('{happy}', 'c');
+         INSERT INTO kc VALUES (ROW(1, 'sad'), 'a'), (ROW(2, 'ok'), 'b'), (ROW(3, 'happy'), 'c')",
+    );
+    mesh.wait_synced();
+    // Deletes from node 1, an update and a delete from node 2, a re-insert of a deleted key.
+    mesh.nodes[0]
+        .sql("DELETE FROM ka WHERE tags = '{sad}'; DELETE FROM kc WHERE p = ROW(1, 'sad')::pair");
+    mesh.nodes[1].sql(
+        "UPDATE ka SET v = 'b2' WHERE tags = '{ok,happy}'; DELETE FROM ka WHERE tags = '{happy}';
+         UPDATE kc SET v = 'b2' WHERE p = ROW(2, 'ok')::pair; DELETE FROM kc WHERE p = ROW(3, 'happy')::pair",
+    );
+    mesh.wait_synced();
+    mesh.nodes[1].sql("INSERT INTO ka VALUES ('{sad}', 'again')");
+    mesh.wait_synced();
+    for table in ["ka", "kc"] {
+        mesh.assert_converged(table);
+    }
+    for node in &mesh.nodes {
+        assert_eq!(
+            node.sql("SELECT string_agg(tags::text || '=' || v, ' ' ORDER BY v) FROM ka"),
+            "{sad}=again {ok,happy}=b2"
+        );
+        assert_eq!(
+            node.sql("SELECT string_agg(p::text || '=' || v, ' ' ORDER BY v) FROM kc"),
+            "(2,ok)=b2"
+        );
+        // Every tombstone was resolved (none ignored), and both nodes name the keys alike.
+        assert_eq!(
+            node.sql("SELECT count(*) FROM mm_conflict.conflict_log WHERE decision = 'tombstone_ignored'"),
+            "0"
+        );
+    }
+    let tombstones = |node: &Node| {
+        node.sql("SELECT string_agg(table_name || ':' || encode(pk, 'hex'), ' ' ORDER BY table_name, pk) FROM mm_conflict.tombstone")
+    };
+    assert_eq!(tombstones(&mesh.nodes[0]), tombstones(&mesh.nodes[1]));
+    mesh.assert_no_diff("ka");
+    mesh.assert_no_diff("kc");
+}
+
+/// `purge_tombstones` keeps a tombstone that a change still on its way from a peer could need,
+/// even while that peer's keepalives say it is current. Node 2's walsender works through a large
+/// transaction of a table it does not publish (sending keepalives with its clock, every half
+/// second here), and behind it node 2 deleted and re-inserted key 1. Node 1 deletes key 1 later
+/// and purges with no retention: the send time of node 2's last message (the bound before) has
+/// passed node 1's delete, but node 2's last applied transaction has not, so the tombstone stays,
+/// beats node 2's older re-insert when it lands, and both nodes end without key 1.
+#[test]
+fn purge_keeps_tombstones_a_lagging_peer_may_need() {
+    use std::time::{Duration, Instant};
+    let mut mesh = Mesh::start("purge_lag", 2);
+    for node in &mesh.nodes {
+        node.sql("CREATE TABLE p(id int PRIMARY KEY, v text); CREATE TABLE bulk(x int)");
+    }
+    mesh.create_mesh_on(&["p"], "last_xacttime", "last", None);
+    mesh.nodes[0].sql("INSERT INTO p VALUES (1, 'a'), (2, 'b')");
+    mesh.wait_synced();
+    let (one, two) = (&mesh.nodes[0], &mesh.nodes[1]);
+    two.sql("ALTER SYSTEM SET wal_sender_timeout = '1s'");
+    two.sql("SELECT pg_reload_conf()");
+    two.sql("INSERT INTO bulk SELECT generate_series(1, 4000000)");
+    two.sql("BEGIN; DELETE FROM p WHERE id = 1; INSERT INTO p VALUES (1, 'from node 2'); COMMIT");
+    let x_lsn = two.sql("SELECT pg_current_wal_lsn()");
+    std::thread::sleep(Duration::from_millis(100));
+    one.sql("DELETE FROM p WHERE id = 1");
+    let deleted_at = one.sql("SELECT deleted_at FROM mm_conflict.tombstone");
+    // What the bound was before: the send time of node 2's last message. Wait until it passes the
+    // delete while node 2's transaction has still not been applied here.
+    let old_bound_passed = format!(
+        "SELECT (SELECT min(w.last_msg_send_time) FROM pg_stat_subscription w
+                  WHERE w.relid IS NULL AND w.pid IS NOT NULL) > '{deleted_at}'
+            AND (SELECT min(remote_lsn) FROM pg_replication_origin_status) < '{x_lsn}'"
+    );
+    let until = Instant::now() + Duration::from_secs(60);
+    while one.sql(&old_bound_passed) != "t" {
+        assert!(
+            Instant::now() < until,
+            "node 2 caught up before a keepalive passed the delete: the lag this test needs did not happen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        one.sql("SELECT mm_conflict.purge_tombstones('0 seconds')"),
+        "0"
+    );
+    assert_eq!(one.sql("SELECT count(*) FROM mm_conflict.tombstone"), "1");
+    mesh.wait_synced();
+    mesh.assert_converged("p");
+    for node in &mesh.nodes {
+        assert_eq!(
+            node.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM p"),
+            "2"
+        );
+    }
+    // Once node 2's transactions after the delete have been applied, the tombstone may go.
+    two.sql("UPDATE p SET v = 'c' WHERE id = 2");
+    mesh.wait_synced();
+    assert_eq!(
+        one.sql("SELECT mm_conflict.purge_tombstones('0 seconds')"),
+        "1"
+    );
+    two.sql("ALTER SYSTEM RESET wal_sender_timeout");
+    two.sql("SELECT pg_reload_conf()");
+}
