@@ -1146,3 +1146,51 @@ fn purge_keeps_tombstones_a_lagging_peer_may_need() {
     two.sql("ALTER SYSTEM RESET wal_sender_timeout");
     two.sql("SELECT pg_reload_conf()");
 }
+
+/// The conflict counters' 1024 slots are taken back from dropped tables when a new table needs
+/// one: a server whose tables (or databases) come and go keeps counting.
+#[test]
+fn counter_slots_of_dropped_tables_are_reused() {
+    let mesh = Mesh::start("counter_slots", 1);
+    let node = &mesh.nodes[0];
+    let row = r#"[{"row": {"id": 1, "mm_islocal": false, "mm_nodeid": 2,
+        "mm_last_xacttime": "2100-01-01 00:00:00+00", "mm_last_stattime": "2100-01-01 00:00:00+00"}}]"#;
+    let create_and_count = |first: u32, last: u32| {
+        node.sql(&format!(
+            "DO $$ BEGIN FOR i IN {first}..{last} LOOP
+                 EXECUTE format('CREATE TABLE c%s(id int PRIMARY KEY, mm_islocal boolean, mm_nodeid int2,
+                                 mm_last_xacttime timestamptz, mm_last_stattime timestamptz);
+                                 CREATE TRIGGER r BEFORE INSERT OR UPDATE OR DELETE ON c%s FOR EACH ROW
+                                 EXECUTE FUNCTION mm_resolve(1, ''last_xacttime'', ''last'')', i, i);
+                 COMMIT;
+                 -- a write resolved as a replicated one (repair's), counted at commit
+                 PERFORM mm_conflict._repair_apply(format('c%s', i)::regclass, '{row}', false);
+                 COMMIT;
+             END LOOP; END $$"
+        ))
+    };
+    create_and_count(1, 1030);
+    assert_eq!(
+        node.sql("SELECT mm_conflict._conflict_counters_state()"),
+        "full"
+    );
+    assert_eq!(
+        node.sql("SELECT count(*) FROM mm_conflict.conflict_stats WHERE applied = 1"),
+        "1024"
+    );
+    node.sql(
+        "DO $$ BEGIN FOR i IN 1..100 LOOP EXECUTE format('DROP TABLE c%s', i); END LOOP; END $$",
+    );
+    create_and_count(2001, 2010);
+    assert_eq!(
+        node.sql(
+            "SELECT count(*) FROM mm_conflict.conflict_stats
+              WHERE table_name::text LIKE 'c20__' AND applied = 1 AND note IS NULL"
+        ),
+        "10"
+    );
+    assert_eq!(
+        node.sql("SELECT mm_conflict._conflict_counters_state()"),
+        "ok"
+    );
+}

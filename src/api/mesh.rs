@@ -53,7 +53,12 @@ pub mod mm_conflict {
     #[pg_extern(stable, strict)]
     #[search_path(pg_catalog, pg_temp)]
     fn _subscription_origin(subid: pg_sys::Oid) -> Option<String> {
-        crate::pg::compat::subscription_origin(subid)
+        crate::pg::spi::read_one::<String>(
+            crate::pg::compat::subscription_origin_query(),
+            &[subid.into()],
+        )
+        .ok()
+        .flatten()
     }
 
     /// Whether `_applied_until` is tracked (`shared_preload_libraries`).

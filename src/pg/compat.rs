@@ -94,16 +94,16 @@ pub unsafe fn lock_held_by_me(tag: &pg_sys::LOCKTAG, mode: pg_sys::LOCKMODE) -> 
     }
 }
 
-/// The `origin` setting of subscription `subid` (`None`: no such subscription): `any` or `none`
-/// from 16 on; before 16 every subscription takes changes of any origin.
-pub fn subscription_origin(subid: pg_sys::Oid) -> Option<String> {
+/// The query for the `origin` setting of subscription `$1` (no row: no such subscription): `any`
+/// or `none` from 16 on; before 16 every subscription takes changes of any origin.
+pub fn subscription_origin_query() -> &'static str {
     #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
-    let query = "SELECT 'any'::text FROM pg_catalog.pg_subscription WHERE oid = $1";
+    let query =
+        "SELECT 'any'::text FROM pg_catalog.pg_subscription WHERE oid OPERATOR(pg_catalog.=) $1";
     #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
-    let query = "SELECT suborigin::text FROM pg_catalog.pg_subscription WHERE oid = $1";
-    super::spi::read_one::<String>(query, &[subid.into()])
-        .ok()
-        .flatten()
+    let query =
+        "SELECT suborigin::text FROM pg_catalog.pg_subscription WHERE oid OPERATOR(pg_catalog.=) $1";
+    query
 }
 
 /// True in a session that applies changes made elsewhere: an apply or table-sync worker (also a

@@ -162,8 +162,10 @@ DROP TABLE s_precise;
 
 -- 9. purge_tombstones waits only for the subscriptions that carry tombstones: a disabled
 -- subscription of something else does not hold it back.
+SET client_min_messages = error;
 CREATE SUBSCRIPTION s_unrelated CONNECTION 'host=127.0.0.1 port=1 dbname=none' PUBLICATION nothing
     WITH (connect = false, enabled = false, slot_name = NONE);
+RESET client_min_messages;
 SELECT count(*) > 0 AS has_tombstones FROM mm_conflict.tombstone;
 SELECT mm_conflict.purge_tombstones('0 seconds') > 0 AS purged;
 DROP SUBSCRIPTION s_unrelated;
