@@ -9,15 +9,50 @@ PGRX_VERSION="0.18.1"
 PG_VERSIONS="${PG_VERSIONS:-15 16 18}"
 # The major the demo and the benchmarks use (the system PostgreSQL by default).
 PG_MAJOR="${PG_MAJOR:-15}"
-# Clusters started by the scripts live here (under the build directory).
-CLUSTER_ROOT="${CLUSTER_ROOT:-$ROOT/target/mm_clusters}"
-# PostgreSQL builds fetched from PyPI (for majors the machine has no packages for) go here.
-PG_DOWNLOADS="$ROOT/target/pg"
-
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# What the PostgreSQL servers must reach (as `postgres` when we are root): their data
+# directories (CLUSTER_ROOT, pgrx's test data), and the PostgreSQL builds fetched from PyPI with
+# the extension installed into them (PG_DOWNLOADS). All under MM_WORK: the build directory
+# (target/) when `postgres` can reach the checkout; otherwise (a checkout under a directory only
+# root may enter, such as /root or one made by mktemp -d) a directory of its own under /var/tmp,
+# named after the checkout. Set MM_WORK to choose another place.
+postgres_reaches() { ! is_root || runuser -u postgres -- test -x "$1" 2>/dev/null; }
+CLUSTER_ROOT_GIVEN="${CLUSTER_ROOT_GIVEN:-${CLUSTER_ROOT:-}}"
+choose_work_dir() {
+    if [ -n "${MM_WORK:-}" ] && [ -z "${MM_WORK_GUESSED:-}" ]; then
+        : # chosen: by the user, or for good by a parent script
+    elif ! is_root; then
+        MM_WORK="$ROOT/target"
+    elif ! id postgres >/dev/null 2>&1; then
+        # No postgres user yet: ensure_deps installs PostgreSQL, then chooses again.
+        MM_WORK="$ROOT/target"
+        MM_WORK_GUESSED=1
+    else
+        MM_WORK_GUESSED=
+        if postgres_reaches "$ROOT"; then
+            MM_WORK="$ROOT/target"
+        else
+            MM_WORK="/var/tmp/mm_conflict-$(printf '%s' "$ROOT" | sha1sum | cut -c1-12)"
+            log "postgres cannot enter $ROOT: clusters and PostgreSQL builds go to $MM_WORK"
+            mkdir -p "$MM_WORK"
+            chmod 755 "$MM_WORK"
+        fi
+    fi
+    mkdir -p "$MM_WORK"
+    if [ -z "${MM_WORK_GUESSED:-}" ] && ! postgres_reaches "$MM_WORK"; then
+        die "PostgreSQL runs as postgres, which cannot reach $MM_WORK: set MM_WORK to a directory it can reach"
+    fi
+    CLUSTER_ROOT="${CLUSTER_ROOT_GIVEN:-$MM_WORK/mm_clusters}"
+    PG_DOWNLOADS="$MM_WORK/pg"
+    # The multi-node tests' harness (and scripts this one calls) use the same places.
+    export MM_WORK MM_WORK_GUESSED CLUSTER_ROOT_GIVEN
+    export MM_CLUSTER_ROOT="$CLUSTER_ROOT"
+}
+choose_work_dir
 
 # Runs a command with root rights: directly as root, else through sudo.
 as_root() { if is_root; then "$@"; else sudo "$@"; fi; }
@@ -91,6 +126,8 @@ ensure_deps() {
         as_root apt-get update -qq
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
+    # PostgreSQL (and its user) is installed now: where may its servers reach?
+    choose_work_dir
     if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION\$"; then
         log "installing cargo-pgrx $PGRX_VERSION (a few minutes, once)"
         cargo install cargo-pgrx --version "=$PGRX_VERSION" --locked

@@ -5,7 +5,8 @@
 #   3. pg_regress (messages), isolation specs (races), and on 15 the upgrade test;
 #   4. multi-node tests on real clusters: every scenario on majors with dblink (15, 18); on the
 #      16 build, which has no contrib (no dblink), the meshes built by hand.
-# As root, PostgreSQL runs as the `postgres` user.
+# As root, PostgreSQL runs as the `postgres` user; then also tiers 1-2 from a fresh clone in a
+# directory only root may enter (the servers' directories go where postgres can reach them).
 # Usage: [PG_VERSIONS="15 16 18"] scripts/test.sh [TIER...]   (tiers 1-4; default: all)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$ROOT"
@@ -59,8 +60,8 @@ for major in $PG_VERSIONS; do
         log "tier 2 on PostgreSQL $major: #[pg_test] (cargo pgrx test pg$major)"
         runas=()
         if is_root; then
-            pg_owned_dir "$ROOT/target/pgrx-test-data-$major"
-            runas=(--runas postgres --pgdata "$ROOT/target/pgrx-test-data-$major")
+            pg_owned_dir "$MM_WORK/pgrx-test-data-$major"
+            runas=(--runas postgres --pgdata "$MM_WORK/pgrx-test-data-$major")
         fi
         cargo pgrx test "pg$major" "${runas[@]}"
     fi
@@ -89,5 +90,20 @@ for major in $PG_VERSIONS; do
             cargo test -p mm_conflict_mesh_tests -- --test-threads=1 --nocapture "${filter[@]}"
     fi
 done
+
+# A checkout under a directory only root may enter (as /root, or one made by mktemp -d): the
+# servers run as postgres, so what they must reach goes elsewhere (MM_WORK in scripts/common.sh).
+# Tiers 1-2 on PostgreSQL 15 from a fresh clone in such a directory, as root, built in this
+# checkout's target directory (the clone is of the last commit).
+if is_root && want 2 && [ -z "${MM_PRIVATE_CHECKOUT_TEST:-}" ] && [[ " $PG_VERSIONS " == *" 15 "* ]]; then
+    private="$(mktemp -d)"
+    log "private checkout: a fresh clone in $private (mode $(stat -c %a "$private")), tiers 1-2 on PostgreSQL 15"
+    git clone -q "$ROOT" "$private/mm_conflict"
+    (cd "$private/mm_conflict" &&
+        env -u MM_WORK -u MM_WORK_GUESSED -u CLUSTER_ROOT_GIVEN -u MM_CLUSTER_ROOT -u CLUSTER_ROOT \
+            -u PG_CONFIG -u PGBIN MM_PRIVATE_CHECKOUT_TEST=1 PG_VERSIONS=15 PG_MAJOR=15 \
+            CARGO_TARGET_DIR="$ROOT/target" bash scripts/test.sh 1 2)
+    rm -rf "$private" "/var/tmp/mm_conflict-$(printf '%s' "$private/mm_conflict" | sha1sum | cut -c1-12)"
+fi
 
 log "tiers ${TIERS[*]} passed on PostgreSQL ${PG_VERSIONS// /, }"

@@ -1,5 +1,5 @@
 //! Harness for multi-node tests: real PostgreSQL clusters (of the major `MM_PGBIN` points to) on free loopback ports under
-//! `target/mm_clusters/`, a full mesh of native publications and subscriptions, pgbench load, and the
+//! `target/mm_clusters/` (or `MM_CLUSTER_ROOT`, see [`cluster_root`]), a full mesh of native publications and subscriptions, pgbench load, and the
 //! checks every scenario ends with (quiet mesh, equal checksums, no apply errors).
 //!
 //! Clusters are stopped when the [`Mesh`] is dropped, so also when a test panics. As root, servers
@@ -80,6 +80,38 @@ fn workspace_target() -> PathBuf {
         .unwrap()
 }
 
+/// Whether the `postgres` user can enter `dir` (always, when we are not root).
+fn postgres_reaches(dir: &Path) -> bool {
+    !is_root()
+        || Command::new("runuser")
+            .args(["-u", "postgres", "--", "test", "-x"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// Where the clusters live: `MM_CLUSTER_ROOT` (scripts/test.sh sets it, see scripts/common.sh),
+/// else `target/mm_clusters/` when the `postgres` user can reach it, else a directory of its own
+/// under /var/tmp (a checkout under a directory only root may enter).
+fn cluster_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("MM_CLUSTER_ROOT").filter(|r| !r.is_empty()) {
+        return PathBuf::from(root);
+    }
+    let target = workspace_target();
+    if postgres_reaches(&target) {
+        return target.join("mm_clusters");
+    }
+    let hash = target
+        .to_string_lossy()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let dir = PathBuf::from(format!("/var/tmp/mm_conflict-tests-{hash:016x}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("mm_clusters")
+}
+
 /// One PostgreSQL cluster.
 pub struct Node {
     pub id: i16,
@@ -89,7 +121,7 @@ pub struct Node {
 
 impl Node {
     fn start(test: &str, id: i16) -> Node {
-        let root = workspace_target().join("mm_clusters");
+        let root = cluster_root();
         std::fs::create_dir_all(&root).unwrap();
         let dir = root.join(format!("{test}-n{id}"));
         if dir.exists() {
