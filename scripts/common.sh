@@ -140,6 +140,16 @@ ensure_deps() {
         init+=("--pg$major" "$config")
         grep -qs "^pg$major *= *\"$config\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" || wanted=1
     done
+    # A pg_config registered earlier that is gone (a cleaned target/, a removed server) makes
+    # every build fail inside pgrx's build script: register what is here instead.
+    local registered gone=()
+    while read -r registered; do
+        [ -x "$registered" ] || gone+=("$registered")
+    done < <(sed -n 's/^pg[0-9]* *= *"\(.*\)"$/\1/p' "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null)
+    if [ ${#gone[@]} -gt 0 ]; then
+        log "pgrx's config names pg_config files that no longer exist (${gone[*]}): registering the ones here again"
+        wanted=1
+    fi
     if [ "$wanted" = 1 ]; then
         log "cargo pgrx init ${init[*]}"
         cargo pgrx init "${init[@]}" >/dev/null

@@ -49,6 +49,31 @@ run_pg_regress() {
     stop_started_clusters
 }
 
+# The package test (on 15, Debian's server): builds the release package with
+# scripts/package.sh, removes what the source build installed, installs the package with dpkg,
+# runs the pg_regress suite and the isolation specs against it, removes the package and checks
+# that nothing of it is left; then installs the source build again.
+package_test() {
+    local deb package files left
+    log "package test on PostgreSQL $PG_MAJOR: scripts/package.sh, dpkg -i, pg_regress, dpkg -r"
+    deb="$(PG_VERSIONS="$PG_MAJOR" bash "$ROOT/scripts/package.sh" | tail -1)"
+    package="$(dpkg-deb -f "$deb" Package)"
+    dpkg-deb -c "$deb"
+    as_root rm -f "$("$PG_CONFIG" --pkglibdir)/mm_conflict.so" \
+        "$("$PG_CONFIG" --sharedir)"/extension/mm_conflict.control \
+        "$("$PG_CONFIG" --sharedir)"/extension/mm_conflict--*.sql
+    as_root dpkg -i "$deb" >/dev/null
+    files="$(dpkg -L "$package" | while read -r f; do [ -f "$f" ] && echo "$f"; done)"
+    [ -n "$files" ] || die "package $package installed no file"
+    run_pg_regress
+    as_root dpkg -r "$package" >/dev/null
+    left="$(for f in $files; do [ -e "$f" ] && echo "$f"; done; true)"
+    [ -z "$left" ] || die "files of $package left after dpkg -r: $left"
+    ! dpkg -s "$package" >/dev/null 2>&1 || die "$package is still registered after dpkg -r"
+    log "package test: $(basename "$deb") installed, passed pg_regress and the isolation specs, removed without a trace"
+    install_extension >/dev/null
+}
+
 if want 1; then
     log "tier 1: pure Rust (decision core, engine, convergence property test)"
     cargo test -p mm_conflict_core
@@ -75,6 +100,8 @@ for major in $PG_VERSIONS; do
         if [ "$major" = 15 ]; then
             # 0.1.0 was built for 15 only.
             bash "$ROOT/scripts/upgrade_test.sh"
+            # Debian's own server: the package's dependency is installable here.
+            if command -v dpkg-deb >/dev/null; then package_test; fi
         fi
     fi
     if want 4; then
