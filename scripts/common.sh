@@ -147,7 +147,10 @@ ensure_deps() {
         [ -x "$registered" ] || gone+=("$registered")
     done < <(sed -n 's/^pg[0-9]* *= *"\(.*\)"$/\1/p' "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null)
     if [ ${#gone[@]} -gt 0 ]; then
-        log "pgrx's config names pg_config files that no longer exist (${gone[*]}): registering the ones here again"
+        log "pgrx's config names pg_config files that no longer exist (${gone[*]}): dropping them, registering the ones here"
+        local config_file="${PGRX_HOME:-$HOME/.pgrx}/config.toml" kept
+        kept="$(grep -vF -f <(printf '"%s"\n' "${gone[@]}") "$config_file" || true)"
+        printf '%s\n' "$kept" >"$config_file"
         wanted=1
     fi
     if [ "$wanted" = 1 ]; then
