@@ -49,28 +49,42 @@ run_pg_regress() {
     stop_started_clusters
 }
 
-# The package test (on 15, Debian's server): builds the release package with
-# scripts/package.sh, removes what the source build installed, installs the package with dpkg,
-# runs the pg_regress suite and the isolation specs against it, removes the package and checks
-# that nothing of it is left; then installs the source build again.
+# The package test: builds the release package of the current major with scripts/package.sh and
+# removes what the source build installed. On 15 (Debian's server, which the package depends on)
+# it installs the package with dpkg; on the other majors (PyPI wheels here, not Debian packages)
+# it puts the package's library and scripts into the wheel's directories. Then it runs the
+# pg_regress suite and the isolation specs against them, and removes them (dpkg -r on 15, which
+# must leave nothing of the package); then installs the source build again.
 package_test() {
-    local deb package files left
-    log "package test on PostgreSQL $PG_MAJOR: scripts/package.sh, dpkg -i, pg_regress, dpkg -r"
+    local deb package files left root
     deb="$(PG_VERSIONS="$PG_MAJOR" bash "$ROOT/scripts/package.sh" | tail -1)"
     package="$(dpkg-deb -f "$deb" Package)"
-    dpkg-deb -c "$deb"
-    as_root rm -f "$("$PG_CONFIG" --pkglibdir)/mm_conflict.so" \
-        "$("$PG_CONFIG" --sharedir)"/extension/mm_conflict.control \
-        "$("$PG_CONFIG" --sharedir)"/extension/mm_conflict--*.sql
-    as_root dpkg -i "$deb" >/dev/null
-    files="$(dpkg -L "$package" | while read -r f; do [ -f "$f" ] && echo "$f"; done)"
-    [ -n "$files" ] || die "package $package installed no file"
-    run_pg_regress
-    as_root dpkg -r "$package" >/dev/null
-    left="$(for f in $files; do [ -e "$f" ] && echo "$f"; done; true)"
-    [ -z "$left" ] || die "files of $package left after dpkg -r: $left"
-    ! dpkg -s "$package" >/dev/null 2>&1 || die "$package is still registered after dpkg -r"
-    log "package test: $(basename "$deb") installed, passed pg_regress and the isolation specs, removed without a trace"
+    local lib_dir ext_dir
+    lib_dir="$("$PG_CONFIG" --pkglibdir)"
+    ext_dir="$("$PG_CONFIG" --sharedir)/extension"
+    as_root rm -f "$lib_dir/mm_conflict.so" "$ext_dir/mm_conflict.control" "$ext_dir"/mm_conflict--*.sql
+    if [ "$lib_dir" = "/usr/lib/postgresql/$PG_MAJOR/lib" ] && dpkg -s "postgresql-$PG_MAJOR" >/dev/null 2>&1; then
+        log "package test on PostgreSQL $PG_MAJOR: $(basename "$deb"), dpkg -i, pg_regress, dpkg -r"
+        dpkg-deb -c "$deb"
+        as_root dpkg -i "$deb" >/dev/null
+        files="$(dpkg -L "$package" | while read -r f; do [ -f "$f" ] && echo "$f"; done)"
+        [ -n "$files" ] || die "package $package installed no file"
+        run_pg_regress
+        as_root dpkg -r "$package" >/dev/null
+        left="$(for f in $files; do [ -e "$f" ] && echo "$f"; done; true)"
+        [ -z "$left" ] || die "files of $package left after dpkg -r: $left"
+        ! dpkg -s "$package" >/dev/null 2>&1 || die "$package is still registered after dpkg -r"
+        log "package test: $(basename "$deb") installed, passed pg_regress and the isolation specs, removed without a trace"
+    else
+        log "package test on PostgreSQL $PG_MAJOR: $(basename "$deb"), its files in the server's directories (not a Debian server), pg_regress"
+        root="$(mktemp -d)"
+        dpkg-deb -x "$deb" "$root"
+        as_root install -m 0755 "$root/usr/lib/postgresql/$PG_MAJOR/lib/mm_conflict.so" "$lib_dir/"
+        as_root install -m 0644 "$root/usr/share/postgresql/$PG_MAJOR/extension/"* "$ext_dir/"
+        rm -rf "$root"
+        run_pg_regress
+        log "package test: the files of $(basename "$deb") passed pg_regress and the isolation specs"
+    fi
     install_extension >/dev/null
 }
 
@@ -100,9 +114,8 @@ for major in $PG_VERSIONS; do
         if [ "$major" = 15 ]; then
             # 0.1.0 was built for 15 only.
             bash "$ROOT/scripts/upgrade_test.sh"
-            # Debian's own server: the package's dependency is installable here.
-            if command -v dpkg-deb >/dev/null; then package_test; fi
         fi
+        if command -v dpkg-deb >/dev/null; then package_test; fi
     fi
     if want 4; then
         # Clusters run one test at a time; MM_LONG=1 for the long tier (60 s loads, 5 nodes).
