@@ -320,6 +320,28 @@ impl IndexKey {
         bytes.is_empty().then_some(values)
     }
 
+    /// True when [`IndexKey::decode`] of `bytes` cannot raise an error: every column is a
+    /// `smallint`, `integer` or `bigint` (whose receive functions fail only on a wrong length) and
+    /// every length in `bytes` is its column's.
+    pub fn decodes_without_error(&self, mut bytes: &[u8]) -> bool {
+        for col in &self.columns {
+            let Some(width) = col.int_width else {
+                return false;
+            };
+            let Some(len) = bytes
+                .get(..4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            else {
+                return false;
+            };
+            if len as usize != width || bytes.len() < 4 + width {
+                return false;
+            }
+            bytes = &bytes[4 + width..];
+        }
+        bytes.is_empty()
+    }
+
     /// True when `tuple`'s key equals `values` (by the index's equality functions).
     ///
     /// # Safety

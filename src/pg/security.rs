@@ -52,7 +52,7 @@ fn pin_search_path() -> Option<i32> {
         return None;
     }
     // SAFETY: a new nest level, and a SET of search_path local to it (GUC_ACTION_SAVE), undone by
-    // AtEOXact_GUC(false, level) in Restore; the value is a valid search path.
+    // AtEOXact_GUC in PathRestore; the value is a valid search path.
     unsafe {
         let level = pg_sys::NewGUCNestLevel();
         pg_sys::set_config_option(
@@ -100,9 +100,9 @@ struct PathRestore(Option<i32>);
 impl Drop for PathRestore {
     fn drop(&mut self) {
         if let Some(level) = self.0 {
-            // SAFETY: pops the nest level opened by pin_search_path (false: its SET is undone); it
-            // does not raise.
-            unsafe { pg_sys::AtEOXact_GUC(false, level) };
+            // SAFETY: pops the nest level opened by pin_search_path; its SET (GUC_ACTION_SAVE) is
+            // undone either way, as a function's SET clause is. It does not raise.
+            unsafe { pg_sys::AtEOXact_GUC(!std::thread::panicking(), level) };
         }
     }
 }
