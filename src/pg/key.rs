@@ -374,7 +374,9 @@ impl IndexKey {
 /// # Safety
 /// In a transaction; `typid` is an existing type.
 unsafe fn binary_form_is_portable(typid: pg_sys::Oid, depth: u32) -> bool {
-    let builtin = |oid: pg_sys::Oid| oid.to_u32() < pg_sys::FirstNormalObjectId;
+    // OIDs below FirstGenbkiObjectId are assigned by hand in PostgreSQL's catalog files: the same
+    // on every node of every major (types made by initdb's scripts or later get theirs in order).
+    let builtin = |oid: pg_sys::Oid| oid.to_u32() < pg_sys::FirstGenbkiObjectId;
     // A type nested this deep is not worth the walk: the text form is always right.
     if depth > 8 {
         return false;
