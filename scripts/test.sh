@@ -54,7 +54,8 @@ run_pg_regress() {
 # it installs the package with dpkg; on the other majors (PyPI wheels here, not Debian packages)
 # it puts the package's library and scripts into the wheel's directories. Then it runs the
 # pg_regress suite and the isolation specs against them, and removes them (dpkg -r on 15, which
-# must leave nothing of the package); then installs the source build again.
+# must leave nothing of the package; then on 15 the upgrade test once more, with the new version
+# installed from the package); then installs the source build again.
 package_test() {
     local deb package files left root
     deb="$(PG_VERSIONS="$PG_MAJOR" bash "$ROOT/scripts/package.sh" | tail -1)"
@@ -75,6 +76,9 @@ package_test() {
         [ -z "$left" ] || die "files of $package left after dpkg -r: $left"
         ! dpkg -s "$package" >/dev/null 2>&1 || die "$package is still registered after dpkg -r"
         log "package test: $(basename "$deb") installed, passed pg_regress and the isolation specs, removed without a trace"
+        # ALTER EXTENSION ... UPDATE with the package's scripts, from the oldest version.
+        MM_UPGRADE_DEB="$deb" bash "$ROOT/scripts/upgrade_test.sh"
+        as_root dpkg -r "$package" >/dev/null
     else
         log "package test on PostgreSQL $PG_MAJOR: $(basename "$deb"), its files in the server's directories (not a Debian server), pg_regress"
         root="$(mktemp -d)"

@@ -5,7 +5,8 @@
 # works, and compares the upgraded extension's catalog with a fresh install's (functions, tables,
 # columns, views, constraints, indexes, triggers, comments, privileges: no difference).
 #
-# Leaves this build installed. Usage: scripts/upgrade_test.sh (called by scripts/test.sh, tier 3).
+# Leaves this build installed. Usage: scripts/upgrade_test.sh (called by scripts/test.sh, tier 3);
+# with MM_UPGRADE_DEB=<package>, the new version is installed from that Debian package.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$ROOT"
 
@@ -71,8 +72,14 @@ before="$(snapshot)"
     die "0.1.0 named the keyword table unlike expected"
 stop_started_clusters
 
-log "install $TO_VERSION and ALTER EXTENSION mm_conflict UPDATE"
-install_extension >/dev/null
+if [ -n "${MM_UPGRADE_DEB:-}" ]; then
+    # The package test: the new version from its Debian package (over the files of the old one).
+    log "install $TO_VERSION from $(basename "$MM_UPGRADE_DEB") and ALTER EXTENSION mm_conflict UPDATE"
+    as_root dpkg -i "$MM_UPGRADE_DEB" >/dev/null
+else
+    log "install $TO_VERSION and ALTER EXTENSION mm_conflict UPDATE"
+    install_extension >/dev/null
+fi
 start_cluster upgrade "$port"
 sql -c "ALTER EXTENSION mm_conflict UPDATE"
 [ "$(sql -c "SELECT extversion FROM pg_extension WHERE extname = 'mm_conflict'")" = "$TO_VERSION" ] ||
