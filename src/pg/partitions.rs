@@ -14,12 +14,28 @@ pub fn partition_root(relid: pg_sys::Oid) -> pg_sys::Oid {
 
 /// The leaf partitions (tables that hold rows) of partitioned table `relid`.
 pub fn leaf_partitions(relid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+    oids(
+        "SELECT relid FROM pg_catalog.pg_partition_tree($1) WHERE isleaf ORDER BY level, relid",
+        relid,
+    )
+}
+
+/// Partition `relid` and every partitioned table above it, up to the root.
+pub fn ancestors(relid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+    let mut out = oids(
+        "SELECT relid FROM pg_catalog.pg_partition_ancestors($1)",
+        relid,
+    );
+    if !out.contains(&relid) {
+        out.push(relid);
+    }
+    out
+}
+
+/// The oids `query` (one oid column, parameter `$1` = `relid`) returns.
+fn oids(query: &str, relid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
     pgrx::spi::Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT relid FROM pg_catalog.pg_partition_tree($1) WHERE isleaf ORDER BY level, relid",
-            None,
-            &[relid.into()],
-        )?;
+        let rows = client.select(query, None, &[relid.into()])?;
         let mut out = Vec::new();
         for row in rows {
             if let Some(oid) = row.get::<pg_sys::Oid>(1)? {
@@ -29,27 +45,4 @@ pub fn leaf_partitions(relid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
         Ok::<_, pgrx::spi::Error>(out)
     })
     .unwrap_or_default()
-}
-
-/// Partition `relid` and every partitioned table above it, up to the root.
-pub fn ancestors(relid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
-    let mut out: Vec<pg_sys::Oid> = pgrx::spi::Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT relid FROM pg_catalog.pg_partition_ancestors($1)",
-            None,
-            &[relid.into()],
-        )?;
-        let mut out = Vec::new();
-        for row in rows {
-            if let Some(oid) = row.get::<pg_sys::Oid>(1)? {
-                out.push(oid);
-            }
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .unwrap_or_default();
-    if !out.contains(&relid) {
-        out.push(relid);
-    }
-    out
 }
