@@ -65,6 +65,8 @@ thread_local! {
     /// This transaction's tallies, per table and subtransaction (rarely more than one entry).
     static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+    /// When this backend last looked for slots of dropped tables (PostgreSQL microseconds).
+    static LAST_RECLAIM: Cell<Option<i64>> = const { Cell::new(None) };
 }
 
 /// Requests the shared counters; only has an effect while `shared_preload_libraries` are loaded.
@@ -202,9 +204,25 @@ fn has_room(relid: pg_sys::Oid) -> bool {
 }
 
 /// Frees the slots of databases that no longer exist, and of this database's dropped tables.
+/// A server whose 1024 slots all hold live tables would look for dropped ones in every
+/// transaction: a backend looks at most once every 10 seconds.
 fn reclaim_dropped() {
-    // SAFETY: a read of a backend global.
-    let database = unsafe { pg_sys::MyDatabaseId.to_u32() };
+    // SAFETY: reads of backend globals.
+    let (database, now) = unsafe { (pg_sys::MyDatabaseId.to_u32(), pg_sys::GetCurrentTimestamp()) };
+    if LAST_RECLAIM.with(|last| {
+        let recent = last.get().is_some_and(|t| now - t < 10_000_000);
+        if !recent {
+            last.set(Some(now));
+        }
+        recent
+    }) {
+        return;
+    }
+    reclaim_dropped_now(database);
+}
+
+/// [`reclaim_dropped`], now.
+fn reclaim_dropped_now(database: u32) {
     let used: Vec<(u32, u32)> = SHARED
         .share()
         .slots
@@ -340,7 +358,7 @@ pub fn reset(relid: Option<pg_sys::Oid>) -> Result<(), MmError> {
     }
     drop(shared);
     // Databases dropped since counting began free their slots here too.
-    reclaim_dropped();
+    reclaim_dropped_now(database);
     Ok(())
 }
 
