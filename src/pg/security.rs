@@ -14,8 +14,7 @@ use std::ffi::CStr;
 
 use pgrx::pg_sys;
 
-/// The `search_path` every statement with lent rights runs under.
-pub const SAFE_SEARCH_PATH: &CStr = c"pg_catalog, pg_temp";
+use super::settings::{with_settings, SAFE_SEARCH_PATH};
 
 /// Puts back the role and security context that were current on entry, also when the work
 /// raises an error (PostgreSQL restores them at (sub)transaction abort as well).
@@ -45,30 +44,6 @@ fn search_path_is_safe() -> bool {
     }
 }
 
-/// Opens a GUC nest level and sets `search_path` to [`SAFE_SEARCH_PATH`] in it, unless it is safe
-/// already; returns the level to pop.
-fn pin_search_path() -> Option<i32> {
-    if search_path_is_safe() {
-        return None;
-    }
-    // SAFETY: a new nest level, and a SET of search_path local to it (GUC_ACTION_SAVE), undone by
-    // AtEOXact_GUC in PathRestore; the value is a valid search path.
-    unsafe {
-        let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            SAFE_SEARCH_PATH.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        Some(level)
-    }
-}
-
 /// Runs `f` as role `role` (for permission checks) in a security-restricted operation with the
 /// search path pinned, then restores the current role, security context and search path, also
 /// when `f` raises an error. Used for what mm_conflict writes on the side (tombstones and conflict
@@ -89,44 +64,34 @@ pub fn as_user<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
         );
         Restore { user, context }
     };
-    let _path = PathRestore(pin_search_path());
-    f()
-}
-
-/// Pops the nest level of a pinned search path (before the role is put back: drop order is the
-/// reverse of declaration).
-struct PathRestore(Option<i32>);
-
-impl Drop for PathRestore {
-    fn drop(&mut self) {
-        if let Some(level) = self.0 {
-            // SAFETY: pops the nest level opened by pin_search_path; its SET (GUC_ACTION_SAVE) is
-            // undone either way, as a function's SET clause is. It does not raise.
-            unsafe { pg_sys::AtEOXact_GUC(!std::thread::panicking(), level) };
-        }
-    }
+    with_safe_search_path(f)
 }
 
 /// Runs `f` (as the current role) with the search path pinned: for statements mm_conflict runs
 /// with the caller's own rights, whose meaning must not depend on the caller's objects either.
 pub fn with_safe_search_path<R>(f: impl FnOnce() -> R) -> R {
-    let _path = PathRestore(pin_search_path());
-    f()
+    if search_path_is_safe() {
+        f()
+    } else {
+        with_settings(&[(c"search_path", SAFE_SEARCH_PATH)], f)
+    }
 }
 
-/// The owner of relation `relid` (`None` when it does not exist).
-pub fn relation_owner(relid: pg_sys::Oid) -> Option<pg_sys::Oid> {
-    // SAFETY: a syscache lookup inside a transaction; the tuple is released here.
+/// The owner of relation `relid`; the current role when there is no such relation (a statement
+/// run as it then fails on its own, naming the relation).
+pub fn relation_owner(relid: pg_sys::Oid) -> pg_sys::Oid {
+    // SAFETY: a syscache lookup inside a transaction; the tuple is released here; GetUserId reads
+    // the current role.
     unsafe {
         let tuple = pg_sys::SearchSysCache1(
             pg_sys::SysCacheIdentifier::RELOID as i32,
             pg_sys::Datum::from(relid),
         );
         if tuple.is_null() {
-            return None;
+            return pg_sys::GetUserId();
         }
         let owner = (*(pg_sys::GETSTRUCT(tuple) as *const pg_sys::FormData_pg_class)).relowner;
         pg_sys::ReleaseSysCache(tuple);
-        Some(owner)
+        owner
     }
 }

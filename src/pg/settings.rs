@@ -21,17 +21,27 @@ pub const PINNED: [(&CStr, &CStr); 8] = [
     (c"bytea_output", c"hex"),
     (c"lc_monetary", c"C"),
     (c"xmloption", c"content"),
-    (c"search_path", c"pg_catalog, pg_temp"),
+    (c"search_path", SAFE_SEARCH_PATH),
 ];
 
+/// The `search_path` under which no object of the session's can stand in for a built-in one:
+/// every value printed here, and every statement run with lent rights (`pg::security`).
+pub const SAFE_SEARCH_PATH: &CStr = c"pg_catalog, pg_temp";
+
 /// Runs `f` with the settings of [`PINNED`], then puts back the session's own values, also when
+/// `f` raises an error (see [`with_settings`]).
+pub fn pinned<R>(f: impl FnOnce() -> R) -> R {
+    with_settings(&PINNED, f)
+}
+
+/// Runs `f` with `settings` (name, value) set, then puts back the session's own values, also when
 /// `f` raises an error (as a function's `SET` clause does: a GUC nest level of its own, popped on
 /// the way out; (sub)transaction abort would pop it too).
-pub fn pinned<R>(f: impl FnOnce() -> R) -> R {
+pub fn with_settings<R>(settings: &[(&CStr, &CStr)], f: impl FnOnce() -> R) -> R {
     struct Restore(i32);
     impl Drop for Restore {
         fn drop(&mut self) {
-            // SAFETY: pops the nest level `pinned` opened (and any deeper one left open),
+            // SAFETY: pops the nest level `with_settings` opened (and any deeper one left open),
             // restoring every value saved in it.
             unsafe { pg_sys::AtEOXact_GUC(!std::thread::panicking(), self.0) }
         }
@@ -41,7 +51,7 @@ pub fn pinned<R>(f: impl FnOnce() -> R) -> R {
     // An unknown name or a refused value raises an ERROR (elevel 0 means ERROR for a session).
     let _restore = unsafe {
         let restore = Restore(pg_sys::NewGUCNestLevel());
-        for (name, value) in PINNED {
+        for (name, value) in settings {
             pg_sys::set_config_option(
                 name.as_ptr(),
                 value.as_ptr(),

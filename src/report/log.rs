@@ -31,8 +31,7 @@ fn conflict_log_owner() -> pg_sys::Oid {
         let namespace = pg_sys::get_namespace_oid(c"mm_conflict".as_ptr(), true);
         pg_sys::get_relname_relid(c"conflict_log".as_ptr(), namespace)
     };
-    // SAFETY: reads the current role.
-    crate::pg::security::relation_owner(relid).unwrap_or_else(|| unsafe { pg_sys::GetUserId() })
+    crate::pg::security::relation_owner(relid)
 }
 
 /// The row's live columns as a JSON object; `only` restricts it to these attribute numbers.

@@ -577,12 +577,7 @@ pub fn apply(rel: &PgRelation, items: &str, same_version: bool) -> Result<i64, M
     )
     // As the table's owner, as PostgreSQL 16's apply workers write: a trigger of the owner's
     // never runs with the rights of the superuser who calls repair.
-    .run_as(
-        crate::pg::security::relation_owner(rel.oid()).unwrap_or_else(|| {
-            // SAFETY: reads the current role.
-            unsafe { pg_sys::GetUserId() }
-        }),
-    );
+    .run_as(crate::pg::security::relation_owner(rel.oid()));
     let tombstone_table = tombstones::table()?;
     let insert_tombstone = CachedPlan::new(
         "INSERT INTO mm_conflict.tombstone SELECT * FROM \
@@ -590,12 +585,7 @@ pub fn apply(rel: &PgRelation, items: &str, same_version: bool) -> Result<i64, M
             .into(),
         vec![pg_sys::TEXTOID],
     )
-    .run_as(
-        crate::pg::security::relation_owner(tombstone_table.relid()).unwrap_or_else(|| {
-            // SAFETY: reads the current role.
-            unsafe { pg_sys::GetUserId() }
-        }),
-    );
+    .run_as(crate::pg::security::relation_owner(tombstone_table.relid()));
     // Every row's values, read under the settings they were printed with; the writes run after,
     // under the session's own settings, as replicated writes do.
     let writes = settings::pinned(|| {
