@@ -605,4 +605,25 @@ mod tests {
         assert_eq!(conflict_log(), "");
         assert_eq!(one::<String>("SELECT info FROM mm WHERE id = 1"), "i");
     }
+
+    /// What the runner sends a peer reads back there as the very values (keys with every byte,
+    /// text with quotes and backslashes), whatever `standard_conforming_strings` is.
+    #[pg_test]
+    fn values_sent_to_peers_read_back_as_sent() {
+        use crate::mesh::remote::{call, Value};
+        use crate::pg::spi::read_one;
+        let keys = vec![vec![0u8, 1, 0xff], vec![], vec![b'\\', b'\'', b'"', b'{', b',']];
+        let text = "it's a \\ back\"slash, {a,b}";
+        for conforming in ["on", "off"] {
+            Spi::run(&format!("SET LOCAL standard_conforming_strings = {conforming}")).unwrap();
+            let sql = format!("SELECT {} OPERATOR(pg_catalog.=) $1", Value::Keys(&keys).sql());
+            assert_eq!(read_one::<bool>(&sql, &[keys.clone().into()]).unwrap(), Some(true));
+            let sql = format!("SELECT {}", Value::Text(text).sql());
+            assert_eq!(read_one::<String>(&sql, &[]).unwrap().as_deref(), Some(text));
+        }
+        assert_eq!(
+            call("f", &[Value::Bool(true), Value::Table("public.t")]),
+            "SELECT mm_conflict.f(true, 'public.t'::pg_catalog.regclass)"
+        );
+    }
 }

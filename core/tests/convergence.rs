@@ -25,7 +25,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use mm_conflict_core::engine::{self, Action, Local, Lookup, Refusal, Resolution, Stored};
 use mm_conflict_core::stamp::Clock;
-use mm_conflict_core::{repair_winner, Held, RepairWinner};
+use mm_conflict_core::repair;
+use mm_conflict_core::{repair_winner, Held};
 use mm_conflict_core::{
     Criterion, Decision, Direction, LocalConflictMode, Policy, RowStamps, Store, Tombstone,
     Tombstones, Version,
@@ -581,49 +582,21 @@ impl Mesh {
         true
     }
 
-    /// `mm_conflict.repair` run on node `r` (what replication was carrying has arrived): the keys
-    /// whose rows differ between `r` and any peer, then rounds over the peers in turn, each taking
-    /// the keys where the peer wins (or holds the content of the node that wrote an `equal`
-    /// version) and sending those where `r` wins (or the other `equal` ones), until a round writes
-    /// nothing. Returns the keys written.
+    /// `mm_conflict.repair` run on node `r` (what replication was carrying has arrived), by the
+    /// planner that ships (`mm_conflict_core::repair`), over this mesh. Returns the keys written.
     fn repair(&mut self, r: usize, keys: &[u8]) -> usize {
-        let order = self.policy().order();
-        let peers: Vec<usize> = (0..self.nodes.len()).filter(|&p| p != r).collect();
-        let differs = |mesh: &Mesh, p: usize, key: u8| {
-            mesh.nodes[r].rows.get(&key) != mesh.nodes[p].rows.get(&key)
+        let peers = (0..self.nodes.len()).filter(|&p| p != r).collect();
+        let mut view = RepairView {
+            mesh: self,
+            repairer: r,
+            peers,
+            keys: keys.to_vec(),
         };
-        let confirmed: Vec<u8> = keys
-            .iter()
-            .copied()
-            .filter(|&key| peers.iter().any(|&p| differs(self, p, key)))
-            .collect();
-        let mut repaired = std::collections::BTreeSet::new();
-        for _round in 0..=peers.len() {
-            let mut wrote = false;
-            for &p in &peers {
-                for &key in &confirmed {
-                    if !differs(self, p, key) {
-                        continue;
-                    }
-                    let writer = self.nodes[p].rows.get(&key).and_then(|row| row.stamps.node);
-                    let peer_wrote = writer == Some(p as i16 + 1);
-                    let sent = match repair_winner(&order, self.held(r, key), self.held(p, key)) {
-                        RepairWinner::Peer => self.repair_write(p, r, key, false),
-                        RepairWinner::Equal if peer_wrote => self.repair_write(p, r, key, true),
-                        RepairWinner::Local => self.repair_write(r, p, key, false),
-                        RepairWinner::Equal => self.repair_write(r, p, key, true),
-                    };
-                    if sent {
-                        repaired.insert(key);
-                        wrote = true;
-                    }
-                }
-            }
-            if !wrote {
-                break;
-            }
+        // A small batch, so that rounds of several transfers per peer are exercised.
+        match repair::repair(&mut view, 2) {
+            Ok(written) => written,
+            Err(never) => match never {},
         }
-        repaired.len()
     }
 
     /// A change behind the trigger: the row's content changes, its version does not, nothing is
@@ -672,6 +645,78 @@ impl Mesh {
                 "key {key} is not in its best version's state"
             );
         }
+    }
+}
+
+/// The mesh as node `repairer` sees it during a repair: what `table_diff` reads (rows that
+/// differ, judged by `repair_winner`) and the two ways `_repair_apply` writes.
+struct RepairView<'a> {
+    mesh: &'a mut Mesh,
+    repairer: usize,
+    peers: Vec<usize>,
+    keys: Vec<u8>,
+}
+
+impl RepairView<'_> {
+    fn differs(&self, p: usize, key: u8) -> bool {
+        self.mesh.nodes[self.repairer].rows.get(&key) != self.mesh.nodes[p].rows.get(&key)
+    }
+}
+
+impl repair::RepairMesh for RepairView<'_> {
+    type Key = u8;
+    type Error = std::convert::Infallible;
+
+    fn peers(&self) -> usize {
+        self.peers.len()
+    }
+
+    fn differing(&mut self, peer: usize) -> Result<Vec<u8>, Self::Error> {
+        let p = self.peers[peer];
+        Ok(self.keys.iter().copied().filter(|&k| self.differs(p, k)).collect())
+    }
+
+    /// The mesh was drained before the repair: nothing is in flight.
+    fn wait_for_sync(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    fn judge(&mut self, peer: usize, keys: &[u8]) -> Result<Vec<repair::Judged<u8>>, Self::Error> {
+        let p = self.peers[peer];
+        let order = self.mesh.policy().order();
+        Ok(keys
+            .iter()
+            .copied()
+            .filter(|&k| self.differs(p, k))
+            .map(|key| {
+                let writer = self.mesh.nodes[p].rows.get(&key).and_then(|row| row.stamps.node);
+                repair::Judged {
+                    key,
+                    winner: repair_winner(
+                        &order,
+                        self.mesh.held(self.repairer, key),
+                        self.mesh.held(p, key),
+                    ),
+                    peer_wrote: writer == Some(p as i16 + 1),
+                }
+            })
+            .collect())
+    }
+
+    fn transfer(&mut self, t: &repair::Transfer<u8>) -> Result<(), Self::Error> {
+        let p = self.peers[t.peer];
+        let (from, to) = match t.way {
+            repair::Way::Take => (p, self.repairer),
+            repair::Way::Send => (self.repairer, p),
+        };
+        for &key in &t.keys {
+            assert!(
+                self.mesh.repair_write(from, to, key, t.same_version),
+                "the plan sent key {key}, which node {} neither holds nor buried",
+                from + 1
+            );
+        }
+        Ok(())
     }
 }
 

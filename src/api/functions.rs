@@ -172,6 +172,31 @@ pub mod mm_conflict {
         diff::apply(&tbl, items, same_version).or_raise()
     }
 
+    /// This node's state of `keys` of a replicated table as repair items (a JSON array: a key's
+    /// row if it has one, else its tombstone, if any), what `_repair_apply` writes elsewhere.
+    #[pg_extern(stable, strict)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn _repair_items(tbl: PgRelation, keys: Array<&[u8]>) -> String {
+        diff::items(&tbl, owned_keys(keys)).or_raise()
+    }
+
+    /// Writes the winning version of every key that differs between nodes on every node, from
+    /// this node; returns the keys written (README "Verify and repair").
+    #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn repair(tbl: Option<PgRelation>) -> i64 {
+        // The same order of checks as every mesh function: rights, then arguments.
+        // SAFETY: a catalog lookup of the current role inside a transaction.
+        if !unsafe { pg_sys::superuser() } {
+            crate::error::MmError::NotSuperuser {
+                function: "repair()".into(),
+            }
+            .raise()
+        }
+        let tbl = crate::api::args::given(tbl, "repair()", "tbl");
+        crate::verify::repair::run(&tbl).or_raise()
+    }
+
     /// A `bytea[]` of binary keys, copied out of the array (NULL elements left out).
     fn owned_keys(keys: Array<&[u8]>) -> Vec<Vec<u8>> {
         keys.iter().flatten().map(<[u8]>::to_vec).collect()

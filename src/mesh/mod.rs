@@ -5,6 +5,7 @@
 
 pub mod local;
 pub mod plan;
+pub mod remote;
 pub mod sequences;
 
 use std::collections::HashSet;

@@ -388,6 +388,29 @@ pub fn tombstones(
     Ok(out)
 }
 
+/// This node's state of `keys` as repair items, what [`apply`] reads on another node: a JSON
+/// array of `{"row": <contents>}` for each key with a row, and `{"tombstone": <its row in
+/// mm_conflict.tombstone>}` for each other key with a tombstone.
+pub fn items(rel: &PgRelation, keys: Vec<Vec<u8>>) -> Result<String, MmError> {
+    let rows = contents(rel, keys.clone())?;
+    let with_row: HashSet<&[u8]> = rows.iter().map(|(key, _)| key.as_slice()).collect();
+    let rest: Vec<Vec<u8>> = keys
+        .into_iter()
+        .filter(|key| !with_row.contains(key.as_slice()))
+        .collect();
+    let mut items: Vec<String> = rows
+        .iter()
+        .map(|(_, content)| format!("{{\"row\":{content}}}"))
+        .collect();
+    for (_, _, content) in tombstones(rel, rest, true)? {
+        // None: removed since the probe saw it; nothing to send.
+        if let Some(content) = content {
+            items.push(format!("{{\"tombstone\":{content}}}"));
+        }
+    }
+    Ok(format!("[{}]", items.join(",")))
+}
+
 /// Checks that this role may read `mm_conflict.tombstone` (its owner, the extension's owner, and
 /// superusers; no other role unless that owner granted it), as `function` (named in the error)
 /// shows what it holds.

@@ -1,0 +1,221 @@
+//! `mm_conflict.repair`: the planner of `mm_conflict_core::repair` (the same one the convergence
+//! property test drives over its in-memory mesh) run on this node against its peers. Comparing
+//! is `table_diff`'s (`_diff_between` and `_diff_judged` in `sql/repair.sql`, over the same
+//! dblink connections); writing is [`super::diff::apply`] here and `_repair_apply` on a peer, so
+//! every write is resolved by the trigger as a replicated change.
+
+use std::time::{Duration, Instant};
+
+use mm_conflict_core::repair::{self, Judged, RepairMesh, Transfer, Way};
+use mm_conflict_core::RepairWinner;
+use pgrx::prelude::*;
+use pgrx::PgRelation;
+
+use super::diff;
+use crate::error::MmError;
+use crate::mesh::local::this_node;
+use crate::mesh::remote::{self, Connection, Value};
+use crate::pg::names::relation_identity;
+
+/// Keys per transfer: one statement each way.
+const BATCH: usize = 100;
+/// How long the repair waits for what replication carries, on each node.
+const SETTLE: &str = "30 seconds";
+/// How often a long repair says how far it is.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+struct Peer {
+    node_id: i32,
+    conn: Connection,
+}
+
+/// This node and its peers, as the planner sees them.
+struct PgMesh<'a> {
+    rel: &'a PgRelation,
+    /// The table's stable name, as peers find it.
+    table: String,
+    peers: Vec<Peer>,
+    noticed: Instant,
+}
+
+fn spi_failed(e: pgrx::spi::Error) -> MmError {
+    MmError::Internal {
+        what: format!("SPI: {e}"),
+    }
+}
+
+impl PgMesh<'_> {
+    /// Runs `query` (a call of `_diff_between` or `_diff_judged` with the table, the peer's
+    /// connection and its node id as $1..$3, and `keys` as $4 when given); its rows' first three
+    /// columns are the key, the winner (or NULL) and the node that wrote the peer's state.
+    fn diff_rows(
+        &self,
+        query: &str,
+        peer: &Peer,
+        keys: Option<&[Vec<u8>]>,
+    ) -> Result<Vec<(Vec<u8>, Option<String>, Option<i16>)>, MmError> {
+        let mut args: Vec<pgrx::datum::DatumWithOid> = vec![
+            self.rel.oid().into(),
+            peer.conn.name().into(),
+            peer.node_id.into(),
+        ];
+        if let Some(keys) = keys {
+            args.push(keys.to_vec().into());
+        }
+        Spi::connect_mut(|client| {
+            client
+                .update(query, None, &args)?
+                .map(|row| {
+                    Ok((
+                        row.get::<Vec<u8>>(1)?.unwrap_or_default(),
+                        row.get::<String>(2)?,
+                        row.get::<i16>(3)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        })
+        .map_err(spi_failed)
+    }
+}
+
+impl RepairMesh for PgMesh<'_> {
+    type Key = Vec<u8>;
+    type Error = MmError;
+
+    fn peers(&self) -> usize {
+        self.peers.len()
+    }
+
+    fn differing(&mut self, peer: usize) -> Result<Vec<Vec<u8>>, MmError> {
+        let rows = self.diff_rows(
+            "SELECT d.pk, NULL::pg_catalog.text, NULL::pg_catalog.int2 \
+               FROM mm_conflict._diff_between($1::pg_catalog.regclass, $2, $3) d",
+            &self.peers[peer],
+            None,
+        )?;
+        Ok(rows.into_iter().map(|(key, _, _)| key).collect())
+    }
+
+    fn wait_for_sync(&mut self) -> Result<(), MmError> {
+        // As replication would: a node that is not in sync within the time is repaired anyway
+        // (the keys are judged again, and a version that arrives later still wins where it must).
+        Spi::run_with_args(
+            "SELECT mm_conflict.wait_for_sync($1::pg_catalog.interval)",
+            &[SETTLE.into()],
+        )
+        .map_err(spi_failed)?;
+        for peer in &self.peers {
+            peer.conn.call("wait_for_sync", &[Value::Interval(SETTLE)]);
+        }
+        Ok(())
+    }
+
+    fn judge(&mut self, peer: usize, keys: &[Vec<u8>]) -> Result<Vec<Judged<Vec<u8>>>, MmError> {
+        let p = &self.peers[peer];
+        let rows = self.diff_rows(
+            "SELECT d.pk, d.winner, d.peer_node \
+               FROM mm_conflict._diff_judged($1::pg_catalog.regclass, $2, $3, $4) d",
+            p,
+            Some(keys),
+        )?;
+        rows.into_iter()
+            .map(|(key, winner, peer_node)| {
+                let winner = match winner.as_deref() {
+                    Some("local") => RepairWinner::Local,
+                    Some("peer") => RepairWinner::Peer,
+                    Some("equal") => RepairWinner::Equal,
+                    other => {
+                        return Err(MmError::Internal {
+                            what: format!("table_diff judged a key {other:?}"),
+                        })
+                    }
+                };
+                Ok(Judged {
+                    key,
+                    winner,
+                    peer_wrote: peer_node.map(i32::from) == Some(p.node_id),
+                })
+            })
+            .collect()
+    }
+
+    fn transfer(&mut self, t: &Transfer<Vec<u8>>) -> Result<(), MmError> {
+        let peer = &self.peers[t.peer];
+        match t.way {
+            Way::Take => {
+                let items = peer
+                    .conn
+                    .call(
+                        "_repair_items",
+                        &[Value::Table(&self.table), Value::Keys(&t.keys)],
+                    )
+                    .unwrap_or_else(|| "[]".into());
+                diff::apply(self.rel, &items, t.same_version)?;
+            }
+            Way::Send => {
+                let items = diff::items(self.rel, t.keys.clone())?;
+                peer.conn.call(
+                    "_repair_apply",
+                    &[
+                        Value::Table(&self.table),
+                        Value::Text(&items),
+                        Value::Bool(t.same_version),
+                    ],
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn progress(&mut self, keys_written: usize) {
+        if self.noticed.elapsed() > PROGRESS_EVERY {
+            MmError::RepairProgress {
+                table: self.table.clone(),
+                keys: keys_written as i64,
+            }
+            .notice();
+            self.noticed = Instant::now();
+        }
+    }
+}
+
+/// Reconciles `rel` across the mesh from this node (README "Verify and repair"); returns the
+/// keys written.
+pub fn run(rel: &PgRelation) -> Result<i64, MmError> {
+    // SAFETY: a catalog lookup of the current role inside a transaction.
+    if !unsafe { pg_sys::superuser() } {
+        return Err(MmError::NotSuperuser {
+            function: "repair()".into(),
+        });
+    }
+    this_node()?;
+    // SAFETY: rel is open (with AccessShareLock) for the duration of the call.
+    let table = unsafe { relation_identity(rel.as_ptr()) };
+    let peers = remote::peers();
+    if peers.is_empty() {
+        return Ok(0);
+    }
+    remote::require_dblink("repair()");
+    let peers = peers
+        .into_iter()
+        .map(|p| Peer {
+            conn: Connection::open(
+                format!("mm_conflict_repair_{}", p.node_id),
+                &p.conninfo,
+                &format!("node {}", p.node_id),
+            ),
+            node_id: p.node_id,
+        })
+        .collect();
+    let mut mesh = PgMesh {
+        rel,
+        table,
+        peers,
+        noticed: Instant::now(),
+    };
+    let written = repair::repair(&mut mesh, BATCH)?;
+    for peer in mesh.peers {
+        peer.conn.close();
+    }
+    Ok(written as i64)
+}
