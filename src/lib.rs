@@ -76,6 +76,7 @@ pgrx::extension_sql_file!(
         api::functions::mm_conflict::_diff_tombstones,
         api::functions::mm_conflict::_diff_key,
         api::functions::mm_conflict::_diff_judge,
+        api::functions::mm_conflict::_table_diff,
         api::functions::mm_conflict::_repair_apply,
         api::functions::mm_conflict::_repair_items,
         api::functions::mm_conflict::repair

@@ -163,6 +163,37 @@ pub mod mm_conflict {
         TableIterator::once((l, p, w.to_string()))
     }
 
+    /// `table_diff`'s rows, unordered (`table_diff` orders them by key): the keys whose rows
+    /// differ between this node and peer `peer_node_id`, with both sides' versions and the winner.
+    #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn _table_diff(
+        tbl: Option<PgRelation>,
+        peer_node_id: Option<i32>,
+    ) -> TableIterator<
+        'static,
+        (
+            name!(key, JsonB),
+            name!(local_version, Option<String>),
+            name!(peer_version, Option<String>),
+            name!(winner, String),
+        ),
+    > {
+        if !crate::pg::security::is_superuser() {
+            crate::error::MmError::NotSuperuser {
+                function: "table_diff()".into(),
+            }
+            .raise()
+        }
+        let tbl = crate::api::args::given(tbl, "table_diff()", "tbl");
+        let peer = crate::api::args::given(peer_node_id, "table_diff()", "peer_node_id");
+        let rows = crate::verify::compare::table_diff(&tbl, peer).or_raise();
+        TableIterator::new(
+            rows.into_iter()
+                .map(|(key, l, p, w)| (JsonB(key), l, p, w.to_string())),
+        )
+    }
+
     /// Writes winning versions (a JSON array of `{"row": ...}` / `{"tombstone": ...}`) into a
     /// replicated table, each resolved as a replicated change; `same_version`: rows with the
     /// stored version are written too. Returns the number of items written.
@@ -186,8 +217,7 @@ pub mod mm_conflict {
     #[search_path(pg_catalog, pg_temp)]
     fn repair(tbl: Option<PgRelation>) -> i64 {
         // The same order of checks as every mesh function: rights, then arguments.
-        // SAFETY: a catalog lookup of the current role inside a transaction.
-        if !unsafe { pg_sys::superuser() } {
+        if !crate::pg::security::is_superuser() {
             crate::error::MmError::NotSuperuser {
                 function: "repair()".into(),
             }
@@ -208,8 +238,7 @@ pub mod mm_conflict {
     #[pg_extern(stable, strict)]
     #[search_path(pg_catalog, pg_temp)]
     fn _table_name(tbl: PgRelation) -> String {
-        // SAFETY: tbl is open with AccessShareLock for the duration of the call.
-        unsafe { names::relation_identity(tbl.as_ptr()) }
+        names::table_identity(&tbl)
     }
 
     /// `create_mesh`'s node list as rows, checked; errors name the bad element and field.

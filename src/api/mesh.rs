@@ -107,8 +107,7 @@ pub mod mm_conflict {
     #[pg_extern(stable)]
     #[search_path(pg_catalog, pg_temp)]
     fn _require_superuser(what: &str) {
-        // SAFETY: a catalog lookup of the current role inside a transaction.
-        if !unsafe { pg_sys::superuser() } {
+        if !crate::pg::security::is_superuser() {
             MmError::NotSuperuser {
                 function: what.into(),
             }

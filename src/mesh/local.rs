@@ -60,8 +60,7 @@ pub fn this_node() -> Result<i16, MmError> {
 /// up (not in the one that later creates a replication slot, which would wait for it) is what
 /// keeps them from waiting on themselves.
 fn create_dblink_if_possible() {
-    // SAFETY: a catalog lookup of the current role inside a transaction.
-    let superuser = unsafe { pg_sys::superuser() };
+    let superuser = crate::pg::security::is_superuser();
     let wanted = value::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = 'dblink')
             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'dblink')",

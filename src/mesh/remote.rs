@@ -17,6 +17,9 @@ pub enum Value<'a> {
     /// A table, by its stable name (`pg::names::identity`: the same on every node).
     Table(&'a str),
     Bool(bool),
+    Int(i64),
+    /// A `bigint[]` (`None`: NULL).
+    Ints(Option<&'a [i64]>),
     Interval(&'a str),
     /// Binary keys (`bytea[]`).
     Keys(&'a [Vec<u8>]),
@@ -29,6 +32,12 @@ impl Value<'_> {
             Value::Text(text) => sql_literal(text),
             Value::Table(name) => format!("{}::pg_catalog.regclass", sql_literal(name)),
             Value::Bool(b) => b.to_string(),
+            Value::Int(i) => i.to_string(),
+            Value::Ints(None) => "NULL::pg_catalog.int8[]".into(),
+            Value::Ints(Some(values)) => {
+                let values: Vec<String> = values.iter().map(i64::to_string).collect();
+                format!("'{{{}}}'::pg_catalog.int8[]", values.join(","))
+            }
             Value::Interval(text) => format!("{}::pg_catalog.interval", sql_literal(text)),
             Value::Keys(keys) => {
                 // Array input: each element double-quoted, its backslash escaped for the array
@@ -59,6 +68,17 @@ fn hex(bytes: &[u8]) -> String {
 pub fn call(function: &'static str, args: &[Value]) -> String {
     let args: Vec<String> = args.iter().map(Value::sql).collect();
     format!("SELECT mm_conflict.{function}({})", args.join(", "))
+}
+
+/// `SELECT` of every row of set-returning function `mm_conflict.<function>(<args>)` as one JSON
+/// array of objects (column name: value), as text.
+pub fn call_rows(function: &'static str, args: &[Value]) -> String {
+    let args: Vec<String> = args.iter().map(Value::sql).collect();
+    format!(
+        "SELECT pg_catalog.coalesce(pg_catalog.json_agg(r)::pg_catalog.text, '[]') \
+         FROM mm_conflict.{function}({}) r",
+        args.join(", ")
+    )
 }
 
 /// A peer of this node, as its subscription to it knows it.
@@ -107,6 +127,9 @@ fn spi_failed(e: &dyn std::fmt::Display) -> ! {
 /// An open dblink connection to a peer, named for this session.
 pub struct Connection {
     name: String,
+    /// dblink's `dblink_send_query` and `dblink_get_result`, schema-qualified.
+    send_query: String,
+    get_result: String,
 }
 
 impl Connection {
@@ -118,7 +141,50 @@ impl Connection {
             &[name.as_str().into(), conninfo.into(), who.into()],
         )
         .unwrap_or_else(|e| spi_failed(&e));
-        Connection { name }
+        let qualified = |function: &str| -> String {
+            read_one::<String>("SELECT mm_conflict._dblink($1)", &[function.into()])
+                .unwrap_or_else(|e| spi_failed(&e))
+                .unwrap_or_else(|| spi_failed(&"dblink is not installed"))
+        };
+        Connection {
+            send_query: qualified("dblink_send_query"),
+            get_result: qualified("dblink_get_result"),
+            name,
+        }
+    }
+
+    /// Sends `sql` (one text value per row, as [`call_rows`] makes) to the peer without waiting
+    /// for it: the peer works while this node does; [`Connection::receive`] reads the answer.
+    pub fn send(&self, sql: &str) {
+        Spi::run_with_args(
+            &format!("SELECT {}($1, $2)", self.send_query),
+            &[self.name.as_str().into(), sql.into()],
+        )
+        .unwrap_or_else(|e| spi_failed(&e));
+    }
+
+    /// The answer to what [`Connection::send`] sent (its first row's value); a remote error is
+    /// raised here.
+    pub fn receive(&self) -> String {
+        let read = format!("SELECT v FROM {}($1) AS r(v pg_catalog.text)", self.get_result);
+        let value: Option<String> = Spi::connect_mut(|client| {
+            let rows = client.update(&read, None, &[self.name.as_str().into()])?;
+            if rows.is_empty() {
+                Ok(None)
+            } else {
+                rows.first().get_one::<String>()
+            }
+        })
+        .unwrap_or_else(|e| spi_failed(&e));
+        // Once more: the empty result that ends the query frees the connection.
+        Spi::run_with_args(&read, &[self.name.as_str().into()]).unwrap_or_else(|e| spi_failed(&e));
+        value.unwrap_or_else(|| "[]".into())
+    }
+
+    /// Every row of [`call_rows`]`(function, args)` on the peer, as a JSON array.
+    pub fn rows(&self, function: &'static str, args: &[Value]) -> String {
+        self.send(&call_rows(function, args));
+        self.receive()
     }
 
     /// The result of [`call`]`(function, args)` on the peer, as text; a remote error is raised
@@ -140,23 +206,10 @@ impl Connection {
         .unwrap_or_else(|e| spi_failed(&e))
     }
 
-    /// The connection's name, for the SQL functions that take one.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Closes the connection. (On an error, connections stay open until the session ends or a
     /// connection of the same name is opened, as dblink's do.)
     pub fn close(self) {
         Spi::run_with_args("SELECT mm_conflict._disconnect($1)", &[self.name.as_str().into()])
             .unwrap_or_else(|e| spi_failed(&e));
     }
-}
-
-/// Reads one value from this node (read-only), for the runner's local steps.
-pub fn local_value<T: FromDatum + IntoDatum>(
-    query: &str,
-    args: &[pgrx::datum::DatumWithOid],
-) -> Option<T> {
-    read_one(query, args).unwrap_or_else(|e| spi_failed(&e))
 }

@@ -95,3 +95,10 @@ pub fn relation_owner(relid: pg_sys::Oid) -> pg_sys::Oid {
         owner
     }
 }
+
+/// Whether the current role is a superuser.
+pub fn is_superuser() -> bool {
+    // SAFETY: a catalog lookup of the current role; everything that calls it runs inside a
+    // transaction (SQL-callable functions and triggers).
+    unsafe { pg_sys::superuser() }
+}

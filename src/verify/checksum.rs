@@ -20,7 +20,7 @@ use pgrx::{PgMemoryContexts, PgRelation};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::error::MmError;
-use crate::pg::names::relation_identity;
+use crate::pg::names::table_identity;
 use crate::pg::settings::{self, Output};
 use crate::pg::{compat, tuple};
 
@@ -264,8 +264,7 @@ pub(super) fn readable(rel: &PgRelation, function: &str) -> Result<u8, MmError> 
     let relkind = unsafe { (*(*raw).rd_rel).relkind } as u8;
     if relkind != pg_sys::RELKIND_RELATION && relkind != pg_sys::RELKIND_PARTITIONED_TABLE {
         return Err(MmError::NotATable {
-            // SAFETY: rel is open.
-            relation: unsafe { relation_identity(raw) },
+            relation: table_identity(rel),
             function: function.into(),
         });
     }
@@ -287,8 +286,7 @@ pub(super) fn readable(rel: &PgRelation, function: &str) -> Result<u8, MmError> 
     let rls = unsafe { pg_sys::check_enable_rls(rel.oid(), pg_sys::InvalidOid, false) };
     if rls == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32 {
         return Err(MmError::HiddenByRowSecurity {
-            // SAFETY: rel is open.
-            table: unsafe { relation_identity(raw) },
+            table: table_identity(rel),
         });
     }
     Ok(relkind)

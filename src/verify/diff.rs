@@ -40,10 +40,7 @@ use crate::pg::settings::{self, Input, Output};
 use crate::pg::spi::{text_datum, CachedPlan};
 use crate::pg::{partitions, tuple};
 
-/// Bits a level adds: a bucket has 256 children.
-pub const LEVEL_BITS: i32 = 8;
-/// The deepest level (2^56 buckets).
-pub const MAX_BITS: i32 = 56;
+pub use mm_conflict_core::diff::{LEVEL_BITS, MAX_BITS};
 
 /// The bucket of `key` at level `bits` (0: the one bucket that holds every key).
 fn bucket(key: &[u8], bits: i32) -> i64 {
@@ -483,15 +480,6 @@ fn key_columns(leaf: pg_sys::Oid, pk: &IndexKey) -> Vec<(String, pg_sys::Oid)> {
     }
 }
 
-/// What a side of the SQL holds: `row`, `tombstone` or NULL, with its version.
-fn held(kind: Option<&str>, version: Version) -> Held {
-    match kind {
-        Some("row") => Held::Row(version),
-        Some("tombstone") => Held::Tombstone(version),
-        _ => Held::Nothing,
-    }
-}
-
 /// A side's state as table_diff shows it (NULL: nothing).
 fn describe(held: &Held, policy: &Policy) -> Option<String> {
     let column = policy.criterion_column();
@@ -509,33 +497,56 @@ fn describe(held: &Held, policy: &Policy) -> Option<String> {
     }
 }
 
-/// `local`, `peer` or `equal` (see [`repair_winner`]).
-fn winner(policy: &Policy, local: Held, peer: Held) -> &'static str {
-    match repair_winner(&policy.order(), local, peer) {
+/// How table_diff names a winner: `local`, `peer` or `equal` (see [`repair_winner`]).
+pub fn winner_name(winner: RepairWinner) -> &'static str {
+    match winner {
         RepairWinner::Local => "local",
         RepairWinner::Peer => "peer",
         RepairWinner::Equal => "equal",
     }
 }
 
-/// `(local_version, peer_version, winner)` of a key, as table_diff shows them.
+/// The policy of a replicated table (the one of its trigger, or of its leaves' triggers).
+pub fn policy(rel: &PgRelation) -> Result<Policy, MmError> {
+    let tree = tree(rel, "table_diff")?;
+    let info = tree.info.ok_or_else(|| MmError::BadInternalArgument {
+        function: "table_diff".into(),
+        detail: format!("{} has no partitions to compare", tree.identity),
+    })?;
+    Ok(info.policy.clone())
+}
+
+/// `(local_version, peer_version, winner)` of a key whose sides differ, as table_diff shows them.
+pub fn verdict(
+    policy: &Policy,
+    local: Held,
+    peer: Held,
+) -> (Option<String>, Option<String>, RepairWinner) {
+    (
+        describe(&local, policy),
+        describe(&peer, policy),
+        repair_winner(&policy.order(), local, peer),
+    )
+}
+
+/// What a side holds, from its kind (`row`, `tombstone` or NULL) and version.
+fn held(kind: Option<&str>, version: Version) -> Held {
+    match kind {
+        Some("row") => Held::Row(version),
+        Some("tombstone") => Held::Tombstone(version),
+        _ => Held::Nothing,
+    }
+}
+
+/// `(local_version, peer_version, winner)` of a key, each side given by its kind and version
+/// (`_diff_judge`: the verdict of [`verdict`] for SQL).
 pub fn judge(
     rel: &PgRelation,
     local: (Option<&str>, Version),
     peer: (Option<&str>, Version),
 ) -> Result<(Option<String>, Option<String>, &'static str), MmError> {
-    let tree = tree(rel, "table_diff")?;
-    let info = tree.info.ok_or_else(|| MmError::BadInternalArgument {
-        function: "mm_conflict._diff_judge".into(),
-        detail: format!("{} has no partitions to compare", tree.identity),
-    })?;
-    let local = held(local.0, local.1);
-    let peer = held(peer.0, peer.1);
-    Ok((
-        describe(&local, &info.policy),
-        describe(&peer, &info.policy),
-        winner(&info.policy, local, peer),
-    ))
+    let (l, p, w) = verdict(&policy(rel)?, held(local.0, local.1), held(peer.0, peer.1));
+    Ok((l, p, winner_name(w)))
 }
 
 /// A version from the SQL side's columns.
@@ -553,8 +564,7 @@ pub fn version(criterion: Option<i64>, stattime: Option<i64>, node: Option<i16>)
 /// version that is not better than the one stored changes nothing. `same_version`: a row with the
 /// stored row's very version is written too. Returns the number of items written.
 pub fn apply(rel: &PgRelation, items: &str, same_version: bool) -> Result<i64, MmError> {
-    // SAFETY: a catalog lookup of the current role inside a transaction.
-    if !unsafe { pg_sys::superuser() } {
+    if !crate::pg::security::is_superuser() {
         return Err(MmError::NotSuperuser {
             function: "repair()".into(),
         });

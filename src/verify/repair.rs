@@ -1,21 +1,21 @@
 //! `mm_conflict.repair`: the planner of `mm_conflict_core::repair` (the same one the convergence
 //! property test drives over its in-memory mesh) run on this node against its peers. Comparing
-//! is `table_diff`'s (`_diff_between` and `_diff_judged` in `sql/repair.sql`, over the same
-//! dblink connections); writing is [`super::diff::apply`] here and `_repair_apply` on a peer, so
-//! every write is resolved by the trigger as a replicated change.
+//! is `table_diff`'s ([`super::compare`], over the same dblink connections); writing is
+//! [`super::diff::apply`] here and `_repair_apply` on a peer, so every write is resolved by the
+//! trigger as a replicated change.
 
 use std::time::{Duration, Instant};
 
 use mm_conflict_core::repair::{self, Judged, RepairMesh, Transfer, Way};
-use mm_conflict_core::RepairWinner;
 use pgrx::prelude::*;
 use pgrx::PgRelation;
 
+use super::compare::Comparison;
 use super::diff;
 use crate::error::MmError;
 use crate::mesh::local::this_node;
 use crate::mesh::remote::{self, Connection, Value};
-use crate::pg::names::relation_identity;
+use crate::pg::names::table_identity;
 
 /// Keys per transfer: one statement each way.
 const BATCH: usize = 100;
@@ -45,36 +45,9 @@ fn spi_failed(e: pgrx::spi::Error) -> MmError {
 }
 
 impl PgMesh<'_> {
-    /// Runs `query` (a call of `_diff_between` or `_diff_judged` with the table, the peer's
-    /// connection and its node id as $1..$3, and `keys` as $4 when given); its rows' first three
-    /// columns are the key, the winner (or NULL) and the node that wrote the peer's state.
-    fn diff_rows(
-        &self,
-        query: &str,
-        peer: &Peer,
-        keys: Option<&[Vec<u8>]>,
-    ) -> Result<Vec<(Vec<u8>, Option<String>, Option<i16>)>, MmError> {
-        let mut args: Vec<pgrx::datum::DatumWithOid> = vec![
-            self.rel.oid().into(),
-            peer.conn.name().into(),
-            peer.node_id.into(),
-        ];
-        if let Some(keys) = keys {
-            args.push(keys.to_vec().into());
-        }
-        Spi::connect_mut(|client| {
-            client
-                .update(query, None, &args)?
-                .map(|row| {
-                    Ok((
-                        row.get::<Vec<u8>>(1)?.unwrap_or_default(),
-                        row.get::<String>(2)?,
-                        row.get::<i16>(3)?,
-                    ))
-                })
-                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-        })
-        .map_err(spi_failed)
+    fn compare(&self, peer: usize) -> Comparison<'_> {
+        let p = &self.peers[peer];
+        Comparison::new(self.rel, &p.conn, p.node_id)
     }
 }
 
@@ -87,13 +60,8 @@ impl RepairMesh for PgMesh<'_> {
     }
 
     fn differing(&mut self, peer: usize) -> Result<Vec<Vec<u8>>, MmError> {
-        let rows = self.diff_rows(
-            "SELECT d.pk, NULL::pg_catalog.text, NULL::pg_catalog.int2 \
-               FROM mm_conflict._diff_between($1::pg_catalog.regclass, $2, $3) d",
-            &self.peers[peer],
-            None,
-        )?;
-        Ok(rows.into_iter().map(|(key, _, _)| key).collect())
+        let differing = self.compare(peer).differing(None)?;
+        Ok(differing.into_iter().map(|d| d.key).collect())
     }
 
     fn wait_for_sync(&mut self) -> Result<(), MmError> {
@@ -111,32 +79,16 @@ impl RepairMesh for PgMesh<'_> {
     }
 
     fn judge(&mut self, peer: usize, keys: &[Vec<u8>]) -> Result<Vec<Judged<Vec<u8>>>, MmError> {
-        let p = &self.peers[peer];
-        let rows = self.diff_rows(
-            "SELECT d.pk, d.winner, d.peer_node \
-               FROM mm_conflict._diff_judged($1::pg_catalog.regclass, $2, $3, $4) d",
-            p,
-            Some(keys),
-        )?;
-        rows.into_iter()
-            .map(|(key, winner, peer_node)| {
-                let winner = match winner.as_deref() {
-                    Some("local") => RepairWinner::Local,
-                    Some("peer") => RepairWinner::Peer,
-                    Some("equal") => RepairWinner::Equal,
-                    other => {
-                        return Err(MmError::Internal {
-                            what: format!("table_diff judged a key {other:?}"),
-                        })
-                    }
-                };
-                Ok(Judged {
-                    key,
-                    winner,
-                    peer_wrote: peer_node.map(i32::from) == Some(p.node_id),
-                })
+        let node = self.peers[peer].node_id;
+        let judged = self.compare(peer).judged(Some(keys))?;
+        Ok(judged
+            .into_iter()
+            .map(|j| Judged {
+                key: j.key,
+                winner: j.winner,
+                peer_wrote: j.peer_node.map(i32::from) == Some(node),
             })
-            .collect()
+            .collect())
     }
 
     fn transfer(&mut self, t: &Transfer<Vec<u8>>) -> Result<(), MmError> {
@@ -182,15 +134,13 @@ impl RepairMesh for PgMesh<'_> {
 /// Reconciles `rel` across the mesh from this node (README "Verify and repair"); returns the
 /// keys written.
 pub fn run(rel: &PgRelation) -> Result<i64, MmError> {
-    // SAFETY: a catalog lookup of the current role inside a transaction.
-    if !unsafe { pg_sys::superuser() } {
+    if !crate::pg::security::is_superuser() {
         return Err(MmError::NotSuperuser {
             function: "repair()".into(),
         });
     }
     this_node()?;
-    // SAFETY: rel is open (with AccessShareLock) for the duration of the call.
-    let table = unsafe { relation_identity(rel.as_ptr()) };
+    let table = table_identity(rel);
     let peers = remote::peers();
     if peers.is_empty() {
         return Ok(0);
