@@ -625,5 +625,8 @@ mod tests {
             call("f", &[Value::Bool(true), Value::Table("public.t")]),
             "SELECT mm_conflict.f(true, 'public.t'::pg_catalog.regclass)"
         );
+        // A set-returning call's rows come back as one JSON array, empty when there are none.
+        let rows = crate::mesh::remote::call_rows("_sequences", &[]);
+        assert_eq!(read_one::<String>(&rows, &[]).unwrap().as_deref(), Some("[]"));
     }
 }

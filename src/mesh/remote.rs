@@ -75,7 +75,7 @@ pub fn call(function: &'static str, args: &[Value]) -> String {
 pub fn call_rows(function: &'static str, args: &[Value]) -> String {
     let args: Vec<String> = args.iter().map(Value::sql).collect();
     format!(
-        "SELECT pg_catalog.coalesce(pg_catalog.json_agg(r)::pg_catalog.text, '[]') \
+        "SELECT COALESCE(pg_catalog.json_agg(r)::pg_catalog.text, '[]') \
          FROM mm_conflict.{function}({}) r",
         args.join(", ")
     )

@@ -14,6 +14,7 @@
 //! * [`security`]: running work with another role's rights.
 //! * [`settings`]: values as text that reads the same on every node (settings pinned, text I/O).
 //! * [`flag`]: backend-local flags raised for a scope.
+//! * [`snapshot`]: a fresh snapshot for a step of a long call.
 
 pub mod compat;
 pub mod flag;
@@ -25,6 +26,7 @@ pub mod probe;
 pub mod publication;
 pub mod security;
 pub mod settings;
+pub mod snapshot;
 pub mod spi;
 pub mod subxact;
 pub mod tuple;

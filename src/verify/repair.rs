@@ -2,7 +2,8 @@
 //! property test drives over its in-memory mesh) run on this node against its peers. Comparing
 //! is `table_diff`'s ([`super::compare`], over the same dblink connections); writing is
 //! [`super::diff::apply`] here and `_repair_apply` on a peer, so every write is resolved by the
-//! trigger as a replicated change.
+//! trigger as a replicated change. Each step reads under a fresh snapshot ([`snapshot::fresh`]):
+//! after the wait for replication, and after each transfer, it sees what changed meanwhile.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use crate::error::MmError;
 use crate::mesh::local::this_node;
 use crate::mesh::remote::{self, Connection, Value};
 use crate::pg::names::table_identity;
+use crate::pg::snapshot;
 
 /// Keys per transfer: one statement each way.
 const BATCH: usize = 100;
@@ -60,7 +62,7 @@ impl RepairMesh for PgMesh<'_> {
     }
 
     fn differing(&mut self, peer: usize) -> Result<Vec<Vec<u8>>, MmError> {
-        let differing = self.compare(peer).differing(None)?;
+        let differing = snapshot::fresh(|| self.compare(peer).differing(None))?;
         Ok(differing.into_iter().map(|d| d.key).collect())
     }
 
@@ -80,7 +82,7 @@ impl RepairMesh for PgMesh<'_> {
 
     fn judge(&mut self, peer: usize, keys: &[Vec<u8>]) -> Result<Vec<Judged<Vec<u8>>>, MmError> {
         let node = self.peers[peer].node_id;
-        let judged = self.compare(peer).judged(Some(keys))?;
+        let judged = snapshot::fresh(|| self.compare(peer).judged(Some(keys)))?;
         Ok(judged
             .into_iter()
             .map(|j| Judged {
@@ -102,10 +104,10 @@ impl RepairMesh for PgMesh<'_> {
                         &[Value::Table(&self.table), Value::Keys(&t.keys)],
                     )
                     .unwrap_or_else(|| "[]".into());
-                diff::apply(self.rel, &items, t.same_version)?;
+                snapshot::fresh(|| diff::apply(self.rel, &items, t.same_version))?;
             }
             Way::Send => {
-                let items = diff::items(self.rel, t.keys.clone())?;
+                let items = snapshot::fresh(|| diff::items(self.rel, t.keys.clone()))?;
                 peer.conn.call(
                     "_repair_apply",
                     &[
