@@ -48,9 +48,13 @@ pub fn replicated_insert(
             Outcome::IncomingWins => InsertAction::ConvertToUpdate,
             other => InsertAction::Skip(other),
         },
+        // A tombstone must beat the row to keep it out, as it must to delete a stored row
+        // ([`replicated_delete`], [`new_tombstone`]): a row ties a tombstone only when the
+        // tombstone buried another row of its key with the version of a row the same statement
+        // wrote (a unique value moved between keys), and that row is the key's latest state.
         (None, Some(tombstone)) => match resolve(order, tombstone, incoming) {
-            Outcome::IncomingWins => InsertAction::Insert,
-            other => InsertAction::Skip(other),
+            Outcome::StoredWins => InsertAction::Skip(Outcome::StoredWins),
+            Outcome::IncomingWins | Outcome::SameVersion => InsertAction::Insert,
         },
         (None, None) => InsertAction::Insert,
     }
@@ -219,6 +223,8 @@ mod tests {
             InsertAction::Skip(Outcome::StoredWins)
         );
         assert_eq!(insert(None, Some(&v(5, 1)), &v(6, 2)), InsertAction::Insert);
+        // ... and not a row of its very version (a tombstone wins no tie, as in deletes)
+        assert_eq!(insert(None, Some(&v(5, 1)), &v(5, 1)), InsertAction::Insert);
         // a live row is what an insert is compared with, even when a tombstone exists
         assert_eq!(
             insert(Some(&v(7, 1)), Some(&v(5, 1)), &v(6, 2)),
