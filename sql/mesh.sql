@@ -1,10 +1,11 @@
--- Mesh management: the functions that reach other nodes (subscribe, create_mesh, drop_mesh), the
--- catalog of this node's identity and peers, and the views that watch the mesh.
+-- Mesh management: the catalog of this node's identity and peers, the dblink helpers every
+-- function that reaches other nodes goes through, drop_mesh, and the views that watch the mesh.
 --
--- Everything these functions decide (checks, create_mesh's plan and how each step is undone, the
--- SQL sent to peers, every message) is Rust (src/mesh/, raised through mm_conflict._fail); what is
--- left here carries it between nodes and runs it. This node's own functions (node_init,
--- replicate_table, unreplicate_table, this_node) are Rust too.
+-- create_mesh and subscribe are Rust: their plans in core/src/mesh.rs, their runners in
+-- src/mesh/ (over src/mesh/remote.rs, which calls the helpers below); create_mesh here only
+-- passes its tables by name. What drop_mesh decides (every message) is Rust too, raised through
+-- mm_conflict._fail. This node's own functions (node_init, replicate_table, unreplicate_table,
+-- this_node) are Rust.
 --
 -- How nodes talk to each other: through dblink (contrib), the only way a SQL function can run
 -- statements on another node *as separate, committed transactions*, which the mesh needs: a
@@ -161,19 +162,6 @@ BEGIN
 END
 $$;
 
--- Runs `sql` on `conn`: a query (its one value returned) or a command (NULL returned).
-CREATE FUNCTION mm_conflict._remote_run(conn text, sql text, is_query boolean) RETURNS text
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF is_query THEN
-        RETURN mm_conflict._remote_value(conn, sql);
-    END IF;
-    PERFORM mm_conflict._remote_exec(conn, sql);
-    RETURN NULL;
-END
-$$;
-
 -- Drops replication slot `slot` on the node behind `conn`, ending the walsender that still holds
 -- it (its subscriber is already gone). No-op when the slot does not exist.
 CREATE FUNCTION mm_conflict._drop_remote_slot(conn text, slot name) RETURNS void
@@ -224,90 +212,7 @@ COMMENT ON VIEW mm_conflict.sequences IS
 ------------------------------------------------------------------------------------------------
 -- Subscriptions.
 
-CREATE FUNCTION mm_conflict.subscribe(peer_node_id integer, conninfo text, copy_data boolean DEFAULT false)
-RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    me smallint;
-    channel name;
-    conn text := 'mm_conflict_subscribe';
-    existing record;
-    remote jsonb;
-    slot_created boolean := false;
-    e_state text; e_msg text; e_detail text; e_hint text;
-BEGIN
-    PERFORM mm_conflict._require_superuser('subscribe()');
-    IF peer_node_id IS NULL OR conninfo IS NULL OR copy_data IS NULL THEN
-        PERFORM mm_conflict._fail(jsonb_build_object('error', 'null_argument', 'function', 'subscribe()',
-            'argument', CASE WHEN peer_node_id IS NULL THEN 'peer_node_id'
-                             WHEN conninfo IS NULL THEN 'conninfo' ELSE 'copy_data' END));
-    END IF;
-    me := mm_conflict.this_node();
-    PERFORM mm_conflict._check_node_id(peer_node_id);
-    IF peer_node_id = me THEN
-        PERFORM mm_conflict._fail(jsonb_build_object('error', 'subscribe_to_self', 'node', me));
-    END IF;
-    channel := mm_conflict.channel_name(peer_node_id, me);
-
-    SELECT s.subconninfo INTO existing
-      FROM pg_subscription s
-     WHERE s.subname = channel AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database());
-    IF FOUND THEN
-        IF existing.subconninfo = conninfo THEN
-            PERFORM mm_conflict._notice(jsonb_build_object('error', 'already_subscribed', 'node', me, 'peer', peer_node_id));
-            RETURN;
-        END IF;
-        PERFORM mm_conflict._fail(jsonb_build_object('error', 'subscribed_elsewhere',
-            'node', me, 'peer', peer_node_id, 'subscription', channel));
-    END IF;
-
-    PERFORM mm_conflict._require_dblink('subscribe()');
-    PERFORM mm_conflict._connect(conn, conninfo, format('node %s', peer_node_id));
-    BEGIN
-        remote := mm_conflict._remote_value(conn, mm_conflict._peer_query(channel))::jsonb;
-        IF remote->>'extension' IS NOT NULL THEN
-            remote := remote || coalesce(mm_conflict._remote_value(conn, mm_conflict._peer_identity_query())::jsonb, '{}');
-        END IF;
-        IF mm_conflict._check_peer(peer_node_id, channel, remote) THEN
-            -- Left behind by an interrupted subscribe() or drop_mesh(): no subscription uses it.
-            PERFORM mm_conflict._drop_remote_slot(conn, channel);
-        END IF;
-
-        -- The slot is created over the peer connection, in its own transaction there; so this
-        -- function works inside a transaction block, where CREATE SUBSCRIPTION could not create it.
-        PERFORM mm_conflict._remote_value(conn, format(
-            'SELECT lsn FROM pg_catalog.pg_create_logical_replication_slot(%L, %L)', channel, 'pgoutput'));
-        slot_created := true;
-        BEGIN
-            EXECUTE mm_conflict._subscription_sql(channel, conninfo, copy_data);
-        EXCEPTION WHEN OTHERS THEN
-            -- Re-raised without the statement (and its conninfo) in the error context.
-            GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT,
-                                    e_detail = PG_EXCEPTION_DETAIL, e_hint = PG_EXCEPTION_HINT;
-            PERFORM mm_conflict._raise(e_state, format('cannot subscribe to node %s: %s', peer_node_id, e_msg),
-                                       e_detail, e_hint);
-        END;
-        INSERT INTO mm_conflict.peer(node_id, node_name, subscription)
-        VALUES (peer_node_id, coalesce(remote->>'node_name', 'node' || peer_node_id), channel)
-        ON CONFLICT (node_id) DO UPDATE SET node_name = excluded.node_name, subscription = excluded.subscription;
-    EXCEPTION WHEN OTHERS THEN
-        GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT,
-                                e_detail = PG_EXCEPTION_DETAIL, e_hint = PG_EXCEPTION_HINT;
-        IF slot_created THEN
-            BEGIN
-                PERFORM mm_conflict._drop_remote_slot(conn, channel);
-            EXCEPTION WHEN OTHERS THEN
-                e_detail := concat_ws(E'\n', e_detail,
-                    format('Replication slot %s on node %s could not be dropped; drop it there by hand.', channel, peer_node_id));
-            END;
-        END IF;
-        PERFORM mm_conflict._disconnect(conn);
-        PERFORM mm_conflict._raise(e_state, e_msg, e_detail, e_hint);
-    END;
-    PERFORM mm_conflict._disconnect(conn);
-END
-$$;
+-- subscribe() is Rust (src/mesh/subscribe.rs).
 
 -- Drops this node's subscription to `peer_node_id` and its slot on the peer. Returns a
 -- description of anything that could not be done (NULL when everything was).
@@ -569,11 +474,8 @@ $$;
 ------------------------------------------------------------------------------------------------
 -- A whole mesh in one call.
 
--- Everything happens over connections to the nodes (this one included), each step committed on
--- its node: a node must have committed its publication before a peer can subscribe to it, and a
--- slot cannot be created on a node while a transaction there that has written is still open.
--- That is also why the calling transaction must not have written anything. The steps, and how
--- each is undone, are mm_conflict._create_mesh_plan's; this runs them.
+-- The plan (core/src/mesh.rs) and its run (src/mesh/create.rs) are Rust; this passes the tables
+-- by their stable names, as the nodes find them.
 CREATE FUNCTION mm_conflict.create_mesh(
     nodes jsonb,
     tables regclass[],
@@ -582,120 +484,12 @@ CREATE FUNCTION mm_conflict.create_mesh(
     preferred_node integer DEFAULT NULL,
     repair boolean DEFAULT false)
 RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    ids smallint[];
-    conninfos text[];
-    labels text[];
-    tnames text[];
-    conns text[] := '{}';
-    states jsonb[] := '{}';
-    state jsonb;
-    step record;
-    done jsonb[] := '{}';         -- the steps run so far, as rows of _create_mesh_plan
-    sums text[];
-    node_label text := 'the first node';
-    step_name text := 'read the node list';
-    undone text[] := '{}';
-    not_undone text[] := '{}';
-    e_state text; e_msg text; e_detail text; e_hint text; u_msg text;
-    failure record;
-BEGIN
-    IF txid_current_if_assigned() IS NOT NULL THEN
-        PERFORM mm_conflict._fail('{"error": "mesh_in_written_transaction"}');
-    END IF;
-    PERFORM mm_conflict._require_superuser('create_mesh()');
-    IF tables IS NULL OR cardinality(tables) = 0 THEN
-        PERFORM mm_conflict._fail('{"error": "mesh_without_tables"}');
-    END IF;
-    PERFORM mm_conflict._require_dblink('create_mesh()', false);
-    SELECT array_agg(m.node_id ORDER BY ord), array_agg(m.conninfo ORDER BY ord),
-           array_agg(format('node %s', m.node_id) || CASE WHEN m.node_name IS NULL THEN ''
-                                                           ELSE format(' (%s)', m.node_name) END ORDER BY ord),
-           array_agg(format('mm_conflict_mesh_%s', m.node_id) ORDER BY ord)
-      INTO ids, conninfos, labels, conns
-      FROM mm_conflict.mesh_nodes(nodes) WITH ORDINALITY AS m(node_id, node_name, conninfo, ord);
-    SELECT array_agg(mm_conflict._table_name(x) ORDER BY ord) INTO tnames
-      FROM unnest(tables) WITH ORDINALITY AS u(x, ord);
-
-    BEGIN
-        -- 1. Reach and inspect every node; nothing is changed until all pass.
-        FOR i IN 1..cardinality(ids) LOOP
-            node_label := labels[i];
-            step_name := 'connect';
-            PERFORM mm_conflict._connect(conns[i], conninfos[i], node_label);
-            step_name := 'inspect';
-            state := mm_conflict._remote_value(conns[i], mm_conflict._inspect_query(tnames))::jsonb;
-            IF (state->>'extension')::boolean THEN
-                state := state || jsonb_build_object('node_id',
-                    mm_conflict._remote_value(conns[i], 'SELECT node_id FROM mm_conflict.node')::int);
-            END IF;
-            PERFORM mm_conflict._check_mesh_node(state, ids[i]);
-            states := states || state;
-        END LOOP;
-
-        -- 2. The plan's steps, in order.
-        FOR step IN SELECT * FROM mm_conflict._create_mesh_plan(nodes, states, tnames, criterion, method,
-                                                                 coalesce(preferred_node, 0)) LOOP
-            node_label := labels[step.node];
-            step_name := step.step;
-            IF step.compare_table IS NOT NULL THEN
-                -- Rows are not copied: say so when a table already differs between the nodes.
-                sums := '{}';
-                FOR i IN 1..cardinality(ids) LOOP
-                    sums := sums || mm_conflict._remote_run(conns[i], step.command, true);
-                END LOOP;
-                IF NOT repair AND (SELECT count(DISTINCT s) FROM unnest(sums) s) > 1 THEN
-                    PERFORM mm_conflict._warn(jsonb_build_object('error', 'tables_differ', 'table', step.compare_table));
-                END IF;
-                CONTINUE;
-            END IF;
-            PERFORM mm_conflict._remote_run(conns[step.node], step.command, step.command_is_query);
-            done := done || to_jsonb(step);
-        END LOOP;
-    EXCEPTION WHEN OTHERS THEN
-        GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT,
-                                e_detail = PG_EXCEPTION_DETAIL, e_hint = PG_EXCEPTION_HINT;
-        -- Undo what this call did, newest first; what existed before stays.
-        FOR k IN REVERSE cardinality(done)..1 LOOP
-            CONTINUE WHEN done[k]->>'undo' IS NULL;
-            BEGIN
-                u_msg := mm_conflict._remote_run(conns[(done[k]->>'node')::int], done[k]->>'undo',
-                                                 (done[k]->>'undo_is_query')::boolean);
-                undone := undone || (done[k]->>'undo_name');
-                IF u_msg IS NOT NULL THEN
-                    not_undone := not_undone || u_msg;
-                END IF;
-            EXCEPTION WHEN OTHERS THEN
-                GET STACKED DIAGNOSTICS u_msg = MESSAGE_TEXT;
-                not_undone := not_undone || format('%s (%s)', done[k]->>'undo_name', u_msg);
-            END;
-        END LOOP;
-        FOR i IN 1..cardinality(conns) LOOP
-            BEGIN
-                PERFORM mm_conflict._disconnect(conns[i]);
-            EXCEPTION WHEN OTHERS THEN
-                NULL;
-            END;
-        END LOOP;
-        SELECT * INTO failure
-          FROM mm_conflict._create_mesh_failure(node_label, step_name, e_msg, e_detail, undone, not_undone);
-        PERFORM mm_conflict._raise(e_state, failure.message, failure.detail, e_hint);
-    END;
-    -- Rows that existed before: each key's winning version written on every node, from the first
-    -- node (the mesh stands; a failure here leaves it, and repair() can be run again).
-    IF repair THEN
-        FOR i IN 1..cardinality(tnames) LOOP
-            PERFORM mm_conflict._notice(jsonb_build_object('error', 'mesh_repaired', 'table', tnames[i],
-                'keys', mm_conflict._remote_value(conns[1],
-                            format('SELECT mm_conflict.repair(%L::regclass)', tnames[i]))::bigint));
-        END LOOP;
-    END IF;
-    FOR i IN 1..cardinality(conns) LOOP
-        PERFORM mm_conflict._disconnect(conns[i]);
-    END LOOP;
-END
+    SELECT mm_conflict._create_mesh(
+        nodes,
+        (SELECT array_agg(mm_conflict._table_name(t) ORDER BY o) FROM unnest(tables) WITH ORDINALITY AS u(t, o)),
+        criterion, method, preferred_node, repair)
 $$;
 
 -- Partitions created after replicate_table take the root's mm_resolve trigger by themselves (row

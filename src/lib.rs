@@ -61,7 +61,8 @@ pgrx::extension_sql_file!(
         api::mesh::mm_conflict::_subscription_origin,
         api::mesh::mm_conflict::this_node,
         api::mesh::mm_conflict::_sequences,
-        api::mesh::mm_conflict::_guard_new_partitions
+        api::mesh::mm_conflict::_guard_new_partitions,
+        api::mesh::mm_conflict::_create_mesh
     ]
 );
 

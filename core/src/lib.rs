@@ -10,19 +10,23 @@
 //!   written against a small store trait that PostgreSQL implements in production and an
 //!   in-memory mesh implements in the property test.
 //! * [`diff`]: the plan of `table_diff`'s descent (bucket hashes compared level by level).
+//! * [`mesh`]: the plans of `create_mesh` and `subscribe` (steps, undo, the SQL they send).
+//! * [`sql`]: quoting identifiers and literals for SQL text.
 //! * [`repair`]: the plan of `mm_conflict.repair` (which keys, which rounds of transfers), written
 //!   against a small mesh trait, driven the same two ways.
 //!
-//! Module order (imports point down only): engine, repair, diff → report → decide → policy →
-//! stamp → version.
+//! Module order (imports point down only): engine, repair, diff, mesh → report, sql → decide →
+//! policy → stamp → version.
 
 pub mod decide;
 pub mod diff;
 pub mod engine;
+pub mod mesh;
 pub mod policy;
 pub mod repair;
 pub mod report;
 pub mod sequence;
+pub mod sql;
 pub mod stamp;
 pub mod version;
 

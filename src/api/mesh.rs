@@ -218,7 +218,42 @@ pub mod mm_conflict {
         plan::channel_name(i64::from(publisher), i64::from(subscriber))
     }
 
+    /// Subscribes this node to peer `peer_node_id` (README "Step by step").
+    #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn subscribe(
+        peer_node_id: Option<i32>,
+        conninfo: Option<&str>,
+        copy_data: default!(Option<bool>, false),
+    ) {
+        crate::mesh::subscribe::subscribe(peer_node_id, conninfo, copy_data).or_raise()
+    }
+
+    /// `create_mesh` (the SQL function passes its tables by their stable names).
+    #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn _create_mesh(
+        nodes: Option<JsonB>,
+        tables: Option<Vec<Option<String>>>,
+        criterion: Option<String>,
+        method: Option<String>,
+        preferred_node: Option<i32>,
+        repair: Option<bool>,
+    ) {
+        crate::mesh::create::create_mesh(crate::mesh::create::Request {
+            nodes: nodes.map(|n| n.0),
+            tables: tables.map(|t| crate::api::args::no_nulls(t, "create_mesh()", "tables")),
+            criterion,
+            method,
+            preferred_node,
+            repair: repair.unwrap_or(false),
+        })
+        .or_raise()
+    }
+
     /// `create_mesh`: the query that inspects a node.
+    /// (Not called since 0.5.0, which runs create_mesh in Rust; kept because the upgrade
+    /// scripts before 0.5.0 create it from this library.)
     #[pg_extern(immutable, strict)]
     #[search_path(pg_catalog, pg_temp)]
     fn _inspect_query(tables: Vec<Option<String>>) -> String {
@@ -230,6 +265,8 @@ pub mod mm_conflict {
     }
 
     /// `create_mesh`: raises what keeps node `node_id` (as inspected) from being set up.
+    /// (Not called since 0.5.0, which runs create_mesh in Rust; kept because the upgrade
+    /// scripts before 0.5.0 create it from this library.)
     #[pg_extern(immutable, strict)]
     #[search_path(pg_catalog, pg_temp)]
     fn _check_mesh_node(state: JsonB, node_id: i32) {
@@ -238,6 +275,8 @@ pub mod mm_conflict {
     }
 
     /// `create_mesh`'s plan, one row per step in order (`node` is 1-based in the node list).
+    /// (Not called since 0.5.0, which runs create_mesh in Rust; kept because the upgrade
+    /// scripts before 0.5.0 create it from this library.)
     #[pg_extern(immutable, strict)]
     #[search_path(pg_catalog, pg_temp)]
     fn _create_mesh_plan(
@@ -303,6 +342,8 @@ pub mod mm_conflict {
     }
 
     /// `create_mesh`: the message and detail of a failed step.
+    /// (Not called since 0.5.0, which runs create_mesh in Rust; kept because the upgrade
+    /// scripts before 0.5.0 create it from this library.)
     #[pg_extern(immutable)]
     #[search_path(pg_catalog, pg_temp)]
     fn _create_mesh_failure(

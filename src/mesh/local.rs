@@ -8,13 +8,11 @@ use pgrx::prelude::*;
 use pgrx::spi::Spi;
 use pgrx::PgRelation;
 
-use super::plan::PUBLICATION;
+use super::plan::{PUBLICATION, TRIGGER};
 use crate::catalog::relinfo;
 use crate::error::MmError;
 use crate::pg::names::{self, sql_ident, sql_literal};
 
-/// The trigger `replicate_table` creates ("!" sorts before letters, digits and "_").
-pub const TRIGGER: &str = "!mm_resolve";
 /// The statement trigger that refuses TRUNCATE on a replicated table.
 pub const TRUNCATE_TRIGGER: &str = "!mm_truncate";
 /// What the publication sends: never TRUNCATE (refused on replicated tables, and not versioned);
@@ -265,10 +263,10 @@ pub fn replicate_table(
 
     // Bookkeeping columns (existing ones are checked by the trigger's own checks below).
     let missing: Vec<String> = [
-        ("mm_islocal", "boolean"),
-        ("mm_nodeid", "smallint"),
-        ("mm_last_xacttime", "timestamptz"),
-        ("mm_last_stattime", "timestamptz"),
+        (mm_conflict_core::COL_ISLOCAL, "boolean"),
+        (mm_conflict_core::COL_NODEID, "smallint"),
+        (mm_conflict_core::COL_XACTTIME, "timestamptz"),
+        (mm_conflict_core::COL_STATTIME, "timestamptz"),
     ]
     .iter()
     .filter(|(name, _)| {

@@ -3,27 +3,20 @@
 //! the SQL sent to peers). `sql/mesh.sql` only carries that between nodes through dblink and runs
 //! it; see there for why dblink.
 
+pub mod create;
 pub mod local;
 pub mod plan;
 pub mod remote;
 pub mod sequences;
+pub mod subscribe;
 
 use std::collections::HashSet;
 
 use mm_conflict_core::{MAX_NODE_ID, MIN_NODE_ID};
-use serde::Deserialize;
 
 use crate::error::MmError;
 
-/// One element of `create_mesh`'s `nodes` argument.
-#[derive(Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct NodeSpec {
-    pub id: i64,
-    #[serde(default)]
-    pub name: Option<String>,
-    pub conninfo: String,
-}
+pub use mm_conflict_core::mesh::NodeSpec;
 
 fn bad(message: String) -> MmError {
     MmError::BadMeshSpec { message }

@@ -110,11 +110,16 @@ pub fn peers() -> Vec<Peer> {
 /// Makes sure dblink is installed (`mm_conflict._require_dblink`): creates it when it may, else
 /// raises `dblink_missing` naming `caller`.
 pub fn require_dblink(caller: &str) {
-    Spi::run_with_args(
-        "SELECT mm_conflict._require_dblink($1)",
-        &[caller.into()],
-    )
-    .unwrap_or_else(|e| spi_failed(&e));
+    require_dblink_creating(caller, true);
+}
+
+/// As [`require_dblink`]; `may_create: false` only checks (`create_mesh`: creating it would
+/// write, and a slot created during the call would wait for this transaction).
+pub fn require_dblink_creating(caller: &str, may_create: bool) {
+    local(
+        "SELECT mm_conflict._require_dblink($1, $2)::pg_catalog.text",
+        &[caller.into(), may_create.into()],
+    );
 }
 
 fn spi_failed(e: &dyn std::fmt::Display) -> ! {
@@ -122,6 +127,14 @@ fn spi_failed(e: &dyn std::fmt::Display) -> ! {
         what: format!("SPI: {e}"),
     }
     .raise()
+}
+
+/// Runs `sql` here (a call of one of the SQL functions that drive dblink) and returns its one
+/// text value. Through a read-only SPI call, so that it gives this transaction no transaction id:
+/// `create_mesh` must not have one while peers create replication slots on this node, which wait
+/// for every transaction that has (pgrx's read-write calls take one).
+fn local(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Option<String> {
+    read_one::<String>(sql, args).unwrap_or_else(|e| spi_failed(&e))
 }
 
 /// An open dblink connection to a peer, named for this session.
@@ -136,14 +149,12 @@ impl Connection {
     /// Opens connection `name` to `conninfo`; `08001` naming `who` (never the conninfo) when the
     /// node cannot be reached.
     pub fn open(name: String, conninfo: &str, who: &str) -> Connection {
-        Spi::run_with_args(
-            "SELECT mm_conflict._connect($1, $2, $3)",
+        local(
+            "SELECT mm_conflict._connect($1, $2, $3)::pg_catalog.text",
             &[name.as_str().into(), conninfo.into(), who.into()],
-        )
-        .unwrap_or_else(|e| spi_failed(&e));
+        );
         let qualified = |function: &str| -> String {
-            read_one::<String>("SELECT mm_conflict._dblink($1)", &[function.into()])
-                .unwrap_or_else(|e| spi_failed(&e))
+            local("SELECT mm_conflict._dblink($1)", &[function.into()])
                 .unwrap_or_else(|| spi_failed(&"dblink is not installed"))
         };
         Connection {
@@ -156,29 +167,51 @@ impl Connection {
     /// Sends `sql` (one text value per row, as [`call_rows`] makes) to the peer without waiting
     /// for it: the peer works while this node does; [`Connection::receive`] reads the answer.
     pub fn send(&self, sql: &str) {
-        Spi::run_with_args(
-            &format!("SELECT {}($1, $2)", self.send_query),
+        local(
+            &format!("SELECT {}($1, $2)::pg_catalog.text", self.send_query),
             &[self.name.as_str().into(), sql.into()],
-        )
-        .unwrap_or_else(|e| spi_failed(&e));
+        );
     }
 
     /// The answer to what [`Connection::send`] sent (its first row's value); a remote error is
     /// raised here.
     pub fn receive(&self) -> String {
         let read = format!("SELECT v FROM {}($1) AS r(v pg_catalog.text)", self.get_result);
-        let value: Option<String> = Spi::connect_mut(|client| {
-            let rows = client.update(&read, None, &[self.name.as_str().into()])?;
-            if rows.is_empty() {
-                Ok(None)
-            } else {
-                rows.first().get_one::<String>()
-            }
-        })
-        .unwrap_or_else(|e| spi_failed(&e));
+        let value = local(&read, &[self.name.as_str().into()]);
         // Once more: the empty result that ends the query frees the connection.
-        Spi::run_with_args(&read, &[self.name.as_str().into()]).unwrap_or_else(|e| spi_failed(&e));
+        local(&read, &[self.name.as_str().into()]);
         value.unwrap_or_else(|| "[]".into())
+    }
+
+    /// Runs a statement a plan made (`mm_conflict_core::mesh::Remote`): a query's one value, or
+    /// NULL for a command.
+    pub fn run(&self, remote: &mm_conflict_core::mesh::Remote) -> Option<String> {
+        if remote.query {
+            self.value(&remote.sql)
+        } else {
+            local(
+                "SELECT mm_conflict._remote_exec($1, $2)::pg_catalog.text",
+                &[self.name.as_str().into(), remote.sql.as_str().into()],
+            );
+            None
+        }
+    }
+
+    /// The first column of the first row of `sql` on the peer, as text.
+    fn value(&self, sql: &str) -> Option<String> {
+        local(
+            "SELECT mm_conflict._remote_value($1, $2)",
+            &[self.name.as_str().into(), sql.into()],
+        )
+    }
+
+    /// Drops replication slot `slot` on the peer, ending the walsender that still holds it
+    /// (`mm_conflict._drop_remote_slot`); nothing when there is none.
+    pub fn drop_slot(&self, slot: &str) {
+        local(
+            "SELECT mm_conflict._drop_remote_slot($1, $2::pg_catalog.name)::pg_catalog.text",
+            &[self.name.as_str().into(), slot.into()],
+        );
     }
 
     /// Every row of [`call_rows`]`(function, args)` on the peer, as a JSON array.
@@ -190,26 +223,15 @@ impl Connection {
     /// The result of [`call`]`(function, args)` on the peer, as text; a remote error is raised
     /// here with its SQLSTATE, message, detail and hint.
     pub fn call(&self, function: &'static str, args: &[Value]) -> Option<String> {
-        let sql = call(function, args);
-        // Not read-only: the call is a statement of this transaction like any other, and what
-        // this session wrote before must be visible to the statements after it.
-        Spi::connect_mut(|client| {
-            client
-                .update(
-                    "SELECT mm_conflict._remote_value($1, $2)",
-                    Some(1),
-                    &[self.name.as_str().into(), sql.as_str().into()],
-                )?
-                .first()
-                .get_one::<String>()
-        })
-        .unwrap_or_else(|e| spi_failed(&e))
+        self.value(&call(function, args))
     }
 
     /// Closes the connection. (On an error, connections stay open until the session ends or a
     /// connection of the same name is opened, as dblink's do.)
     pub fn close(self) {
-        Spi::run_with_args("SELECT mm_conflict._disconnect($1)", &[self.name.as_str().into()])
-            .unwrap_or_else(|e| spi_failed(&e));
+        local(
+            "SELECT mm_conflict._disconnect($1)::pg_catalog.text",
+            &[self.name.as_str().into()],
+        );
     }
 }

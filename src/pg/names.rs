@@ -21,21 +21,7 @@ pub unsafe fn cstr_to_string(ptr: *const std::ffi::c_char) -> String {
         .into_owned()
 }
 
-/// `ident` double-quoted for SQL text (embedded quotes doubled).
-pub fn sql_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-/// `value` as a SQL string literal (`E'...'` when it holds a backslash), whatever
-/// `standard_conforming_strings` is.
-pub fn sql_literal(value: &str) -> String {
-    let quoted = value.replace('\'', "''");
-    if value.contains('\\') {
-        format!("E'{}'", quoted.replace('\\', "\\\\"))
-    } else {
-        format!("'{quoted}'")
-    }
-}
+pub use mm_conflict_core::sql::{sql_ident, sql_literal};
 
 fn plain(part: &str) -> bool {
     let mut chars = part.chars();

@@ -8,7 +8,6 @@
 use std::time::{Duration, Instant};
 
 use mm_conflict_core::repair::{self, Judged, RepairMesh, Transfer, Way};
-use pgrx::prelude::*;
 use pgrx::PgRelation;
 
 use super::compare::Comparison;
@@ -69,7 +68,7 @@ impl RepairMesh for PgMesh<'_> {
     fn wait_for_sync(&mut self) -> Result<(), MmError> {
         // As replication would: a node that is not in sync within the time is repaired anyway
         // (the keys are judged again, and a version that arrives later still wins where it must).
-        Spi::run_with_args(
+        crate::pg::spi::read_one::<bool>(
             "SELECT mm_conflict.wait_for_sync($1::pg_catalog.interval)",
             &[SETTLE.into()],
         )
