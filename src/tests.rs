@@ -612,14 +612,30 @@ mod tests {
     fn values_sent_to_peers_read_back_as_sent() {
         use crate::mesh::remote::{call, Value};
         use crate::pg::spi::read_one;
-        let keys = vec![vec![0u8, 1, 0xff], vec![], vec![b'\\', b'\'', b'"', b'{', b',']];
+        let keys = vec![
+            vec![0u8, 1, 0xff],
+            vec![],
+            vec![b'\\', b'\'', b'"', b'{', b','],
+        ];
         let text = "it's a \\ back\"slash, {a,b}";
         for conforming in ["on", "off"] {
-            Spi::run(&format!("SET LOCAL standard_conforming_strings = {conforming}")).unwrap();
-            let sql = format!("SELECT {} OPERATOR(pg_catalog.=) $1", Value::Keys(&keys).sql());
-            assert_eq!(read_one::<bool>(&sql, &[keys.clone().into()]).unwrap(), Some(true));
+            Spi::run(&format!(
+                "SET LOCAL standard_conforming_strings = {conforming}"
+            ))
+            .unwrap();
+            let sql = format!(
+                "SELECT {} OPERATOR(pg_catalog.=) $1",
+                Value::Keys(&keys).sql()
+            );
+            assert_eq!(
+                read_one::<bool>(&sql, &[keys.clone().into()]).unwrap(),
+                Some(true)
+            );
             let sql = format!("SELECT {}", Value::Text(text).sql());
-            assert_eq!(read_one::<String>(&sql, &[]).unwrap().as_deref(), Some(text));
+            assert_eq!(
+                read_one::<String>(&sql, &[]).unwrap().as_deref(),
+                Some(text)
+            );
         }
         assert_eq!(
             call("f", &[Value::Bool(true), Value::Table("public.t")]),
@@ -627,6 +643,9 @@ mod tests {
         );
         // A set-returning call's rows come back as one JSON array, empty when there are none.
         let rows = crate::mesh::remote::call_rows("_sequences", &[]);
-        assert_eq!(read_one::<String>(&rows, &[]).unwrap().as_deref(), Some("[]"));
+        assert_eq!(
+            read_one::<String>(&rows, &[]).unwrap().as_deref(),
+            Some("[]")
+        );
     }
 }

@@ -166,7 +166,10 @@ mod tests {
             }
         );
         // At the deepest level everything that differs is listed.
-        assert_eq!(compare_level(MAX_BITS, &local, &peer).split, Vec::<i64>::new());
+        assert_eq!(
+            compare_level(MAX_BITS, &local, &peer).split,
+            Vec::<i64>::new()
+        );
     }
 
     #[test]
@@ -187,7 +190,11 @@ mod tests {
             .collect();
         assert_eq!(
             keys,
-            vec![(vec![1], true, false), (vec![3], true, true), (vec![4], false, true)]
+            vec![
+                (vec![1], true, false),
+                (vec![3], true, true),
+                (vec![4], false, true)
+            ]
         );
     }
 }

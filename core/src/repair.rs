@@ -233,7 +233,10 @@ mod tests {
         fn judge(&mut self, _: usize, keys: &[u8]) -> Result<Vec<Judged<u8>>, ()> {
             assert!(self.waited, "judged before what was in flight arrived");
             self.judged += 1;
-            Ok(keys.iter().map(|&k| j(k, RepairWinner::Local, false)).collect())
+            Ok(keys
+                .iter()
+                .map(|&k| j(k, RepairWinner::Local, false))
+                .collect())
         }
         fn transfer(&mut self, _: &Transfer<u8>) -> Result<(), ()> {
             self.transfers += 1;

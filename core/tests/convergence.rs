@@ -24,8 +24,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use mm_conflict_core::engine::{self, Action, Local, Lookup, Refusal, Resolution, Stored};
-use mm_conflict_core::stamp::Clock;
 use mm_conflict_core::repair;
+use mm_conflict_core::stamp::Clock;
 use mm_conflict_core::{repair_winner, Held};
 use mm_conflict_core::{
     Criterion, Decision, Direction, LocalConflictMode, Policy, RowStamps, Store, Tombstone,
@@ -685,7 +685,12 @@ impl repair::RepairMesh for RepairView<'_> {
 
     fn differing(&mut self, peer: usize) -> Result<Vec<u8>, Self::Error> {
         let p = self.peers[peer];
-        Ok(self.keys.iter().copied().filter(|&k| self.differs(p, k)).collect())
+        Ok(self
+            .keys
+            .iter()
+            .copied()
+            .filter(|&k| self.differs(p, k))
+            .collect())
     }
 
     /// The mesh was drained before the repair: nothing is in flight.
@@ -701,7 +706,10 @@ impl repair::RepairMesh for RepairView<'_> {
             .copied()
             .filter(|&k| self.differs(p, k))
             .map(|key| {
-                let writer = self.mesh.nodes[p].rows.get(&key).and_then(|row| row.stamps.node);
+                let writer = self.mesh.nodes[p]
+                    .rows
+                    .get(&key)
+                    .and_then(|row| row.stamps.node);
                 repair::Judged {
                     key,
                     winner: repair_winner(
@@ -848,7 +856,6 @@ proptest! {
         repair_case(policy, skew, faults, &drain_choices, repairer);
     }
 }
-
 
 /// One case of `repair_makes_diverged_replicas_identical`.
 fn repair_case(

@@ -73,8 +73,15 @@ impl Two {
 impl Sides for Two {
     type Error = std::convert::Infallible;
 
-    fn buckets(&mut self, bits: i32, parents: &[i64]) -> Result<(Vec<Bucket>, Vec<Bucket>), Self::Error> {
-        Ok((self.summary(&self.local, bits, parents), self.summary(&self.peer, bits, parents)))
+    fn buckets(
+        &mut self,
+        bits: i32,
+        parents: &[i64],
+    ) -> Result<(Vec<Bucket>, Vec<Bucket>), Self::Error> {
+        Ok((
+            self.summary(&self.local, bits, parents),
+            self.summary(&self.peer, bits, parents),
+        ))
     }
 
     #[allow(clippy::type_complexity)]
@@ -83,7 +90,10 @@ impl Sides for Two {
         bits: i32,
         buckets: &[i64],
     ) -> Result<(Vec<(Vec<u8>, RowState)>, Vec<(Vec<u8>, RowState)>), Self::Error> {
-        Ok((self.list(&self.local, bits, buckets), self.list(&self.peer, bits, buckets)))
+        Ok((
+            self.list(&self.local, bits, buckets),
+            self.list(&self.peer, bits, buckets),
+        ))
     }
 }
 

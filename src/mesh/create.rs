@@ -9,15 +9,15 @@
 
 use std::cell::RefCell;
 
-use mm_conflict_core::mesh::{
-    create_plan, failure, inspect_query, NodeState, Remote, Step, StepKind, TablePolicy,
-};
 use super::plan::check_node;
 use super::remote::{self, Connection, Value};
 use super::{parse_nodes, NodeSpec};
 use crate::error::{MmError, OrRaise};
 use crate::pg::spi::read_one;
 use crate::pg::subxact::{catching, catching_error};
+use mm_conflict_core::mesh::{
+    create_plan, failure, inspect_query, NodeState, Remote, Step, StepKind, TablePolicy,
+};
 
 /// What `create_mesh` was asked.
 pub struct Request {
@@ -103,13 +103,11 @@ pub fn create_mesh(request: Request) -> Result<(), MmError> {
         criterion: request.criterion.ok_or_else(|| null("criterion"))?,
         method: request.method.ok_or_else(|| null("method"))?,
         // 0 is no preferred node, as NULL.
-        preferred_node: request
-            .preferred_node
-            .filter(|&p| p != 0)
-            .map(i64::from),
+        preferred_node: request.preferred_node.filter(|&p| p != 0).map(i64::from),
     };
     let labels: Vec<String> = nodes.iter().map(label).collect();
-    let conns: RefCell<Vec<Option<Connection>>> = RefCell::new(nodes.iter().map(|_| None).collect());
+    let conns: RefCell<Vec<Option<Connection>>> =
+        RefCell::new(nodes.iter().map(|_| None).collect());
     let plan: RefCell<Vec<Step>> = RefCell::new(Vec::new());
     let progress = RefCell::new(Progress {
         node: "the first node".into(),

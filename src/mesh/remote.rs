@@ -57,10 +57,12 @@ impl Value<'_> {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// `SELECT mm_conflict.<function>(<args>)`: `function` is one of mm_conflict's own (a constant
@@ -176,7 +178,10 @@ impl Connection {
     /// The answer to what [`Connection::send`] sent (its first row's value); a remote error is
     /// raised here.
     pub fn receive(&self) -> String {
-        let read = format!("SELECT v FROM {}($1) AS r(v pg_catalog.text)", self.get_result);
+        let read = format!(
+            "SELECT v FROM {}($1) AS r(v pg_catalog.text)",
+            self.get_result
+        );
         let value = local(&read, &[self.name.as_str().into()]);
         // Once more: the empty result that ends the query frees the connection.
         local(&read, &[self.name.as_str().into()]);

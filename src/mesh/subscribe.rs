@@ -6,8 +6,8 @@
 
 use std::cell::Cell;
 
-use mm_conflict_core::mesh::{channel_name, peer_query, subscription_sql, PeerState, Remote};
 use mm_conflict_core::mesh::PEER_IDENTITY_QUERY;
+use mm_conflict_core::mesh::{channel_name, peer_query, subscription_sql, PeerState, Remote};
 use mm_conflict_core::sql::sql_literal;
 use pgrx::prelude::*;
 

@@ -19,8 +19,7 @@ impl Caught {
     /// Raises an error with this one's SQLSTATE and hint, and `message` and `detail` instead of
     /// its own. Never returns.
     pub fn raise_as(&self, message: String, detail: Option<String>) -> ! {
-        let mut report =
-            pgrx::pg_sys::panic::ErrorReport::new(self.state, message, "mm_conflict");
+        let mut report = pgrx::pg_sys::panic::ErrorReport::new(self.state, message, "mm_conflict");
         if let Some(detail) = detail.filter(|d| !d.is_empty()) {
             report = report.set_detail(detail);
         }

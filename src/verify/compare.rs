@@ -159,29 +159,42 @@ impl<'a> Comparison<'a> {
             .filter(|d| d.peer.is_none())
             .map(|d| d.key.clone())
             .collect();
-        let local_tombstones: HashMap<Vec<u8>, Version> = diff::tombstones(self.rel, no_local, false)?
-            .into_iter()
-            .map(|(key, version, _)| (key, version))
-            .collect();
+        let local_tombstones: HashMap<Vec<u8>, Version> =
+            diff::tombstones(self.rel, no_local, false)?
+                .into_iter()
+                .map(|(key, version, _)| (key, version))
+                .collect();
         let peer_tombstones: HashMap<Vec<u8>, Version> = if no_peer.is_empty() {
             HashMap::new()
         } else {
             let json = self.conn.rows(
                 "_diff_tombstones",
-                &[Value::Table(&self.table), Value::Keys(&no_peer), Value::Bool(false)],
+                &[
+                    Value::Table(&self.table),
+                    Value::Keys(&no_peer),
+                    Value::Bool(false),
+                ],
             );
             parse::<PeerRow>(&json, "tombstones")?
                 .into_iter()
-                .map(|t| Ok((bytea(&t.pk)?, diff::version(t.criterion, t.stattime, t.node))))
+                .map(|t| {
+                    Ok((
+                        bytea(&t.pk)?,
+                        diff::version(t.criterion, t.stattime, t.node),
+                    ))
+                })
                 .collect::<Result<_, MmError>>()?
         };
         let policy = diff::policy(self.rel)?;
         Ok(differing
             .into_iter()
             .map(|d| {
-                let side = |row: Option<RowState>, tombstones: &HashMap<Vec<u8>, Version>| match row {
+                let side = |row: Option<RowState>, tombstones: &HashMap<Vec<u8>, Version>| match row
+                {
                     Some(row) => Held::Row(row.version),
-                    None => tombstones.get(&d.key).map_or(Held::Nothing, |v| Held::Tombstone(*v)),
+                    None => tombstones
+                        .get(&d.key)
+                        .map_or(Held::Nothing, |v| Held::Tombstone(*v)),
                 };
                 let local = side(d.local, &local_tombstones);
                 let peer = side(d.peer, &peer_tombstones);
@@ -205,11 +218,19 @@ impl<'a> Comparison<'a> {
 impl Sides for Comparison<'_> {
     type Error = MmError;
 
-    fn buckets(&mut self, bits: i32, parents: &[i64]) -> Result<(Vec<Bucket>, Vec<Bucket>), MmError> {
+    fn buckets(
+        &mut self,
+        bits: i32,
+        parents: &[i64],
+    ) -> Result<(Vec<Bucket>, Vec<Bucket>), MmError> {
         let parents = (bits > 0).then_some(parents);
         self.conn.send(&remote::call_rows(
             "_diff_summary",
-            &[Value::Table(&self.table), Value::Int(bits.into()), Value::Ints(parents)],
+            &[
+                Value::Table(&self.table),
+                Value::Int(bits.into()),
+                Value::Ints(parents),
+            ],
         ));
         let local = diff::summary(self.rel, bits, parents.map(<[i64]>::to_vec))?
             .into_iter()
@@ -274,10 +295,22 @@ pub fn peer_conninfo(peer: i32) -> Result<String, MmError> {
 pub fn table_diff(
     rel: &PgRelation,
     peer: i32,
-) -> Result<Vec<(serde_json::Value, Option<String>, Option<String>, &'static str)>, MmError> {
+) -> Result<
+    Vec<(
+        serde_json::Value,
+        Option<String>,
+        Option<String>,
+        &'static str,
+    )>,
+    MmError,
+> {
     let conninfo = peer_conninfo(peer)?;
     remote::require_dblink("table_diff()");
-    let conn = Connection::open("mm_conflict_diff".into(), &conninfo, &format!("node {peer}"));
+    let conn = Connection::open(
+        "mm_conflict_diff".into(),
+        &conninfo,
+        &format!("node {peer}"),
+    );
     let judged = Comparison::new(rel, &conn, peer).judged(None)?;
     let mut out = Vec::with_capacity(judged.len());
     for j in judged {
