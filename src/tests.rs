@@ -642,10 +642,20 @@ mod tests {
             "SELECT mm_conflict.f(true, 'public.t'::pg_catalog.regclass)"
         );
         // A set-returning call's rows come back as one JSON array, empty when there are none.
-        let rows = crate::mesh::remote::call_rows("_sequences", &[]);
+        let rows = crate::mesh::remote::call_rows("_sequences", &[], &["table_name"]);
         assert_eq!(
             read_one::<String>(&rows, &[]).unwrap().as_deref(),
             Some("[]")
         );
+        // Rows as arrays of the columns asked for, in that order.
+        let nodes = r#"[{"id": 1, "conninfo": "a"}, {"id": 2, "name": "b", "conninfo": "c"}]"#;
+        let rows = crate::mesh::remote::call_rows(
+            "mesh_nodes",
+            &[Value::Text(nodes)],
+            &["node_id", "node_name"],
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&read_one::<String>(&rows, &[]).unwrap().unwrap()).unwrap();
+        assert_eq!(json, serde_json::json!([[1, null], [2, "b"]]));
     }
 }

@@ -8,7 +8,7 @@
 use pgrx::prelude::*;
 
 use crate::error::MmError;
-use crate::pg::names::sql_literal;
+use crate::pg::names::{sql_ident, sql_literal};
 use crate::pg::spi::read_one;
 
 /// A value in a call sent to a peer.
@@ -72,13 +72,19 @@ pub fn call(function: &'static str, args: &[Value]) -> String {
     format!("SELECT mm_conflict.{function}({})", args.join(", "))
 }
 
-/// `SELECT` of every row of set-returning function `mm_conflict.<function>(<args>)` as one JSON
-/// array of objects (column name: value), as text.
-pub fn call_rows(function: &'static str, args: &[Value]) -> String {
+/// `SELECT` of `columns` of every row of set-returning function `mm_conflict.<function>(<args>)`
+/// as one JSON array of arrays (one per row, the columns in that order), as text: no column names
+/// repeated on every row.
+pub fn call_rows(function: &'static str, args: &[Value], columns: &[&'static str]) -> String {
     let args: Vec<String> = args.iter().map(Value::sql).collect();
+    let columns: Vec<String> = columns
+        .iter()
+        .map(|c| format!("r.{}", sql_ident(c)))
+        .collect();
     format!(
-        "SELECT COALESCE(pg_catalog.json_agg(r)::pg_catalog.text, '[]') \
+        "SELECT COALESCE(pg_catalog.json_agg(pg_catalog.json_build_array({}))::pg_catalog.text, '[]') \
          FROM mm_conflict.{function}({}) r",
+        columns.join(", "),
         args.join(", ")
     )
 }
@@ -219,9 +225,9 @@ impl Connection {
         );
     }
 
-    /// Every row of [`call_rows`]`(function, args)` on the peer, as a JSON array.
-    pub fn rows(&self, function: &'static str, args: &[Value]) -> String {
-        self.send(&call_rows(function, args));
+    /// Every row of [`call_rows`]`(function, args, columns)` on the peer, as a JSON array.
+    pub fn rows(&self, function: &'static str, args: &[Value], columns: &[&'static str]) -> String {
+        self.send(&call_rows(function, args, columns));
         self.receive()
     }
 

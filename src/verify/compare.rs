@@ -41,21 +41,35 @@ pub struct Judged {
     pub peer_node: Option<i16>,
 }
 
+/// A bucket as the peer's `_diff_summary` sends it (a JSON array, in this order).
 #[derive(Deserialize)]
 struct PeerBucket {
     bucket: i64,
     rows: i64,
     hash: i64,
 }
+const BUCKET_COLUMNS: &[&str] = &["bucket", "rows", "hash"];
 
+/// A row as the peer's `_diff_rows` sends it.
 #[derive(Deserialize)]
 struct PeerRow {
     pk: String,
-    hash: Option<i64>,
+    hash: i64,
     criterion: Option<i64>,
     stattime: Option<i64>,
     node: Option<i16>,
 }
+const ROW_COLUMNS: &[&str] = &["pk", "hash", "criterion", "stattime", "node"];
+
+/// A tombstone as the peer's `_diff_tombstones` sends it.
+#[derive(Deserialize)]
+struct PeerTombstone {
+    pk: String,
+    criterion: Option<i64>,
+    stattime: Option<i64>,
+    node: Option<i16>,
+}
+const TOMBSTONE_COLUMNS: &[&str] = &["pk", "criterion", "stattime", "node"];
 
 /// What the peer answered, parsed (an answer that does not parse is an internal error: both
 /// sides run the same version).
@@ -98,7 +112,7 @@ impl<'a> Comparison<'a> {
                 Ok((
                     bytea(&r.pk)?,
                     RowState {
-                        hash: r.hash.unwrap_or_default(),
+                        hash: r.hash,
                         version: diff::version(r.criterion, r.stattime, r.node),
                     },
                 ))
@@ -139,6 +153,7 @@ impl<'a> Comparison<'a> {
                 Value::Ints(None),
                 Value::Keys(keys),
             ],
+            ROW_COLUMNS,
         ));
         let local = self.local_rows(0, Vec::new(), keys.to_vec())?;
         let peer = Self::peer_rows(&self.conn.receive())?;
@@ -174,8 +189,9 @@ impl<'a> Comparison<'a> {
                     Value::Keys(&no_peer),
                     Value::Bool(false),
                 ],
+                TOMBSTONE_COLUMNS,
             );
-            parse::<PeerRow>(&json, "tombstones")?
+            parse::<PeerTombstone>(&json, "tombstones")?
                 .into_iter()
                 .map(|t| {
                     Ok((
@@ -231,6 +247,7 @@ impl Sides for Comparison<'_> {
                 Value::Int(bits.into()),
                 Value::Ints(parents),
             ],
+            BUCKET_COLUMNS,
         ));
         let local = diff::summary(self.rel, bits, parents.map(<[i64]>::to_vec))?
             .into_iter()
@@ -261,6 +278,7 @@ impl Sides for Comparison<'_> {
                 Value::Ints(Some(buckets)),
                 Value::Keys(&[]),
             ],
+            ROW_COLUMNS,
         ));
         let local = self.local_rows(bits, buckets.to_vec(), Vec::new())?;
         let peer = Self::peer_rows(&self.conn.receive())?;
