@@ -20,8 +20,9 @@ pub const MAX_BITS: i32 = 56;
 /// A differing bucket with at most this many rows on either side is listed, not split.
 pub const LEAF_ROWS: i64 = 64;
 
-/// A bucket of one side: its number at its level, its rows and the sum of their hashes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A bucket of one side: its number at its level, its rows and the sum of their hashes (read
+/// from a peer as a JSON array in this order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 pub struct Bucket {
     pub bucket: i64,
     pub rows: i64,

@@ -179,12 +179,7 @@ pub mod mm_conflict {
             name!(winner, String),
         ),
     > {
-        if !crate::pg::security::is_superuser() {
-            crate::error::MmError::NotSuperuser {
-                function: "table_diff()".into(),
-            }
-            .raise()
-        }
+        crate::pg::security::require_superuser("table_diff()").or_raise();
         let tbl = crate::api::args::given(tbl, "table_diff()", "tbl");
         let peer = crate::api::args::given(peer_node_id, "table_diff()", "peer_node_id");
         let rows = crate::verify::compare::table_diff(&tbl, peer).or_raise();
@@ -217,12 +212,7 @@ pub mod mm_conflict {
     #[search_path(pg_catalog, pg_temp)]
     fn repair(tbl: Option<PgRelation>) -> i64 {
         // The same order of checks as every mesh function: rights, then arguments.
-        if !crate::pg::security::is_superuser() {
-            crate::error::MmError::NotSuperuser {
-                function: "repair()".into(),
-            }
-            .raise()
-        }
+        crate::pg::security::require_superuser("repair()").or_raise();
         let tbl = crate::api::args::given(tbl, "repair()", "tbl");
         crate::verify::repair::run(&tbl).or_raise()
     }

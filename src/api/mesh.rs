@@ -107,12 +107,7 @@ pub mod mm_conflict {
     #[pg_extern(stable)]
     #[search_path(pg_catalog, pg_temp)]
     fn _require_superuser(what: &str) {
-        if !crate::pg::security::is_superuser() {
-            MmError::NotSuperuser {
-                function: what.into(),
-            }
-            .raise()
-        }
+        crate::pg::security::require_superuser(what).or_raise();
     }
 
     /// Makes `tbl` a replicated table on this node (see README "Step by step").

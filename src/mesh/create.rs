@@ -88,11 +88,7 @@ pub fn create_mesh(request: Request) -> Result<(), MmError> {
     if written == Some(true) {
         return Err(MmError::MeshInWrittenTransaction);
     }
-    if !crate::pg::security::is_superuser() {
-        return Err(MmError::NotSuperuser {
-            function: "create_mesh()".into(),
-        });
-    }
+    crate::pg::security::require_superuser("create_mesh()")?;
     let tables = match request.tables {
         Some(tables) if !tables.is_empty() => tables,
         _ => return Err(MmError::MeshWithoutTables),

@@ -8,7 +8,7 @@
 use pgrx::prelude::*;
 
 use crate::error::MmError;
-use crate::pg::names::{sql_ident, sql_literal};
+use crate::pg::names::{bytea_hex, sql_ident, sql_literal};
 use crate::pg::spi::read_one;
 
 /// A value in a call sent to a peer.
@@ -44,7 +44,7 @@ impl Value<'_> {
                 // parser (the literal then escapes it again for the string).
                 let elements: Vec<String> = keys
                     .iter()
-                    .map(|k| format!("\"\\\\x{}\"", hex(k)))
+                    .map(|k| format!("\"\\{}\"", bytea_hex(k)))
                     .collect();
                 format!(
                     "{}::pg_catalog.bytea[]",
@@ -53,16 +53,6 @@ impl Value<'_> {
             }
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// `SELECT mm_conflict.<function>(<args>)`: `function` is one of mm_conflict's own (a constant

@@ -59,11 +59,7 @@ pub fn subscribe(
     conninfo: Option<&str>,
     copy_data: Option<bool>,
 ) -> Result<(), MmError> {
-    if !crate::pg::security::is_superuser() {
-        return Err(MmError::NotSuperuser {
-            function: "subscribe()".into(),
-        });
-    }
+    crate::pg::security::require_superuser("subscribe()")?;
     let peer = peer.ok_or_else(|| null("peer_node_id"))?;
     let conninfo = conninfo.ok_or_else(|| null("conninfo"))?;
     let copy_data = copy_data.ok_or_else(|| null("copy_data"))?;

@@ -21,7 +21,7 @@ pub unsafe fn cstr_to_string(ptr: *const std::ffi::c_char) -> String {
         .into_owned()
 }
 
-pub use mm_conflict_core::sql::{sql_ident, sql_literal};
+pub use mm_conflict_core::sql::{bytea_from_hex, bytea_hex, sql_ident, sql_literal};
 
 fn plain(part: &str) -> bool {
     let mut chars = part.chars();

@@ -102,3 +102,14 @@ pub fn is_superuser() -> bool {
     // transaction (SQL-callable functions and triggers).
     unsafe { pg_sys::superuser() }
 }
+
+/// `42501` naming `function` unless the current role is a superuser.
+pub fn require_superuser(function: &str) -> Result<(), crate::error::MmError> {
+    if is_superuser() {
+        Ok(())
+    } else {
+        Err(crate::error::MmError::NotSuperuser {
+            function: function.into(),
+        })
+    }
+}

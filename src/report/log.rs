@@ -239,8 +239,7 @@ pub unsafe fn log_row(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolution
 /// A conflict_log row for a replicated tombstone this node could not resolve (`reason`: why),
 /// written whatever `mm_conflict.log_conflicts` says: the delete it carries was not applied here.
 pub fn log_ignored_tombstone(table: &str, key: &[u8], version: &Version, reason: &str) {
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    let key = serde_json::json!({ "binary_key": format!("\\x{hex}") }).to_string();
+    let key = serde_json::json!({ "binary_key": crate::pg::names::bytea_hex(key) }).to_string();
     let text = |s: &str| text_datum(s.as_bytes());
     let values = [
         Some(text(table)),

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::diff;
 use crate::error::MmError;
 use crate::mesh::remote::{self, Connection, Value};
-use crate::pg::names::table_identity;
+use crate::pg::names::{bytea_from_hex, table_identity};
 
 /// How often a long comparison says how far it is.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -41,13 +41,7 @@ pub struct Judged {
     pub peer_node: Option<i16>,
 }
 
-/// A bucket as the peer's `_diff_summary` sends it (a JSON array, in this order).
-#[derive(Deserialize)]
-struct PeerBucket {
-    bucket: i64,
-    rows: i64,
-    hash: i64,
-}
+/// The columns of the peer's `_diff_summary`, in the order of [`Bucket`]'s fields.
 const BUCKET_COLUMNS: &[&str] = &["bucket", "rows", "hash"];
 
 /// A row as the peer's `_diff_rows` sends it.
@@ -79,19 +73,11 @@ fn parse<T: serde::de::DeserializeOwned>(json: &str, what: &str) -> Result<Vec<T
     })
 }
 
-/// A `bytea` as JSON prints it (`"\\x0102"`, the remote session's `bytea_output` is hex).
+/// A key as the peer's JSON prints it (`"\\x0102"`: the remote session's `bytea_output` is hex).
 fn bytea(text: &str) -> Result<Vec<u8>, MmError> {
-    let bad = || MmError::Internal {
+    bytea_from_hex(text).ok_or_else(|| MmError::Internal {
         what: format!("the peer sent a key that is not hex bytea: {text:?}"),
-    };
-    let hex = text.strip_prefix("\\x").ok_or_else(bad)?;
-    if hex.len() % 2 != 0 {
-        return Err(bad());
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| bad()))
-        .collect()
+    })
 }
 
 impl<'a> Comparison<'a> {
@@ -253,14 +239,7 @@ impl Sides for Comparison<'_> {
             .into_iter()
             .map(|(bucket, rows, hash)| Bucket { bucket, rows, hash })
             .collect();
-        let peer = parse::<PeerBucket>(&self.conn.receive(), "buckets")?
-            .into_iter()
-            .map(|b| Bucket {
-                bucket: b.bucket,
-                rows: b.rows,
-                hash: b.hash,
-            })
-            .collect();
+        let peer = parse::<Bucket>(&self.conn.receive(), "buckets")?;
         Ok((local, peer))
     }
 

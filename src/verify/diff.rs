@@ -564,11 +564,7 @@ pub fn version(criterion: Option<i64>, stattime: Option<i64>, node: Option<i16>)
 /// version that is not better than the one stored changes nothing. `same_version`: a row with the
 /// stored row's very version is written too. Returns the number of items written.
 pub fn apply(rel: &PgRelation, items: &str, same_version: bool) -> Result<i64, MmError> {
-    if !crate::pg::security::is_superuser() {
-        return Err(MmError::NotSuperuser {
-            function: "repair()".into(),
-        });
-    }
+    crate::pg::security::require_superuser("repair()")?;
     let tree = tree(rel, "repair")?;
     // Each item's value as the exact text it came in (a re-serialized value would lose digits of
     // numbers and the spacing of json columns).

@@ -133,13 +133,8 @@ impl RepairMesh for PgMesh<'_> {
 }
 
 /// Reconciles `rel` across the mesh from this node (README "Verify and repair"); returns the
-/// keys written.
+/// keys written. The caller (`api`'s `repair`) has checked that the role is a superuser.
 pub fn run(rel: &PgRelation) -> Result<i64, MmError> {
-    if !crate::pg::security::is_superuser() {
-        return Err(MmError::NotSuperuser {
-            function: "repair()".into(),
-        });
-    }
     this_node()?;
     let table = table_identity(rel);
     let peers = remote::peers();
