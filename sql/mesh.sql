@@ -291,11 +291,20 @@ SELECT p.node_id,
        r.replay_lag                       AS lag_time,
        mm_conflict._subscription_origin(s.oid) AS origin,
        CASE WHEN s.oid IS NULL THEN 'the subscription is missing'
+            WHEN slot.wal_status = 'lost'
+                THEN format('the slot through which node %s reads from this node is lost (max_slot_wal_keep_size): it cannot catch up; take it out with mm_conflict.remove_node(%s) and add it again', p.node_id, p.node_id)
             WHEN mm_conflict._subscription_origin(s.oid) = 'none'
                 THEN 'origin = none: this node drops the changes its peer applied from others, which the mesh needs to converge; ALTER SUBSCRIPTION ... SET (origin = any)'
             WHEN NOT s.subenabled THEN 'disabled'
             WHEN w.pid IS NULL THEN 'no apply worker running'
-       END                                AS problem
+            WHEN down.since < pg_catalog.now() - down.after
+                THEN format('node %s has not read from this node since %s (longer than mm_conflict.peer_down_after = %s); this node keeps %s of WAL for it: if it is gone for good, run mm_conflict.remove_node(%s)',
+                            p.node_id, down.since, down.after,
+                            pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), slot.restart_lsn)), p.node_id)
+       END                                AS problem,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), slot.restart_lsn)::bigint AS retained_wal_bytes,
+       slot.wal_status,
+       down.since                         AS peer_down_since
   FROM subs s
   FULL JOIN mm_conflict.peer p ON p.subscription = s.subname
   LEFT JOIN leaders w ON w.subid = s.oid
@@ -305,36 +314,17 @@ SELECT p.node_id,
   LEFT JOIN pg_replication_slots slot
          ON slot.slot_name = mm_conflict.channel_name(me.node_id, p.node_id)
         AND slot.database = current_database()
-  LEFT JOIN pg_stat_replication r ON r.pid = slot.active_pid;
+  LEFT JOIN pg_stat_replication r ON r.pid = slot.active_pid
+  -- Since when the peer's walsender is gone: the slot's inactive_since (PostgreSQL 17 on; NULL
+  -- before, where no server view tells it).
+  LEFT JOIN LATERAL (
+      SELECT CASE WHEN NOT slot.active THEN (to_jsonb(slot) ->> 'inactive_since')::timestamptz END AS since,
+             COALESCE(nullif(current_setting('mm_conflict.peer_down_after', true), ''), '300')::interval AS after
+  ) down ON true;
 COMMENT ON VIEW mm_conflict.status IS
     'mm_conflict: one row per subscription of this node (and per peer whose subscription is missing), and the peer''s slot on this node';
 
-CREATE FUNCTION mm_conflict.wait_for_sync(timeout interval DEFAULT '60 seconds')
-RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    me smallint := mm_conflict.this_node();
-    -- The insert position: with synchronous_commit = off, a commit this session just made may
-    -- not be written yet, so the write position (pg_current_wal_lsn) can lie before it.
-    target pg_lsn := pg_current_wal_insert_lsn();
-    deadline timestamptz := clock_timestamp() + timeout;
-BEGIN
-    LOOP
-        IF NOT EXISTS (
-            SELECT 1 FROM pg_replication_slots
-             WHERE database = current_database()
-               AND slot_name ~ format('^mm_conflict_%s_to_[0-9]+$', me)
-               AND (confirmed_flush_lsn IS NULL OR confirmed_flush_lsn < target)) THEN
-            RETURN true;
-        END IF;
-        IF clock_timestamp() >= deadline THEN
-            RETURN false;
-        END IF;
-        PERFORM pg_sleep(0.01);
-    END LOOP;
-END
-$$;
+-- wait_for_sync() is Rust (src/mesh/local.rs: wait_for_peers).
 
 ------------------------------------------------------------------------------------------------
 -- Tear-down.

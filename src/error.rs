@@ -188,6 +188,30 @@ pub enum MmError {
     #[error("node {node} is not a peer of this node")]
     NotAPeer { node: i64 },
 
+    // ---- nodes leaving --------------------------------------------------------------------
+    #[error("node {node} is not a node of this mesh")]
+    NotANode { node: i64 },
+
+    #[error("node {node} is this node")]
+    RemoveSelf { node: i64 },
+
+    #[error("node {node} does not subscribe to node {peer}")]
+    NotFullMesh { node: i64, peer: i64 },
+
+    #[error("{function}: {argument} must not be negative, got {value}")]
+    NegativeInterval {
+        function: String,
+        argument: String,
+        value: String,
+    },
+
+    #[error("node {node} did not confirm what node {from} had written within {timeout}")]
+    CatchUpTimeout {
+        node: String,
+        from: String,
+        timeout: String,
+    },
+
     #[error("table_diff of {table} with node {peer}: {ranges} key ranges compared, {rows} differing rows found so far")]
     DiffProgress {
         table: String,
@@ -305,7 +329,10 @@ impl MmError {
             | DiffProgress { .. }
             | RepairProgress { .. }
             | MeshRepaired { .. } => ERRCODE_SUCCESSFUL_COMPLETION,
-            NotAPeer { .. } => ERRCODE_UNDEFINED_OBJECT,
+            NotAPeer { .. } | NotANode { .. } => ERRCODE_UNDEFINED_OBJECT,
+            RemoveSelf { .. } | NegativeInterval { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            NotFullMesh { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            CatchUpTimeout { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             ValueNotUtf8 { .. } => ERRCODE_UNTRANSLATABLE_CHARACTER,
             Internal { .. } => ERRCODE_INTERNAL_ERROR,
         }
@@ -320,6 +347,18 @@ impl MmError {
                 "Replicated inserts, updates and deletes find their row by primary key.".into()
             }
             NodeIdTaken { .. } => "Replicated tables and subscriptions carry the node id.".into(),
+            NotANode { .. } => {
+                "Neither this node nor any peer it reached has a subscription, slot or peer row for it (a node removed already has none)."
+                    .into()
+            }
+            NotFullMesh { .. } => {
+                "remove_node() waits until every node that stays has what any other one received from the node removed, which travels through the subscriptions between them."
+                    .into()
+            }
+            CatchUpTimeout { .. } => {
+                "remove_node() drops nothing until every survivor has every change of the node that any survivor received; the stopped subscriptions were enabled again."
+                    .into()
+            }
             NotSuperuser { function } if function == "table_diff()" || function == "repair()" => {
                 "It reaches the peers with the connection strings of this node's subscriptions, which only a superuser may read; repair writes versions as replication does."
                     .into()
@@ -468,6 +507,18 @@ impl MmError {
                 "Run SELECT mm_conflict.repair('{}') on one node (or pass repair => true to create_mesh()) to write each row's winning version on every node.",
                 table.replace('\'', "''")
             ),
+            NotANode { .. } => {
+                "SELECT node_id FROM mm_conflict.status lists the peers of this node.".into()
+            }
+            NotFullMesh { node, peer } => format!(
+                "Run SELECT mm_conflict.subscribe({peer}, '<conninfo of node {peer}>') on node {node}, then call again."
+            ),
+            RemoveSelf { .. } => {
+                "Run remove_node() on a node that stays in the mesh (drop_mesh() takes a node out from within).".into()
+            }
+            CatchUpTimeout { .. } => {
+                "Look at mm_conflict.status on both for a stopped worker or a long lag, then call again, with a longer timeout if needed.".into()
+            }
             NotAPeer { .. } => {
                 "SELECT node_id, node_name FROM mm_conflict.peer lists this node's peers.".into()
             }

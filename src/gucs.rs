@@ -158,7 +158,22 @@ pub fn log_level() -> PgLogLevel {
 /// `mm_conflict.tombstone_retention`: how long `mm_conflict.purge_tombstones()` keeps tombstones.
 pub static TOMBSTONE_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(86_400);
 
+/// `mm_conflict.peer_down_after`: how long a peer may go without reading from this node before
+/// `mm_conflict.status` calls it a problem (read by the view, from PostgreSQL 17 on).
+pub static PEER_DOWN_AFTER: GucSetting<i32> = GucSetting::<i32>::new(300);
+
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"mm_conflict.peer_down_after",
+        c"How long a peer may go without reading from this node before mm_conflict.status reports it.",
+        c"Meanwhile this node keeps all WAL the peer has not confirmed. Read from the slot's \
+inactive_since, which PostgreSQL has from version 17 on.",
+        &PEER_DOWN_AFTER,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
+    );
     GucRegistry::define_int_guc(
         c"mm_conflict.tombstone_retention",
         c"How long mm_conflict.purge_tombstones() keeps tombstones (versioned deletes).",

@@ -34,6 +34,17 @@ pub fn channel_name(publisher: i64, subscriber: i64) -> String {
     format!("mm_conflict_{publisher}_to_{subscriber}")
 }
 
+/// The publisher and subscriber of a channel named by [`channel_name`] (`None`: another name).
+pub fn parse_channel(name: &str) -> Option<(i64, i64)> {
+    let (publisher, subscriber) = name.strip_prefix("mm_conflict_")?.split_once("_to_")?;
+    let number = |s: &str| -> Option<i64> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    Some((number(publisher)?, number(subscriber)?))
+}
+
 /// `v` as a SQL array literal of text.
 fn text_array(values: &[String]) -> String {
     format!(
@@ -116,11 +127,11 @@ pub struct Remote {
 }
 
 impl Remote {
-    fn exec(sql: String) -> Remote {
+    pub fn exec(sql: String) -> Remote {
         Remote { sql, query: false }
     }
 
-    fn query(sql: String) -> Remote {
+    pub fn query(sql: String) -> Remote {
         Remote { sql, query: true }
     }
 }
@@ -140,7 +151,7 @@ pub struct Step {
 }
 
 /// Statements as one remote transaction that returns no rows (a `DO` block), for `dblink_exec`.
-fn as_block(statements: &[String]) -> String {
+pub(crate) fn as_block(statements: &[String]) -> String {
     let body = statements
         .iter()
         .map(|s| format!("{s};"))
@@ -282,8 +293,29 @@ pub fn failure(
     undone: &[String],
     not_undone: &[String],
 ) -> (String, String) {
+    failure_of(
+        "create_mesh()",
+        node_label,
+        step,
+        message,
+        detail,
+        undone,
+        not_undone,
+    )
+}
+
+/// [`failure`] of `function` (`"remove_node()"`).
+pub fn failure_of(
+    function: &str,
+    node_label: &str,
+    step: &str,
+    message: &str,
+    detail: Option<&str>,
+    undone: &[String],
+    not_undone: &[String],
+) -> (String, String) {
     let message = format!(
-        "create_mesh() failed on {node_label} at step \"{step}\": {}",
+        "{function} failed on {node_label} at step \"{step}\": {}",
         message.strip_prefix("mm_conflict: ").unwrap_or(message)
     );
     let mut lines: Vec<String> = detail
@@ -509,6 +541,20 @@ mod tests {
         assert_eq!(d, "why\nNothing was changed.");
         let (_, d) = failure("n", "s", "m", None, &["a".into()], &["b (x)".into()]);
         assert_eq!(d, "Undone: a.\nCould not undo: b (x).");
+    }
+
+    #[test]
+    fn channel_names_parse_back() {
+        assert_eq!(parse_channel(&channel_name(12, 3)), Some((12, 3)));
+        for other in [
+            "mm_conflict_1_to_",
+            "mm_conflict_x_to_2",
+            "mm_conflict_1_to_2_",
+            "pg_1_to_2",
+            "mm_conflict_+1_to_2",
+        ] {
+            assert_eq!(parse_channel(other), None, "{other}");
+        }
     }
 
     #[test]

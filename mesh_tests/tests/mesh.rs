@@ -1194,3 +1194,143 @@ fn counter_slots_of_dropped_tables_are_reused() {
         "ok"
     );
 }
+
+/// What is left on `node` of node `gone`: subscriptions from it, slots it read, peer rows.
+fn traces_of(node: &Node, gone: i16) -> String {
+    node.sql(&format!(
+        "SELECT (SELECT count(*) FROM pg_subscription WHERE subname = mm_conflict.channel_name({gone}, mm_conflict.this_node()))
+              + (SELECT count(*) FROM pg_replication_slots WHERE slot_name = mm_conflict.channel_name(mm_conflict.this_node(), {gone}))
+              + (SELECT count(*) FROM mm_conflict.peer WHERE node_id = {gone})"
+    ))
+}
+
+/// Takes `mesh.nodes[index]` out of the struct (it is stopped already) and deletes its data
+/// directory: the node is gone for good.
+fn destroy(mesh: &mut Mesh, index: usize) -> i16 {
+    let node = mesh.nodes.remove(index);
+    node.stop("immediate");
+    std::fs::remove_dir_all(&node.dir).unwrap();
+    node.id
+}
+
+/// Nodes come and go: under the article's load on three nodes, node 3 is killed for good and its
+/// data directory deleted; `remove_node(3)` on node 1 leaves no subscription, slot or peer row of
+/// it on either survivor, their status shows no problem and they are identical; then a fourth
+/// node joins (README "Add a node") while they write, and all three are identical.
+#[test]
+fn dead_node_is_removed_and_a_new_one_joins() {
+    let mut mesh = Mesh::start("remove_dead", 3);
+    mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
+    mesh.nodes_go_down = true;
+    let seconds = load_seconds();
+    let mut runs = start_article_load(&mesh.nodes, seconds);
+    std::thread::sleep(std::time::Duration::from_secs(u64::from(seconds) / 2));
+    mesh.nodes[2].stop("immediate");
+    let dead = runs.pop().unwrap();
+    let gone = destroy(&mut mesh, 2);
+    let removed = mesh.nodes[0].sql(&format!(
+        "SELECT string_agg(node || ':' || removed || ':' || detail, E'\\n' ORDER BY node) FROM mm_conflict.remove_node({gone})"
+    ));
+    eprintln!("[remove_dead] remove_node({gone}):\n{removed}");
+    assert!(
+        removed.contains(&format!("{gone}:false:not reached")),
+        "{removed}"
+    );
+    let mut tps: Vec<f64> = runs.into_iter().map(pgbench_tps).collect();
+    tps.push(pgbench_tps_until_crash(dead));
+    for node in &mesh.nodes {
+        assert_eq!(
+            traces_of(node, gone),
+            "0",
+            "node {} still serves node {gone}",
+            node.id
+        );
+        assert_eq!(
+            node.sql("SELECT count(*) FROM mm_conflict.status WHERE problem IS NOT NULL"),
+            "0",
+            "node {}: {}",
+            node.id,
+            node.sql("SELECT string_agg(node_id || ': ' || problem, '; ') FROM mm_conflict.status")
+        );
+    }
+    let c = mesh.assert_converged("mm");
+    report("remove_dead", &mesh, &tps, &c);
+    // A fresh node joins the two while they write.
+    let runs = start_article_load(&mesh.nodes, seconds);
+    mesh.join(
+        "remove_dead",
+        4,
+        "mm",
+        ARTICLE_TABLE,
+        "'last_xacttime', 'last', 2",
+    );
+    let tps: Vec<f64> = runs.into_iter().map(pgbench_tps).collect();
+    let c = mesh.assert_converged("mm");
+    assert_eq!(mesh.nodes.len(), 3);
+    report("remove_dead_then_join", &mesh, &tps, &c);
+}
+
+/// Before dying, node 3's last changes reached node 1 only (node 2's subscription from it was
+/// stopped): after `remove_node(3)` on node 2, node 2 has them too, relayed by node 1 before
+/// anything was dropped.
+#[test]
+fn changes_only_one_survivor_had_reach_the_others() {
+    let mut mesh = Mesh::start("remove_partial", 3);
+    mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
+    mesh.nodes_go_down = true;
+    // Cut the link from node 3 to node 2, and hold node 1's relays to node 2.
+    mesh.nodes[1].sql("ALTER SUBSCRIPTION mm_conflict_3_to_2 DISABLE");
+    mesh.nodes[1].sql("ALTER SUBSCRIPTION mm_conflict_1_to_2 DISABLE");
+    mesh.nodes[2].sql(
+        "INSERT INTO mm(id, info) SELECT g, 'last words of node 3' FROM generate_series(900001, 900500) g",
+    );
+    let arrived = |node: &Node| node.sql("SELECT count(*) FROM mm WHERE id > 900000");
+    let start = std::time::Instant::now();
+    while arrived(&mesh.nodes[0]) != "500" {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "node 1 did not get node 3's rows"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        arrived(&mesh.nodes[1]),
+        "0",
+        "node 2 was cut off from node 3"
+    );
+    mesh.nodes[2].stop("immediate");
+    let gone = destroy(&mut mesh, 2);
+    let removed = std::thread::scope(|scope| {
+        let call = scope.spawn(|| {
+            mesh.nodes[1].sql(&format!(
+                "SELECT string_agg(node || ':' || removed || ':' || detail, E'\\n' ORDER BY node) FROM mm_conflict.remove_node({gone})"
+            ))
+        });
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        // remove_node waits for node 2 to have what node 1 has, and has dropped nothing yet.
+        assert!(
+            !call.is_finished(),
+            "remove_node returned while node 2 lacked node 3's rows"
+        );
+        assert_eq!(arrived(&mesh.nodes[1]), "0");
+        assert_ne!(traces_of(&mesh.nodes[0], gone), "0");
+        mesh.nodes[1].sql("ALTER SUBSCRIPTION mm_conflict_1_to_2 ENABLE");
+        call.join().unwrap()
+    });
+    eprintln!("[remove_partial] remove_node({gone}) on node 2:\n{removed}");
+    // remove_node returned only once node 2 had everything node 1 had.
+    assert_eq!(
+        arrived(&mesh.nodes[1]),
+        "500",
+        "node 2 lacks node 3's last rows after remove_node"
+    );
+    for node in &mesh.nodes {
+        assert_eq!(
+            traces_of(node, gone),
+            "0",
+            "node {} still serves node {gone}",
+            node.id
+        );
+    }
+    mesh.assert_converged("mm");
+}

@@ -213,6 +213,55 @@ pub mod mm_conflict {
         plan::channel_name(i64::from(publisher), i64::from(subscriber))
     }
 
+    /// Takes node `node_id` out of the mesh (README "Remove a node"): every survivor stops
+    /// receiving from it, waits until the others have what it received, then drops its
+    /// subscription from it, the slot it read and its peer row; the node itself, when reached,
+    /// leaves with its rows. One row per node.
+    #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn remove_node(
+        node_id: Option<i32>,
+        force: default!(Option<bool>, false),
+        timeout: default!(Option<pgrx::datum::Interval>, "'5 minutes'"),
+    ) -> TableIterator<
+        'static,
+        (
+            name!(node, i32),
+            name!(removed, bool),
+            name!(detail, String),
+        ),
+    > {
+        let force = crate::api::args::given(force, "remove_node()", "force");
+        let timeout = crate::api::args::interval_ms(timeout, "remove_node()", "timeout");
+        TableIterator::new(crate::mesh::remove::remove_node(node_id, force, timeout).or_raise())
+    }
+
+    /// True once every peer has confirmed this node's WAL up to the position at the call (README
+    /// "Check"); false after `timeout`.
+    #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn wait_for_sync(timeout: default!(Option<pgrx::datum::Interval>, "'60 seconds'")) -> bool {
+        let (_, ms) = crate::api::args::interval_ms(timeout, "wait_for_sync()", "timeout");
+        local::wait_for_peers(None, ms).or_raise()
+    }
+
+    /// As `wait_for_sync`, for the peers `peers` only (remove_node's catch-up); a peer without a
+    /// slot here has confirmed nothing.
+    #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn _wait_for_peers(
+        peers: Option<Vec<Option<i64>>>,
+        timeout: Option<pgrx::datum::Interval>,
+    ) -> bool {
+        let peers = crate::api::args::no_nulls(
+            crate::api::args::given(peers, "_wait_for_peers()", "peers"),
+            "_wait_for_peers()",
+            "peers",
+        );
+        let (_, ms) = crate::api::args::interval_ms(timeout, "_wait_for_peers()", "timeout");
+        local::wait_for_peers(Some(&peers), ms).or_raise()
+    }
+
     /// Subscribes this node to peer `peer_node_id` (README "Step by step").
     #[pg_extern(volatile)]
     #[search_path(pg_catalog, pg_temp)]

@@ -480,3 +480,87 @@ pub fn unreplicate_table(tbl: pg_sys::Oid) -> Result<(), MmError> {
     .unwrap_or_else(|e| internal(&e));
     Ok(())
 }
+
+/// Drops replication slot `slot` of this database on this node, ending the walsender that holds
+/// it (its subscriber is gone); nothing when there is none. `55006` when it is taken again and
+/// again.
+pub fn drop_slot(slot: &str) -> Result<(), MmError> {
+    for _ in 0..100 {
+        let holder = value::<String>(
+            "SELECT COALESCE(active_pid::pg_catalog.text, 'free') FROM pg_catalog.pg_replication_slots
+              WHERE slot_name = $1::pg_catalog.name AND database = pg_catalog.current_database()",
+            &[slot.into()],
+        );
+        match holder.as_deref() {
+            None => return Ok(()),
+            Some("free") => {
+                // Taken again meanwhile: the drop fails, and the next round ends the holder.
+                let dropped = crate::pg::subxact::catching(|| {
+                    value::<String>(
+                        "SELECT pg_catalog.pg_drop_replication_slot($1::pg_catalog.name)::pg_catalog.text",
+                        &[slot.into()],
+                    )
+                });
+                if dropped.is_ok() {
+                    return Ok(());
+                }
+            }
+            Some(pid) => {
+                value::<bool>(
+                    "SELECT pg_catalog.pg_terminate_backend($1::pg_catalog.int4)",
+                    &[pid.into()],
+                );
+            }
+        }
+        crate::pg::spi::sleep_ms(100);
+    }
+    Err(MmError::SlotStillActive { slot: slot.into() })
+}
+
+/// Waits until every slot through which `peers` (`None`: every peer) read from this node has
+/// confirmed the WAL insert position at the call (with `synchronous_commit = off` a commit this
+/// session just made may lie past the write position). `false` after `timeout_ms`. A named peer
+/// without a slot here has not confirmed anything; without names, only existing slots count.
+pub fn wait_for_peers(peers: Option<&[i64]>, timeout_ms: i64) -> Result<bool, MmError> {
+    use mm_conflict_core::mesh::{channel_name, parse_channel};
+    let me = i64::from(this_node()?);
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.max(0) as u64);
+    let target = value::<String>(
+        "SELECT pg_catalog.pg_current_wal_insert_lsn()::pg_catalog.text",
+        &[],
+    )
+    .unwrap_or_default();
+    loop {
+        let slots: Vec<(String, bool)> = Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT slot_name::pg_catalog.text,
+                            COALESCE(confirmed_flush_lsn OPERATOR(pg_catalog.>=) $1::pg_catalog.pg_lsn, false)
+                       FROM pg_catalog.pg_replication_slots
+                      WHERE database = pg_catalog.current_database()",
+                    None,
+                    &[target.as_str().into()],
+                )?
+                .map(|row| Ok((row.get::<String>(1)?.unwrap_or_default(), row.get::<bool>(2)?.unwrap_or(false))))
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        })
+        .unwrap_or_else(|e| internal(&e));
+        let behind = match peers {
+            None => slots.iter().any(|(name, done)| {
+                !done && parse_channel(name).is_some_and(|(from, _)| from == me)
+            }),
+            Some(peers) => peers.iter().any(|&peer| {
+                let name = channel_name(me, peer);
+                !slots.iter().any(|(slot, done)| *done && *slot == name)
+            }),
+        };
+        if !behind {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        crate::pg::spi::sleep_ms(10);
+    }
+}

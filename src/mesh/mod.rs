@@ -7,6 +7,7 @@ pub mod create;
 pub mod local;
 pub mod plan;
 pub mod remote;
+pub mod remove;
 pub mod sequences;
 pub mod subscribe;
 

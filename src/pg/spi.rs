@@ -194,3 +194,13 @@ impl Drop for CachedPlan {
         }
     }
 }
+
+/// Sleeps `ms` milliseconds, interruptibly (`pg_sleep`, which checks for interrupts).
+pub fn sleep_ms(ms: u64) {
+    if let Err(e) = read_one::<String>(
+        "SELECT pg_catalog.pg_sleep($1)::pg_catalog.text",
+        &[(ms as f64 / 1000.0).into()],
+    ) {
+        failed("SELECT pg_catalog.pg_sleep($1)", e.to_string())
+    }
+}

@@ -167,6 +167,47 @@ SELECT mm_conflict.wait_for_sync('60 s') AS synced;
 \c :home
 SELECT id, balance, mm_islocal, mm_nodeid FROM acct WHERE id = 10;
 
+-- remove_node and the waits: bad input is refused and changes nothing.
+SELECT * FROM mm_conflict.remove_node(NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM mm_conflict.remove_node(1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM mm_conflict.remove_node(0);
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM mm_conflict.remove_node(7);
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM mm_conflict.remove_node(2, force => NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM mm_conflict.remove_node(2, timeout => '-1 s');
+\echo :LAST_ERROR_SQLSTATE
+SELECT mm_conflict.wait_for_sync(NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT mm_conflict._wait_for_peers(ARRAY[NULL]::bigint[], '1 s');
+\echo :LAST_ERROR_SQLSTATE
+-- A named peer without a slot here has confirmed nothing.
+SELECT mm_conflict._wait_for_peers(ARRAY[5], '10 ms') AS peer_5_synced;
+SELECT mm_conflict._wait_for_peers('{}', '10 ms') AS no_one_to_wait_for;
+CREATE ROLE mm_regress_nobody;
+SET ROLE mm_regress_nobody;
+SELECT * FROM mm_conflict.remove_node(2);
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+DROP ROLE mm_regress_nobody;
+SELECT node_id, subscription, enabled, problem, wal_status, peer_down_since FROM mm_conflict.status;
+-- Node 2 leaves: this node's subscription from it goes; node 2 drops its side and keeps its rows.
+SELECT * FROM mm_conflict.remove_node(2);
+SELECT count(*) AS status_rows FROM mm_conflict.status;
+SELECT count(*) AS subscriptions FROM pg_subscription;
+\c mm_regress_peer
+SELECT (SELECT count(*) FROM mm_conflict.node) AS node_rows,
+       (SELECT count(*) FROM pg_publication) AS publications,
+       (SELECT count(*) FROM pg_replication_slots) AS slots,
+       (SELECT string_agg(id::text, ',') FROM acct) AS rows_kept;
+\c :home
+-- Once removed, it is not a node of the mesh any more.
+SELECT * FROM mm_conflict.remove_node(2);
+\echo :LAST_ERROR_SQLSTATE
+
 -- Tear down: subscription, its slot on the peer, triggers, publication, identity.
 SELECT mm_conflict.drop_mesh();
 SELECT (SELECT count(*) FROM pg_subscription) AS subscriptions,
