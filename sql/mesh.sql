@@ -296,11 +296,11 @@ SELECT p.node_id,
             WHEN mm_conflict._subscription_origin(s.oid) = 'none'
                 THEN 'origin = none: this node drops the changes its peer applied from others, which the mesh needs to converge; ALTER SUBSCRIPTION ... SET (origin = any)'
             WHEN NOT s.subenabled THEN 'disabled'
-            WHEN w.pid IS NULL THEN 'no apply worker running'
             WHEN down.since < pg_catalog.now() - down.after
                 THEN format('node %s has not read from this node since %s (longer than mm_conflict.peer_down_after = %s); this node keeps %s of WAL for it: if it is gone for good, run mm_conflict.remove_node(%s)',
                             p.node_id, down.since, down.after,
                             pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), slot.restart_lsn)), p.node_id)
+            WHEN w.pid IS NULL THEN 'no apply worker running'
        END                                AS problem,
        pg_wal_lsn_diff(pg_current_wal_lsn(), slot.restart_lsn)::bigint AS retained_wal_bytes,
        slot.wal_status,

@@ -1228,6 +1228,24 @@ fn dead_node_is_removed_and_a_new_one_joins() {
     mesh.nodes[2].stop("immediate");
     let dead = runs.pop().unwrap();
     let gone = destroy(&mut mesh, 2);
+    // Its peers say so in status: the WAL they keep for it, and (17+, which record when a slot
+    // went idle) that it has been gone longer than mm_conflict.peer_down_after.
+    assert_ne!(
+        mesh.nodes[0].sql(&format!(
+            "SELECT retained_wal_bytes > 0 FROM mm_conflict.status WHERE node_id = {gone}"
+        )),
+        "f"
+    );
+    if mm_conflict_mesh_tests::pg_major() >= 17 {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let problem = mesh.nodes[0].sql(&format!(
+            "SET mm_conflict.peer_down_after = '1s'; SELECT problem FROM mm_conflict.status WHERE node_id = {gone}"
+        ));
+        assert!(
+            problem.contains(&format!("node {gone} has not read from this node since")),
+            "{problem}"
+        );
+    }
     let removed = mesh.nodes[0].sql(&format!(
         "SELECT string_agg(node || ':' || removed || ':' || detail, E'\\n' ORDER BY node) FROM mm_conflict.remove_node({gone})"
     ));
