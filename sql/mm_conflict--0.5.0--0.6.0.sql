@@ -1,13 +1,13 @@
 -- mm_conflict 0.5.0 -> 0.6.0
 --
--- What changes: remove_node() (Rust: its plan in core/src/remove.rs, its run in
--- src/mesh/remove.rs) and its catch-up wait _wait_for_peers(); wait_for_sync() becomes Rust
+-- What changes: add_node() and remove_node() (Rust: their plans in core/src/membership.rs, their runs in
+-- src/mesh/add.rs and src/mesh/remove.rs), remove_node's catch-up wait _wait_for_peers(); wait_for_sync() becomes Rust
 -- (same signature and result); the view status gains retained_wal_bytes, wal_status and
 -- peer_down_since, and its problem column reports lost slots and peers gone longer than
 -- mm_conflict.peer_down_after. Data is kept as it is.
 --
 -- Made with scripts/upgrade_sql.py from the 0.6.0 schema:
---   scripts/upgrade_sql.py SCHEMA pgrx:wait_for_sync pgrx:_wait_for_peers pgrx:remove_node
+--   scripts/upgrade_sql.py SCHEMA pgrx:wait_for_sync pgrx:_wait_for_peers pgrx:remove_node pgrx:add_node
 -- plus the DROP statement and the view (sql/mesh.sql) by hand.
 
 \echo Use "ALTER EXTENSION mm_conflict UPDATE TO '0.6.0'" to load this file. \quit
@@ -44,6 +44,22 @@ VOLATILE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'remove_node_wrapper';
+
+
+CREATE FUNCTION mm_conflict."add_node"(
+	"node_id" INT, /* Option < i32 > */
+	"conninfo" TEXT, /* Option < & str > */
+	"copy_from" INT DEFAULT NULL, /* Option < i32 > */
+	"node_name" TEXT DEFAULT NULL, /* Option < & str > */
+	"timeout" interval DEFAULT '1 hour' /* Option < pgrx :: datum :: Interval > */
+) RETURNS TABLE (
+	"node" INT,  /* i32 */
+	"step" TEXT  /* String */
+)
+VOLATILE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'add_node_wrapper';
 
 
 CREATE OR REPLACE VIEW mm_conflict.status AS

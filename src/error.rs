@@ -195,6 +195,19 @@ pub enum MmError {
     #[error("node {node} is this node")]
     RemoveSelf { node: i64 },
 
+    #[error("node id {node} is already a node of this mesh")]
+    NodeIdInUse { node: i64 },
+
+    #[error("this node has no peers")]
+    NoPeers,
+
+    #[error("step \"{step}\" on node {node} did not end within {timeout}")]
+    StepTimeout {
+        step: String,
+        node: i64,
+        timeout: String,
+    },
+
     #[error("node {node} does not subscribe to node {peer}")]
     NotFullMesh { node: i64, peer: i64 },
 
@@ -331,8 +344,9 @@ impl MmError {
             | MeshRepaired { .. } => ERRCODE_SUCCESSFUL_COMPLETION,
             NotAPeer { .. } | NotANode { .. } => ERRCODE_UNDEFINED_OBJECT,
             RemoveSelf { .. } | NegativeInterval { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
-            NotFullMesh { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            CatchUpTimeout { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            NotFullMesh { .. } | NoPeers => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            NodeIdInUse { .. } => ERRCODE_DUPLICATE_OBJECT,
+            CatchUpTimeout { .. } | StepTimeout { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             ValueNotUtf8 { .. } => ERRCODE_UNTRANSLATABLE_CHARACTER,
             Internal { .. } => ERRCODE_INTERNAL_ERROR,
         }
@@ -482,7 +496,7 @@ impl MmError {
             }
             PeerWithoutNodeId { peer } => format!("Run SELECT mm_conflict.node_init({peer}) there."),
             PeerIsAnotherNode { .. } => {
-                "Check the conninfo, or the node id passed to subscribe().".into()
+                "Check the conninfo, or the node id given.".into()
             }
             PeerWithoutPublication { .. } => {
                 "Run SELECT mm_conflict.replicate_table(...) there first.".into()
@@ -510,11 +524,21 @@ impl MmError {
             NotANode { .. } => {
                 "SELECT node_id FROM mm_conflict.status lists the peers of this node.".into()
             }
+            NodeIdInUse { node } => format!(
+                "Choose another id, or take the old node {node} out first with SELECT mm_conflict.remove_node({node})."
+            ),
+            NoPeers => {
+                "add_node() adds a node to a running mesh; start one with mm_conflict.create_mesh()."
+                    .into()
+            }
             NotFullMesh { node, peer } => format!(
                 "Run SELECT mm_conflict.subscribe({peer}, '<conninfo of node {peer}>') on node {node}, then call again."
             ),
             RemoveSelf { .. } => {
                 "Run remove_node() on a node that stays in the mesh (drop_mesh() takes a node out from within).".into()
+            }
+            StepTimeout { .. } => {
+                "Look at mm_conflict.status there for a stopped worker or an error in its log, then call again, with a longer timeout if needed.".into()
             }
             CatchUpTimeout { .. } => {
                 "Look at mm_conflict.status on both for a stopped worker or a long lag, then call again, with a longer timeout if needed.".into()

@@ -11,21 +11,21 @@
 //!   in-memory mesh implements in the property test.
 //! * [`diff`]: the plan of `table_diff`'s descent (bucket hashes compared level by level).
 //! * [`mesh`]: the plans of `create_mesh` and `subscribe` (steps, undo, the SQL they send).
-//! * [`remove`]: the plan of `remove_node` (stop, catch up, drop; which node, which step, in which
+//! * [`membership`]: the plans of `remove_node` and `add_node` (stop, catch up, drop; which node, which step, in which
 //!   order), with its property test over an in-memory mesh.
 //! * [`sql`]: quoting identifiers and literals for SQL text.
 //! * [`repair`]: the plan of `mm_conflict.repair` (which keys, which rounds of transfers), written
 //!   against a small mesh trait, driven the same two ways.
 //!
-//! Module order (imports point down only): engine, repair, diff, remove → mesh → report, sql → decide →
+//! Module order (imports point down only): engine, repair, diff, membership → mesh → report, sql → decide →
 //! policy → stamp → version.
 
 pub mod decide;
 pub mod diff;
 pub mod engine;
+pub mod membership;
 pub mod mesh;
 pub mod policy;
-pub mod remove;
 pub mod repair;
 pub mod report;
 pub mod sequence;

@@ -343,6 +343,9 @@ pub struct Mesh {
     by_helpers: bool,
     /// A fault test stops nodes: their peers' workers then log lost connections.
     pub nodes_go_down: bool,
+    /// Worker errors a test causes on purpose (a line containing one of these is tolerated, as a
+    /// lost connection is when nodes go down).
+    pub expected_errors: Vec<&'static str>,
 }
 
 impl Drop for Mesh {
@@ -389,6 +392,7 @@ impl Mesh {
             nodes: Vec::new(),
             by_helpers: false,
             nodes_go_down: false,
+            expected_errors: Vec::new(),
         };
         for id in 1..=n as i16 {
             mesh.nodes.push(Node::start(test, id));
@@ -517,6 +521,23 @@ impl Mesh {
         self.nodes.push(new);
         self.wait_subscriptions_streaming(Duration::from_secs(60));
         start.elapsed()
+    }
+
+    /// Starts node `id` with `table_sql` (the tables, empty) and adds it to the mesh with one
+    /// `mm_conflict.add_node` call on the first node; returns what add_node said and how long
+    /// it took.
+    pub fn add_node(&mut self, test: &str, id: i16, table_sql: &str) -> (String, Duration) {
+        let new = Node::start(test, id);
+        new.sql(table_sql);
+        let start = Instant::now();
+        let said = self.nodes[0].sql(&format!(
+            "SELECT string_agg(node || ': ' || step, E'\\n') FROM mm_conflict.add_node({id}, '{}', node_name => 'n{id}')",
+            new.conninfo()
+        ));
+        let took = start.elapsed();
+        self.nodes.push(new);
+        self.wait_subscriptions_streaming(Duration::from_secs(60));
+        (said, took)
     }
 
     /// On every node: `table_sql`, the trigger with `trigger_args` (`{node}` is replaced by the
@@ -774,7 +795,9 @@ impl Mesh {
                     }
                     if line.contains("deadlock detected") {
                         e.deadlocks += 1;
-                    } else if self.nodes_go_down && is_lost_connection(line) {
+                    } else if (self.nodes_go_down && is_lost_connection(line))
+                        || self.expected_errors.iter().any(|e| line.contains(e))
+                    {
                         // Expected while a peer is down; what matters is the data afterwards.
                         e.lost_connections += 1;
                     } else if let Some(counted) = restart_race(line) {

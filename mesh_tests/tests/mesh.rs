@@ -1273,14 +1273,13 @@ fn dead_node_is_removed_and_a_new_one_joins() {
     }
     let c = mesh.assert_converged("mm");
     report("remove_dead", &mesh, &tps, &c);
-    // A fresh node joins the two while they write.
+    // A fresh node joins the two with add_node while they write.
     let runs = start_article_load(&mesh.nodes, seconds);
-    mesh.join(
-        "remove_dead",
-        4,
-        "mm",
-        ARTICLE_TABLE,
-        "'last_xacttime', 'last', 2",
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let (said, took) = mesh.add_node("remove_dead", 4, ARTICLE_TABLE);
+    eprintln!(
+        "[remove_dead] add_node(4) took {:.1} s:\n{said}",
+        took.as_secs_f64()
     );
     let tps: Vec<f64> = runs.into_iter().map(pgbench_tps).collect();
     let c = mesh.assert_converged("mm");
@@ -1351,4 +1350,69 @@ fn changes_only_one_survivor_had_reach_the_others() {
         );
     }
     mesh.assert_converged("mm");
+}
+
+/// A node stopped for a while loses its slots on its peers to `max_slot_wal_keep_size` while rows
+/// it holds are deleted and updated elsewhere: `status` says the slots are lost; `add_node` brings
+/// it back with the rows it held; no deleted row comes back and every node is identical.
+#[test]
+fn node_whose_slots_were_lost_comes_back_with_add_node() {
+    let mut mesh = Mesh::start("lost_slot", 3);
+    mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
+    mesh.nodes_go_down = true;
+    // Node 3's workers meet their lost slots when it starts again, until add_node replaces them.
+    mesh.expected_errors = vec!["can no longer get changes from replication slot"];
+    mesh.nodes[0].sql("INSERT INTO mm(id, info) SELECT g, 'v1' FROM generate_series(1, 1000) g");
+    mesh.assert_converged("mm");
+    for node in &mesh.nodes[..2] {
+        node.sql("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'");
+        node.sql("SELECT pg_reload_conf()");
+    }
+    mesh.nodes[2].stop("fast");
+    mesh.nodes[0].sql("DELETE FROM mm WHERE id <= 300");
+    mesh.nodes[1].sql("UPDATE mm SET info = 'v2' WHERE id > 900");
+    // WAL past the limit (a table that is not replicated), then checkpoints give the slots up.
+    for node in &mesh.nodes[..2] {
+        node.sql("CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 100000) g");
+    }
+    let start = std::time::Instant::now();
+    let lost = |node: &Node| {
+        node.sql(
+            "SELECT count(*) FROM mm_conflict.status WHERE node_id = 3 AND wal_status = 'lost'",
+        )
+    };
+    while lost(&mesh.nodes[0]) != "1" || lost(&mesh.nodes[1]) != "1" {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "node 3's slots were not given up"
+        );
+        for node in &mesh.nodes[..2] {
+            node.sql("SELECT pg_switch_wal()");
+            node.sql("CHECKPOINT");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let problem = mesh.nodes[0].sql("SELECT problem FROM mm_conflict.status WHERE node_id = 3");
+    assert!(problem.contains("is lost"), "{problem}");
+    mesh.nodes[2].restart();
+    let said = mesh.nodes[0].sql(&format!(
+        "SELECT string_agg(node || ': ' || step, E'\\n') FROM mm_conflict.add_node(3, '{}')",
+        mesh.nodes[2].conninfo()
+    ));
+    eprintln!("[lost_slot] add_node(3):\n{said}");
+    mesh.wait_subscriptions_streaming(std::time::Duration::from_secs(60));
+    let c = mesh.assert_converged("mm");
+    assert_eq!(c.rows, 700, "deleted rows came back");
+    assert_eq!(
+        mesh.nodes[2].sql("SELECT count(*) FILTER (WHERE id <= 300) || ' ' || count(*) FILTER (WHERE info = 'v2') FROM mm"),
+        "0 100"
+    );
+    for node in &mesh.nodes {
+        assert_eq!(
+            node.sql("SELECT count(*) FROM mm_conflict.status WHERE problem IS NOT NULL OR wal_status = 'lost'"),
+            "0",
+            "node {}",
+            node.id
+        );
+    }
 }

@@ -236,6 +236,31 @@ pub mod mm_conflict {
         TableIterator::new(crate::mesh::remove::remove_node(node_id, force, timeout).or_raise())
     }
 
+    /// Adds node `node_id` (reached with `conninfo`) to the mesh of this node, copying the rows
+    /// from `copy_from` (default: this node); the same call brings back a node that was removed
+    /// or whose slots were lost (README "Add a node"). One row per step run.
+    #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn add_node(
+        node_id: Option<i32>,
+        conninfo: Option<&str>,
+        copy_from: default!(Option<i32>, "NULL"),
+        node_name: default!(Option<&str>, "NULL"),
+        timeout: default!(Option<pgrx::datum::Interval>, "'1 hour'"),
+    ) -> TableIterator<'static, (name!(node, i32), name!(step, String))> {
+        let timeout = crate::api::args::interval_ms(timeout, "add_node()", "timeout");
+        TableIterator::new(
+            crate::mesh::add::add_node(crate::mesh::add::Request {
+                node_id,
+                conninfo,
+                copy_from,
+                node_name,
+                timeout,
+            })
+            .or_raise(),
+        )
+    }
+
     /// True once every peer has confirmed this node's WAL up to the position at the call (README
     /// "Check"); false after `timeout`.
     #[pg_extern(volatile)]

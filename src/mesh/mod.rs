@@ -3,6 +3,7 @@
 //! the SQL sent to peers). `sql/mesh.sql` only carries that between nodes through dblink and runs
 //! it; see there for why dblink.
 
+pub mod add;
 pub mod create;
 pub mod local;
 pub mod plan;

@@ -1,5 +1,5 @@
 //! `mm_conflict.remove_node`: observe every survivor (and the node removed, if it can be
-//! reached), plan (`mm_conflict_core::remove::removal_plan`), run the plan's steps over
+//! reached), plan (`mm_conflict_core::membership::removal_plan`), run the plan's steps over
 //! connections, each committed on its node; on a failure before the first drop, undo what was
 //! done (subscriptions stopped are enabled again), newest first.
 //!
@@ -9,7 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use mm_conflict_core::remove::{removal_plan, survivor_query, Action, RemovalStep, SurvivorState};
+use mm_conflict_core::membership::{
+    removal_plan, survivor_query, Action, MemberStep, SurvivorState,
+};
 
 use super::local::{check_node_id, this_node};
 use super::plan::{failure_of, Remote};
@@ -26,7 +28,7 @@ const FUNCTION: &str = "remove_node()";
 pub type Row = (i32, bool, String);
 
 /// Where a node's steps run.
-enum Handle {
+pub(super) enum Handle {
     Remote(Connection),
     /// In the calling transaction (this node, when no other survivor was reached).
     Here,
@@ -54,14 +56,14 @@ impl Handle {
     }
 }
 
-fn spi_failed(e: &dyn std::fmt::Display) -> ! {
+pub(super) fn spi_failed(e: &dyn std::fmt::Display) -> ! {
     MmError::Internal {
         what: format!("SPI: {e}"),
     }
     .raise()
 }
 
-fn parse_state(text: Option<String>, node: i64) -> SurvivorState {
+pub(super) fn parse_state(text: Option<String>, node: i64) -> SurvivorState {
     serde_json::from_str(&text.unwrap_or_default()).unwrap_or_else(|e| {
         MmError::Internal {
             what: format!("node {node}'s answer to remove_node() does not parse: {e}"),
@@ -71,9 +73,9 @@ fn parse_state(text: Option<String>, node: i64) -> SurvivorState {
 }
 
 /// A failure before anything was changed: re-raised with where it happened.
-fn nothing_changed(node: &str, step: &str, caught: Caught) -> ! {
+pub(super) fn nothing_changed(function: &str, node: &str, step: &str, caught: Caught) -> ! {
     let (message, detail) = failure_of(
-        FUNCTION,
+        function,
         node,
         step,
         &caught.message,
@@ -145,7 +147,7 @@ pub fn remove_node(
             )),
             Err(caught) => {
                 close(handles);
-                nothing_changed(&label, "connect", caught)
+                nothing_changed(FUNCTION, &label, "connect", caught)
             }
         }
     }
@@ -211,7 +213,7 @@ pub fn remove_node(
             Ok(conn) => Handle::Remote(conn),
             Err(caught) => {
                 close(handles);
-                nothing_changed(&label, "connect", caught)
+                nothing_changed(FUNCTION, &label, "connect", caught)
             }
         }
     };
@@ -219,61 +221,13 @@ pub fn remove_node(
 
     // 2. Plan, 3. run.
     let plan = removal_plan(target, &states, target_reached);
-    let handle = |node: i64| -> &Handle {
-        &handles
-            .iter()
-            .find(|(n, _)| *n == node)
-            .expect("every node of the plan was reached")
-            .1
-    };
-    let mut done: Vec<usize> = Vec::new();
-    let mut caught_up: Option<Duration> = None;
-    let catch_up_began = std::cell::Cell::new(None::<Instant>);
-    let outcome = catching_error(|| {
-        for (k, step) in plan.iter().enumerate() {
-            run_step(
-                step,
-                handle(step.node),
-                target,
-                (&timeout, deadline),
-                &catch_up_began,
-            );
-            done.push(k);
-        }
-    });
-    if let Some(began) = catch_up_began.get() {
-        caught_up = Some(began.elapsed());
-    }
-    if let Err(caught) = outcome {
-        let failed = &plan[done.len()];
-        let (mut undone, mut not_undone) = (Vec::new(), Vec::new());
-        let dropped = done.iter().any(|&k| plan[k].drops);
-        if !dropped {
-            for &k in done.iter().rev() {
-                let step = &plan[k];
-                let Some(undo) = &step.undo else { continue };
-                let what = format!("{} on node {}", step.name, step.node);
-                match catching(|| handle(step.node).run(undo)) {
-                    Ok(_) => undone.push(what),
-                    Err(message) => not_undone.push(format!("{what} ({message})")),
-                }
-            }
-        }
-        let (message, mut detail) = failure_of(
-            FUNCTION,
-            &format!("node {}", failed.node),
-            &failed.name,
-            &caught.message,
-            caught.detail.as_deref(),
-            &undone,
-            &not_undone,
-        );
-        if dropped {
-            detail.push_str(&format!("\nSome of node {target}'s subscriptions, slots or peer rows were dropped already: call remove_node({target}) again to finish."));
-        }
-        close(handles);
-        caught.raise_as(message, Some(detail));
-    }
+    let caught_up = run_plan(
+        FUNCTION,
+        &plan,
+        handles,
+        (&timeout, deadline),
+        &format!("Some of node {target}'s subscriptions, slots or peer rows were dropped already: call remove_node({target}) again to finish."),
+    );
 
     // 4. What each node did.
     let waited = caught_up
@@ -310,12 +264,78 @@ pub fn remove_node(
             "not reached: its own subscriptions and slots stay there; run SELECT mm_conflict.drop_mesh() on it before it runs again".into()
         },
     ));
-    close(handles);
     rows.sort_by_key(|r| r.0);
     Ok(rows)
 }
 
-fn close(handles: Vec<(i64, Handle)>) {
+/// Runs `plan`'s steps in order, each on its node's handle, and closes the handles. On an error:
+/// if no step that `drops` ran yet, undoes the steps run so far, newest first; raises the error
+/// with its SQLSTATE and hint, saying where it happened and what was undone (and `after_drop`
+/// when something was dropped already). Returns how long the catch-up waits took, if any ran.
+pub(super) fn run_plan(
+    function: &str,
+    plan: &[MemberStep],
+    handles: Vec<(i64, Handle)>,
+    (timeout, deadline): (&str, Instant),
+    after_drop: &str,
+) -> Option<Duration> {
+    let handle = |node: i64| -> &Handle {
+        &handles
+            .iter()
+            .find(|(n, _)| *n == node)
+            .expect("every node of the plan was reached")
+            .1
+    };
+    let mut done: Vec<usize> = Vec::new();
+    let catch_up_began = std::cell::Cell::new(None::<Instant>);
+    let outcome = catching_error(|| {
+        for (k, step) in plan.iter().enumerate() {
+            run_step(
+                step,
+                handle(step.node),
+                (timeout, deadline),
+                &catch_up_began,
+            );
+            done.push(k);
+        }
+    });
+    let caught_up = catch_up_began.get().map(|began| began.elapsed());
+    if let Err(caught) = outcome {
+        let failed = &plan[done.len()];
+        let (mut undone, mut not_undone) = (Vec::new(), Vec::new());
+        let dropped = done.iter().any(|&k| plan[k].drops);
+        if !dropped {
+            for &k in done.iter().rev() {
+                let step = &plan[k];
+                let Some(undo) = &step.undo else { continue };
+                let what = format!("{} on node {}", step.name, step.node);
+                match catching(|| handle(step.node).run(undo)) {
+                    Ok(_) => undone.push(what),
+                    Err(message) => not_undone.push(format!("{what} ({message})")),
+                }
+            }
+        }
+        let (message, mut detail) = failure_of(
+            function,
+            &format!("node {}", failed.node),
+            &failed.name,
+            &caught.message,
+            caught.detail.as_deref(),
+            &undone,
+            &not_undone,
+        );
+        if dropped {
+            detail.push('\n');
+            detail.push_str(after_drop);
+        }
+        close(handles);
+        caught.raise_as(message, Some(detail));
+    }
+    close(handles);
+    caught_up
+}
+
+pub(super) fn close(handles: Vec<(i64, Handle)>) {
     for (_, handle) in handles {
         if let Handle::Remote(conn) = handle {
             let _ = catching(|| conn.close());
@@ -325,9 +345,8 @@ fn close(handles: Vec<(i64, Handle)>) {
 
 /// Runs one step of the plan on its node.
 fn run_step(
-    step: &RemovalStep,
+    step: &MemberStep,
     on: &Handle,
-    target: i64,
     (timeout, deadline): (&str, Instant),
     catch_up_began: &std::cell::Cell<Option<Instant>>,
 ) {
@@ -343,9 +362,9 @@ fn run_step(
         Action::Until(query) => {
             while on.run(query).as_deref() != Some("t") {
                 if left_ms() == 0 {
-                    MmError::CatchUpTimeout {
-                        node: format!("node {}", step.node),
-                        from: format!("node {target} (its apply worker did not stop)"),
+                    MmError::StepTimeout {
+                        step: step.name.clone(),
+                        node: step.node,
                         timeout: timeout.into(),
                     }
                     .raise();

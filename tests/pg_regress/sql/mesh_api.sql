@@ -167,6 +167,27 @@ SELECT mm_conflict.wait_for_sync('60 s') AS synced;
 \c :home
 SELECT id, balance, mm_islocal, mm_nodeid FROM acct WHERE id = 10;
 
+-- add_node: bad input is refused and changes nothing.
+SELECT * FROM mm_conflict.add_node(NULL, 'host=127.0.0.1 port=1');
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM mm_conflict.add_node(5, NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM mm_conflict.add_node(5, 'host=127.0.0.1 port=1', timeout => NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM mm_conflict.add_node(1, 'host=127.0.0.1 port=1');
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM mm_conflict.add_node(40000, 'host=127.0.0.1 port=1');
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM mm_conflict.add_node(5, 'host=127.0.0.1 port=1', node_name => ' ');
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM mm_conflict.add_node(5, 'host=127.0.0.1 port=1', copy_from => 9);
+\echo :LAST_ERROR_SQLSTATE
+-- An unreachable node, and a conninfo that reaches another node than the id says.
+SELECT * FROM mm_conflict.add_node(5, 'host=127.0.0.1 port=1 password=secret');
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM mm_conflict.add_node(5, :'peer');
+\echo :LAST_ERROR_SQLSTATE
+SELECT node_id, subscription FROM mm_conflict.status;
 -- remove_node and the waits: bad input is refused and changes nothing.
 SELECT * FROM mm_conflict.remove_node(NULL);
 \echo :LAST_ERROR_SQLSTATE
@@ -190,6 +211,8 @@ SELECT mm_conflict._wait_for_peers('{}', '10 ms') AS no_one_to_wait_for;
 CREATE ROLE mm_regress_nobody;
 SET ROLE mm_regress_nobody;
 SELECT * FROM mm_conflict.remove_node(2);
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM mm_conflict.add_node(5, 'host=127.0.0.1 port=1');
 \echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 DROP ROLE mm_regress_nobody;

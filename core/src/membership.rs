@@ -1,8 +1,8 @@
-//! The plan of `mm_conflict.remove_node`: from what every survivor said ([`survivor_query`],
-//! read as [`SurvivorState`]) to the steps that take node `target` out of the mesh
-//! ([`removal_plan`]).
+//! The plans of a mesh's membership changes: `mm_conflict.remove_node` ([`removal_plan`]) and
+//! `mm_conflict.add_node` ([`add_plan`]), from what every node said ([`survivor_query`], read as
+//! [`SurvivorState`]) to the steps, each on one node.
 //!
-//! The order is what keeps rows: every survivor first stops receiving from the target and waits
+//! Removal: the order is what keeps rows: every survivor first stops receiving from the target and waits
 //! until its apply worker from it has stopped; then each survivor waits until every other one has
 //! confirmed all the WAL it had written by then (`mm_conflict._wait_for_peers`), which includes
 //! every change it had applied from the target (the mesh relays them: publications send changes
@@ -13,7 +13,7 @@
 
 use serde::Deserialize;
 
-use crate::mesh::{as_block, channel_name, Remote};
+use crate::mesh::{as_block, channel_name, NodeSpec, NodeState, Remote, TablePolicy};
 use crate::sql::{sql_ident, sql_literal};
 
 /// The query `remove_node` runs on survivor `survivor` before changing anything; its one value
@@ -77,7 +77,7 @@ pub enum Action {
 
 /// One step of `remove_node`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemovalStep {
+pub struct MemberStep {
     /// The node it runs on.
     pub node: i64,
     /// What it does, for messages ("stop receiving from node 3").
@@ -102,13 +102,146 @@ fn drop_subscription(channel: &str) -> String {
     )
 }
 
+/// `add_node`'s plan for bringing node `new` (found as `state`) into the mesh of `members` (every
+/// node of it, with its conninfo and what it said of `new`), copying the rows from `copy_from`,
+/// each table with its policy. README "Add a node", in its order: the new node is set up (for a
+/// node that comes back, its subscriptions from before go: their slots may be lost); every member
+/// subscribes to it; it subscribes to every member but `copy_from` without copying, then to
+/// `copy_from` with the copy, which goes through the trigger (rows keep their versions, tombstones
+/// come along); a change committed on a member before the new node's slot there existed is in
+/// `copy_from`'s copy or reaches `copy_from` later and is relayed. The call waits for the copy;
+/// a node that comes back then repairs every table, for its own changes that never left it.
+pub fn add_plan(
+    new: &NodeSpec,
+    state: &NodeState,
+    members: &[(i64, String, SurvivorState)],
+    copy_from: i64,
+    tables: &[(String, TablePolicy)],
+) -> Vec<MemberStep> {
+    let mut steps = Vec::new();
+    let returning = state.extension && state.node_id == Some(new.id);
+    let subscribe = |node: i64, peer: i64, conninfo: &str, copy: bool| MemberStep {
+        node,
+        name: format!(
+            "subscribe to node {peer}{}",
+            if copy { ", copying its rows" } else { "" }
+        ),
+        action: Action::Exec(Remote::exec(as_block(&[format!(
+            "PERFORM mm_conflict.subscribe({peer}, {}, {copy})",
+            sql_literal(conninfo)
+        )]))),
+        undo: Some(Remote::query(format!(
+            "SELECT mm_conflict._unsubscribe({peer})"
+        ))),
+        drops: false,
+    };
+    // 1. The new node: extension, id, tables; a node coming back loses its old subscriptions.
+    let mut statements = vec![
+        "CREATE EXTENSION IF NOT EXISTS mm_conflict SCHEMA public".to_string(),
+        format!(
+            "PERFORM mm_conflict.node_init({}, {})",
+            new.id,
+            new.name
+                .as_deref()
+                .map_or_else(|| "NULL".to_string(), sql_literal)
+        ),
+    ];
+    let mut undo = Vec::new();
+    for (table, policy) in tables {
+        statements.push(format!(
+            "PERFORM mm_conflict.replicate_table({}, {}, {}, {})",
+            sql_literal(table),
+            sql_literal(&policy.criterion),
+            sql_literal(&policy.method),
+            policy
+                .preferred_node
+                .map_or_else(|| "NULL::integer".to_string(), |p| p.to_string())
+        ));
+        if !state.replicated.contains(table) {
+            undo.push(format!(
+                "PERFORM mm_conflict.unreplicate_table({})",
+                sql_literal(table)
+            ));
+        }
+    }
+    for (member, _, _) in members {
+        let channel = channel_name(*member, new.id);
+        if state.subscriptions.contains(&channel) {
+            statements.push(drop_subscription(&channel));
+        }
+    }
+    if state.node_id.is_none() {
+        undo.push("DELETE FROM mm_conflict.node".to_string());
+    }
+    if !state.extension {
+        undo = vec!["DROP EXTENSION mm_conflict".to_string()];
+    }
+    steps.push(MemberStep {
+        node: new.id,
+        name: "install the extension, node_init, replicate_table".into(),
+        action: Action::Exec(Remote::exec(as_block(&statements))),
+        undo: (!undo.is_empty()).then(|| Remote::exec(as_block(&undo))),
+        drops: false,
+    });
+    // 2. Slots through which it read before: its new subscriptions start afresh.
+    for (member, _, seen) in members {
+        if seen.slot {
+            steps.push(MemberStep {
+                node: *member,
+                name: format!("drop the slot node {} read before", new.id),
+                action: Action::DropSlot(channel_name(*member, new.id)),
+                undo: None,
+                drops: false,
+            });
+        }
+    }
+    // 3. Every member subscribes to it; 4. it subscribes to every member, copying from one.
+    for (member, _, seen) in members {
+        if seen.receiving.is_none() {
+            steps.push(subscribe(*member, new.id, &new.conninfo, false));
+        }
+    }
+    for (member, conninfo, _) in members.iter().filter(|(m, _, _)| *m != copy_from) {
+        steps.push(subscribe(new.id, *member, conninfo, false));
+    }
+    if let Some((_, conninfo, _)) = members.iter().find(|(m, _, _)| *m == copy_from) {
+        steps.push(subscribe(new.id, copy_from, conninfo, true));
+    }
+    // 5. The copy ends; 6. a node that comes back repairs what the copy cannot.
+    steps.push(MemberStep {
+        node: new.id,
+        name: format!("wait for the copy from node {copy_from}"),
+        action: Action::Until(Remote::query(format!(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_subscription_rel r              JOIN pg_catalog.pg_subscription s ON s.oid = r.srsubid              WHERE s.subname = {} AND r.srsubstate <> 'r')",
+            sql_literal(&channel_name(copy_from, new.id))
+        ))),
+        undo: None,
+        drops: false,
+    });
+    if returning {
+        for (table, _) in tables {
+            steps.push(MemberStep {
+                node: new.id,
+                name: format!("repair {table}"),
+                action: Action::Exec(Remote::query(format!(
+                    "SELECT mm_conflict.repair({})::pg_catalog.text",
+                    sql_literal(table)
+                ))),
+                undo: None,
+                drops: false,
+            });
+        }
+    }
+    steps
+}
+
 /// `remove_node`'s plan for taking node `target` out of the mesh. `survivors` are the nodes that
 /// stay and were reached, with what each said; `target_reached` whether the target itself was.
 pub fn removal_plan(
     target: i64,
     survivors: &[(i64, SurvivorState)],
     target_reached: bool,
-) -> Vec<RemovalStep> {
+) -> Vec<MemberStep> {
     let mut steps = Vec::new();
     // A lone survivor has no one to wait for: what it received it keeps.
     let catch_up = survivors.len() > 1;
@@ -116,7 +249,7 @@ pub fn removal_plan(
     for (node, state) in survivors {
         if catch_up && state.receiving == Some(true) {
             let ident = sql_ident(&channel_name(target, *node));
-            steps.push(RemovalStep {
+            steps.push(MemberStep {
                 node: *node,
                 name: format!("stop receiving from node {target}"),
                 action: Action::Exec(Remote::exec(format!("ALTER SUBSCRIPTION {ident} DISABLE"))),
@@ -129,7 +262,7 @@ pub fn removal_plan(
     // applying before it sees the subscription disabled).
     for (node, state) in survivors {
         if catch_up && state.receiving.is_some() {
-            steps.push(RemovalStep {
+            steps.push(MemberStep {
                 node: *node,
                 name: format!("wait for the apply worker from node {target} to stop"),
                 action: Action::Until(Remote::query(format!(
@@ -150,7 +283,7 @@ pub fn removal_plan(
                 .map(|(n, _)| *n)
                 .filter(|n| n != node)
                 .collect();
-            steps.push(RemovalStep {
+            steps.push(MemberStep {
                 node: *node,
                 name: format!(
                     "wait until nodes {} have what node {node} has",
@@ -173,7 +306,7 @@ pub fn removal_plan(
             .map(|(node, _)| drop_subscription(&channel_name(*node, target)))
             .collect();
         if !statements.is_empty() {
-            steps.push(RemovalStep {
+            steps.push(MemberStep {
                 node: target,
                 name: "drop its subscriptions from the survivors".into(),
                 action: Action::Exec(Remote::exec(as_block(&statements))),
@@ -185,7 +318,7 @@ pub fn removal_plan(
     // ... every survivor drops what served the target...
     for (node, state) in survivors {
         if state.receiving.is_some() || state.peer {
-            steps.push(RemovalStep {
+            steps.push(MemberStep {
                 node: *node,
                 name: format!("drop its subscription from node {target}"),
                 action: Action::Exec(Remote::exec(as_block(&[
@@ -197,7 +330,7 @@ pub fn removal_plan(
             });
         }
         if state.slot {
-            steps.push(RemovalStep {
+            steps.push(MemberStep {
                 node: *node,
                 name: format!("drop the slot node {target} read"),
                 action: Action::DropSlot(channel_name(*node, target)),
@@ -208,7 +341,7 @@ pub fn removal_plan(
     }
     // ... and the target leaves the mesh with its rows (its slots, publication and triggers go).
     if target_reached {
-        steps.push(RemovalStep {
+        steps.push(MemberStep {
             node: target,
             name: "leave the mesh (drop_mesh there)".into(),
             action: Action::Exec(Remote::query(
@@ -224,6 +357,100 @@ pub fn removal_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_node_is_set_up_subscribed_both_ways_and_copies_last() {
+        let new = NodeSpec {
+            id: 4,
+            name: Some("d".into()),
+            conninfo: "host=d".into(),
+        };
+        let fresh = NodeState {
+            superuser: true,
+            wal_level: "logical".into(),
+            version: 150_000,
+            extension: false,
+            available: true,
+            missing: vec![],
+            replicated: vec![],
+            publication: false,
+            subscriptions: vec![],
+            node_id: None,
+        };
+        let members: Vec<(i64, String, SurvivorState)> = (1..=3)
+            .map(|m| (m, format!("host=n{m}"), SurvivorState::default()))
+            .collect();
+        let policy = TablePolicy {
+            criterion: "last_xacttime".into(),
+            method: "last".into(),
+            preferred_node: Some(2),
+        };
+        let steps = add_plan(
+            &new,
+            &fresh,
+            &members,
+            1,
+            &[("public.mm".into(), policy.clone())],
+        );
+        let names: Vec<(i64, &str)> = steps.iter().map(|s| (s.node, s.name.as_str())).collect();
+        assert_eq!(
+            names,
+            vec![
+                (4, "install the extension, node_init, replicate_table"),
+                (1, "subscribe to node 4"),
+                (2, "subscribe to node 4"),
+                (3, "subscribe to node 4"),
+                (4, "subscribe to node 2"),
+                (4, "subscribe to node 3"),
+                (4, "subscribe to node 1, copying its rows"),
+                (4, "wait for the copy from node 1"),
+            ]
+        );
+        assert_eq!(
+            steps[0].undo,
+            Some(Remote::exec(
+                "DO $mm$BEGIN DROP EXTENSION mm_conflict; END$mm$".into()
+            ))
+        );
+        assert!(
+            matches!(&steps[6].action, Action::Exec(r) if r.sql.contains("subscribe(1, 'host=n1', true)"))
+        );
+        // A node that comes back: its old subscriptions and the slots they read go, every table is
+        // repaired after the copy; a member that still receives from it keeps that.
+        let back = NodeState {
+            extension: true,
+            node_id: Some(4),
+            replicated: vec!["public.mm".into()],
+            publication: true,
+            subscriptions: vec![channel_name(1, 4), channel_name(2, 4)],
+            ..fresh
+        };
+        let mut members = members;
+        members[0].2 = SurvivorState {
+            receiving: Some(true),
+            slot: true,
+            ..SurvivorState::default()
+        };
+        let steps = add_plan(&new, &back, &members, 2, &[("public.mm".into(), policy)]);
+        let Action::Exec(setup) = &steps[0].action else {
+            panic!()
+        };
+        assert!(
+            setup
+                .sql
+                .contains("DROP SUBSCRIPTION \"mm_conflict_1_to_4\"")
+                && setup.sql.contains("mm_conflict_2_to_4")
+        );
+        assert_eq!(steps[0].undo, None);
+        assert_eq!(
+            steps[1].action,
+            Action::DropSlot("mm_conflict_1_to_4".into())
+        );
+        assert!(!steps
+            .iter()
+            .any(|s| s.node == 1 && s.name == "subscribe to node 4"));
+        assert_eq!(steps.last().unwrap().name, "repair public.mm");
+    }
 
     fn state(receiving: Option<bool>) -> SurvivorState {
         SurvivorState {
@@ -261,7 +488,7 @@ mod tests {
             .iter()
             .rposition(|s| matches!(s.action, Action::Until(_)))
             .unwrap();
-        let catch_ups: Vec<(usize, &RemovalStep)> = steps
+        let catch_ups: Vec<(usize, &MemberStep)> = steps
             .iter()
             .enumerate()
             .filter(|(_, s)| matches!(s.action, Action::CatchUp(_)))

@@ -1,4 +1,4 @@
-//! Property test of `remove_node`'s plan (`mm_conflict_core::remove::removal_plan`), run over an
+//! Property test of `remove_node`'s plan (`mm_conflict_core::membership::removal_plan`), run over an
 //! in-memory mesh: a target node that may still be sending, survivors that each received some of
 //! its changes (some with their subscription from it already disabled, some without one), links
 //! between survivors that deliver a node's whole WAL only when the plan waits for it. After the
@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use mm_conflict_core::remove::{removal_plan, Action, SurvivorState};
+use mm_conflict_core::membership::{removal_plan, Action, SurvivorState};
 use proptest::prelude::*;
 
 const TARGET: i64 = 9;
@@ -41,7 +41,7 @@ impl Model {
         }
     }
 
-    fn run(&mut self, step: &mm_conflict_core::remove::RemovalStep) {
+    fn run(&mut self, step: &mm_conflict_core::membership::MemberStep) {
         match &step.action {
             Action::Exec(remote) if step.node != TARGET => {
                 let s = self.survivors.get_mut(&step.node).unwrap();

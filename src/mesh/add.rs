@@ -1,0 +1,260 @@
+//! `mm_conflict.add_node`: observe every member of the mesh and the node to add, plan
+//! (`mm_conflict_core::membership::add_plan`), run the steps over connections (this node's too:
+//! a slot the new node creates here waits for every transaction that has written, the calling one
+//! included), undoing them newest first on a failure (`remove::run_plan`).
+
+use std::time::{Duration, Instant};
+
+use mm_conflict_core::membership::{add_plan, survivor_query, SurvivorState};
+use mm_conflict_core::mesh::{inspect_query, NodeSpec, NodeState, TablePolicy};
+
+use super::local::{check_node_id, this_node};
+use super::plan::{check_node, Remote};
+use super::remote::{self, Connection};
+use super::remove::{close, nothing_changed, parse_state, run_plan, spi_failed, Handle};
+use crate::error::MmError;
+use crate::pg::spi::read_one;
+use crate::pg::subxact::catching_error;
+
+const FUNCTION: &str = "add_node()";
+
+/// What `add_node` was asked.
+pub struct Request<'a> {
+    pub node_id: Option<i32>,
+    pub conninfo: Option<&'a str>,
+    pub copy_from: Option<i32>,
+    pub node_name: Option<&'a str>,
+    /// The timeout's text (for messages) and milliseconds.
+    pub timeout: (String, i64),
+}
+
+fn null(argument: &str) -> MmError {
+    MmError::NullArgument {
+        function: FUNCTION.into(),
+        argument: argument.into(),
+    }
+}
+
+/// This node's replicated tables (stable names) with the policy of their trigger (its arguments
+/// after the node id).
+fn tables_with_policies() -> Vec<(String, TablePolicy)> {
+    pgrx::spi::Spi::connect(|client| {
+        client
+            .select(
+                "SELECT n.nspname::pg_catalog.text, c.relname::pg_catalog.text, tg.tgargs
+                   FROM pg_catalog.pg_trigger tg
+                   JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) tg.tgrelid
+                   JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+                  WHERE tg.tgname OPERATOR(pg_catalog.=) $1 AND tg.tgparentid OPERATOR(pg_catalog.=) 0
+                  ORDER BY 1, 2",
+                None,
+                &[mm_conflict_core::mesh::TRIGGER.into()],
+            )?
+            .map(|row| {
+                let schema: String = row.get(1)?.unwrap_or_default();
+                let name: String = row.get(2)?.unwrap_or_default();
+                let raw: Vec<u8> = row.get(3)?.unwrap_or_default();
+                // tgargs: each argument followed by a NUL byte.
+                let args: Vec<String> = raw
+                    .split(|&b| b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+                Ok((
+                    crate::pg::names::identity(&schema, &name),
+                    TablePolicy {
+                        criterion: arg(1),
+                        method: arg(2),
+                        preferred_node: args.get(3).and_then(|p| p.parse().ok()),
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| spi_failed(&e))
+}
+
+/// The new node as `add_node` must know it before changing anything.
+fn inspect(conn: &Connection, tables: &[String]) -> NodeState {
+    let mut state: serde_json::Value = serde_json::from_str(
+        &conn
+            .run(&Remote::query(inspect_query(tables)))
+            .unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    if state["extension"].as_bool() == Some(true) {
+        let id = conn.run(&Remote::query(
+            "SELECT node_id FROM mm_conflict.node".into(),
+        ));
+        state["node_id"] = id
+            .and_then(|id| id.parse::<i64>().ok())
+            .map_or(serde_json::Value::Null, serde_json::Value::from);
+    }
+    serde_json::from_value(state).unwrap_or_else(|e| {
+        MmError::Internal {
+            what: format!("the new node's inspection does not parse: {e}"),
+        }
+        .raise()
+    })
+}
+
+/// The conninfo of the new node's subscription from this node, if it has one (a node that comes
+/// back).
+fn conn_of_new_to_me(handles: &[(i64, Handle)], id: i64, me: i64) -> Option<String> {
+    let (_, Handle::Remote(conn)) = handles.iter().find(|(n, _)| *n == id)? else {
+        return None;
+    };
+    conn.run(&Remote::query(format!(
+        "SELECT subconninfo FROM pg_catalog.pg_subscription WHERE subname = {} \
+         AND subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())",
+        mm_conflict_core::sql::sql_literal(&mm_conflict_core::mesh::channel_name(me, id))
+    )))
+}
+
+/// `mm_conflict.add_node`; returns each step run (node, what), and last how long it took.
+pub fn add_node(request: Request) -> Result<Vec<(i32, String)>, MmError> {
+    crate::pg::security::require_superuser(FUNCTION)?;
+    let id = i64::from(check_node_id(Some(i64::from(
+        request.node_id.ok_or_else(|| null("node_id"))?,
+    )))?);
+    let conninfo = request.conninfo.ok_or_else(|| null("conninfo"))?;
+    if let Some(name) = request.node_name {
+        if name.trim().is_empty() {
+            return Err(MmError::EmptyNodeName);
+        }
+    }
+    let me = i64::from(this_node()?);
+    let copy_from = request.copy_from.map_or(me, i64::from);
+    let (timeout, timeout_ms) = request.timeout;
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms.max(0) as u64);
+    let peers = remote::peers();
+    if peers.is_empty() {
+        return Err(MmError::NoPeers);
+    }
+    if id == me {
+        return Err(MmError::NodeIdInUse { node: id });
+    }
+    // A peer of that id may be the node itself, coming back (its slots lost): it is then checked
+    // to be that node, and re-added.
+    let known = peers.iter().any(|p| i64::from(p.node_id) == id);
+    let peers: Vec<&remote::Peer> = peers
+        .iter()
+        .filter(|p| i64::from(p.node_id) != id)
+        .collect();
+    if copy_from == id
+        || (copy_from != me && !peers.iter().any(|p| i64::from(p.node_id) == copy_from))
+    {
+        return Err(MmError::NotANode { node: copy_from });
+    }
+    remote::require_dblink(FUNCTION);
+    let tables = tables_with_policies();
+    if tables.is_empty() {
+        return Err(MmError::MeshWithoutTables);
+    }
+    let names: Vec<String> = tables.iter().map(|(t, _)| t.clone()).collect();
+
+    // 1. Observe every member (this node as its peers reach it), then the new node.
+    let mut handles: Vec<(i64, Handle)> = Vec::new();
+    let mut members: Vec<(i64, String, SurvivorState)> = Vec::new();
+    for peer in peers {
+        let node = i64::from(peer.node_id);
+        let label = format!("node {node}");
+        match catching_error(|| {
+            let conn = Connection::open(format!("mm_conflict_add_{node}"), &peer.conninfo, &label);
+            let state = parse_state(conn.run(&Remote::query(survivor_query(id, node, me))), node);
+            (conn, state)
+        }) {
+            Ok((conn, state)) => {
+                let found = state.node_id;
+                handles.push((node, Handle::Remote(conn)));
+                if found != Some(node) {
+                    close(handles);
+                    return Err(MmError::PeerIsAnotherNode {
+                        found: found.unwrap_or(0),
+                        expected: node,
+                    });
+                }
+                members.push((node, peer.conninfo.clone(), state));
+            }
+            Err(caught) => {
+                close(handles);
+                nothing_changed(FUNCTION, &label, "connect", caught)
+            }
+        }
+    }
+    let label = format!("node {id} (new)");
+    let (conn, state) = match catching_error(|| {
+        let conn = Connection::open(format!("mm_conflict_add_{id}"), conninfo, &label);
+        let state = inspect(&conn, &names);
+        (conn, state)
+    }) {
+        Ok(found) => found,
+        Err(caught) => {
+            close(handles);
+            nothing_changed(FUNCTION, &label, "connect", caught)
+        }
+    };
+    handles.push((id, Handle::Remote(conn)));
+    // The conninfo must reach the node the id says (or one without an id yet).
+    let checked = match state.node_id {
+        Some(found) if found != id => Err(MmError::PeerIsAnotherNode {
+            found,
+            expected: id,
+        }),
+        None if known => Err(MmError::NodeIdInUse { node: id }),
+        _ => check_node(&state, id),
+    };
+    if let Err(e) = checked {
+        close(handles);
+        return Err(e);
+    }
+
+    // How the others reach this node: a member's subscription from it, or the new node's (one
+    // that comes back).
+    let from_new = conn_of_new_to_me(&handles, id, me);
+    let Some(own_conninfo) = members
+        .iter()
+        .find_map(|(_, _, s)| s.conninfo_of_caller.clone())
+        .or(from_new)
+    else {
+        let node = members.first().map_or(id, |m| m.0);
+        close(handles);
+        return Err(MmError::NotFullMesh { node, peer: me });
+    };
+    let own = parse_state(
+        read_one::<String>(&survivor_query(id, me, me), &[]).unwrap_or_else(|e| spi_failed(&e)),
+        me,
+    );
+    let label = format!("node {me} (this node)");
+    match catching_error(|| {
+        Connection::open(format!("mm_conflict_add_{me}"), &own_conninfo, &label)
+    }) {
+        Ok(conn) => handles.insert(0, (me, Handle::Remote(conn))),
+        Err(caught) => {
+            close(handles);
+            nothing_changed(FUNCTION, &label, "connect", caught)
+        }
+    }
+    members.insert(0, (me, own_conninfo, own));
+    // 2. Plan, 3. run.
+    let new = NodeSpec {
+        id,
+        name: request.node_name.map(str::to_string),
+        conninfo: conninfo.to_string(),
+    };
+    let plan = add_plan(&new, &state, &members, copy_from, &tables);
+    let started = Instant::now();
+    run_plan(FUNCTION, &plan, handles, (&timeout, deadline), "");
+    let mut lines: Vec<(i32, String)> = plan
+        .iter()
+        .map(|step| (step.node as i32, step.name.clone()))
+        .collect();
+    lines.push((
+        id as i32,
+        format!(
+            "joined, with the rows of node {copy_from}, in {} ms",
+            started.elapsed().as_millis()
+        ),
+    ));
+    Ok(lines)
+}
