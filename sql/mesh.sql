@@ -292,7 +292,7 @@ SELECT p.node_id,
        mm_conflict._subscription_origin(s.oid) AS origin,
        CASE WHEN s.oid IS NULL THEN 'the subscription is missing'
             WHEN slot.wal_status = 'lost'
-                THEN format('the slot through which node %s reads from this node is lost (max_slot_wal_keep_size): it cannot catch up; take it out with mm_conflict.remove_node(%s) and add it again', p.node_id, p.node_id)
+                THEN format('the slot through which node %s reads from this node is lost (max_slot_wal_keep_size): it cannot catch up; bring it back with SELECT mm_conflict.add_node(%s, ''<its conninfo>'')', p.node_id, p.node_id)
             WHEN mm_conflict._subscription_origin(s.oid) = 'none'
                 THEN 'origin = none: this node drops the changes its peer applied from others, which the mesh needs to converge; ALTER SUBSCRIPTION ... SET (origin = any)'
             WHEN NOT s.subenabled THEN 'disabled'
