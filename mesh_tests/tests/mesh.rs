@@ -1438,3 +1438,56 @@ fn node_whose_slots_were_lost_comes_back_with_add_node() {
         );
     }
 }
+
+/// remove_node with a survivor down: refused (08001 naming it) and nothing changed anywhere; with
+/// `force => true` done where it can be, and the result says where not; once the survivor is back,
+/// a second call finishes there.
+#[test]
+fn remove_node_with_a_survivor_down() {
+    let mut mesh = Mesh::start("remove_force", 3);
+    mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
+    mesh.nodes_go_down = true;
+    mesh.nodes[1].stop("fast");
+    let refused = mesh.nodes[0]
+        .try_sql("SELECT count(*) FROM mm_conflict.remove_node(3)")
+        .unwrap_err();
+    assert!(
+        refused.contains("cannot connect to node 2") && refused.contains("Nothing was changed"),
+        "{refused}"
+    );
+    assert_eq!(traces_of(&mesh.nodes[0], 3), "3");
+    assert_eq!(traces_of(&mesh.nodes[2], 1), "3");
+    let forced = mesh.nodes[0].sql(
+        "SELECT string_agg(node || ':' || removed || ':' || detail, E'\\n' ORDER BY node) FROM mm_conflict.remove_node(3, force => true)",
+    );
+    eprintln!("[remove_force] remove_node(3, force => true) with node 2 down:\n{forced}");
+    assert!(
+        forced.contains("2:false:not reached, nothing changed there"),
+        "{forced}"
+    );
+    assert!(forced.contains("3:true:left the mesh"), "{forced}");
+    assert_eq!(traces_of(&mesh.nodes[0], 3), "0");
+    // Node 3 left: nothing of the mesh there.
+    assert_eq!(
+        mesh.nodes[2].sql("SELECT count(*) FROM mm_conflict.node"),
+        "0"
+    );
+    // Node 2 comes back still subscribed to node 3, which left: its worker from there fails until
+    // the second call drops that subscription.
+    mesh.expected_errors = vec![
+        "replication slot \"mm_conflict_3_to_2\"",
+        "publication \"mm_conflict\" does not exist",
+    ];
+    mesh.nodes[1].restart();
+    assert_ne!(traces_of(&mesh.nodes[1], 3), "0");
+    let again = mesh.nodes[0].sql(
+        "SELECT string_agg(node || ':' || removed, ',' ORDER BY node) FROM mm_conflict.remove_node(3)",
+    );
+    assert_eq!(again, "1:true,2:true,3:false", "{again}");
+    assert_eq!(traces_of(&mesh.nodes[1], 3), "0");
+    let gone = mesh.nodes.remove(2);
+    gone.stop("fast");
+    mesh.wait_subscriptions_streaming(std::time::Duration::from_secs(60));
+    mesh.nodes[0].sql("INSERT INTO mm(id, info) VALUES (1, 'after')");
+    mesh.assert_converged("mm");
+}
