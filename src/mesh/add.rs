@@ -1,7 +1,7 @@
 //! `mm_conflict.add_node`: observe every member of the mesh and the node to add, plan
 //! (`mm_conflict_core::membership::add_plan`), run the steps over connections (this node's too:
 //! a slot the new node creates here waits for every transaction that has written, the calling one
-//! included), undoing them newest first on a failure (`remove::run_plan`).
+//! included), undoing them newest first on a failure (`members::run_plan`).
 
 use std::time::{Duration, Instant};
 
@@ -9,9 +9,9 @@ use mm_conflict_core::membership::{add_plan, survivor_query, SurvivorState};
 use mm_conflict_core::mesh::{inspect_query, NodeSpec, NodeState, TablePolicy};
 
 use super::local::{check_node_id, this_node};
+use super::members::{close, nothing_changed, parse_state, run_plan, spi_failed, Handle};
 use super::plan::{check_node, Remote};
 use super::remote::{self, Connection};
-use super::remove::{close, nothing_changed, parse_state, run_plan, spi_failed, Handle};
 use crate::error::MmError;
 use crate::pg::spi::read_one;
 use crate::pg::subxact::catching_error;

@@ -1,11 +1,13 @@
-//! The mesh API: this node's identity and tables ([`local`], through SPI), and everything the
-//! functions that reach other nodes decide ([`plan`]: checks, `create_mesh`'s plan and its undo,
-//! the SQL sent to peers). `sql/mesh.sql` only carries that between nodes through dblink and runs
-//! it; see there for why dblink.
+//! The mesh API: this node's identity and tables ([`local`], through SPI), the checks of what the
+//! functions that reach other nodes found ([`plan`]; the plans themselves are in
+//! `mm_conflict_core`), the one transport to other nodes ([`remote`]), and the runners:
+//! [`create`] (create_mesh), [`subscribe`], [`members`] (the runner of [`add`] and [`remove`]:
+//! add_node, remove_node). See `sql/mesh.sql` for why dblink.
 
 pub mod add;
 pub mod create;
 pub mod local;
+pub mod members;
 pub mod plan;
 pub mod remote;
 pub mod remove;

@@ -9,82 +9,21 @@
 
 use std::time::{Duration, Instant};
 
-use mm_conflict_core::membership::{
-    removal_plan, survivor_query, Action, MemberStep, SurvivorState,
-};
+use mm_conflict_core::membership::{removal_plan, survivor_query, SurvivorState};
 
 use super::local::{check_node_id, this_node};
-use super::plan::{failure_of, Remote};
-use super::remote::{self, Connection, Value};
+use super::members::{close, nothing_changed, parse_state, run_plan, spi_failed, Handle};
+use super::plan::Remote;
+use super::remote::{self, Connection};
 use crate::error::MmError;
 use crate::pg::spi::read_one;
-use crate::pg::spi::sleep_ms;
-use crate::pg::subxact::{catching, catching_error, Caught};
+use crate::pg::subxact::{catching, catching_error};
 
 const FUNCTION: &str = "remove_node()";
 
 /// A row of `remove_node`'s result: a node, whether everything that served the removed node is
 /// gone there, and what was done or not.
 pub type Row = (i32, bool, String);
-
-/// Where a node's steps run.
-pub(super) enum Handle {
-    Remote(Connection),
-    /// In the calling transaction (this node, when no other survivor was reached).
-    Here,
-}
-
-impl Handle {
-    fn run(&self, remote: &Remote) -> Option<String> {
-        match self {
-            Handle::Remote(conn) => conn.run(remote),
-            Handle::Here if remote.query => {
-                read_one::<String>(&remote.sql, &[]).unwrap_or_else(|e| spi_failed(&e))
-            }
-            Handle::Here => {
-                pgrx::spi::Spi::run(&remote.sql).unwrap_or_else(|e| spi_failed(&e));
-                None
-            }
-        }
-    }
-
-    fn drop_slot(&self, slot: &str) {
-        match self {
-            Handle::Remote(conn) => conn.drop_slot(slot),
-            Handle::Here => super::local::drop_slot(slot).unwrap_or_else(|e| e.raise()),
-        }
-    }
-}
-
-pub(super) fn spi_failed(e: &dyn std::fmt::Display) -> ! {
-    MmError::Internal {
-        what: format!("SPI: {e}"),
-    }
-    .raise()
-}
-
-pub(super) fn parse_state(text: Option<String>, node: i64) -> SurvivorState {
-    serde_json::from_str(&text.unwrap_or_default()).unwrap_or_else(|e| {
-        MmError::Internal {
-            what: format!("node {node}'s answer to remove_node() does not parse: {e}"),
-        }
-        .raise()
-    })
-}
-
-/// A failure before anything was changed: re-raised with where it happened.
-pub(super) fn nothing_changed(function: &str, node: &str, step: &str, caught: Caught) -> ! {
-    let (message, detail) = failure_of(
-        function,
-        node,
-        step,
-        &caught.message,
-        caught.detail.as_deref(),
-        &[],
-        &[],
-    );
-    caught.raise_as(message, Some(detail))
-}
 
 /// `mm_conflict.remove_node(node_id, force, timeout)`: `timeout` (its text, for messages, and in
 /// milliseconds) bounds the waits.
@@ -266,142 +205,4 @@ pub fn remove_node(
     ));
     rows.sort_by_key(|r| r.0);
     Ok(rows)
-}
-
-/// Runs `plan`'s steps in order, each on its node's handle, and closes the handles. On an error:
-/// if no step that `drops` ran yet, undoes the steps run so far, newest first; raises the error
-/// with its SQLSTATE and hint, saying where it happened and what was undone (and `after_drop`
-/// when something was dropped already). Returns how long the catch-up waits took, if any ran.
-pub(super) fn run_plan(
-    function: &str,
-    plan: &[MemberStep],
-    handles: Vec<(i64, Handle)>,
-    (timeout, deadline): (&str, Instant),
-    after_drop: &str,
-) -> Option<Duration> {
-    let handle = |node: i64| -> &Handle {
-        &handles
-            .iter()
-            .find(|(n, _)| *n == node)
-            .expect("every node of the plan was reached")
-            .1
-    };
-    let mut done: Vec<usize> = Vec::new();
-    let catch_up_began = std::cell::Cell::new(None::<Instant>);
-    let outcome = catching_error(|| {
-        for (k, step) in plan.iter().enumerate() {
-            run_step(
-                step,
-                handle(step.node),
-                (timeout, deadline),
-                &catch_up_began,
-            );
-            done.push(k);
-        }
-    });
-    let caught_up = catch_up_began.get().map(|began| began.elapsed());
-    if let Err(caught) = outcome {
-        let failed = &plan[done.len()];
-        let (mut undone, mut not_undone) = (Vec::new(), Vec::new());
-        let dropped = done.iter().any(|&k| plan[k].drops);
-        if !dropped {
-            for &k in done.iter().rev() {
-                let step = &plan[k];
-                let Some(undo) = &step.undo else { continue };
-                let what = format!("{} on node {}", step.name, step.node);
-                match catching(|| handle(step.node).run(undo)) {
-                    Ok(_) => undone.push(what),
-                    Err(message) => not_undone.push(format!("{what} ({message})")),
-                }
-            }
-        }
-        let (message, mut detail) = failure_of(
-            function,
-            &format!("node {}", failed.node),
-            &failed.name,
-            &caught.message,
-            caught.detail.as_deref(),
-            &undone,
-            &not_undone,
-        );
-        if dropped {
-            detail.push('\n');
-            detail.push_str(after_drop);
-        }
-        close(handles);
-        caught.raise_as(message, Some(detail));
-    }
-    close(handles);
-    caught_up
-}
-
-pub(super) fn close(handles: Vec<(i64, Handle)>) {
-    for (_, handle) in handles {
-        if let Handle::Remote(conn) = handle {
-            let _ = catching(|| conn.close());
-        }
-    }
-}
-
-/// Runs one step of the plan on its node.
-fn run_step(
-    step: &MemberStep,
-    on: &Handle,
-    (timeout, deadline): (&str, Instant),
-    catch_up_began: &std::cell::Cell<Option<Instant>>,
-) {
-    let left_ms = || {
-        deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis() as i64
-    };
-    match &step.action {
-        Action::Exec(remote) => {
-            on.run(remote);
-        }
-        Action::Until(query) => {
-            while on.run(query).as_deref() != Some("t") {
-                if left_ms() == 0 {
-                    MmError::StepTimeout {
-                        step: step.name.clone(),
-                        node: step.node,
-                        timeout: timeout.into(),
-                    }
-                    .raise();
-                }
-                sleep_ms(20);
-            }
-        }
-        Action::CatchUp(others) => {
-            if catch_up_began.get().is_none() {
-                catch_up_began.set(Some(Instant::now()));
-            }
-            let Handle::Remote(conn) = on else {
-                unreachable!("a lone survivor has no one to wait for")
-            };
-            let answer = conn.call(
-                "_wait_for_peers",
-                &[
-                    Value::Ints(Some(&others[..])),
-                    Value::Interval(&format!("{} milliseconds", left_ms())),
-                ],
-            );
-            if answer.as_deref() != Some("t") {
-                MmError::CatchUpTimeout {
-                    node: format!(
-                        "node {}",
-                        others
-                            .iter()
-                            .map(i64::to_string)
-                            .collect::<Vec<_>>()
-                            .join(" or ")
-                    ),
-                    from: format!("node {}", step.node),
-                    timeout: timeout.into(),
-                }
-                .raise();
-            }
-        }
-        Action::DropSlot(slot) => on.drop_slot(slot),
-    }
 }
