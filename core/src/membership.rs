@@ -13,7 +13,7 @@
 
 use serde::Deserialize;
 
-use crate::mesh::{as_block, channel_name, NodeSpec, NodeState, Remote, TablePolicy};
+use crate::mesh::{as_block, channel_name, node_setup, NodeSpec, NodeState, Remote, TablePolicy};
 use crate::sql::{sql_ident, sql_literal};
 
 /// The query `remove_node` runs on survivor `survivor` before changing anything; its one value
@@ -136,45 +136,12 @@ pub fn add_plan(
         drops: false,
     };
     // 1. The new node: extension, id, tables; a node coming back loses its old subscriptions.
-    let mut statements = vec![
-        "CREATE EXTENSION IF NOT EXISTS mm_conflict SCHEMA public".to_string(),
-        format!(
-            "PERFORM mm_conflict.node_init({}, {})",
-            new.id,
-            new.name
-                .as_deref()
-                .map_or_else(|| "NULL".to_string(), sql_literal)
-        ),
-    ];
-    let mut undo = Vec::new();
-    for (table, policy) in tables {
-        statements.push(format!(
-            "PERFORM mm_conflict.replicate_table({}, {}, {}, {})",
-            sql_literal(table),
-            sql_literal(&policy.criterion),
-            sql_literal(&policy.method),
-            policy
-                .preferred_node
-                .map_or_else(|| "NULL::integer".to_string(), |p| p.to_string())
-        ));
-        if !state.replicated.contains(table) {
-            undo.push(format!(
-                "PERFORM mm_conflict.unreplicate_table({})",
-                sql_literal(table)
-            ));
-        }
-    }
+    let (mut statements, undo) = node_setup(new, state, tables);
     for (member, _, _) in members {
         let channel = channel_name(*member, new.id);
         if state.subscriptions.contains(&channel) {
             statements.push(drop_subscription(&channel));
         }
-    }
-    if state.node_id.is_none() {
-        undo.push("DELETE FROM mm_conflict.node".to_string());
-    }
-    if !state.extension {
-        undo = vec!["DROP EXTENSION mm_conflict".to_string()];
     }
     steps.push(MemberStep {
         node: new.id,

@@ -165,6 +165,60 @@ pub(crate) fn as_block(statements: &[String]) -> String {
     format!("DO ${tag}$BEGIN {body} END${tag}$")
 }
 
+/// The statements that set node `node` (found as `state`) up in one transaction: the extension,
+/// its id, each table with its policy; and the statements that undo what they add (empty when
+/// they add nothing: what existed before stays).
+pub(crate) fn node_setup(
+    node: &NodeSpec,
+    state: &NodeState,
+    tables: &[(String, TablePolicy)],
+) -> (Vec<String>, Vec<String>) {
+    let mut statements = vec![
+        // In public, as a plain CREATE EXTENSION would: remote sessions search pg_catalog only,
+        // which would otherwise become the extension's schema (and dblink's).
+        "CREATE EXTENSION IF NOT EXISTS mm_conflict SCHEMA public".to_string(),
+        format!(
+            "PERFORM mm_conflict.node_init({}, {})",
+            node.id,
+            node.name
+                .as_deref()
+                .map_or_else(|| "NULL".to_string(), sql_literal)
+        ),
+    ];
+    let mut undo = Vec::new();
+    for (t, policy) in tables {
+        statements.push(format!(
+            "PERFORM mm_conflict.replicate_table({}, {}, {}, {})",
+            sql_literal(t),
+            sql_literal(&policy.criterion),
+            sql_literal(&policy.method),
+            policy
+                .preferred_node
+                .map_or_else(|| "NULL::integer".to_string(), |p| p.to_string())
+        ));
+        if !state.replicated.contains(t) {
+            undo.push(format!(
+                "PERFORM mm_conflict.unreplicate_table({})",
+                sql_literal(t)
+            ));
+        }
+    }
+    if !state.publication {
+        undo.push(format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            sql_ident(PUBLICATION)
+        ));
+    }
+    if state.node_id.is_none() {
+        undo.push("DELETE FROM mm_conflict.node".to_string());
+    }
+    if !state.extension {
+        // Dropping the extension drops everything above with it.
+        undo = vec!["DROP EXTENSION mm_conflict".to_string()];
+    }
+    (statements, undo)
+}
+
 /// `create_mesh`'s plan: set up every node (one transaction each: extension, node id, tables),
 /// compare the tables, then the N−1 subscriptions of every node. A step that fails undoes the
 /// steps before it, newest first; what existed before the call stays.
@@ -177,50 +231,10 @@ pub fn create_plan(
     let mut steps = Vec::new();
     let mut tables_added = false;
     for (i, (node, state)) in nodes.iter().zip(states).enumerate() {
-        let mut statements = vec![
-            // In public, as a plain CREATE EXTENSION would: remote sessions search pg_catalog
-            // only, which would otherwise become the extension's schema (and dblink's).
-            "CREATE EXTENSION IF NOT EXISTS mm_conflict SCHEMA public".to_string(),
-            format!(
-                "PERFORM mm_conflict.node_init({}, {})",
-                node.id,
-                node.name
-                    .as_deref()
-                    .map_or_else(|| "NULL".to_string(), sql_literal)
-            ),
-        ];
-        let mut undo = Vec::new();
-        for t in tables {
-            statements.push(format!(
-                "PERFORM mm_conflict.replicate_table({}, {}, {}, {})",
-                sql_literal(t),
-                sql_literal(&policy.criterion),
-                sql_literal(&policy.method),
-                policy
-                    .preferred_node
-                    .map_or_else(|| "NULL::integer".to_string(), |p| p.to_string())
-            ));
-            if !state.replicated.contains(t) {
-                tables_added = true;
-                undo.push(format!(
-                    "PERFORM mm_conflict.unreplicate_table({})",
-                    sql_literal(t)
-                ));
-            }
-        }
-        if !state.publication {
-            undo.push(format!(
-                "DROP PUBLICATION IF EXISTS {}",
-                sql_ident(PUBLICATION)
-            ));
-        }
-        if state.node_id.is_none() {
-            undo.push("DELETE FROM mm_conflict.node".to_string());
-        }
-        if !state.extension {
-            // Dropping the extension drops everything above with it.
-            undo = vec!["DROP EXTENSION mm_conflict".to_string()];
-        }
+        let with_policy: Vec<(String, TablePolicy)> =
+            tables.iter().map(|t| (t.clone(), policy.clone())).collect();
+        let (statements, undo) = node_setup(node, state, &with_policy);
+        tables_added |= tables.iter().any(|t| !state.replicated.contains(t));
         steps.push(Step {
             kind: StepKind::Exec,
             node: i,

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use mm_conflict_core::membership::{add_plan, survivor_query, SurvivorState};
-use mm_conflict_core::mesh::{inspect_query, NodeSpec, NodeState, TablePolicy};
+use mm_conflict_core::mesh::{NodeSpec, TablePolicy};
 
 use super::local::{check_node_id, this_node};
 use super::members::{close, nothing_changed, parse_state, run_plan, spi_failed, Handle};
@@ -72,30 +72,6 @@ fn tables_with_policies() -> Vec<(String, TablePolicy)> {
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
     .unwrap_or_else(|e| spi_failed(&e))
-}
-
-/// The new node as `add_node` must know it before changing anything.
-fn inspect(conn: &Connection, tables: &[String]) -> NodeState {
-    let mut state: serde_json::Value = serde_json::from_str(
-        &conn
-            .run(&Remote::query(inspect_query(tables)))
-            .unwrap_or_default(),
-    )
-    .unwrap_or_default();
-    if state["extension"].as_bool() == Some(true) {
-        let id = conn.run(&Remote::query(
-            "SELECT node_id FROM mm_conflict.node".into(),
-        ));
-        state["node_id"] = id
-            .and_then(|id| id.parse::<i64>().ok())
-            .map_or(serde_json::Value::Null, serde_json::Value::from);
-    }
-    serde_json::from_value(state).unwrap_or_else(|e| {
-        MmError::Internal {
-            what: format!("the new node's inspection does not parse: {e}"),
-        }
-        .raise()
-    })
 }
 
 /// The conninfo of the new node's subscription from this node, if it has one (a node that comes
@@ -185,7 +161,7 @@ pub fn add_node(request: Request) -> Result<Vec<(i32, String)>, MmError> {
     let label = format!("node {id} (new)");
     let (conn, state) = match catching_error(|| {
         let conn = Connection::open(format!("mm_conflict_add_{id}"), conninfo, &label);
-        let state = inspect(&conn, &names);
+        let state = super::create::inspect(&conn, &names);
         (conn, state)
     }) {
         Ok(found) => found,

@@ -53,8 +53,8 @@ fn label(node: &NodeSpec) -> String {
     }
 }
 
-/// What node `node` is, as `create_mesh` must know before changing anything.
-fn inspect(conn: &Connection, tables: &[String]) -> NodeState {
+/// What a node is, as `create_mesh` and `add_node` must know before changing anything.
+pub(super) fn inspect(conn: &Connection, tables: &[String]) -> NodeState {
     let text = conn
         .run(&Remote {
             sql: inspect_query(tables),
