@@ -375,41 +375,7 @@ BEGIN
 END
 $$;
 
--- Drops the replication slots on this node through which node `me` sent its changes to peers
--- (ending the walsenders that hold them); returns the slots it could not drop.
-CREATE FUNCTION mm_conflict._drop_local_slots(me smallint) RETURNS text[]
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    slot name;
-    holder int;
-    problems text[] := '{}';
-BEGIN
-    FOR slot IN SELECT slot_name FROM pg_replication_slots
-                 WHERE database = current_database() AND slot_name ~ format('^mm_conflict_%s_to_[0-9]+$', me)
-    LOOP
-        FOR attempt IN 1..100 LOOP
-            SELECT active_pid INTO holder FROM pg_replication_slots WHERE slot_name = slot;
-            EXIT WHEN NOT FOUND;
-            IF holder IS NULL THEN
-                BEGIN
-                    PERFORM pg_drop_replication_slot(slot);
-                    EXIT;
-                EXCEPTION WHEN object_in_use THEN
-                    NULL;  -- taken again meanwhile: try again
-                END;
-            ELSE
-                PERFORM pg_terminate_backend(holder);
-            END IF;
-            PERFORM pg_sleep(0.1);
-        END LOOP;
-        IF EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = slot) THEN
-            problems := problems || format('replication slot %s on this node is still in use; drop it with SELECT pg_drop_replication_slot(%L)', slot, slot);
-        END IF;
-    END LOOP;
-    RETURN problems;
-END
-$$;
+-- _drop_local_slots(me) is Rust (src/mesh/local.rs: drop_slots_of).
 
 CREATE FUNCTION mm_conflict.drop_mesh(everywhere boolean DEFAULT false)
 RETURNS void

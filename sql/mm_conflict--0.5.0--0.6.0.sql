@@ -1,18 +1,21 @@
 -- mm_conflict 0.5.0 -> 0.6.0
 --
--- What changes: add_node() and remove_node() (Rust: their plans in core/src/membership.rs, their runs in
--- src/mesh/add.rs and src/mesh/remove.rs), remove_node's catch-up wait _wait_for_peers(); wait_for_sync() becomes Rust
--- (same signature and result); the view status gains retained_wal_bytes, wal_status and
+-- What changes: add_node() and remove_node() (Rust: their plans in core/src/membership.rs,
+-- their runs in src/mesh/add.rs and src/mesh/remove.rs), and remove_node's catch-up wait
+-- _wait_for_peers(); wait_for_sync() and drop_mesh's helper _drop_local_slots() become Rust (same
+-- signatures and results); the view status gains retained_wal_bytes, wal_status and
 -- peer_down_since, and its problem column reports lost slots and peers gone longer than
 -- mm_conflict.peer_down_after. Data is kept as it is.
 --
 -- Made with scripts/upgrade_sql.py from the 0.6.0 schema:
---   scripts/upgrade_sql.py SCHEMA pgrx:wait_for_sync pgrx:_wait_for_peers pgrx:remove_node pgrx:add_node
--- plus the DROP statement and the view (sql/mesh.sql) by hand.
+--   scripts/upgrade_sql.py SCHEMA pgrx:wait_for_sync pgrx:_wait_for_peers pgrx:remove_node pgrx:add_node \
+--     pgrx:_drop_local_slots
+-- plus the DROP statements and the view (sql/mesh.sql) by hand.
 
 \echo Use "ALTER EXTENSION mm_conflict UPDATE TO '0.6.0'" to load this file. \quit
 
 DROP FUNCTION mm_conflict.wait_for_sync(interval);
+DROP FUNCTION mm_conflict._drop_local_slots(smallint);
 
 CREATE FUNCTION mm_conflict."wait_for_sync"(
 	"timeout" interval DEFAULT '60 seconds' /* Option < pgrx :: datum :: Interval > */
@@ -60,6 +63,15 @@ VOLATILE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'add_node_wrapper';
+
+
+CREATE FUNCTION mm_conflict."_drop_local_slots"(
+	"me" smallint /* i16 */
+) RETURNS TEXT[] /* Vec < String > */
+STRICT VOLATILE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_drop_local_slots_wrapper';
 
 
 CREATE OR REPLACE VIEW mm_conflict.status AS

@@ -261,6 +261,14 @@ pub mod mm_conflict {
         )
     }
 
+    /// `drop_mesh`'s last step: drops the replication slots on this node through which node `me`
+    /// sent its changes to peers; returns the slots it could not drop.
+    #[pg_extern(volatile, strict)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn _drop_local_slots(me: i16) -> Vec<String> {
+        local::drop_slots_of(i64::from(me))
+    }
+
     /// True once every peer has confirmed this node's WAL up to the position at the call (README
     /// "Check"); false after `timeout`.
     #[pg_extern(volatile)]

@@ -517,6 +517,37 @@ pub fn drop_slot(slot: &str) -> Result<(), MmError> {
     Err(MmError::SlotStillActive { slot: slot.into() })
 }
 
+/// Drops the replication slots of this database through which node `me` sent its changes to
+/// peers (ending their walsenders: `drop_mesh` has dropped the publication, nothing reads them any
+/// more); returns what could not be done, one line per slot.
+pub fn drop_slots_of(me: i64) -> Vec<String> {
+    use mm_conflict_core::mesh::parse_channel;
+    let slots: Vec<String> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT slot_name::pg_catalog.text FROM pg_catalog.pg_replication_slots
+                  WHERE database OPERATOR(pg_catalog.=) pg_catalog.current_database() ORDER BY 1",
+                None,
+                &[],
+            )?
+            .map(|row| Ok(row.get::<String>(1)?.unwrap_or_default()))
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| internal(&e));
+    slots
+        .into_iter()
+        .filter(|slot| parse_channel(slot).is_some_and(|(from, _)| from == me))
+        .filter_map(|slot| {
+            drop_slot(&slot).err().map(|_| {
+                format!(
+                    "replication slot {slot} on this node is still in use; drop it with SELECT pg_drop_replication_slot({})",
+                    sql_literal(&slot)
+                )
+            })
+        })
+        .collect()
+}
+
 /// Waits until every slot through which `peers` (`None`: every peer) read from this node has
 /// confirmed the WAL insert position at the call (with `synchronous_commit = off` a commit this
 /// session just made may lie past the write position). `false` after `timeout_ms`. A named peer
