@@ -1,11 +1,12 @@
 -- Mesh management: the catalog of this node's identity and peers, the dblink helpers every
--- function that reaches other nodes goes through, drop_mesh, and the views that watch the mesh.
+-- function that reaches other nodes goes through, the unsubscribe helpers drop_mesh runs on every
+-- node, and the views that watch the mesh.
 --
--- create_mesh and subscribe are Rust: their plans in core/src/mesh.rs, their runners in
--- src/mesh/ (over src/mesh/remote.rs, which calls the helpers below); create_mesh here only
--- passes its tables by name. What drop_mesh decides (every message) is Rust too, raised through
--- mm_conflict._fail. This node's own functions (node_init, replicate_table, unreplicate_table,
--- this_node) are Rust.
+-- create_mesh, subscribe, add_node, remove_node and drop_mesh are Rust: their plans in
+-- core/src/mesh.rs and core/src/membership.rs, their runners in src/mesh/ (over
+-- src/mesh/remote.rs, which calls the helpers below); create_mesh here only passes its tables by
+-- name. Messages are Rust too, raised through mm_conflict._fail. This node's own functions
+-- (node_init, replicate_table, unreplicate_table, this_node, wait_for_sync) are Rust.
 --
 -- How nodes talk to each other: through dblink (contrib), the only way a SQL function can run
 -- statements on another node *as separate, committed transactions*, which the mesh needs: a
@@ -349,83 +350,7 @@ BEGIN
 END
 $$;
 
--- Runs `query` on each peer (ids and conninfos in step); returns the problems met: a peer that
--- failed, and whatever text[] of problems the query itself returned.
-CREATE FUNCTION mm_conflict._on_peers(peer_ids int[], conninfos text[], query text) RETURNS text[]
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    conn text := 'mm_conflict_on_peers';
-    result text;
-    problem text;
-    problems text[] := '{}';
-BEGIN
-    FOR k IN 1..cardinality(peer_ids) LOOP
-        BEGIN
-            PERFORM mm_conflict._connect(conn, conninfos[k], format('node %s', peer_ids[k]));
-            result := nullif(mm_conflict._remote_value(conn, query), '');
-            problems := problems || coalesce(result::text[], '{}');
-        EXCEPTION WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT;
-            problems := problems || format('node %s: %s', peer_ids[k], problem);
-        END;
-        PERFORM mm_conflict._disconnect(conn);
-    END LOOP;
-    RETURN problems;
-END
-$$;
-
--- _drop_local_slots(me) is Rust (src/mesh/local.rs: drop_slots_of).
-
-CREATE FUNCTION mm_conflict.drop_mesh(everywhere boolean DEFAULT false)
-RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    me smallint;
-    peer_ids int[];
-    peer_conninfos text[];
-    tbl regclass;
-    problems text[];
-BEGIN
-    PERFORM mm_conflict._require_superuser('drop_mesh()');
-    SELECT node_id INTO me FROM mm_conflict.node;
-    IF me IS NULL THEN
-        PERFORM mm_conflict._notice('{"error": "not_in_mesh"}');
-        RETURN;
-    END IF;
-    -- Peers' conninfos are known from this node's subscriptions to them.
-    SELECT coalesce(array_agg(p.node_id ORDER BY p.node_id), '{}'),
-           coalesce(array_agg(s.subconninfo ORDER BY p.node_id), '{}')
-      INTO peer_ids, peer_conninfos
-      FROM mm_conflict.peer p
-      JOIN pg_subscription s ON s.subname = p.subscription
-     WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database());
-    IF NOT everywhere THEN
-        peer_ids := '{}';
-    ELSIF cardinality(peer_ids) > 0 THEN
-        PERFORM mm_conflict._require_dblink('drop_mesh()');
-    END IF;
-    -- Everywhere: first every subscription on every node, then the rest, so that no subscription
-    -- is left pointing at a publication that is already gone.
-    problems := mm_conflict._on_peers(peer_ids, peer_conninfos, 'SELECT mm_conflict._unsubscribe_all()');
-    problems := problems || mm_conflict._unsubscribe_all();
-    problems := problems || mm_conflict._on_peers(peer_ids, peer_conninfos, 'SELECT mm_conflict.drop_mesh(false)');
-    -- The publication first: unreplicate_table refuses a table still published while this node
-    -- has subscriptions (a mesh set up by hand keeps its own).
-    EXECUTE format('DROP PUBLICATION IF EXISTS %I', mm_conflict.publication_name());
-    FOR tbl IN SELECT tgrelid FROM pg_trigger WHERE tgname = '!mm_resolve' AND tgparentid = 0 LOOP
-        PERFORM mm_conflict.unreplicate_table(tbl);
-    END LOOP;
-    -- The peers' slots on this node: with the publication gone nothing reads them any more, and
-    -- they would keep this node's WAL for ever.
-    problems := problems || mm_conflict._drop_local_slots(me);
-    DELETE FROM mm_conflict.node;
-    IF cardinality(problems) > 0 THEN
-        PERFORM mm_conflict._warn(jsonb_build_object('error', 'dropped_with_problems', 'problems', to_jsonb(problems)));
-    END IF;
-END
-$$;
+-- _drop_local_slots(me) and drop_mesh() are Rust (src/mesh/local.rs: drop_slots_of; src/mesh/drop.rs).
 
 ------------------------------------------------------------------------------------------------
 -- A whole mesh in one call.

@@ -2,20 +2,23 @@
 --
 -- What changes: add_node() and remove_node() (Rust: their plans in core/src/membership.rs,
 -- their runs in src/mesh/add.rs and src/mesh/remove.rs), and remove_node's catch-up wait
--- _wait_for_peers(); wait_for_sync() and drop_mesh's helper _drop_local_slots() become Rust (same
--- signatures and results); the view status gains retained_wal_bytes, wal_status and
+-- _wait_for_peers(); wait_for_sync(), drop_mesh() and its helper _drop_local_slots() become Rust
+-- (same signatures and results; drop_mesh's plan is in core/src/membership.rs too), and the
+-- PL/pgSQL helper _on_peers() goes; the view status gains retained_wal_bytes, wal_status and
 -- peer_down_since, and its problem column reports lost slots and peers gone longer than
 -- mm_conflict.peer_down_after. Data is kept as it is.
 --
 -- Made with scripts/upgrade_sql.py from the 0.6.0 schema:
 --   scripts/upgrade_sql.py SCHEMA pgrx:wait_for_sync pgrx:_wait_for_peers pgrx:remove_node pgrx:add_node \
---     pgrx:_drop_local_slots
+--     pgrx:_drop_local_slots pgrx:drop_mesh
 -- plus the DROP statements and the view (sql/mesh.sql) by hand.
 
 \echo Use "ALTER EXTENSION mm_conflict UPDATE TO '0.6.0'" to load this file. \quit
 
 DROP FUNCTION mm_conflict.wait_for_sync(interval);
 DROP FUNCTION mm_conflict._drop_local_slots(smallint);
+DROP FUNCTION mm_conflict.drop_mesh(boolean);
+DROP FUNCTION mm_conflict._on_peers(integer[], text[], text);
 
 CREATE FUNCTION mm_conflict."wait_for_sync"(
 	"timeout" interval DEFAULT '60 seconds' /* Option < pgrx :: datum :: Interval > */
@@ -72,6 +75,15 @@ STRICT VOLATILE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_drop_local_slots_wrapper';
+
+
+CREATE FUNCTION mm_conflict."drop_mesh"(
+	"everywhere" bool DEFAULT false /* Option < bool > */
+) RETURNS void
+VOLATILE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'drop_mesh_wrapper';
 
 
 CREATE OR REPLACE VIEW mm_conflict.status AS

@@ -1,5 +1,5 @@
-//! The plans of a mesh's membership changes: `mm_conflict.remove_node` ([`removal_plan`]) and
-//! `mm_conflict.add_node` ([`add_plan`]), from what every node said ([`survivor_query`], read as
+//! The plans of a mesh's membership changes: `mm_conflict.remove_node` ([`removal_plan`]),
+//! `mm_conflict.add_node` ([`add_plan`]) and `mm_conflict.drop_mesh` ([`drop_plan`]), from what every node said ([`survivor_query`], read as
 //! [`SurvivorState`]) to the steps, each on one node.
 //!
 //! Removal: the order is what keeps rows: every survivor first stops receiving from the target and waits
@@ -202,6 +202,74 @@ pub fn add_plan(
     steps
 }
 
+/// A query whose one value is the JSON array of the problems the `text[]` function `call`
+/// returned (what `drop_mesh`'s steps report instead of failing).
+fn problems_of(call: &str) -> Remote {
+    Remote::query(format!(
+        "SELECT pg_catalog.array_to_json({call})::pg_catalog.text"
+    ))
+}
+
+/// `drop_mesh`'s plan on node `me`, with `tables` its replicated tables: with `peers` (the ones
+/// `everywhere` reached), first every node's subscriptions go (so that none is left pointing at
+/// a publication already dropped), then each peer drops the rest of its side (`drop_mesh(false)`
+/// there), then this node: its publication, its tables' triggers and tombstones, the peers'
+/// slots here (nothing reads them any more, and they would keep WAL), its id. The steps on peers
+/// report what they could not do instead of failing.
+pub fn drop_plan(me: i64, peers: &[i64], tables: &[String]) -> Vec<MemberStep> {
+    let step = |node: i64, name: &str, remote: Remote| MemberStep {
+        node,
+        name: name.into(),
+        action: Action::Exec(remote),
+        undo: None,
+        drops: true,
+    };
+    let mut steps = Vec::new();
+    for &peer in peers.iter().chain([me].iter()) {
+        steps.push(step(
+            peer,
+            "drop its subscriptions",
+            problems_of("mm_conflict._unsubscribe_all()"),
+        ));
+    }
+    for &peer in peers {
+        steps.push(step(
+            peer,
+            "leave the mesh (drop_mesh there)",
+            Remote::query("SELECT mm_conflict.drop_mesh(false)::pg_catalog.text".into()),
+        ));
+    }
+    // The publication first: unreplicate_table refuses a table still published while this node
+    // has subscriptions (a mesh set up by hand keeps its own).
+    let mut statements = vec![format!(
+        "DROP PUBLICATION IF EXISTS {}",
+        sql_ident(crate::mesh::PUBLICATION)
+    )];
+    statements.extend(
+        tables
+            .iter()
+            .map(|t| format!("PERFORM mm_conflict.unreplicate_table({})", sql_literal(t))),
+    );
+    steps.push(step(
+        me,
+        "drop the publication and the tables' triggers",
+        Remote::exec(as_block(&statements)),
+    ));
+    steps.push(step(
+        me,
+        "drop the peers' slots",
+        problems_of(&format!(
+            "mm_conflict._drop_local_slots({me}::pg_catalog.int2)"
+        )),
+    ));
+    steps.push(step(
+        me,
+        "forget the node id",
+        Remote::exec("DELETE FROM mm_conflict.node".into()),
+    ));
+    steps
+}
+
 /// `remove_node`'s plan for taking node `target` out of the mesh. `survivors` are the nodes that
 /// stay and were reached, with what each said; `target_reached` whether the target itself was.
 pub fn removal_plan(
@@ -324,6 +392,33 @@ pub fn removal_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drop_mesh_unsubscribes_everywhere_before_anything_else() {
+        let steps = drop_plan(1, &[2, 3], &["public.mm".into()]);
+        let names: Vec<(i64, &str)> = steps.iter().map(|s| (s.node, s.name.as_str())).collect();
+        assert_eq!(
+            names,
+            vec![
+                (2, "drop its subscriptions"),
+                (3, "drop its subscriptions"),
+                (1, "drop its subscriptions"),
+                (2, "leave the mesh (drop_mesh there)"),
+                (3, "leave the mesh (drop_mesh there)"),
+                (1, "drop the publication and the tables' triggers"),
+                (1, "drop the peers' slots"),
+                (1, "forget the node id"),
+            ]
+        );
+        let Action::Exec(tables) = &steps[5].action else {
+            panic!()
+        };
+        assert_eq!(
+            tables.sql,
+            "DO $mm$BEGIN DROP PUBLICATION IF EXISTS \"mm_conflict\"; PERFORM mm_conflict.unreplicate_table('public.mm'); END$mm$"
+        );
+        assert_eq!(drop_plan(1, &[], &[]).len(), 4);
+    }
 
     #[test]
     fn a_new_node_is_set_up_subscribed_both_ways_and_copies_last() {

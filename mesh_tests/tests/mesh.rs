@@ -1491,3 +1491,36 @@ fn remove_node_with_a_survivor_down() {
     mesh.nodes[0].sql("INSERT INTO mm(id, info) VALUES (1, 'after')");
     mesh.assert_converged("mm");
 }
+
+/// `drop_mesh(everywhere => true)` on one node leaves no subscription, slot, publication, trigger
+/// or node id on any node, and every node keeps its rows; a second call has nothing to do.
+#[test]
+fn drop_mesh_everywhere_leaves_nothing_but_the_rows() {
+    let mut mesh = Mesh::start("drop_everywhere", 3);
+    mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
+    for node in &mesh.nodes {
+        node.sql(&format!(
+            "INSERT INTO mm(id, info) SELECT g, 'from {}' FROM generate_series({}, {}) g",
+            node.id,
+            i32::from(node.id) * 1000,
+            i32::from(node.id) * 1000 + 99
+        ));
+    }
+    mesh.assert_converged("mm");
+    mesh.nodes[0].sql("SELECT mm_conflict.drop_mesh(everywhere => true)");
+    for node in &mesh.nodes {
+        assert_eq!(
+            node.sql(
+                "SELECT (SELECT count(*) FROM pg_subscription) || ' ' || (SELECT count(*) FROM pg_replication_slots)
+                   || ' ' || (SELECT count(*) FROM pg_publication) || ' ' || (SELECT count(*) FROM mm_conflict.node)
+                   || ' ' || (SELECT count(*) FROM mm_conflict.peer) || ' ' || (SELECT count(*) FROM mm_conflict.replicated_tables)
+                   || ' ' || (SELECT count(*) FROM mm)"
+            ),
+            "0 0 0 0 0 0 300",
+            "node {}",
+            node.id
+        );
+    }
+    // Not in a mesh any more: a NOTICE, nothing else.
+    mesh.nodes[1].sql("SELECT mm_conflict.drop_mesh(everywhere => true)");
+}

@@ -261,6 +261,15 @@ pub mod mm_conflict {
         )
     }
 
+    /// Drops this node's side of the mesh, and with `everywhere` every peer's first (README
+    /// "Tear down"). Rows and bookkeeping columns stay.
+    #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn drop_mesh(everywhere: default!(Option<bool>, false)) {
+        let everywhere = crate::api::args::given(everywhere, "drop_mesh()", "everywhere");
+        crate::mesh::drop::drop_mesh(everywhere).or_raise()
+    }
+
     /// `drop_mesh`'s last step: drops the replication slots on this node through which node `me`
     /// sent its changes to peers; returns the slots it could not drop.
     #[pg_extern(volatile, strict)]

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use mm_conflict_core::membership::{add_plan, survivor_query, SurvivorState};
-use mm_conflict_core::mesh::{NodeSpec, TablePolicy};
+use mm_conflict_core::mesh::NodeSpec;
 
 use super::local::{check_node_id, this_node};
 use super::members::{close, nothing_changed, parse_state, run_plan, spi_failed, Handle};
@@ -33,45 +33,6 @@ fn null(argument: &str) -> MmError {
         function: FUNCTION.into(),
         argument: argument.into(),
     }
-}
-
-/// This node's replicated tables (stable names) with the policy of their trigger (its arguments
-/// after the node id).
-fn tables_with_policies() -> Vec<(String, TablePolicy)> {
-    pgrx::spi::Spi::connect(|client| {
-        client
-            .select(
-                "SELECT n.nspname::pg_catalog.text, c.relname::pg_catalog.text, tg.tgargs
-                   FROM pg_catalog.pg_trigger tg
-                   JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) tg.tgrelid
-                   JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
-                  WHERE tg.tgname OPERATOR(pg_catalog.=) $1 AND tg.tgparentid OPERATOR(pg_catalog.=) 0
-                  ORDER BY 1, 2",
-                None,
-                &[mm_conflict_core::mesh::TRIGGER.into()],
-            )?
-            .map(|row| {
-                let schema: String = row.get(1)?.unwrap_or_default();
-                let name: String = row.get(2)?.unwrap_or_default();
-                let raw: Vec<u8> = row.get(3)?.unwrap_or_default();
-                // tgargs: each argument followed by a NUL byte.
-                let args: Vec<String> = raw
-                    .split(|&b| b == 0)
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect();
-                let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
-                Ok((
-                    crate::pg::names::identity(&schema, &name),
-                    TablePolicy {
-                        criterion: arg(1),
-                        method: arg(2),
-                        preferred_node: args.get(3).and_then(|p| p.parse().ok()),
-                    },
-                ))
-            })
-            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-    })
-    .unwrap_or_else(|e| spi_failed(&e))
 }
 
 /// The conninfo of the new node's subscription from this node, if it has one (a node that comes
@@ -123,7 +84,7 @@ pub fn add_node(request: Request) -> Result<Vec<(i32, String)>, MmError> {
         return Err(MmError::NotANode { node: copy_from });
     }
     remote::require_dblink(FUNCTION);
-    let tables = tables_with_policies();
+    let tables = super::local::mesh_tables();
     if tables.is_empty() {
         return Err(MmError::MeshWithoutTables);
     }

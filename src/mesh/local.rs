@@ -481,6 +481,45 @@ pub fn unreplicate_table(tbl: pg_sys::Oid) -> Result<(), MmError> {
     Ok(())
 }
 
+/// This node's replicated tables (stable names) with the policy of their trigger (its arguments
+/// after the node id).
+pub fn mesh_tables() -> Vec<(String, mm_conflict_core::mesh::TablePolicy)> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT n.nspname::pg_catalog.text, c.relname::pg_catalog.text, tg.tgargs
+                   FROM pg_catalog.pg_trigger tg
+                   JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) tg.tgrelid
+                   JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+                  WHERE tg.tgname OPERATOR(pg_catalog.=) $1 AND tg.tgparentid OPERATOR(pg_catalog.=) 0
+                  ORDER BY 1, 2",
+                None,
+                &[TRIGGER.into()],
+            )?
+            .map(|row| {
+                let schema: String = row.get(1)?.unwrap_or_default();
+                let name: String = row.get(2)?.unwrap_or_default();
+                let raw: Vec<u8> = row.get(3)?.unwrap_or_default();
+                // tgargs: each argument followed by a NUL byte.
+                let args: Vec<String> = raw
+                    .split(|&b| b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+                Ok((
+                    crate::pg::names::identity(&schema, &name),
+                    mm_conflict_core::mesh::TablePolicy {
+                        criterion: arg(1),
+                        method: arg(2),
+                        preferred_node: args.get(3).and_then(|p| p.parse().ok()),
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| internal(&e))
+}
+
 /// Drops replication slot `slot` of this database on this node, ending the walsender that holds
 /// it (its subscriber is gone); nothing when there is none. `55006` when it is taken again and
 /// again.

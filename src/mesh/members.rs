@@ -139,6 +139,36 @@ pub fn run_plan(
     caught_up
 }
 
+/// Runs `plan`'s steps in order and closes the handles: a step on another node that fails, or
+/// that returns a JSON array of problems, adds to the problems returned ("node 2: ..."); a step
+/// here (`Handle::Here`) that fails raises its error.
+pub fn run_best_effort(plan: &[MemberStep], handles: Vec<(i64, Handle)>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for step in plan {
+        let Some((_, handle)) = handles.iter().find(|(n, _)| *n == step.node) else {
+            continue;
+        };
+        let Action::Exec(remote) = &step.action else {
+            unreachable!("best-effort plans only execute statements")
+        };
+        let answer = match handle {
+            Handle::Here => handle.run(remote),
+            Handle::Remote(_) => match catching(|| handle.run(remote)) {
+                Ok(answer) => answer,
+                Err(message) => {
+                    problems.push(format!("node {}: {message}", step.node));
+                    continue;
+                }
+            },
+        };
+        if let Some(list) = answer.filter(|a| a.starts_with('[')) {
+            problems.extend(serde_json::from_str::<Vec<String>>(&list).unwrap_or_default());
+        }
+    }
+    close(handles);
+    problems
+}
+
 pub fn close(handles: Vec<(i64, Handle)>) {
     for (_, handle) in handles {
         if let Handle::Remote(conn) = handle {
