@@ -2,15 +2,15 @@
 --
 -- What changes: add_node() and remove_node() (Rust: their plans in core/src/membership.rs,
 -- their runs in src/mesh/add.rs and src/mesh/remove.rs), and remove_node's catch-up wait
--- _wait_for_peers(); wait_for_sync(), drop_mesh() and its helper _drop_local_slots() become Rust
--- (same signatures and results; drop_mesh's plan is in core/src/membership.rs too), and the
+-- _wait_for_peers(); wait_for_sync(), drop_mesh() and its helpers _drop_local_slots(),
+-- _unsubscribe() and _unsubscribe_all() become Rust (same signatures and results; drop_mesh's plan is in core/src/membership.rs too), and the
 -- PL/pgSQL helper _on_peers() goes; the view status gains retained_wal_bytes, wal_status and
 -- peer_down_since, and its problem column reports lost slots and peers gone longer than
 -- mm_conflict.peer_down_after. Data is kept as it is.
 --
 -- Made with scripts/upgrade_sql.py from the 0.6.0 schema:
 --   scripts/upgrade_sql.py SCHEMA pgrx:wait_for_sync pgrx:_wait_for_peers pgrx:remove_node pgrx:add_node \
---     pgrx:_drop_local_slots pgrx:drop_mesh
+--     pgrx:_drop_local_slots pgrx:drop_mesh pgrx:_unsubscribe pgrx:_unsubscribe_all
 -- plus the DROP statements and the view (sql/mesh.sql) by hand.
 
 \echo Use "ALTER EXTENSION mm_conflict UPDATE TO '0.6.0'" to load this file. \quit
@@ -19,6 +19,8 @@ DROP FUNCTION mm_conflict.wait_for_sync(interval);
 DROP FUNCTION mm_conflict._drop_local_slots(smallint);
 DROP FUNCTION mm_conflict.drop_mesh(boolean);
 DROP FUNCTION mm_conflict._on_peers(integer[], text[], text);
+DROP FUNCTION mm_conflict._unsubscribe_all();
+DROP FUNCTION mm_conflict._unsubscribe(integer);
 
 CREATE FUNCTION mm_conflict."wait_for_sync"(
 	"timeout" interval DEFAULT '60 seconds' /* Option < pgrx :: datum :: Interval > */
@@ -84,6 +86,21 @@ VOLATILE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'drop_mesh_wrapper';
+
+
+CREATE FUNCTION mm_conflict."_unsubscribe"(
+	"peer_node_id" INT /* i32 */
+) RETURNS TEXT /* Option < String > */
+STRICT VOLATILE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_unsubscribe_wrapper';
+
+CREATE FUNCTION mm_conflict."_unsubscribe_all"() RETURNS TEXT[] /* Vec < String > */
+STRICT VOLATILE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_unsubscribe_all_wrapper';
 
 
 CREATE OR REPLACE VIEW mm_conflict.status AS

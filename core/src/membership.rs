@@ -89,6 +89,11 @@ pub struct MemberStep {
     pub drops: bool,
 }
 
+/// [`drop_subscription`] as a statement of its own (a `DO` block).
+pub fn drop_subscription_block(channel: &str) -> String {
+    as_block(&[drop_subscription(channel)])
+}
+
 /// `ALTER SUBSCRIPTION ... DISABLE; ... SET (slot_name = NONE); DROP SUBSCRIPTION ...` for
 /// subscription `channel` when it exists: transactional, and the slot it read stays where it is.
 fn drop_subscription(channel: &str) -> String {

@@ -270,6 +270,23 @@ pub mod mm_conflict {
         crate::mesh::drop::drop_mesh(everywhere).or_raise()
     }
 
+    /// Drops this node's subscription to `peer_node_id`, its peer row and its slot on the peer;
+    /// returns what could not be done (NULL when everything was). The undo of `subscribe` steps.
+    #[pg_extern(volatile, strict)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn _unsubscribe(peer_node_id: i32) -> Option<String> {
+        crate::pg::security::require_superuser("drop_mesh()").or_raise();
+        crate::mesh::subscribe::unsubscribe(i64::from(peer_node_id))
+    }
+
+    /// `_unsubscribe` of every peer; what could not be done.
+    #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn _unsubscribe_all() -> Vec<String> {
+        crate::pg::security::require_superuser("drop_mesh()").or_raise();
+        crate::mesh::subscribe::unsubscribe_all()
+    }
+
     /// `drop_mesh`'s last step: drops the replication slots on this node through which node `me`
     /// sent its changes to peers; returns the slots it could not drop.
     #[pg_extern(volatile, strict)]

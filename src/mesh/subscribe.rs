@@ -156,3 +156,67 @@ pub fn subscribe(
     conn.close();
     Ok(())
 }
+
+/// Drops this node's subscription to `peer` (transactional: the slot is detached first) and its
+/// peer row, then the slot on the peer, over a connection of its own. Returns what could not be
+/// done (the slot on a peer that cannot be reached), or `None`.
+pub fn unsubscribe(peer: i64) -> Option<String> {
+    let me = i64::from(this_node().or_raise());
+    let channel = channel_name(peer, me);
+    let found = read_one::<String>(
+        "SELECT s.subconninfo || E'\\n' || COALESCE(s.subslotname::pg_catalog.text, '')
+           FROM pg_catalog.pg_subscription s
+          WHERE s.subname OPERATOR(pg_catalog.=) $1
+            AND s.subdbid OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_database
+                                                   WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())",
+        &[channel.as_str().into()],
+    )
+    .unwrap_or_else(|e| spi_failed(e));
+    Spi::run_with_args(
+        "DELETE FROM mm_conflict.peer WHERE node_id OPERATOR(pg_catalog.=) $1",
+        &[(peer as i16).into()],
+    )
+    .unwrap_or_else(|e| spi_failed(e));
+    let (conninfo, slot) = found?
+        .rsplit_once('\n')
+        .map(|(c, s)| (c.to_string(), s.to_string()))?;
+    Spi::run(&mm_conflict_core::membership::drop_subscription_block(
+        &channel,
+    ))
+    .unwrap_or_else(|e| spi_failed(e));
+    if slot.is_empty() {
+        return None;
+    }
+    remote::require_dblink("drop_mesh()");
+    let dropped = catching(|| {
+        let conn = Connection::open(
+            "mm_conflict_unsubscribe".into(),
+            &conninfo,
+            &format!("node {peer}"),
+        );
+        conn.drop_slot(&slot);
+        conn.close();
+    });
+    dropped.err().map(|message| {
+        format!(
+            "replication slot {slot} on node {peer} was not dropped ({message}); drop it there with SELECT pg_drop_replication_slot({})",
+            sql_literal(&slot)
+        )
+    })
+}
+
+/// [`unsubscribe`] from every peer; what could not be done.
+pub fn unsubscribe_all() -> Vec<String> {
+    let peers: Vec<i64> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT node_id FROM mm_conflict.peer ORDER BY node_id",
+                None,
+                &[],
+            )?
+            .map(|row| Ok(i64::from(row.get::<i16>(1)?.unwrap_or_default())))
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| spi_failed(e));
+    peers.into_iter().filter_map(unsubscribe).collect()
+}
