@@ -2,11 +2,11 @@
 --
 -- What changes: add_node() and remove_node() (Rust: their plans in core/src/membership.rs,
 -- their runs in src/mesh/add.rs and src/mesh/remove.rs), and remove_node's catch-up wait
--- _wait_for_peers(); wait_for_sync(), drop_mesh() and its helpers _drop_local_slots(),
--- _unsubscribe() and _unsubscribe_all() become Rust (same signatures and results; drop_mesh's plan is in core/src/membership.rs too), and the
--- PL/pgSQL helper _on_peers() goes; the view status gains retained_wal_bytes, wal_status and
--- peer_down_since, and its problem column reports lost slots and peers gone longer than
--- mm_conflict.peer_down_after. Data is kept as it is.
+-- _wait_for_peers(); wait_for_sync(), drop_mesh() (its plan in core/src/membership.rs too) and
+-- its helpers _drop_local_slots(), _unsubscribe() and _unsubscribe_all() become Rust, with the
+-- same signatures and results; the PL/pgSQL helper _on_peers() goes; the view status gains
+-- retained_wal_bytes, wal_status and peer_down_since, and its problem column reports lost slots
+-- and peers gone longer than mm_conflict.peer_down_after. Data is kept as it is.
 --
 -- Made with scripts/upgrade_sql.py from the 0.6.0 schema:
 --   scripts/upgrade_sql.py SCHEMA pgrx:wait_for_sync pgrx:_wait_for_peers pgrx:remove_node pgrx:add_node \

@@ -146,8 +146,12 @@ pub enum MmError {
     #[error("invalid mesh description: {message}")]
     BadMeshSpec { message: String },
 
-    #[error("create_mesh() cannot run in a transaction that has already written")]
-    MeshInWrittenTransaction,
+    #[error("{function} cannot run in a transaction that has already written")]
+    MeshInWrittenTransaction {
+        /// (Defaults to create_mesh(), as the SQL of versions before 0.6.0 raises it.)
+        #[serde(default = "create_mesh_name")]
+        function: String,
+    },
 
     #[error("create_mesh() needs at least one table")]
     MeshWithoutTables,
@@ -280,6 +284,10 @@ pub enum MmError {
     Internal { what: String },
 }
 
+fn create_mesh_name() -> String {
+    "create_mesh()".into()
+}
+
 impl MmError {
     pub fn sqlstate(&self) -> PgSqlErrorCode {
         use MmError::*;
@@ -330,7 +338,7 @@ impl MmError {
             CannotConnect { .. } => ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
             SlotStillActive { .. } => ERRCODE_OBJECT_IN_USE,
             PeerWithoutExtension { .. } | PeerWithoutPublication { .. } => ERRCODE_UNDEFINED_OBJECT,
-            MeshInWrittenTransaction => ERRCODE_ACTIVE_SQL_TRANSACTION,
+            MeshInWrittenTransaction { .. } => ERRCODE_ACTIVE_SQL_TRANSACTION,
             RemoteTooOld { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             RemoteWithoutPackage => ERRCODE_UNDEFINED_FILE,
             RemoteTableMissing { .. } => ERRCODE_UNDEFINED_TABLE,
@@ -395,7 +403,7 @@ impl MmError {
             SlotInUse { .. } => {
                 "Another subscriber (or a mesh in another database of that cluster) uses it.".into()
             }
-            MeshInWrittenTransaction => {
+            MeshInWrittenTransaction { .. } => {
                 "Creating replication slots waits for every open transaction that has written, this one included."
                     .into()
             }
@@ -504,7 +512,7 @@ impl MmError {
             BadMeshSpec { .. } => {
                 r#"nodes is a JSON array of objects: [{"id": 1, "name": "a", "conninfo": "host=... dbname=..."}, ...]"#.into()
             }
-            MeshInWrittenTransaction => {
+            MeshInWrittenTransaction { .. } => {
                 "Call it on its own, outside an explicit transaction block.".into()
             }
             RemoteTooOld { .. } => "mm_conflict needs PostgreSQL 15 or later.".into(),

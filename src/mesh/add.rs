@@ -83,7 +83,10 @@ pub fn add_node(request: Request) -> Result<Vec<(i32, String)>, MmError> {
     {
         return Err(MmError::NotANode { node: copy_from });
     }
-    remote::require_dblink(FUNCTION);
+    // The new node creates slots here: this transaction must not hold them up, nor write to
+    // create dblink.
+    remote::refuse_written_transaction(FUNCTION)?;
+    remote::require_dblink_creating(FUNCTION, false);
     let tables = super::local::mesh_tables();
     if tables.is_empty() {
         return Err(MmError::MeshWithoutTables);

@@ -13,7 +13,6 @@ use super::plan::check_node;
 use super::remote::{self, Connection, Value};
 use super::{parse_nodes, NodeSpec};
 use crate::error::{MmError, OrRaise};
-use crate::pg::spi::read_one;
 use crate::pg::subxact::{catching, catching_error};
 use mm_conflict_core::mesh::{
     create_plan, failure, inspect_query, NodeState, Remote, Step, StepKind, TablePolicy,
@@ -80,14 +79,7 @@ pub(super) fn inspect(conn: &Connection, tables: &[String]) -> NodeState {
 }
 
 pub fn create_mesh(request: Request) -> Result<(), MmError> {
-    let written = read_one::<bool>(
-        "SELECT pg_catalog.txid_current_if_assigned() IS NOT NULL",
-        &[],
-    )
-    .unwrap_or_default();
-    if written == Some(true) {
-        return Err(MmError::MeshInWrittenTransaction);
-    }
+    remote::refuse_written_transaction("create_mesh()")?;
     crate::pg::security::require_superuser("create_mesh()")?;
     let tables = match request.tables {
         Some(tables) if !tables.is_empty() => tables,

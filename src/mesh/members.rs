@@ -75,7 +75,8 @@ pub fn nothing_changed(function: &str, node: &str, step: &str, caught: Caught) -
 /// Runs `plan`'s steps in order, each on its node's handle, and closes the handles. On an error:
 /// if no step that `drops` ran yet, undoes the steps run so far, newest first; raises the error
 /// with its SQLSTATE and hint, saying where it happened and what was undone (and `after_drop`
-/// when something was dropped already). Returns how long the catch-up waits took, if any ran.
+/// when something was dropped already). Returns how long the catch-up waits took in all, if any
+/// ran.
 pub fn run_plan(
     function: &str,
     plan: &[MemberStep],
@@ -91,19 +92,14 @@ pub fn run_plan(
             .1
     };
     let mut done: Vec<usize> = Vec::new();
-    let catch_up_began = std::cell::Cell::new(None::<Instant>);
+    let waited = std::cell::Cell::new(None::<Duration>);
     let outcome = catching_error(|| {
         for (k, step) in plan.iter().enumerate() {
-            run_step(
-                step,
-                handle(step.node),
-                (timeout, deadline),
-                &catch_up_began,
-            );
+            run_step(step, handle(step.node), (timeout, deadline), &waited);
             done.push(k);
         }
     });
-    let caught_up = catch_up_began.get().map(|began| began.elapsed());
+    let caught_up = waited.get();
     if let Err(caught) = outcome {
         let failed = &plan[done.len()];
         let (mut undone, mut not_undone) = (Vec::new(), Vec::new());
@@ -182,7 +178,7 @@ fn run_step(
     step: &MemberStep,
     on: &Handle,
     (timeout, deadline): (&str, Instant),
-    catch_up_began: &std::cell::Cell<Option<Instant>>,
+    waited: &std::cell::Cell<Option<Duration>>,
 ) {
     let left_ms = || {
         deadline
@@ -207,9 +203,7 @@ fn run_step(
             }
         }
         Action::CatchUp(others) => {
-            if catch_up_began.get().is_none() {
-                catch_up_began.set(Some(Instant::now()));
-            }
+            let began = Instant::now();
             let Handle::Remote(conn) = on else {
                 unreachable!("a lone survivor has no one to wait for")
             };
@@ -235,6 +229,7 @@ fn run_step(
                 }
                 .raise();
             }
+            waited.set(Some(waited.get().unwrap_or_default() + began.elapsed()));
         }
         Action::DropSlot(slot) => on.drop_slot(slot),
     }

@@ -105,6 +105,22 @@ pub fn peers() -> Vec<Peer> {
     .unwrap_or_else(|e| spi_failed(&e))
 }
 
+/// `25001` when the calling transaction has written (it has a transaction id): a replication slot
+/// that a peer creates on this node during the call would wait for it, and the call for the slot.
+pub fn refuse_written_transaction(function: &str) -> Result<(), MmError> {
+    let written = read_one::<bool>(
+        "SELECT pg_catalog.txid_current_if_assigned() IS NOT NULL",
+        &[],
+    )
+    .unwrap_or_default();
+    if written == Some(true) {
+        return Err(MmError::MeshInWrittenTransaction {
+            function: function.into(),
+        });
+    }
+    Ok(())
+}
+
 /// Makes sure dblink is installed (`mm_conflict._require_dblink`): creates it when it may, else
 /// raises `dblink_missing` naming `caller`.
 pub fn require_dblink(caller: &str) {

@@ -182,6 +182,12 @@ SELECT * FROM mm_conflict.add_node(5, 'host=127.0.0.1 port=1', node_name => ' ')
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM mm_conflict.add_node(5, 'host=127.0.0.1 port=1', copy_from => 9);
 \echo :LAST_ERROR_SQLSTATE
+-- Not in a transaction that has written: the new node's slots here would wait for it.
+BEGIN;
+INSERT INTO acct(id, balance) VALUES (3, 3);
+SELECT * FROM mm_conflict.add_node(5, 'host=127.0.0.1 port=1');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK;
 -- An unreachable node, and a conninfo that reaches another node than the id says.
 SELECT * FROM mm_conflict.add_node(5, 'host=127.0.0.1 port=1 password=secret');
 \echo :LAST_ERROR_SQLSTATE
