@@ -1422,6 +1422,11 @@ fn node_whose_slots_were_lost_comes_back_with_add_node() {
         mesh.nodes[2].conninfo()
     ));
     eprintln!("[lost_slot] add_node(3):\n{said}");
+    // add_node returns once the copy is in: the deleted rows are gone, the updated ones new.
+    assert_eq!(
+        mesh.nodes[2].sql("SELECT count(*) || ' ' || count(*) FILTER (WHERE info = 'v2') FROM mm"),
+        "700 100"
+    );
     mesh.wait_subscriptions_streaming(std::time::Duration::from_secs(60));
     let c = mesh.assert_converged("mm");
     assert_eq!(c.rows, 700, "deleted rows came back");
