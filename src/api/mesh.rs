@@ -276,7 +276,8 @@ pub mod mm_conflict {
     #[search_path(pg_catalog, pg_temp)]
     fn _unsubscribe(peer_node_id: i32) -> Option<String> {
         crate::pg::security::require_superuser("drop_mesh()").or_raise();
-        crate::mesh::subscribe::unsubscribe(i64::from(peer_node_id))
+        let peer = local::check_node_id(Some(i64::from(peer_node_id))).or_raise();
+        crate::mesh::subscribe::unsubscribe(i64::from(peer))
     }
 
     /// `_unsubscribe` of every peer; what could not be done.
@@ -292,6 +293,7 @@ pub mod mm_conflict {
     #[pg_extern(volatile, strict)]
     #[search_path(pg_catalog, pg_temp)]
     fn _drop_local_slots(me: i16) -> Vec<String> {
+        crate::pg::security::require_superuser("drop_mesh()").or_raise();
         local::drop_slots_of(i64::from(me))
     }
 

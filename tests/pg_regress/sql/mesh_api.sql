@@ -211,6 +211,9 @@ SELECT mm_conflict.wait_for_sync(NULL);
 \echo :LAST_ERROR_SQLSTATE
 SELECT mm_conflict._wait_for_peers(ARRAY[NULL]::bigint[], '1 s');
 \echo :LAST_ERROR_SQLSTATE
+-- drop_mesh's helper takes node ids only (65537 would wrap to node 1).
+SELECT mm_conflict._unsubscribe(65537);
+\echo :LAST_ERROR_SQLSTATE
 -- A named peer without a slot here has confirmed nothing.
 SELECT mm_conflict._wait_for_peers(ARRAY[5], '10 ms') AS peer_5_synced;
 SELECT mm_conflict._wait_for_peers('{}', '10 ms') AS no_one_to_wait_for;
