@@ -13,29 +13,43 @@
 
 use serde::Deserialize;
 
-use crate::mesh::{as_block, channel_name, node_setup, NodeSpec, NodeState, Remote, TablePolicy};
+use crate::mesh::{
+    as_block, channel_name, node_setup, NodeSpec, NodeState, Remote, TablePolicy, THIS_DATABASE,
+};
 use crate::sql::{sql_ident, sql_literal};
 
 /// The query `remove_node` runs on survivor `survivor` before changing anything; its one value
 /// is a JSON object read as [`SurvivorState`]. `me` is the node the call runs on (the survivor's
 /// subscription from it tells how to reach it).
 pub fn survivor_query(target: i64, survivor: i64, me: i64) -> String {
-    let this_database =
-        "(SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())";
     format!(
         "SELECT pg_catalog.json_build_object(
             'node_id', (SELECT node_id FROM mm_conflict.node),
             'receiving', (SELECT subenabled FROM pg_catalog.pg_subscription
-                           WHERE subname = {from_target} AND subdbid = {this_database}),
+                           WHERE subname = {from_target} AND subdbid = {THIS_DATABASE}),
             'slot', EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots
                              WHERE slot_name = {to_target} AND database = pg_catalog.current_database()),
             'peer', EXISTS (SELECT 1 FROM mm_conflict.peer WHERE node_id = {target}),
-            'conninfo_of_caller', (SELECT subconninfo FROM pg_catalog.pg_subscription
-                                    WHERE subname = {from_me} AND subdbid = {this_database}))::pg_catalog.text",
+            'conninfo_of_caller', {from_me})::pg_catalog.text",
         from_target = sql_literal(&channel_name(target, survivor)),
         to_target = sql_literal(&channel_name(survivor, target)),
-        from_me = sql_literal(&channel_name(me, survivor)),
+        from_me = subscription_conninfo(me, survivor),
     )
+}
+
+/// The conninfo of node `subscriber`'s subscription from node `publisher` (NULL: it has none),
+/// as a scalar subquery run on `subscriber`.
+fn subscription_conninfo(publisher: i64, subscriber: i64) -> String {
+    format!(
+        "(SELECT subconninfo FROM pg_catalog.pg_subscription WHERE subname = {} AND subdbid = {THIS_DATABASE})",
+        sql_literal(&channel_name(publisher, subscriber))
+    )
+}
+
+/// The query whose one value is [`subscription_conninfo`], for a node that may lack the
+/// extension (`add_node`'s new node: one that comes back tells how it reached the caller).
+pub fn conninfo_query(publisher: i64, subscriber: i64) -> String {
+    format!("SELECT {}", subscription_conninfo(publisher, subscriber))
 }
 
 /// A survivor as `remove_node` found it.
@@ -100,7 +114,7 @@ fn drop_subscription(channel: &str) -> String {
     let ident = sql_ident(channel);
     format!(
         "IF EXISTS (SELECT 1 FROM pg_catalog.pg_subscription WHERE subname = {literal} \
-         AND subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())) THEN \
+         AND subdbid = {THIS_DATABASE}) THEN \
          ALTER SUBSCRIPTION {ident} DISABLE; ALTER SUBSCRIPTION {ident} SET (slot_name = NONE); \
          DROP SUBSCRIPTION {ident}; END IF",
         literal = sql_literal(channel),
@@ -432,18 +446,7 @@ mod tests {
             name: Some("d".into()),
             conninfo: "host=d".into(),
         };
-        let fresh = NodeState {
-            superuser: true,
-            wal_level: "logical".into(),
-            version: 150_000,
-            extension: false,
-            available: true,
-            missing: vec![],
-            replicated: vec![],
-            publication: false,
-            subscriptions: vec![],
-            node_id: None,
-        };
+        let fresh = crate::mesh::tests::fresh();
         let members: Vec<(i64, String, SurvivorState)> = (1..=3)
             .map(|m| (m, format!("host=n{m}"), SurvivorState::default()))
             .collect();

@@ -25,6 +25,10 @@ pub struct NodeSpec {
     pub conninfo: String,
 }
 
+/// This database's oid, as a scalar subquery (subscriptions are per database, slots name theirs).
+pub(crate) const THIS_DATABASE: &str =
+    "(SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())";
+
 /// The publication every node offers its peers.
 pub const PUBLICATION: &str = "mm_conflict";
 
@@ -75,8 +79,7 @@ pub fn inspect_query(tables: &[String]) -> String {
                                            WHERE tgrelid = pg_catalog.to_regclass(t) AND tgname = {trigger})),
             'publication', EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {publication}),
             'subscriptions', (SELECT coalesce(pg_catalog.json_agg(subname), '[]') FROM pg_catalog.pg_subscription
-                               WHERE subdbid = (SELECT oid FROM pg_catalog.pg_database
-                                                 WHERE datname = pg_catalog.current_database())
+                               WHERE subdbid = {THIS_DATABASE}
                                  AND subname ~ '^mm_conflict_[0-9]+_to_[0-9]+$'))",
         publication = sql_literal(PUBLICATION),
         trigger = sql_literal(TRIGGER),
@@ -422,7 +425,7 @@ pub fn subscription_sql(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn node(id: i64, name: Option<&str>) -> NodeSpec {
@@ -433,7 +436,8 @@ mod tests {
         }
     }
 
-    fn fresh() -> NodeState {
+    /// A node without the extension, ready for it (also the membership plans' tests).
+    pub(crate) fn fresh() -> NodeState {
         NodeState {
             superuser: true,
             wal_level: "logical".into(),

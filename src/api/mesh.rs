@@ -231,8 +231,10 @@ pub mod mm_conflict {
             name!(detail, String),
         ),
     > {
-        let force = crate::api::args::given(force, "remove_node()", "force");
-        let timeout = crate::api::args::interval_ms(timeout, "remove_node()", "timeout");
+        use crate::api::args::{given, interval_ms};
+        let node_id = given(node_id, "remove_node()", "node_id");
+        let force = given(force, "remove_node()", "force");
+        let timeout = interval_ms(timeout, "remove_node()", "timeout");
         TableIterator::new(crate::mesh::remove::remove_node(node_id, force, timeout).or_raise())
     }
 
@@ -248,7 +250,10 @@ pub mod mm_conflict {
         node_name: default!(Option<&str>, "NULL"),
         timeout: default!(Option<pgrx::datum::Interval>, "'1 hour'"),
     ) -> TableIterator<'static, (name!(node, i32), name!(step, String))> {
-        let timeout = crate::api::args::interval_ms(timeout, "add_node()", "timeout");
+        use crate::api::args::{given, interval_ms};
+        let node_id = given(node_id, "add_node()", "node_id");
+        let conninfo = given(conninfo, "add_node()", "conninfo");
+        let timeout = interval_ms(timeout, "add_node()", "timeout");
         TableIterator::new(
             crate::mesh::add::add_node(crate::mesh::add::Request {
                 node_id,

@@ -5,56 +5,35 @@
 
 use std::time::{Duration, Instant};
 
-use mm_conflict_core::membership::{add_plan, survivor_query, SurvivorState};
+use mm_conflict_core::membership::{add_plan, conninfo_query, SurvivorState};
 use mm_conflict_core::mesh::NodeSpec;
 
 use super::local::{check_node_id, this_node};
-use super::members::{close, nothing_changed, parse_state, run_plan, spi_failed, Handle};
+use super::members::{
+    check_identity, close, connect_here, nothing_changed, observe, observe_here, run_plan, Handle,
+};
 use super::plan::{check_node, Remote};
 use super::remote::{self, Connection};
 use crate::error::MmError;
-use crate::pg::spi::read_one;
 use crate::pg::subxact::catching_error;
 
 const FUNCTION: &str = "add_node()";
 
 /// What `add_node` was asked.
 pub struct Request<'a> {
-    pub node_id: Option<i32>,
-    pub conninfo: Option<&'a str>,
+    pub node_id: i32,
+    pub conninfo: &'a str,
     pub copy_from: Option<i32>,
     pub node_name: Option<&'a str>,
     /// The timeout's text (for messages) and milliseconds.
     pub timeout: (String, i64),
 }
 
-fn null(argument: &str) -> MmError {
-    MmError::NullArgument {
-        function: FUNCTION.into(),
-        argument: argument.into(),
-    }
-}
-
-/// The conninfo of the new node's subscription from this node, if it has one (a node that comes
-/// back).
-fn conn_of_new_to_me(handles: &[(i64, Handle)], id: i64, me: i64) -> Option<String> {
-    let (_, Handle::Remote(conn)) = handles.iter().find(|(n, _)| *n == id)? else {
-        return None;
-    };
-    conn.run(&Remote::query(format!(
-        "SELECT subconninfo FROM pg_catalog.pg_subscription WHERE subname = {} \
-         AND subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())",
-        mm_conflict_core::sql::sql_literal(&mm_conflict_core::mesh::channel_name(me, id))
-    )))
-}
-
 /// `mm_conflict.add_node`; returns each step run (node, what), and last how long it took.
 pub fn add_node(request: Request) -> Result<Vec<(i32, String)>, MmError> {
     crate::pg::security::require_superuser(FUNCTION)?;
-    let id = i64::from(check_node_id(Some(i64::from(
-        request.node_id.ok_or_else(|| null("node_id"))?,
-    )))?);
-    let conninfo = request.conninfo.ok_or_else(|| null("conninfo"))?;
+    let id = i64::from(check_node_id(Some(i64::from(request.node_id)))?);
+    let conninfo = request.conninfo;
     if let Some(name) = request.node_name {
         if name.trim().is_empty() {
             return Err(MmError::EmptyNodeName);
@@ -98,27 +77,18 @@ pub fn add_node(request: Request) -> Result<Vec<(i32, String)>, MmError> {
     let mut members: Vec<(i64, String, SurvivorState)> = Vec::new();
     for peer in peers {
         let node = i64::from(peer.node_id);
-        let label = format!("node {node}");
-        match catching_error(|| {
-            let conn = Connection::open(format!("mm_conflict_add_{node}"), &peer.conninfo, &label);
-            let state = parse_state(conn.run(&Remote::query(survivor_query(id, node, me))), node);
-            (conn, state)
-        }) {
+        match observe("mm_conflict_add", node, &peer.conninfo, id, me) {
             Ok((conn, state)) => {
-                let found = state.node_id;
                 handles.push((node, Handle::Remote(conn)));
-                if found != Some(node) {
+                if let Err(e) = check_identity(node, &state) {
                     close(handles);
-                    return Err(MmError::PeerIsAnotherNode {
-                        found: found.unwrap_or(0),
-                        expected: node,
-                    });
+                    return Err(e);
                 }
                 members.push((node, peer.conninfo.clone(), state));
             }
             Err(caught) => {
                 close(handles);
-                nothing_changed(FUNCTION, &label, "connect", caught)
+                nothing_changed(FUNCTION, &format!("node {node}"), "connect", caught)
             }
         }
     }
@@ -134,6 +104,8 @@ pub fn add_node(request: Request) -> Result<Vec<(i32, String)>, MmError> {
             nothing_changed(FUNCTION, &label, "connect", caught)
         }
     };
+    // A node that comes back tells how it reached this one.
+    let from_new = conn.run(&Remote::query(conninfo_query(me, id)));
     handles.push((id, Handle::Remote(conn)));
     // The conninfo must reach the node the id says (or one without an id yet).
     let checked = match state.node_id {
@@ -151,7 +123,6 @@ pub fn add_node(request: Request) -> Result<Vec<(i32, String)>, MmError> {
 
     // How the others reach this node: a member's subscription from it, or the new node's (one
     // that comes back).
-    let from_new = conn_of_new_to_me(&handles, id, me);
     let Some(own_conninfo) = members
         .iter()
         .find_map(|(_, _, s)| s.conninfo_of_caller.clone())
@@ -161,20 +132,10 @@ pub fn add_node(request: Request) -> Result<Vec<(i32, String)>, MmError> {
         close(handles);
         return Err(MmError::NotFullMesh { node, peer: me });
     };
-    let own = parse_state(
-        read_one::<String>(&survivor_query(id, me, me), &[]).unwrap_or_else(|e| spi_failed(&e)),
-        me,
-    );
-    let label = format!("node {me} (this node)");
-    match catching_error(|| {
-        Connection::open(format!("mm_conflict_add_{me}"), &own_conninfo, &label)
-    }) {
-        Ok(conn) => handles.insert(0, (me, Handle::Remote(conn))),
-        Err(caught) => {
-            close(handles);
-            nothing_changed(FUNCTION, &label, "connect", caught)
-        }
-    }
+    let own = observe_here(id, me);
+    let (conn, kept) = connect_here(FUNCTION, "mm_conflict_add", me, &own_conninfo, handles);
+    let mut handles = kept;
+    handles.insert(0, (me, Handle::Remote(conn)));
     members.insert(0, (me, own_conninfo, own));
     // 2. Plan, 3. run.
     let new = NodeSpec {

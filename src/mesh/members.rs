@@ -1,14 +1,14 @@
 //! The runner of the membership plans (`mm_conflict_core::membership`: `remove_node`,
-//! `add_node`): each step on its node, over a dblink connection (`Handle::Remote`) or in the
+//! `add_node`, `drop_mesh`), and what they observe of each node first: each step on its node, over a dblink connection (`Handle::Remote`) or in the
 //! calling transaction (`Handle::Here`), in order; on a failure, undo newest first and raise the
 //! error with where it happened.
 
 use std::time::{Duration, Instant};
 
-use mm_conflict_core::membership::{Action, MemberStep, SurvivorState};
+use mm_conflict_core::membership::{survivor_query, Action, MemberStep, SurvivorState};
 
 use super::plan::{failure_of, Remote};
-use super::remote::{Connection, Value};
+use super::remote::{spi_failed, Connection, Value};
 use crate::error::MmError;
 use crate::pg::spi::{read_one, sleep_ms};
 use crate::pg::subxact::{catching, catching_error, Caught};
@@ -42,20 +42,76 @@ impl Handle {
     }
 }
 
-pub fn spi_failed(e: &dyn std::fmt::Display) -> ! {
-    MmError::Internal {
-        what: format!("SPI: {e}"),
-    }
-    .raise()
-}
-
-pub fn parse_state(text: Option<String>, node: i64) -> SurvivorState {
+fn parse_state(text: Option<String>, node: i64) -> SurvivorState {
     serde_json::from_str(&text.unwrap_or_default()).unwrap_or_else(|e| {
         MmError::Internal {
             what: format!("node {node}'s answer does not parse: {e}"),
         }
         .raise()
     })
+}
+
+/// Opens connection `{prefix}_{node}` to node `node` and reads what it says of node `subject`
+/// (`survivor_query`, asked by node `me`). The error of a node that cannot be reached or read.
+pub fn observe(
+    prefix: &str,
+    node: i64,
+    conninfo: &str,
+    subject: i64,
+    me: i64,
+) -> Result<(Connection, SurvivorState), Caught> {
+    catching_error(|| {
+        let conn = Connection::open(
+            format!("{prefix}_{node}"),
+            conninfo,
+            &format!("node {node}"),
+        );
+        let state = parse_state(
+            conn.run(&Remote::query(survivor_query(subject, node, me))),
+            node,
+        );
+        (conn, state)
+    })
+}
+
+/// What this node, `me`, says of node `subject`: [`observe`] here, in the calling transaction.
+pub fn observe_here(subject: i64, me: i64) -> SurvivorState {
+    parse_state(
+        read_one::<String>(&survivor_query(subject, me, me), &[])
+            .unwrap_or_else(|e| spi_failed(&e)),
+        me,
+    )
+}
+
+/// `22023` unless `state` came from node `node` (its conninfo reaches another node).
+pub fn check_identity(node: i64, state: &SurvivorState) -> Result<(), MmError> {
+    match state.node_id {
+        Some(found) if found == node => Ok(()),
+        found => Err(MmError::PeerIsAnotherNode {
+            found: found.unwrap_or(0),
+            expected: node,
+        }),
+    }
+}
+
+/// Opens connection `{prefix}_{me}` to this node, `me`, with `conninfo` (how its peers reach it):
+/// its steps must commit one by one. On a failure, closes `handles` and raises the error as
+/// `function`'s, with nothing changed.
+pub fn connect_here(
+    function: &str,
+    prefix: &str,
+    me: i64,
+    conninfo: &str,
+    handles: Vec<(i64, Handle)>,
+) -> (Connection, Vec<(i64, Handle)>) {
+    let label = format!("node {me} (this node)");
+    match catching_error(|| Connection::open(format!("{prefix}_{me}"), conninfo, &label)) {
+        Ok(conn) => (conn, handles),
+        Err(caught) => {
+            close(handles);
+            nothing_changed(function, &label, "connect", caught)
+        }
+    }
 }
 
 /// A failure before anything was changed: re-raised with where it happened.

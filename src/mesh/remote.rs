@@ -136,7 +136,8 @@ pub fn require_dblink_creating(caller: &str, may_create: bool) {
     );
 }
 
-fn spi_failed(e: &dyn std::fmt::Display) -> ! {
+/// An SPI call that cannot fail did: an internal error.
+pub(super) fn spi_failed(e: &dyn std::fmt::Display) -> ! {
     MmError::Internal {
         what: format!("SPI: {e}"),
     }

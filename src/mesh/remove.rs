@@ -9,15 +9,16 @@
 
 use std::time::{Duration, Instant};
 
-use mm_conflict_core::membership::{removal_plan, survivor_query, SurvivorState};
+use mm_conflict_core::membership::{removal_plan, SurvivorState};
 
 use super::local::{check_node_id, this_node};
-use super::members::{close, nothing_changed, parse_state, run_plan, spi_failed, Handle};
+use super::members::{
+    check_identity, close, connect_here, nothing_changed, observe, observe_here, run_plan, Handle,
+};
 use super::plan::Remote;
 use super::remote::{self, Connection};
 use crate::error::MmError;
-use crate::pg::spi::read_one;
-use crate::pg::subxact::{catching, catching_error};
+use crate::pg::subxact::catching;
 
 const FUNCTION: &str = "remove_node()";
 
@@ -28,20 +29,12 @@ pub type Row = (i32, bool, String);
 /// `mm_conflict.remove_node(node_id, force, timeout)`: `timeout` (its text, for messages, and in
 /// milliseconds) bounds the waits.
 pub fn remove_node(
-    node_id: Option<i32>,
+    node_id: i32,
     force: bool,
     (timeout, timeout_ms): (String, i64),
 ) -> Result<Vec<Row>, MmError> {
     crate::pg::security::require_superuser(FUNCTION)?;
-    let target = match node_id {
-        None => {
-            return Err(MmError::NullArgument {
-                function: FUNCTION.into(),
-                argument: "node_id".into(),
-            })
-        }
-        Some(id) => i64::from(check_node_id(Some(i64::from(id)))?),
-    };
+    let target = i64::from(check_node_id(Some(i64::from(node_id)))?);
     let me = i64::from(this_node()?);
     if target == me {
         return Err(MmError::RemoveSelf { node: target });
@@ -56,27 +49,13 @@ pub fn remove_node(
     let mut states: Vec<(i64, SurvivorState)> = Vec::new();
     for peer in peers.iter().filter(|p| i64::from(p.node_id) != target) {
         let node = i64::from(peer.node_id);
-        let label = format!("node {node}");
-        let opened = catching_error(|| {
-            let conn =
-                Connection::open(format!("mm_conflict_remove_{node}"), &peer.conninfo, &label);
-            let state = parse_state(
-                conn.run(&Remote::query(survivor_query(target, node, me))),
-                node,
-            );
-            (conn, state)
-        });
-        match opened {
+        match observe("mm_conflict_remove", node, &peer.conninfo, target, me) {
             Ok((conn, state)) => {
-                if state.node_id != Some(node) {
-                    conn.close();
-                    close(handles);
-                    return Err(MmError::PeerIsAnotherNode {
-                        found: state.node_id.unwrap_or(0),
-                        expected: node,
-                    });
-                }
                 handles.push((node, Handle::Remote(conn)));
+                if let Err(e) = check_identity(node, &state) {
+                    close(handles);
+                    return Err(e);
+                }
                 states.push((node, state));
             }
             Err(caught) if force => rows.push((
@@ -86,15 +65,12 @@ pub fn remove_node(
             )),
             Err(caught) => {
                 close(handles);
-                nothing_changed(FUNCTION, &label, "connect", caught)
+                nothing_changed(FUNCTION, &format!("node {node}"), "connect", caught)
             }
         }
     }
     // This node, as it is now (read here; nothing is changed yet).
-    let own = parse_state(
-        read_one::<String>(&survivor_query(target, me, me), &[]).unwrap_or_else(|e| spi_failed(&e)),
-        me,
-    );
+    let own = observe_here(target, me);
     states.insert(0, (me, own));
     let target_conn = peers
         .iter()
@@ -131,8 +107,7 @@ pub fn remove_node(
     }
     // This node's steps: over a connection to itself when there is someone to wait for (each
     // must commit before the next waits for its effect), reached as the survivors reach it.
-    let others: Vec<i64> = states.iter().skip(1).map(|(n, _)| *n).collect();
-    let here = if others.is_empty() {
+    let here = if states.len() == 1 {
         Handle::Here
     } else {
         let missing = states
@@ -145,16 +120,9 @@ pub fn remove_node(
             return Err(MmError::NotFullMesh { node, peer: me });
         }
         let conninfo = states[1].1.conninfo_of_caller.clone().unwrap_or_default();
-        let label = format!("node {me} (this node)");
-        match catching_error(|| {
-            Connection::open(format!("mm_conflict_remove_{me}"), &conninfo, &label)
-        }) {
-            Ok(conn) => Handle::Remote(conn),
-            Err(caught) => {
-                close(handles);
-                nothing_changed(FUNCTION, &label, "connect", caught)
-            }
-        }
+        let (conn, kept) = connect_here(FUNCTION, "mm_conflict_remove", me, &conninfo, handles);
+        handles = kept;
+        Handle::Remote(conn)
     };
     handles.insert(0, (me, here));
 
