@@ -45,7 +45,9 @@ pub fn add_node(request: Request) -> Result<Vec<(i32, String)>, MmError> {
     let deadline = Instant::now() + Duration::from_millis(timeout_ms.max(0) as u64);
     let peers = remote::peers();
     if peers.is_empty() {
-        return Err(MmError::NoPeers);
+        return Err(MmError::NoPeers {
+            function: FUNCTION.into(),
+        });
     }
     if id == me {
         return Err(MmError::NodeIdInUse { node: id });
@@ -80,7 +82,7 @@ pub fn add_node(request: Request) -> Result<Vec<(i32, String)>, MmError> {
         match observe("mm_conflict_add", node, &peer.conninfo, id, me) {
             Ok((conn, state)) => {
                 handles.push((node, Handle::Remote(conn)));
-                if let Err(e) = check_identity(node, &state) {
+                if let Err(e) = check_identity(node, state.node_id) {
                     close(handles);
                     return Err(e);
                 }

@@ -1,5 +1,5 @@
 //! The runner of the membership plans (`mm_conflict_core::membership`: `remove_node`,
-//! `add_node`, `drop_mesh`), and what they observe of each node first: each step on its node, over a dblink connection (`Handle::Remote`) or in the
+//! `add_node`, `drop_mesh`) and of `replicate_ddl`'s (`mm_conflict_core::ddl`), and what they observe of each node first: each step on its node, over a dblink connection (`Handle::Remote`) or in the
 //! calling transaction (`Handle::Here`), in order; on a failure, undo newest first and raise the
 //! error with where it happened.
 
@@ -42,7 +42,8 @@ impl Handle {
     }
 }
 
-fn parse_state(text: Option<String>, node: i64) -> SurvivorState {
+/// A node's one-value JSON answer to an observation query, read as `T`.
+pub fn parse_answer<T: serde::de::DeserializeOwned>(text: Option<String>, node: i64) -> T {
     serde_json::from_str(&text.unwrap_or_default()).unwrap_or_else(|e| {
         MmError::Internal {
             what: format!("node {node}'s answer does not parse: {e}"),
@@ -51,8 +52,27 @@ fn parse_state(text: Option<String>, node: i64) -> SurvivorState {
     })
 }
 
-/// Opens connection `{prefix}_{node}` to node `node` and reads what it says of node `subject`
-/// (`survivor_query`, asked by node `me`). The error of a node that cannot be reached or read.
+/// Opens connection `{prefix}_{node}` to node `node` and reads its answer to `query` (one JSON
+/// value). The error of a node that cannot be reached or read.
+pub fn observe_with<T: serde::de::DeserializeOwned>(
+    prefix: &str,
+    node: i64,
+    conninfo: &str,
+    query: String,
+) -> Result<(Connection, T), Caught> {
+    catching_error(|| {
+        let conn = Connection::open(
+            format!("{prefix}_{node}"),
+            conninfo,
+            &format!("node {node}"),
+        );
+        let state = parse_answer(conn.run(&Remote::query(query)), node);
+        (conn, state)
+    })
+}
+
+/// [`observe_with`] `survivor_query`: what node `node` says of node `subject` (asked by node
+/// `me`).
 pub fn observe(
     prefix: &str,
     node: i64,
@@ -60,32 +80,26 @@ pub fn observe(
     subject: i64,
     me: i64,
 ) -> Result<(Connection, SurvivorState), Caught> {
-    catching_error(|| {
-        let conn = Connection::open(
-            format!("{prefix}_{node}"),
-            conninfo,
-            &format!("node {node}"),
-        );
-        let state = parse_state(
-            conn.run(&Remote::query(survivor_query(subject, node, me))),
-            node,
-        );
-        (conn, state)
-    })
+    observe_with(prefix, node, conninfo, survivor_query(subject, node, me))
 }
 
 /// What this node, `me`, says of node `subject`: [`observe`] here, in the calling transaction.
 pub fn observe_here(subject: i64, me: i64) -> SurvivorState {
-    parse_state(
-        read_one::<String>(&survivor_query(subject, me, me), &[])
-            .unwrap_or_else(|e| spi_failed(&e)),
+    answer_here(&survivor_query(subject, me, me), me)
+}
+
+/// This node's (`me`) answer to an observation query, read here in the calling transaction.
+pub fn answer_here<T: serde::de::DeserializeOwned>(query: &str, me: i64) -> T {
+    parse_answer(
+        read_one::<String>(query, &[]).unwrap_or_else(|e| spi_failed(&e)),
         me,
     )
 }
 
-/// `22023` unless `state` came from node `node` (its conninfo reaches another node).
-pub fn check_identity(node: i64, state: &SurvivorState) -> Result<(), MmError> {
-    match state.node_id {
+/// `22023` unless `node_id`, what a node said its id is, is `node` (its conninfo reaches another
+/// node).
+pub fn check_identity(node: i64, node_id: Option<i64>) -> Result<(), MmError> {
+    match node_id {
         Some(found) if found == node => Ok(()),
         found => Err(MmError::PeerIsAnotherNode {
             found: found.unwrap_or(0),
@@ -128,18 +142,26 @@ pub fn nothing_changed(function: &str, node: &str, step: &str, caught: Caught) -
     caught.raise_as(message, Some(detail))
 }
 
+/// What running a plan gave.
+pub struct Ran {
+    /// How long the catch-up waits took in all, if any ran.
+    pub caught_up: Option<Duration>,
+    /// For each step, in the plan's order: its answer (the value of a query run by `Exec`), and
+    /// how long it took.
+    pub steps: Vec<(Option<String>, Duration)>,
+}
+
 /// Runs `plan`'s steps in order, each on its node's handle, and closes the handles. On an error:
 /// if no step that `drops` ran yet, undoes the steps run so far, newest first; raises the error
 /// with its SQLSTATE and hint, saying where it happened and what was undone (and `after_drop`
-/// when something was dropped already). Returns how long the catch-up waits took in all, if any
-/// ran.
+/// when something was dropped already).
 pub fn run_plan(
     function: &str,
     plan: &[MemberStep],
     handles: Vec<(i64, Handle)>,
     (timeout, deadline): (&str, Instant),
     after_drop: &str,
-) -> Option<Duration> {
+) -> Ran {
     let handle = |node: i64| -> &Handle {
         &handles
             .iter()
@@ -148,10 +170,13 @@ pub fn run_plan(
             .1
     };
     let mut done: Vec<usize> = Vec::new();
+    let mut answers: Vec<(Option<String>, Duration)> = Vec::new();
     let waited = std::cell::Cell::new(None::<Duration>);
     let outcome = catching_error(|| {
         for (k, step) in plan.iter().enumerate() {
-            run_step(step, handle(step.node), (timeout, deadline), &waited);
+            let began = Instant::now();
+            let answer = run_step(step, handle(step.node), (timeout, deadline), &waited);
+            answers.push((answer, began.elapsed()));
             done.push(k);
         }
     });
@@ -188,7 +213,10 @@ pub fn run_plan(
         caught.raise_as(message, Some(detail));
     }
     close(handles);
-    caught_up
+    Ran {
+        caught_up,
+        steps: answers,
+    }
 }
 
 /// Runs `plan`'s steps in order and closes the handles: a step on another node that fails, or
@@ -229,22 +257,20 @@ pub fn close(handles: Vec<(i64, Handle)>) {
     }
 }
 
-/// Runs one step of the plan on its node.
+/// Runs one step of the plan on its node; the value of a query run by `Exec`.
 fn run_step(
     step: &MemberStep,
     on: &Handle,
     (timeout, deadline): (&str, Instant),
     waited: &std::cell::Cell<Option<Duration>>,
-) {
+) -> Option<String> {
     let left_ms = || {
         deadline
             .saturating_duration_since(Instant::now())
             .as_millis() as i64
     };
     match &step.action {
-        Action::Exec(remote) => {
-            on.run(remote);
-        }
+        Action::Exec(remote) => return on.run(remote),
         Action::Until(query) => {
             while on.run(query).as_deref() != Some("t") {
                 if left_ms() == 0 {
@@ -289,4 +315,5 @@ fn run_step(
         }
         Action::DropSlot(slot) => on.drop_slot(slot),
     }
+    None
 }

@@ -52,7 +52,7 @@ pub fn remove_node(
         match observe("mm_conflict_remove", node, &peer.conninfo, target, me) {
             Ok((conn, state)) => {
                 handles.push((node, Handle::Remote(conn)));
-                if let Err(e) = check_identity(node, &state) {
+                if let Err(e) = check_identity(node, state.node_id) {
                     close(handles);
                     return Err(e);
                 }
@@ -134,7 +134,8 @@ pub fn remove_node(
         handles,
         (&timeout, deadline),
         &format!("Some of node {target}'s subscriptions, slots or peer rows were dropped already: call remove_node({target}) again to finish."),
-    );
+    )
+    .caught_up;
 
     // 4. What each node did.
     let waited = caught_up
