@@ -94,6 +94,9 @@ pub enum MmError {
     #[error("this node is already node {current}, not {wanted}")]
     NodeIdTaken { current: i64, wanted: i64 },
 
+    #[error("{function}: argument {argument} must not be empty")]
+    EmptyArgument { function: String, argument: String },
+
     #[error("{function}: argument {argument} must not be NULL")]
     NullArgument { function: String, argument: String },
 
@@ -203,7 +206,35 @@ pub enum MmError {
     NodeIdInUse { node: i64 },
 
     #[error("this node has no peers")]
-    NoPeers,
+    NoPeers { function: String },
+
+    // ---- schema changes -------------------------------------------------------------------
+    #[error("replicate_ddl() cannot run this command: {cause}")]
+    DdlNotTransactional { cause: String },
+
+    #[error("replicate_ddl() does not rename {what}")]
+    DdlRename { what: String },
+
+    #[error("replicate_ddl() does not drop column \"{column}\" of the primary key of {table}")]
+    DdlDropsKeyColumn { table: String, column: String },
+
+    #[error("table {table} was created without a primary key: it does not join the mesh")]
+    DdlTableNotReplicated { table: String },
+
+    #[error("node {node} has a version of mm_conflict without replicate_ddl()")]
+    PeerWithoutDdl { node: i64 },
+
+    #[error("{command} on replicated table {table} outside replicate_ddl()")]
+    BareDdl { command: String, table: String },
+
+    #[error("{command} on replicated table {table} outside replicate_ddl() is refused")]
+    BareDdlRefused { command: String, table: String },
+
+    #[error("replicated table {table} must keep a primary key")]
+    PrimaryKeyDropped { table: String },
+
+    #[error("column \"{column}\" of replicated table {table} is mm_conflict's")]
+    BookkeepingColumnChanged { table: String, column: String },
 
     #[error("step \"{step}\" on node {node} did not end within {timeout}")]
     StepTimeout {
@@ -351,8 +382,20 @@ impl MmError {
             | RepairProgress { .. }
             | MeshRepaired { .. } => ERRCODE_SUCCESSFUL_COMPLETION,
             NotAPeer { .. } | NotANode { .. } => ERRCODE_UNDEFINED_OBJECT,
-            RemoveSelf { .. } | NegativeInterval { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
-            NotFullMesh { .. } | NoPeers => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            RemoveSelf { .. } | NegativeInterval { .. } | EmptyArgument { .. } => {
+                ERRCODE_INVALID_PARAMETER_VALUE
+            }
+            DdlTableNotReplicated { .. } => ERRCODE_SUCCESSFUL_COMPLETION,
+            NotFullMesh { .. } | NoPeers { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            DdlNotTransactional { .. } => ERRCODE_ACTIVE_SQL_TRANSACTION,
+            DdlRename { .. } | DdlDropsKeyColumn { .. } | PeerWithoutDdl { .. } => {
+                ERRCODE_FEATURE_NOT_SUPPORTED
+            }
+            BareDdl { .. } => ERRCODE_WARNING,
+            BareDdlRefused { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            BookkeepingColumnChanged { .. } | PrimaryKeyDropped { .. } => {
+                ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST
+            }
             NodeIdInUse { .. } => ERRCODE_DUPLICATE_OBJECT,
             CatchUpTimeout { .. } | StepTimeout { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             ValueNotUtf8 { .. } => ERRCODE_UNTRANSLATABLE_CHARACTER,
@@ -373,8 +416,27 @@ impl MmError {
                 "Neither this node nor any peer it reached has a subscription, slot or peer row for it (a node removed already has none)."
                     .into()
             }
+            DdlRename { .. } => {
+                "A change already on its way under the old name stops replication on a node that has the new one, and writes keep sending such changes until every node has renamed."
+                    .into()
+            }
+            DdlDropsKeyColumn { .. } | PrimaryKeyDropped { .. } => {
+                "Peers find the rows of a replicated change by their primary key.".into()
+            }
+            DdlNotTransactional { .. } => {
+                "replicate_ddl() runs the command in one transaction on every node and commits them together."
+                    .into()
+            }
+            BookkeepingColumnChanged { .. } => {
+                "mm_resolve reads and writes it on every row; without it every write to the table would fail."
+                    .into()
+            }
+            BareDdl { .. } | BareDdlRefused { .. } => {
+                "Until every node has made the same change, a change that one side sends and the other cannot take stops replication."
+                    .into()
+            }
             NotFullMesh { .. } => {
-                "remove_node() waits until every node that stays has what any other one received from the node removed, which travels through the subscriptions between them."
+                "remove_node() and replicate_ddl() wait for changes that travel through the subscriptions between every two nodes."
                     .into()
             }
             CatchUpTimeout { .. } => {
@@ -383,6 +445,10 @@ impl MmError {
             }
             NotSuperuser { function } if function == "table_diff()" || function == "repair()" => {
                 "It reaches the peers with the connection strings of this node's subscriptions, which only a superuser may read; repair writes versions as replication does."
+                    .into()
+            }
+            NotSuperuser { function } if function == "replicate_ddl()" || function == "_ddl_apply()" => {
+                "It runs the command on every node as the role its connections to the peers log in as, with the connection strings of this node's subscriptions, which only a superuser may read."
                     .into()
             }
             NotSuperuser { .. } => {
@@ -402,6 +468,10 @@ impl MmError {
             }
             SlotInUse { .. } => {
                 "Another subscriber (or a mesh in another database of that cluster) uses it.".into()
+            }
+            MeshInWrittenTransaction { function } if function == "replicate_ddl()" => {
+                "replicate_ddl() makes the change on this node in a session of its own, which would wait for this transaction's locks; and it commits there whatever this transaction does."
+                    .into()
             }
             MeshInWrittenTransaction { .. } => {
                 "Creating replication slots waits for every open transaction that has written, this one included."
@@ -535,8 +605,31 @@ impl MmError {
             NodeIdInUse { node } => format!(
                 "Choose another id, or take the old node {node} out first with SELECT mm_conflict.remove_node({node})."
             ),
-            NoPeers => {
+            NoPeers { function } if function == "replicate_ddl()" => {
+                "replicate_ddl() changes every node of a mesh; on a node without peers, run the command directly."
+                    .into()
+            }
+            NoPeers { .. } => {
                 "add_node() adds a node to a running mesh; start one with mm_conflict.create_mesh()."
+                    .into()
+            }
+            DdlNotTransactional { .. } => {
+                "Run such a command on each node by hand (indexes are not replicated, so CREATE INDEX CONCURRENTLY can run node by node); a unique index that must hold on every node goes through replicate_ddl() without CONCURRENTLY."
+                    .into()
+            }
+            DdlRename { .. } => {
+                "Add a column with the new name, copy the values and drop the old column, each through replicate_ddl(); or stop writes on every node and rename on each by hand."
+                    .into()
+            }
+            PeerWithoutDdl { .. } => {
+                "Update the extension there (ALTER EXTENSION mm_conflict UPDATE), then call again.".into()
+            }
+            BareDdl { .. } | BareDdlRefused { .. } => {
+                "Change replicated tables with SELECT mm_conflict.replicate_ddl('<command>'), which changes every node together (the setting mm_conflict.bare_ddl says what happens otherwise: warn, error or allow)."
+                    .into()
+            }
+            BookkeepingColumnChanged { .. } | PrimaryKeyDropped { .. } => {
+                "Stop replicating the table first (mm_conflict.unreplicate_table), or leave the column as it is."
                     .into()
             }
             NotFullMesh { node, peer } => format!(

@@ -162,7 +162,34 @@ pub static TOMBSTONE_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(86_400)
 /// `mm_conflict.status` calls it a problem (read by the view, from PostgreSQL 17 on).
 pub static PEER_DOWN_AFTER: GucSetting<i32> = GucSetting::<i32>::new(300);
 
+/// `mm_conflict.bare_ddl`: what an `ALTER TABLE`, `CREATE UNIQUE INDEX` or `DROP TABLE` of a
+/// replicated table does when it runs outside `replicate_ddl` on a node of a mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PostgresGucEnum)]
+pub enum BareDdl {
+    /// A WARNING naming `replicate_ddl`; the change is made.
+    #[name = c"warn"]
+    Warn,
+    /// The change is refused (`55000`).
+    #[name = c"error"]
+    Error,
+    /// Nothing is said.
+    #[name = c"allow"]
+    Allow,
+}
+
+pub static BARE_DDL: GucSetting<BareDdl> = GucSetting::<BareDdl>::new(BareDdl::Warn);
+
 pub fn init() {
+    GucRegistry::define_enum_guc(
+        c"mm_conflict.bare_ddl",
+        c"What a schema change of a replicated table made outside mm_conflict.replicate_ddl does on a node of a mesh: warn, error or allow.",
+        c"warn (default) reports a WARNING that names replicate_ddl; error refuses the change; allow \
+says nothing. Until every node has made the same change, a change one node sends that another \
+cannot take stops replication.",
+        &BARE_DDL,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"mm_conflict.peer_down_after",
         c"How long a peer may go without reading from this node before mm_conflict.status reports it.",

@@ -84,6 +84,17 @@ pgrx::extension_sql_file!(
     ]
 );
 
+pgrx::extension_sql_file!(
+    "../sql/ddl.sql",
+    name = "ddl",
+    requires = [
+        "mesh",
+        api::mesh::mm_conflict::_replicate_ddl,
+        api::mesh::mm_conflict::_ddl_watch,
+        api::mesh::mm_conflict::_ddl_watch_drop
+    ]
+);
+
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();

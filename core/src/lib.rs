@@ -13,13 +13,16 @@
 //! * [`mesh`]: the plans of `create_mesh` and `subscribe` (steps, undo, the SQL they send).
 //! * [`membership`]: the plans of `remove_node` and `add_node` (stop, catch up, drop; which node, which step, in which
 //!   order), with its property test over an in-memory mesh.
+//! * [`ddl`]: the plan of `replicate_ddl` (stop sending what disappears, drain, change everywhere,
+//!   commit).
 //! * [`sql`]: quoting identifiers and literals for SQL text.
 //! * [`repair`]: the plan of `mm_conflict.repair` (which keys, which rounds of transfers), written
 //!   against a small mesh trait, driven the same two ways.
 //!
-//! Module order (imports point down only): engine, repair, diff, membership → mesh → report, sql → decide →
+//! Module order (imports point down only): engine, repair, diff, ddl → membership → mesh → report, sql → decide →
 //! policy → stamp → version.
 
+pub mod ddl;
 pub mod decide;
 pub mod diff;
 pub mod engine;

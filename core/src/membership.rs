@@ -39,7 +39,7 @@ pub fn survivor_query(target: i64, survivor: i64, me: i64) -> String {
 
 /// The conninfo of node `subscriber`'s subscription from node `publisher` (NULL: it has none),
 /// as a scalar subquery run on `subscriber`.
-fn subscription_conninfo(publisher: i64, subscriber: i64) -> String {
+pub(crate) fn subscription_conninfo(publisher: i64, subscriber: i64) -> String {
     format!(
         "(SELECT subconninfo FROM pg_catalog.pg_subscription WHERE subname = {} AND subdbid = {THIS_DATABASE})",
         sql_literal(&channel_name(publisher, subscriber))

@@ -26,7 +26,7 @@ pub struct NodeSpec {
 }
 
 /// This database's oid, as a scalar subquery (subscriptions are per database, slots name theirs).
-pub(crate) const THIS_DATABASE: &str =
+pub const THIS_DATABASE: &str =
     "(SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())";
 
 /// The publication every node offers its peers.

@@ -1529,3 +1529,211 @@ fn drop_mesh_everywhere_leaves_nothing_but_the_rows() {
     // Not in a mesh any more: a NOTICE, nothing else.
     mesh.nodes[1].sql("SELECT mm_conflict.drop_mesh(everywhere => true)");
 }
+
+/// Lets every node of `mesh` prepare transactions (replicate_ddl then commits with two-phase
+/// commit): set, then each node restarted.
+fn allow_two_phase(mesh: &Mesh) {
+    for node in &mesh.nodes {
+        node.sql("ALTER SYSTEM SET max_prepared_transactions = 10");
+        node.stop("fast");
+        node.restart();
+    }
+}
+
+/// `replicate_ddl(command)` on `node`, its rows as `node: detail` lines; and the longest time
+/// writes waited on any node, in milliseconds, read from them.
+fn replicate_ddl(node: &Node, command: &str) -> (String, u64) {
+    let rows = node.sql(&format!(
+        "SELECT string_agg(node || ': ' || detail, E'\\n' ORDER BY node) FROM mm_conflict.replicate_ddl($ddl${command}$ddl$)"
+    ));
+    let waited = rows
+        .lines()
+        .filter_map(|l| l.split("waited at most ").nth(1))
+        .filter_map(|w| w.split(' ').next()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or_else(|| panic!("replicate_ddl said no wait: {rows}"));
+    (rows, waited)
+}
+
+/// The columns of `table` on `node`, in order, as `name type`.
+fn columns_of(node: &Node, table: &str) -> String {
+    node.sql(&format!(
+        "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
+           FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attnum > 0 AND NOT attisdropped"
+    ))
+}
+
+/// Schema changes through `replicate_ddl` while the article's load writes on every node: a column
+/// with a default, two at once, one retyped, one dropped, a unique key, and a new table that
+/// then takes writes on every node. No apply error, no client error, every node identical over
+/// all columns, and every node has every change; how long writes waited is reported.
+#[test]
+fn schema_changes_on_a_loaded_mesh() {
+    let mut mesh = Mesh::start("ddl_load", 3);
+    allow_two_phase(&mesh);
+    mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
+    let seconds = load_seconds().max(12);
+    let runs = start_article_load(&mesh.nodes, seconds);
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(700));
+    pause();
+    let changes = [
+        "ALTER TABLE mm ADD COLUMN note text NOT NULL DEFAULT 'none'",
+        "ALTER TABLE mm ADD COLUMN a int DEFAULT 0, ADD COLUMN b int",
+        "ALTER TABLE mm ALTER COLUMN a TYPE bigint",
+        "ALTER TABLE mm DROP COLUMN b",
+        "ALTER TABLE mm ADD COLUMN code text; CREATE UNIQUE INDEX mm_code ON mm(code)",
+        "CREATE TABLE t2(id int PRIMARY KEY, v text)",
+    ];
+    let mut waits = Vec::new();
+    for (k, command) in changes.iter().enumerate() {
+        // Each change from another node in turn.
+        let node = &mesh.nodes[k % 3];
+        let started = std::time::Instant::now();
+        let (rows, waited) = replicate_ddl(node, command);
+        eprintln!(
+            "[ddl_load] node {}: {command} ({} ms in all):\n{rows}",
+            node.id,
+            started.elapsed().as_millis()
+        );
+        assert_eq!(rows.lines().count(), 3, "{rows}");
+        waits.push(waited);
+        // Writes of the new shape, on every node, while the load goes on.
+        for n in &mesh.nodes {
+            match k {
+                0 => n.sql(&format!(
+                    "UPDATE mm SET note = 'node {}' WHERE id % 7 = {}",
+                    n.id, n.id
+                )),
+                1 | 2 => n.sql(&format!(
+                    "UPDATE mm SET a = a + {} WHERE id % 11 = {}",
+                    n.id, n.id
+                )),
+                4 => n.sql(&format!(
+                    "UPDATE mm SET code = 'c' || id WHERE id % 13 = {}",
+                    n.id
+                )),
+                _ => String::new(),
+            };
+        }
+        pause();
+    }
+    assert!(
+        changes.len()
+            == mesh.nodes[0]
+                .sql("SELECT count(*) FROM mm_conflict.schema_change")
+                .parse::<usize>()
+                .unwrap()
+    );
+    // The new table takes writes on every node: keys of its own, and keys every node writes.
+    for n in &mesh.nodes {
+        n.sql(&format!(
+            "INSERT INTO t2(id, v) SELECT g * 10 + {id}, 'own' FROM generate_series(1, 200) g;
+             INSERT INTO t2(id, v) SELECT 100000 + g, 'node {id}' FROM generate_series(1, 50) g
+                 ON CONFLICT (id) DO UPDATE SET v = excluded.v",
+            id = n.id
+        ));
+    }
+    let tps: Vec<f64> = runs.into_iter().map(pgbench_tps).collect();
+    let c = mesh.assert_converged("mm");
+    let t2 = mesh.assert_converged("t2");
+    assert_eq!(t2.rows, 3 * 200 + 50);
+    for node in &mesh.nodes {
+        assert_eq!(
+            columns_of(node, "mm"),
+            "id integer, info text, mod_time timestamp without time zone, mm_islocal boolean, \
+             mm_nodeid smallint, mm_last_xacttime timestamp without time zone, \
+             mm_last_stattime timestamp without time zone, note text, a bigint, code text",
+            "node {}",
+            node.id
+        );
+        // Every change is recorded on every node, with every node, and the publication sends
+        // every column again.
+        assert_eq!(
+            node.sql(
+                "SELECT count(*) FILTER (WHERE nodes = '{1,2,3}') FROM mm_conflict.schema_change"
+            ),
+            changes.len().to_string()
+        );
+        assert_eq!(
+            node.sql("SELECT count(*) FROM pg_publication_rel WHERE prattrs IS NOT NULL"),
+            "0"
+        );
+        assert_eq!(node.sql("SELECT count(*) FROM pg_prepared_xacts"), "0");
+        assert_eq!(
+            node.sql("SELECT count(*) FROM mm WHERE note LIKE 'node %'") != "0",
+            true
+        );
+    }
+    report("ddl_load", &mesh, &tps, &c);
+    eprintln!(
+        "[ddl_load] writes to the changed tables waited at most {waits:?} ms per change (the longest on any node)"
+    );
+}
+
+/// `replicate_ddl` with a node down: refused before anything changes, naming the node; with every
+/// node up again the same call goes through, committed node by node (no two-phase commit here).
+/// Commands it refuses, and a schema change made without it, on a mesh.
+#[test]
+fn schema_change_with_a_node_down_changes_nothing() {
+    let mut mesh = Mesh::start("ddl_down", 3);
+    mesh.create_mesh("mm", ARTICLE_TABLE, "last_xacttime", "last", Some(2));
+    mesh.nodes_go_down = true;
+    mesh.nodes[0].sql(
+        "CREATE FUNCTION public.state_of(q text) RETURNS text LANGUAGE plpgsql AS $f$
+         BEGIN EXECUTE q; RETURN 'ok'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $f$",
+    );
+    let state = |q: &str| mesh.nodes[0].sql(&format!("SELECT public.state_of($q${q}$q$)"));
+    // Refused, each with its SQLSTATE, before anything changes.
+    for (call, expected) in [
+        ("ALTER TABLE mm RENAME COLUMN info TO details", "0A000"),
+        ("ALTER TABLE mm RENAME TO mm2", "0A000"),
+        ("ALTER TABLE mm DROP COLUMN id", "2BP01"),
+        ("CREATE INDEX CONCURRENTLY mm_info ON mm(info)", "25001"),
+        ("ALTER TABLE mm ADD COLUMN", "42601"),
+        ("ALTER TABLE nosuch ADD COLUMN x int", "42P01"),
+    ] {
+        let said = state(&format!(
+            "SELECT * FROM mm_conflict.replicate_ddl($c${call}$c$)"
+        ));
+        assert!(said.starts_with(expected), "{call}: {said}");
+    }
+    mesh.nodes[2].stop("fast");
+    let said = state("SELECT * FROM mm_conflict.replicate_ddl('ALTER TABLE mm ADD COLUMN x int')");
+    assert!(
+        said.starts_with("08001") && said.contains("node 3"),
+        "{said}"
+    );
+    for node in &mesh.nodes[..2] {
+        assert_eq!(
+            node.sql("SELECT count(*) FROM mm_conflict.schema_change"),
+            "0"
+        );
+        assert!(!columns_of(node, "mm").contains(" x "));
+    }
+    mesh.nodes[2].restart();
+    mesh.wait_subscriptions_streaming(std::time::Duration::from_secs(60));
+    let (rows, waited) = replicate_ddl(&mesh.nodes[0], "ALTER TABLE mm ADD COLUMN x int DEFAULT 7");
+    eprintln!("[ddl_down] every node up again ({waited} ms):\n{rows}");
+    assert!(!rows.contains("two-phase"), "{rows}");
+    mesh.nodes[1].sql("INSERT INTO mm(id, info, x) VALUES (1000001, 'after', 8)");
+    let c = mesh.assert_converged("mm");
+    assert!(c.rows >= 1);
+    for node in &mesh.nodes {
+        assert_eq!(node.sql("SELECT x FROM mm WHERE id = 1000001"), "8");
+    }
+    // A schema change made without it is refused under mm_conflict.bare_ddl = error (pg_regress
+    // shows the default's WARNING); mm_conflict's own columns cannot be dropped.
+    let refused = mesh.nodes[0]
+        .try_sql("SET mm_conflict.bare_ddl = error; ALTER TABLE mm ADD COLUMN z int")
+        .unwrap_err();
+    assert!(
+        refused.contains("outside replicate_ddl() is refused"),
+        "{refused}"
+    );
+    assert_eq!(
+        state("ALTER TABLE mm DROP COLUMN mm_nodeid")
+            .split(':')
+            .next(),
+        Some("2BP01")
+    );
+}

@@ -328,6 +328,82 @@ pub mod mm_conflict {
         local::wait_for_peers(Some(&peers), ms).or_raise()
     }
 
+    /// `replicate_ddl`'s body (the SQL function `mm_conflict.replicate_ddl` passes the caller's
+    /// `search_path`, under which the command runs on every node): runs `command` on every node
+    /// of the mesh, all or nothing (README "Schema changes"). One row per node.
+    #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn _replicate_ddl(
+        command: Option<&str>,
+        timeout: Option<pgrx::datum::Interval>,
+        search_path: Option<&str>,
+    ) -> TableIterator<'static, (name!(node, i32), name!(detail, String))> {
+        use crate::api::args::{given, interval_ms};
+        let command = given(command, "replicate_ddl()", "command");
+        let timeout = interval_ms(timeout, "replicate_ddl()", "timeout");
+        let search_path = search_path.unwrap_or("pg_catalog, pg_temp");
+        TableIterator::new(
+            crate::mesh::ddl::replicate_ddl(command, search_path, timeout).or_raise(),
+        )
+    }
+
+    /// One node's part of `replicate_ddl` (change `change_id`, called on node `origin`): runs
+    /// `command` under `search_path` in the calling transaction, then puts the publication's
+    /// column lists back, makes tables the command created join the mesh, and records the change
+    /// in `mm_conflict.schema_change`. A JSON object: the tables that joined, and those skipped.
+    #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn _ddl_apply(
+        command: Option<&str>,
+        search_path: Option<&str>,
+        origin: Option<i32>,
+        change_id: Option<&str>,
+    ) -> String {
+        use crate::api::args::given;
+        let f = "_ddl_apply()";
+        crate::mesh::schema::apply(
+            given(command, f, "command"),
+            given(search_path, f, "search_path"),
+            given(origin, f, "origin"),
+            given(change_id, f, "change_id"),
+        )
+        .or_raise()
+    }
+
+    /// The event trigger `mm_conflict_ddl` (`ddl_command_end`): for each object a command changed
+    /// (`objects`, of `types`, by commands `tags`), the checks of a replicated table's schema.
+    #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn _ddl_watch(
+        objects: Option<Vec<Option<pg_sys::Oid>>>,
+        types: Option<Vec<Option<String>>>,
+        tags: Option<Vec<Option<String>>>,
+    ) {
+        let flat = |v: Option<Vec<Option<String>>>| -> Vec<String> {
+            v.unwrap_or_default()
+                .into_iter()
+                .map(Option::unwrap_or_default)
+                .collect()
+        };
+        let objects: Vec<pg_sys::Oid> = objects
+            .unwrap_or_default()
+            .into_iter()
+            .map(|o| o.unwrap_or(pg_sys::InvalidOid))
+            .collect();
+        crate::mesh::schema::watch(&objects, &flat(types), &flat(tags)).or_raise()
+    }
+
+    /// The event trigger `mm_conflict_ddl_drop` (`sql_drop`): `triggers` holds the address names
+    /// ([schema, table, trigger]) of the triggers the command `tag` dropped.
+    #[pg_extern(volatile)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn _ddl_watch_drop(tag: Option<&str>, triggers: Option<JsonB>) {
+        let triggers: Vec<Vec<String>> = triggers
+            .and_then(|t| serde_json::from_value(t.0).ok())
+            .unwrap_or_default();
+        crate::mesh::schema::watch_drop(tag.unwrap_or_default(), &triggers)
+    }
+
     /// Subscribes this node to peer `peer_node_id` (README "Step by step").
     #[pg_extern(volatile)]
     #[search_path(pg_catalog, pg_temp)]

@@ -27,7 +27,10 @@ fn value<T: FromDatum + IntoDatum>(query: &str, args: &[pgrx::datum::DatumWithOi
     crate::pg::spi::read_one(query, args).unwrap_or_else(|e| internal(&e))
 }
 
+/// Runs `sql`, one of mm_conflict's own schema changes (the watch over schema changes of
+/// replicated tables lets it pass).
 fn run(sql: &str) {
+    let _own = crate::pg::flag::OwnDdl::start();
     Spi::run(sql).unwrap_or_else(|e| internal(&e));
 }
 
@@ -198,7 +201,7 @@ fn in_publication(oid: pg_sys::Oid) -> bool {
 
 /// Whether this node receives changes from peers: `subscribe`'s peers, or a subscription of this
 /// database to mm_conflict's publication made by hand.
-fn has_subscriptions() -> bool {
+pub(super) fn has_subscriptions() -> bool {
     value::<bool>(
         "SELECT EXISTS (SELECT 1 FROM mm_conflict.peer)
              OR EXISTS (SELECT 1 FROM pg_catalog.pg_subscription s

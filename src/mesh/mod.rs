@@ -1,17 +1,21 @@
 //! The mesh API: this node's identity and tables ([`local`], through SPI), the checks of what the
 //! functions that reach other nodes found ([`plan`]; the plans themselves are in
 //! `mm_conflict_core`), the one transport to other nodes ([`remote`]), and the runners:
-//! [`create`] (create_mesh), [`subscribe`], [`drop`] (drop_mesh), [`members`] (the runner of [`add`] and [`remove`]:
-//! add_node, remove_node). See `sql/mesh.sql` for why dblink.
+//! [`create`] (create_mesh), [`subscribe`], [`drop`] (drop_mesh), [`members`] (the runner of [`add`], [`remove`]
+//! and [`ddl`]: add_node, remove_node, replicate_ddl). What a schema change does on this node, and
+//! the watch over schema changes made without `replicate_ddl`: [`schema`]. See `sql/mesh.sql` for
+//! why dblink.
 
 pub mod add;
 pub mod create;
+pub mod ddl;
 pub mod drop;
 pub mod local;
 pub mod members;
 pub mod plan;
 pub mod remote;
 pub mod remove;
+pub mod schema;
 pub mod sequences;
 pub mod subscribe;
 

@@ -6,6 +6,7 @@
 //!   the descriptor also carries compact attributes).
 //! * `index_beginscan` takes an instrumentation pointer from 18.
 //! * The local transaction id of a backend: `PGPROC.lxid` up to 16, `PGPROC.vxid.lxid` from 17.
+//! * `AddSubscriptionRelState` (not in pgrx's bindings) takes a `retain_lock` flag from 17.
 //! * `LockHeldByMe` takes an `orstronger` flag from 17, `RelationGetPrimaryKeyIndex` a
 //!   `deferrable_ok` flag from 18.
 
@@ -115,4 +116,47 @@ pub fn is_replicated_session() -> bool {
         pg_sys::replorigin_session_origin != pg_sys::InvalidRepOriginId as pg_sys::RepOriginId
     };
     origin || super::flag::RepairWrite::active()
+}
+
+mod subscription_rel {
+    use pgrx::pg_sys::{Oid, XLogRecPtr};
+
+    // Not in pgrx's bindings: catalog/pg_subscription_rel.h. A `retain_lock` flag from 17. Called
+    // inside `pg_guard_ffi_boundary`, as pgrx's own bindings are.
+    unsafe extern "C-unwind" {
+        #[cfg(not(any(feature = "pg17", feature = "pg18")))]
+        pub fn AddSubscriptionRelState(
+            subid: Oid,
+            relid: Oid,
+            state: std::ffi::c_char,
+            sublsn: XLogRecPtr,
+        );
+        #[cfg(any(feature = "pg17", feature = "pg18"))]
+        pub fn AddSubscriptionRelState(
+            subid: Oid,
+            relid: Oid,
+            state: std::ffi::c_char,
+            sublsn: XLogRecPtr,
+            retain_lock: bool,
+        );
+    }
+}
+
+/// Records that subscription `subid` receives table `relid`, ready (as `ALTER SUBSCRIPTION ...
+/// REFRESH PUBLICATION WITH (copy_data = false)` records a table new in the publication), in the
+/// calling transaction: the apply worker applies the table's changes from the commit on.
+pub fn add_subscription_rel_ready(subid: pg_sys::Oid, relid: pg_sys::Oid) {
+    const SUBREL_STATE_READY: std::ffi::c_char = b'r' as std::ffi::c_char;
+    // SAFETY: both oids name existing catalog objects (a subscription of this database read from
+    // pg_subscription, a table created in this transaction); the function inserts one catalog row
+    // under its own locks and raises an error on a duplicate.
+    // pg_guard_ffi_boundary turns an ERROR raised inside into a Rust panic that pgrx re-raises.
+    unsafe {
+        pg_sys::ffi::pg_guard_ffi_boundary(|| {
+            #[cfg(not(any(feature = "pg17", feature = "pg18")))]
+            subscription_rel::AddSubscriptionRelState(subid, relid, SUBREL_STATE_READY, 0);
+            #[cfg(any(feature = "pg17", feature = "pg18"))]
+            subscription_rel::AddSubscriptionRelState(subid, relid, SUBREL_STATE_READY, 0, false);
+        })
+    }
 }

@@ -55,3 +55,22 @@ impl RepairWrite {
         REPAIR_SAME_VERSION.with(|f| f.get())
     }
 }
+
+thread_local! {
+    static OWN_DDL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// mm_conflict's own schema changes (`replicate_ddl`'s command and its trial run,
+/// `replicate_table` and the like): the watch over schema changes of replicated tables
+/// (`mesh::schema::watch`) lets them pass.
+pub struct OwnDdl;
+
+impl OwnDdl {
+    pub fn start() -> ScopedFlag {
+        ScopedFlag::raise(&OWN_DDL)
+    }
+
+    pub fn active() -> bool {
+        OWN_DDL.with(|f| f.get())
+    }
+}

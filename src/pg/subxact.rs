@@ -40,6 +40,17 @@ pub fn catching<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 
 /// As [`catching`], with the whole error: SQLSTATE, message, detail, hint.
 pub fn catching_error<T>(f: impl FnOnce() -> T) -> Result<T, Caught> {
+    in_subtransaction(f, false)
+}
+
+/// Runs `f` in an internal subtransaction that is always rolled back (what it changed and the
+/// locks it took are gone afterwards): its value, or the error it raised. What `f` allocates in
+/// Rust survives.
+pub fn rolled_back<T>(f: impl FnOnce() -> T) -> Result<T, Caught> {
+    in_subtransaction(f, true)
+}
+
+fn in_subtransaction<T>(f: impl FnOnce() -> T, always_roll_back: bool) -> Result<T, Caught> {
     // SAFETY: the subtransaction begun here is released or rolled back before returning, in both
     // cases with the caller's memory context and resource owner put back (as PL/pgSQL's exception
     // blocks do); pgrx has copied and flushed the error data when the catch handler runs.
@@ -61,7 +72,7 @@ pub fn catching_error<T>(f: impl FnOnce() -> T) -> Result<T, Caught> {
                 panic @ CaughtError::RustPanic { .. } => panic.rethrow(),
             })
             .execute();
-        if result.is_ok() {
+        if result.is_ok() && !always_roll_back {
             pg_sys::ReleaseCurrentSubTransaction();
         } else {
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
