@@ -2,7 +2,8 @@
 # The live demo (README command 1): installs what is missing, builds and installs mm_conflict into
 # the system PostgreSQL 15, starts 3 local clusters, builds the mesh with one create_mesh call, runs
 # the article's workload on all three at once (progress every second: per-node tps and replication
-# lag), waits for sync, and prints each node's row count and checksum, the conflict counters of
+# lag) with a schema change from node 2 halfway through (mm_conflict.replicate_ddl), waits for
+# sync, and prints each node's row count and checksum, the conflict counters of
 # each node, and what table_diff finds between node 1 and the others, with a verdict. The clusters
 # are stopped at the end (also when a step fails) unless --keep is given.
 #
@@ -43,6 +44,11 @@ psql_at "${ports[0]}" -c "SELECT node_id, node_name, subscription, peer_slot FRO
 log "running the article's workload (test1/2/3.sql, 2 clients each) on the three nodes for $seconds s"
 start_article_load "$seconds" demo "${ports[@]}" -P 1
 pids=("${LOAD_PIDS[@]}")
+# Halfway through, a schema change from node 2 in one call, while every node writes.
+(sleep $((seconds / 2)); psql_at "${ports[1]}" -Atc "SELECT node || ': ' || detail FROM mm_conflict.replicate_ddl(
+    'ALTER TABLE mm ADD COLUMN note text NOT NULL DEFAULT ''added under load''')" \
+    >"$CLUSTER_ROOT/demo2/ddl.out" 2>&1) &
+ddl_pid=$!
 
 # pgbench -P 1 reports each second's tps; the lag is the WAL a node's peers have not confirmed.
 tps_of() { grep -o 'progress: [0-9.]* s, [0-9.]* tps' "$CLUSTER_ROOT/demo$1/pgbench.out" 2>/dev/null | tail -1 | awk '{print $4}' | grep . || echo -; }
@@ -58,6 +64,10 @@ for i in 0 1 2; do
     wait "${pids[$i]}" || { log "pgbench on node$((i + 1)) failed:"; tail -5 "$CLUSTER_ROOT/demo$((i + 1))/pgbench.out"; exit 1; }
 done
 
+wait "$ddl_pid" || true
+log "halfway through, node2 changed the schema of every node: mm_conflict.replicate_ddl('ALTER TABLE mm ADD COLUMN note ...')"
+cat "$CLUSTER_ROOT/demo2/ddl.out"
+grep -q "changed" "$CLUSTER_ROOT/demo2/ddl.out" || { log "replicate_ddl failed"; exit 1; }
 log "load done; waiting for sync (mm_conflict.wait_for_sync on every node, twice)"
 start_ms="$(ms)"
 sync_all "${ports[@]}" || exit 1

@@ -80,14 +80,19 @@ impl DdlNodeState {
 }
 
 /// What is wrong with the mesh `nodes` for `replicate_ddl`, before anything changes: a node that
-/// does not receive from another one (`Err((node, peer))`).
+/// does not receive from another one (`Err((node, peer))`), the other one being any node of
+/// `nodes` or any node one of them receives from (a node the calling node does not know would
+/// not get the change).
 pub fn check_full_mesh(nodes: &[(i64, DdlNodeState)]) -> Result<(), (i64, i64)> {
+    let mut all: Vec<i64> = nodes.iter().map(|(n, _)| *n).collect();
+    for (_, state) in nodes {
+        all.extend(state.receives_from());
+    }
+    all.sort_unstable();
+    all.dedup();
     for (node, state) in nodes {
         let from = state.receives_from();
-        if let Some((peer, _)) = nodes
-            .iter()
-            .find(|(peer, _)| peer != node && !from.contains(peer))
-        {
+        if let Some(peer) = all.iter().find(|&p| p != node && !from.contains(p)) {
             return Err((*node, *peer));
         }
     }
@@ -412,5 +417,9 @@ mod tests {
             .subscriptions
             .retain(|s| *s != channel_name(2, 3));
         assert_eq!(check_full_mesh(&nodes), Err((3, 2)));
+        // Node 4 sends to node 2 only: node 1 (the first that does not receive from it) is named.
+        let mut nodes = mesh(true);
+        nodes[0].1.subscriptions.push(channel_name(4, 2));
+        assert_eq!(check_full_mesh(&nodes), Err((1, 4)));
     }
 }

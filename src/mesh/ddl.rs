@@ -84,17 +84,18 @@ pub fn replicate_ddl(
 
     // 2. Try the command here (rolled back): the command's own errors, and the refusals, come
     // before anything changes anywhere.
-    let restrictions = match catching_error(|| super::schema::probe(command, search_path)) {
-        Ok(Ok(restrictions)) => restrictions,
-        Ok(Err(e)) => {
-            close(handles);
-            return Err(e);
-        }
-        Err(caught) => {
-            close(handles);
-            caught.raise_as(caught.message.clone(), caught.detail.clone())
-        }
-    };
+    let restrictions =
+        match catching_error(|| super::schema::probe(command, search_path, timeout_ms)) {
+            Ok(Ok(restrictions)) => restrictions,
+            Ok(Err(e)) => {
+                close(handles);
+                return Err(e);
+            }
+            Err(caught) => {
+                close(handles);
+                caught.raise_as(caught.message.clone(), caught.detail.clone())
+            }
+        };
 
     // This node's steps run over a connection to itself: its change commits with the others'.
     let conninfo = states[1].1.conninfo_of_caller.clone().unwrap_or_default();

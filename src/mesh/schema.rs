@@ -129,14 +129,25 @@ fn raise_command_error(caught: Caught) -> ! {
     caught.raise_as(caught.message.clone(), caught.detail.clone())
 }
 
-/// The trial run of `command` on this node (rolled back): what it makes disappear that peers
+/// The trial run of `command` on this node (rolled back; its lock waits bounded by
+/// `lock_timeout_ms`): what it makes disappear that peers
 /// must stop sending first (`Restriction`s), or why `replicate_ddl` refuses it (a rename; a
 /// dropped primary-key column; a command that cannot run in a transaction). The command's own
 /// error, if it fails here.
-pub fn probe(command: &str, search_path: &str) -> Result<Vec<Restriction>, MmError> {
+pub fn probe(
+    command: &str,
+    search_path: &str,
+    lock_timeout_ms: i64,
+) -> Result<Vec<Restriction>, MmError> {
     let before = replicated_shapes();
-    // (An error of the command was raised as it will be raised to the caller.)
+    // (An error of the command was raised as it will be raised to the caller.) The setting goes
+    // with the rolled-back subtransaction.
     let after = rolled_back(|| {
+        Spi::run_with_args(
+            "SELECT pg_catalog.set_config('lock_timeout', $1, true)",
+            &[format!("{}ms", lock_timeout_ms.max(1)).as_str().into()],
+        )
+        .unwrap_or_else(|e| internal(&e));
         run_command(command, search_path);
         replicated_shapes()
     })
