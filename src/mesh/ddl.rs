@@ -93,7 +93,7 @@ pub fn replicate_ddl(
             }
             Err(caught) => {
                 close(handles);
-                caught.raise_as(caught.message.clone(), caught.detail.clone())
+                caught.reraise()
             }
         };
 

@@ -199,18 +199,26 @@ fn in_publication(oid: pg_sys::Oid) -> bool {
     .unwrap_or(false)
 }
 
-/// Whether this node receives changes from peers: `subscribe`'s peers, or a subscription of this
-/// database to mm_conflict's publication made by hand.
+/// Whether this node receives changes from peers: a subscription of this database to
+/// mm_conflict's publication (`subscribe`'s, or one made by hand), or a row of `mm_conflict.peer`,
+/// read only by a role that may read it. Callable by any role: an ordinary table owner
+/// (`unreplicate_table`, the schema watch) may read neither `peer` nor a subscription's conninfo,
+/// but may read the rest of `pg_subscription`.
 pub(super) fn has_subscriptions() -> bool {
-    value::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM mm_conflict.peer)
-             OR EXISTS (SELECT 1 FROM pg_catalog.pg_subscription s
-                         WHERE s.subdbid = (SELECT oid FROM pg_catalog.pg_database
-                                             WHERE datname = pg_catalog.current_database())
-                           AND $1 = ANY (s.subpublications))",
-        &[PUBLICATION.into()],
-    )
-    .unwrap_or(false)
+    let subscribed = format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_subscription s
+                         WHERE s.subdbid OPERATOR(pg_catalog.=) {}
+                           AND $1 OPERATOR(pg_catalog.=) ANY (s.subpublications))",
+        mm_conflict_core::mesh::THIS_DATABASE
+    );
+    value::<bool>(&subscribed, &[PUBLICATION.into()]).unwrap_or(false)
+        || (value::<bool>(
+            "SELECT pg_catalog.has_table_privilege('mm_conflict.peer', 'SELECT')",
+            &[],
+        )
+        .unwrap_or(false)
+            && value::<bool>("SELECT EXISTS (SELECT 1 FROM mm_conflict.peer)", &[])
+                .unwrap_or(false))
 }
 
 fn null(argument: &str) -> MmError {

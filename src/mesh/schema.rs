@@ -126,7 +126,7 @@ fn raise_command_error(caught: Caught) -> ! {
         }
         .raise()
     }
-    caught.raise_as(caught.message.clone(), caught.detail.clone())
+    caught.reraise()
 }
 
 /// The trial run of `command` on this node (rolled back; its lock waits bounded by
@@ -151,7 +151,7 @@ pub fn probe(
         run_command(command, search_path);
         replicated_shapes()
     })
-    .unwrap_or_else(|caught| caught.raise_as(caught.message.clone(), caught.detail.clone()));
+    .unwrap_or_else(|caught| caught.reraise());
     let mut restrictions = Vec::new();
     for old in &before {
         let Some(new) = after.iter().find(|s| s.oid == old.oid) else {
@@ -226,16 +226,6 @@ fn unreplicated_tables() -> Vec<pg_sys::Oid> {
     .unwrap_or_else(|e| internal(&e))
 }
 
-fn has_primary_key(oid: pg_sys::Oid) -> bool {
-    read_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index
-                         WHERE indrelid OPERATOR(pg_catalog.=) $1 AND indisprimary)",
-        &[oid.into()],
-    )
-    .unwrap_or_else(|e| internal(&e))
-    .unwrap_or(false)
-}
-
 /// `mm_conflict._ddl_apply`: runs `command` (under the caller's `search_path`) on this node, in
 /// the calling transaction, for `replicate_ddl` (change `id`, called on node `origin`): then every
 /// table of the publication goes back to sending all its columns, a table the command created
@@ -253,8 +243,7 @@ pub fn apply(command: &str, search_path: &str, origin: i32, id: &str) -> Result<
     let restricted: Vec<String> = Spi::connect(|client| {
         client
             .select(
-                "SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.'
-                        OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname)
+                "SELECT n.nspname::pg_catalog.text, c.relname::pg_catalog.text
                    FROM pg_catalog.pg_publication_rel r
                    JOIN pg_catalog.pg_publication p ON p.oid OPERATOR(pg_catalog.=) r.prpubid
                    JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.prrelid
@@ -263,7 +252,12 @@ pub fn apply(command: &str, search_path: &str, origin: i32, id: &str) -> Result<
                 None,
                 &[PUBLICATION.into()],
             )?
-            .map(|row| Ok(row.get::<String>(1)?.unwrap_or_default()))
+            .map(|row| {
+                Ok(names::sql_qualified(
+                    &row.get::<String>(1)?.unwrap_or_default(),
+                    &row.get::<String>(2)?.unwrap_or_default(),
+                ))
+            })
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
     .unwrap_or_else(|e| internal(&e));
@@ -276,31 +270,31 @@ pub fn apply(command: &str, search_path: &str, origin: i32, id: &str) -> Result<
             .unwrap_or_else(|e| internal(&e));
         }
     }
-    // Tables the command created join the mesh.
+    // Tables the command created join the mesh (one without a primary key, which
+    // replicate_table refuses, is skipped).
+    let subscriptions = mesh_subscriptions(i64::from(me));
     let (mut joined, mut skipped) = (Vec::new(), Vec::new());
     for oid in unreplicated_tables() {
         if before.contains(&oid) {
             continue;
         }
-        let (identity, _) = super::local::table_names(oid);
-        if !has_primary_key(oid) {
-            MmError::DdlTableNotReplicated {
-                table: identity.clone(),
+        match super::local::replicate_table(oid, Some("last_xacttime"), Some("last"), None) {
+            Err(MmError::NoPrimaryKey { table }) => {
+                MmError::DdlTableNotReplicated {
+                    table: table.clone(),
+                }
+                .notice();
+                skipped.push(table);
+                continue;
             }
-            .notice();
-            skipped.push(identity);
-            continue;
+            replicated => replicated?,
         }
-        super::local::replicate_table(oid, Some("last_xacttime"), Some("last"), None)?;
-        for (subscription, _) in mesh_subscriptions(i64::from(me)) {
-            crate::pg::compat::add_subscription_rel_ready(subscription, oid);
+        for (subscription, _) in &subscriptions {
+            crate::pg::compat::add_subscription_rel_ready(*subscription, oid);
         }
-        joined.push(identity);
+        joined.push(super::local::table_names(oid).0);
     }
-    let mut nodes: Vec<i16> = mesh_subscriptions(i64::from(me))
-        .into_iter()
-        .map(|(_, peer)| peer as i16)
-        .collect();
+    let mut nodes: Vec<i16> = subscriptions.iter().map(|(_, peer)| *peer as i16).collect();
     nodes.push(me);
     nodes.sort_unstable();
     Spi::run_with_args(
@@ -350,30 +344,6 @@ fn mesh_subscriptions(me: i64) -> Vec<(pg_sys::Oid, i64)> {
         .collect()
 }
 
-/// Whether this node receives changes from peers: a subscription of this database to
-/// mm_conflict's publication, or (read only by a role that may read it) a row of
-/// `mm_conflict.peer`. The watch runs as whoever changed a schema: an ordinary table owner may
-/// read neither `peer` nor a subscription's conninfo, but may read the rest of
-/// `pg_subscription`.
-fn in_mesh() -> bool {
-    let yes = |query: &str, args: &[pgrx::datum::DatumWithOid]| {
-        read_one::<bool>(query, args)
-            .unwrap_or_else(|e| internal(&e))
-            .unwrap_or(false)
-    };
-    let subscribed = format!(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_subscription s
-                         WHERE s.subdbid OPERATOR(pg_catalog.=) {}
-                           AND $1 OPERATOR(pg_catalog.=) ANY (s.subpublications))",
-        mm_conflict_core::mesh::THIS_DATABASE
-    );
-    yes(&subscribed, &[PUBLICATION.into()])
-        || (yes(
-            "SELECT pg_catalog.has_table_privilege('mm_conflict.peer', 'SELECT')",
-            &[],
-        ) && yes("SELECT EXISTS (SELECT 1 FROM mm_conflict.peer)", &[]))
-}
-
 /// The replicated table (one with `mm_resolve`) that object `oid` of a DDL command is or belongs
 /// to: the table itself, or the table of a unique index. `None` for anything else.
 fn replicated_table_of(oid: pg_sys::Oid, object_type: &str) -> Option<pg_sys::Oid> {
@@ -405,7 +375,7 @@ fn replicated_table_of(oid: pg_sys::Oid, object_type: &str) -> Option<pg_sys::Oi
 /// `55000` or a WARNING (or nothing) for a schema change of replicated table `table` made outside
 /// `replicate_ddl` on a node of a mesh, as `mm_conflict.bare_ddl` says.
 fn bare(command: &str, table: String) {
-    if OwnDdl::active() || !in_mesh() {
+    if OwnDdl::active() || !super::local::has_subscriptions() {
         return;
     }
     let command = command.to_string();
@@ -427,21 +397,23 @@ pub fn watch(objects: &[pg_sys::Oid], types: &[String], tags: &[String]) -> Resu
         };
         let (identity, _) = super::local::table_names(table);
         if object_type != "index" {
-            for column in [COL_ISLOCAL, COL_NODEID, COL_XACTTIME, COL_STATTIME] {
-                let present = read_one::<bool>(
-                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+            let missing = read_one::<String>(
+                "SELECT c FROM pg_catalog.unnest($2::pg_catalog.text[]) c
+                  WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
                                      WHERE attrelid OPERATOR(pg_catalog.=) $1
-                                       AND attname OPERATOR(pg_catalog.=) $2 AND NOT attisdropped)",
-                    &[table.into(), column.into()],
-                )
-                .unwrap_or_else(|e| internal(&e))
-                .unwrap_or(false);
-                if !present {
-                    return Err(MmError::BookkeepingColumnChanged {
-                        table: identity,
-                        column: column.into(),
-                    });
-                }
+                                       AND attname OPERATOR(pg_catalog.=) c AND NOT attisdropped)
+                  LIMIT 1",
+                &[
+                    table.into(),
+                    vec![COL_ISLOCAL, COL_NODEID, COL_XACTTIME, COL_STATTIME].into(),
+                ],
+            )
+            .unwrap_or_else(|e| internal(&e));
+            if let Some(column) = missing {
+                return Err(MmError::BookkeepingColumnChanged {
+                    table: identity,
+                    column,
+                });
             }
             // A retyped bookkeeping column, or a criterion column gone: the trigger's own error.
             match super::local::check_table(table) {

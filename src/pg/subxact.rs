@@ -29,6 +29,10 @@ impl Caught {
         report.report(pgrx::PgLogLevel::ERROR);
         unreachable!("ereport(ERROR) returned")
     }
+    /// Raises this error again as it was: SQLSTATE, message, detail, hint. Never returns.
+    pub fn reraise(&self) -> ! {
+        self.raise_as(self.message.clone(), self.detail.clone())
+    }
 }
 
 /// Runs `f` in an internal subtransaction: its value, or the message of the error it raised (the
