@@ -16,6 +16,7 @@
 //! A store serves one key at a time (the key of the row being written, or of the tombstone).
 
 use crate::decide::{self, DeleteAction, InsertAction, LocalAction, LocalConflictMode, Outcome};
+use crate::delta::{Amount, Delta, DeltaError};
 use crate::policy::Policy;
 use crate::report::Decision;
 use crate::stamp::{stamp_local, Clock, Stamps};
@@ -48,6 +49,8 @@ pub enum Lookup<T, W> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stored<R> {
     pub stamps: RowStamps,
+    /// The state of its delta columns (`None`: the table has none).
+    pub delta: Option<Delta>,
     pub row: Option<R>,
 }
 
@@ -121,6 +124,23 @@ pub trait Store: Tombstones {
     /// and re-sent otherwise). Takes that key's lock (releasing this one's). Returns whether the
     /// tombstone was stored (false: the key's stored tombstone beat it, and the row was left).
     fn bury(&mut self, row: &Self::Row, tombstone: &Tombstone) -> bool;
+    /// How many delta columns the table has (see [`crate::delta`]); 0: none, and the three
+    /// methods below are never called.
+    fn delta_columns(&self) -> usize {
+        0
+    }
+    /// The state of `row`'s delta columns. A row without one (written before the columns were
+    /// declared) holds its values as [`crate::delta::BASE_NODE`]'s.
+    fn delta(&self, _row: &Self::Row) -> Delta {
+        Delta::default()
+    }
+    /// The values of `row`'s delta columns as a local write sets them (a NULL is refused there).
+    fn amounts(&self, _row: &Self::Row) -> Vec<Amount> {
+        Vec::new()
+    }
+    /// The row the current action writes ([`Action::Stamp`] and [`Action::Apply`]: the new row;
+    /// [`Action::Merge`]: the stored one) carries `delta`, and its delta columns its sums.
+    fn write_delta(&mut self, _delta: Delta) {}
     /// Adds to the key lock (taking it if not held) the locks of `row`'s values of unique keys
     /// besides the primary key, so that writers of different keys that would hold the same value
     /// serialise as writers of one key do; only the values `old` (the row an UPDATE replaces) does
@@ -137,6 +157,10 @@ pub enum Action {
     Apply,
     /// Write it unchanged (deletes, mm_conflict's own writes, tables without a primary key).
     Pass,
+    /// A replicated UPDATE that lost, of a table with delta columns, whose increments the stored
+    /// row lacked: write the stored row (same version) with the merged state
+    /// ([`Store::write_delta`]).
+    Merge,
     /// Do not write it: no new row version, no WAL, nothing relayed.
     Skip,
 }
@@ -170,6 +194,8 @@ pub enum Refusal {
     },
     /// A replicated INSERT into a table without a primary key: it cannot be resolved.
     NoPrimaryKey,
+    /// A local write's delta columns cannot be counted (a sum out of range).
+    Delta(DeltaError),
 }
 
 /// The settings a local write runs under.
@@ -318,6 +344,15 @@ pub fn local_insert<S: Store + ?Sized>(
             return Ok(Action::Skip);
         }
     }
+    // A new incarnation of the key's delta columns, named by the tombstone it is written over.
+    if store.delta_columns() > 0 {
+        let amounts = store.amounts(new);
+        store.write_delta(Delta::inserted(
+            tombstone.map(|t| t.version),
+            policy.node_id,
+            amounts,
+        ));
+    }
     Ok(Action::Stamp(stamps))
 }
 
@@ -345,6 +380,17 @@ pub fn local_update<S: Store + ?Sized>(
         written,
     )? {
         return Ok(Action::Skip);
+    }
+    // This node's entry takes the change (new − old, old as the state sums it).
+    let columns = store.delta_columns();
+    if columns > 0 {
+        let state = store.delta(old);
+        let change: Result<Vec<Amount>, DeltaError> = state.sums(columns).and_then(|was| {
+            let now = store.amounts(new);
+            now.iter().zip(&was).map(|(n, w)| n.sub(*w)).collect()
+        });
+        let next = change.and_then(|c| state.add(policy.node_id, &c));
+        store.write_delta(next.map_err(Refusal::Delta)?);
     }
     Ok(Action::Stamp(stamps))
 }
@@ -399,6 +445,12 @@ pub fn replicated_update<S: Store + ?Sized>(
 ) -> Action {
     let stored = policy.version(&store.stamps(old));
     let incoming = policy.version(&store.stamps(new));
+    // Delta columns: the merged state, and the stored one it grew from.
+    let merged = (store.delta_columns() > 0).then(|| {
+        let (ours, theirs) = (store.delta(old), store.delta(new));
+        let merged = ours.merge(&theirs, &policy.order());
+        (merged, ours, theirs)
+    });
     let outcome = match decide::resolve(&policy.order(), &stored, &incoming) {
         Outcome::SameVersion if store.overwrites_same_version() => Outcome::IncomingWins,
         outcome => outcome,
@@ -413,19 +465,35 @@ pub fn replicated_update<S: Store + ?Sized>(
             }
         }
     }
+    // What is written, and whether it differs from what last-writer-wins alone would write
+    // (the incoming row's state, or the stored row's): concurrent increments merged.
+    let (action, merged_increments) = match (outcome, merged) {
+        (Outcome::IncomingWins, Some((merged, _, theirs))) => {
+            let differs = merged != theirs;
+            store.write_delta(merged);
+            (Action::Apply, differs)
+        }
+        (Outcome::IncomingWins, None) => (Action::Apply, false),
+        (_, Some((merged, ours, _))) if merged != ours => {
+            store.write_delta(merged);
+            (Action::Merge, true)
+        }
+        (_, _) => (Action::Skip, false),
+    };
     if !converting {
         store.report(&Resolution {
-            decision: outcome.into(),
+            decision: if merged_increments {
+                Decision::DeltaMerged
+            } else {
+                outcome.into()
+            },
             stored: Some(stored),
             stored_row: Some(old),
             incoming,
             incoming_row: Some(new),
         });
     }
-    match outcome {
-        Outcome::IncomingWins => Action::Apply,
-        Outcome::StoredWins | Outcome::SameVersion => Action::Skip,
-    }
+    action
 }
 
 /// A replicated DELETE applies only when the key's tombstone (which travels before it in the
@@ -480,6 +548,7 @@ pub fn replicated_insert<S: Store + ?Sized>(
     }
     let order = policy.order();
     let incoming = policy.version(&store.stamps(new));
+    let incoming_delta = (store.delta_columns() > 0).then(|| store.delta(new));
     let report = |store: &mut S, decision, stored: Option<Version>, stored_row: Option<&S::Row>| {
         if !own_write {
             store.report(&Resolution {
@@ -513,6 +582,14 @@ pub fn replicated_insert<S: Store + ?Sized>(
             },
         };
         let stored_row = found.as_ref().and_then(|f| f.row.as_ref());
+        // A row that keeps its version may still lack increments the incoming one carries.
+        let grows = match (
+            found.as_ref().and_then(|f| f.delta.as_ref()),
+            &incoming_delta,
+        ) {
+            (Some(ours), Some(theirs)) => ours.merge(theirs, &order) != *ours,
+            _ => false,
+        };
         let action =
             match decide::replicated_insert(&order, stored.as_ref(), tombstone.as_ref(), &incoming)
             {
@@ -524,6 +601,12 @@ pub fn replicated_insert<S: Store + ?Sized>(
                 }
                 action => action,
             };
+        let merging = matches!(action, InsertAction::Skip(_)) && grows;
+        let action = if merging {
+            InsertAction::ConvertToUpdate
+        } else {
+            action
+        };
         // A row that wins on its key may still lose its unique values to a row of another key.
         // (An INSERT converted into an UPDATE meets the contest in that UPDATE, once it holds the
         // row: here it would hold the values' locks while waiting for the row.)
@@ -536,6 +619,9 @@ pub fn replicated_insert<S: Store + ?Sized>(
         }
         match action {
             InsertAction::Insert => {
+                if let Some(delta) = &incoming_delta {
+                    store.write_delta(delta.clone());
+                }
                 report(store, Decision::Applied, tombstone, None);
                 return Ok(if own_write {
                     Action::Pass
@@ -545,7 +631,12 @@ pub fn replicated_insert<S: Store + ?Sized>(
             }
             InsertAction::ConvertToUpdate => {
                 if store.overwrite(new) {
-                    report(store, Decision::InsertConvertedToUpdate, stored, stored_row);
+                    let decision = if merging {
+                        Decision::DeltaMerged
+                    } else {
+                        Decision::InsertConvertedToUpdate
+                    };
+                    report(store, decision, stored, stored_row);
                     return Ok(Action::Skip);
                 }
                 // The row changed or went since the probe: decide again.

@@ -4,6 +4,7 @@
 //! * [`version`]: row versions and the total order every node applies.
 //! * [`decide`]: what the trigger does with a local or replicated write.
 //! * [`stamp`]: the hybrid-logical-clock stamps of local writes.
+//! * [`delta`]: delta (commutative) columns: per-node contributions, merged.
 //! * [`report`]: how a replicated change ended, and whether that is a conflict.
 //! * [`sequence`]: node-safe sequences (staggered steps).
 //! * [`engine`]: the sequence of every path (look up, lock, decide, write, re-send, report),
@@ -20,10 +21,11 @@
 //!   against a small mesh trait, driven the same two ways.
 //!
 //! Module order (imports point down only): engine, repair, diff, ddl → membership → mesh → report, sql → decide →
-//! policy → stamp → version.
+//! policy → stamp → version; engine → delta → version.
 
 pub mod ddl;
 pub mod decide;
+pub mod delta;
 pub mod diff;
 pub mod engine;
 pub mod membership;
@@ -40,10 +42,13 @@ pub use decide::{
     repair_winner, DeleteAction, Held, InsertAction, LocalAction, LocalConflictMode, Outcome,
     RepairWinner,
 };
+pub use delta::{Amount, Delta, DeltaError};
 pub use engine::{
     Action, Local, Lookup, Operation, Refusal, Resolution, Store, Stored, Tombstone, Tombstones,
 };
-pub use policy::{Criterion, Direction, Policy, PolicyError, MAX_NODE_ID, MIN_NODE_ID};
+pub use policy::{
+    Criterion, Direction, Policy, PolicyError, DELTA_PREFIX, MAX_NODE_ID, MIN_NODE_ID,
+};
 pub use report::Decision;
 pub use stamp::{Clock, Stamps};
 pub use version::{Micros, NodeId, RowStamps, Version, VersionOrder};
@@ -53,3 +58,5 @@ pub const COL_ISLOCAL: &str = "mm_islocal";
 pub const COL_NODEID: &str = "mm_nodeid";
 pub const COL_XACTTIME: &str = "mm_last_xacttime";
 pub const COL_STATTIME: &str = "mm_last_stattime";
+/// The state of a table's delta columns (only on tables that declare some).
+pub const COL_DELTA: &str = "mm_delta";

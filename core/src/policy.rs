@@ -33,13 +33,23 @@ pub struct Policy {
     pub criterion: Criterion,
     pub direction: Direction,
     pub preferred_node: Option<NodeId>,
+    /// The table's delta (commutative) columns, in declaration order (see [`crate::delta`]):
+    /// trigger arguments `delta=<column>` after the others.
+    pub delta_columns: Vec<String>,
 }
+
+/// The prefix of a trigger argument that declares a delta column: `delta=balance`.
+pub const DELTA_PREFIX: &str = "delta=";
 
 /// Why a trigger argument list was rejected. The shim maps each variant to its own SQLSTATE.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
-    #[error("mm_resolve expects 3 or 4 arguments, got {got}")]
+    #[error("mm_resolve expects 3 or 4 arguments, then any delta=<column> arguments, got {got}")]
     WrongArgCount { got: usize },
+    #[error("mm_resolve argument {position} must be \"delta=<column>\", got \"{value}\"")]
+    BadDeltaArgument { position: usize, value: String },
+    #[error("mm_resolve declares delta column \"{column}\" twice")]
+    DuplicateDeltaColumn { column: String },
     #[error("mm_resolve argument {position} ({name}) must be an integer node id, got \"{value}\"")]
     NodeIdNotInteger {
         position: usize,
@@ -83,8 +93,32 @@ impl Policy {
     /// Parses the trigger's arguments exactly as PostgreSQL hands them over (all text).
     pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Policy, PolicyError> {
         let args: Vec<&str> = args.iter().map(|a| a.as_ref()).collect();
-        if !(3..=4).contains(&args.len()) {
+        // The optional preferred node, then the delta columns.
+        let fixed = match args.get(3) {
+            Some(a) if !a.starts_with(DELTA_PREFIX) => 4,
+            _ => 3,
+        };
+        if args.len() < 3 {
             return Err(PolicyError::WrongArgCount { got: args.len() });
+        }
+        let mut delta_columns: Vec<String> = Vec::new();
+        for (i, arg) in args.iter().enumerate().skip(fixed) {
+            match arg.strip_prefix(DELTA_PREFIX) {
+                Some(column) if !column.is_empty() => {
+                    if delta_columns.iter().any(|c| c == column) {
+                        return Err(PolicyError::DuplicateDeltaColumn {
+                            column: column.to_string(),
+                        });
+                    }
+                    delta_columns.push(column.to_string());
+                }
+                _ => {
+                    return Err(PolicyError::BadDeltaArgument {
+                        position: i + 1,
+                        value: arg.to_string(),
+                    })
+                }
+            }
         }
         let node_id = parse_node_id(1, "node_id", args[0])?;
         let criterion_raw = args[1].trim();
@@ -92,9 +126,9 @@ impl Policy {
             return Err(PolicyError::EmptyCriterion);
         }
         let is_nodeid = criterion_raw.eq_ignore_ascii_case("nodeid");
-        let preferred_node = match args.get(3) {
-            Some(raw) => Some(parse_node_id(4, "preferred_node", raw)?),
-            None => None,
+        let preferred_node = match fixed {
+            4 => Some(parse_node_id(4, "preferred_node", args[3])?),
+            _ => None,
         };
         let (criterion, direction) = if is_nodeid {
             let winner = parse_node_id(3, "winning node", args[2])?;
@@ -124,6 +158,7 @@ impl Policy {
             criterion,
             direction,
             preferred_node,
+            delta_columns,
         })
     }
 
@@ -244,5 +279,34 @@ mod tests {
             Policy::parse(&["1", " ", "last", "1"]),
             Err(PolicyError::EmptyCriterion)
         );
+        assert_eq!(
+            Policy::parse(&["1", "last_xacttime", "last", "2", "balance"]),
+            Err(PolicyError::BadDeltaArgument {
+                position: 5,
+                value: "balance".into()
+            })
+        );
+        assert_eq!(
+            Policy::parse(&["1", "last_xacttime", "last", "delta=a", "delta=a"]),
+            Err(PolicyError::DuplicateDeltaColumn { column: "a".into() })
+        );
+        assert!(matches!(
+            Policy::parse(&["1", "last_xacttime", "last", "delta="]),
+            Err(PolicyError::BadDeltaArgument { position: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn delta_columns_follow_the_other_arguments() {
+        let p = Policy::parse(&["1", "last_xacttime", "last", "delta=a", "delta=b c"]).unwrap();
+        assert_eq!(p.preferred_node, None);
+        assert_eq!(p.delta_columns, vec!["a".to_string(), "b c".to_string()]);
+        let p = Policy::parse(&["1", "last_xacttime", "last", "3", "delta=bal"]).unwrap();
+        assert_eq!(p.preferred_node, Some(3));
+        assert_eq!(p.delta_columns, vec!["bal".to_string()]);
+        assert!(Policy::parse(&["1", "last_xacttime", "last"])
+            .unwrap()
+            .delta_columns
+            .is_empty());
     }
 }

@@ -28,11 +28,16 @@ pub enum Decision {
     /// (besides the primary key): the one with the lesser version was deleted, on every node, by
     /// a tombstone that carries the winner's version.
     UniqueConflict,
+    /// A replicated change of a table with delta columns, where the state written differs from
+    /// what last-writer-wins alone would write: increments that the incoming change and the
+    /// stored row each lacked were added together (the other columns still went to the winning
+    /// version).
+    DeltaMerged,
 }
 
 impl Decision {
     /// Every decision, in the order of the counters.
-    pub const ALL: [Decision; 7] = [
+    pub const ALL: [Decision; 8] = [
         Decision::Applied,
         Decision::KeptLocal,
         Decision::InsertConvertedToUpdate,
@@ -40,6 +45,7 @@ impl Decision {
         Decision::DeleteSkipped,
         Decision::DuplicateDropped,
         Decision::UniqueConflict,
+        Decision::DeltaMerged,
     ];
 
     /// The name used in `conflict_log.decision` and in log lines.
@@ -52,6 +58,7 @@ impl Decision {
             Decision::DeleteSkipped => "delete_skipped",
             Decision::DuplicateDropped => "duplicate_dropped",
             Decision::UniqueConflict => "unique_conflict",
+            Decision::DeltaMerged => "delta_merged",
         }
     }
 
@@ -68,9 +75,10 @@ impl Decision {
         match self {
             Decision::DuplicateDropped => false,
             Decision::KeptLocal | Decision::DeleteSkipped | Decision::UniqueConflict => true,
-            Decision::Applied | Decision::InsertConvertedToUpdate | Decision::DeleteApplied => {
-                stored.is_some_and(|stored| stored.node != incoming.node)
-            }
+            Decision::Applied
+            | Decision::InsertConvertedToUpdate
+            | Decision::DeleteApplied
+            | Decision::DeltaMerged => stored.is_some_and(|stored| stored.node != incoming.node),
         }
     }
 }

@@ -26,14 +26,14 @@ use std::collections::{BTreeMap, VecDeque};
 use mm_conflict_core::engine::{self, Action, Local, Lookup, Refusal, Resolution, Stored};
 use mm_conflict_core::repair;
 use mm_conflict_core::stamp::Clock;
-use mm_conflict_core::{repair_winner, Held};
+use mm_conflict_core::{repair_winner, Amount, Delta, Held};
 use mm_conflict_core::{
     Criterion, Decision, Direction, LocalConflictMode, Policy, RowStamps, Store, Tombstone,
     Tombstones, Version,
 };
 use proptest::prelude::*;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Row {
     key: u8,
     /// The value of the second unique key (`None`: NULL, which never collides).
@@ -41,9 +41,23 @@ struct Row {
     stamps: RowStamps,
     /// Identifies the write that produced this row.
     write_id: u32,
+    /// The value of the delta column `balance` (tables whose policy declares it), and its state.
+    amount: i64,
+    delta: Option<Delta>,
 }
 
-#[derive(Clone, Copy, Debug)]
+impl Row {
+    /// The row with the delta state the engine gave its write (and the sum of that state).
+    fn with_delta(mut self, delta: Option<Delta>) -> Row {
+        if let Some(d) = delta {
+            self.amount = d.sums(1).unwrap()[0].to_i64().unwrap();
+            self.delta = Some(d);
+        }
+        self
+    }
+}
+
+#[derive(Clone, Debug)]
 enum Change {
     Insert(u8, Row),
     Update(u8, Row),
@@ -83,6 +97,8 @@ struct NodeStore<'a> {
     key_locked: bool,
     /// A repair's write of a row whose content differs under the stored row's very version.
     same_version: bool,
+    /// The delta state the engine gave the write it decided last.
+    pending: Option<Delta>,
 }
 
 /// PostgreSQL's unique index: writing `row` while another key holds its unique value fails (an
@@ -116,8 +132,9 @@ impl NodeStore<'_> {
         match engine::replicated_insert(self, policy, row, false) {
             Ok(Action::Apply) => {
                 assert_unique(self.replica, row);
-                self.replica.rows.insert(key, *row);
-                self.out.push(Change::Insert(key, *row));
+                let row = row.clone().with_delta(self.pending.take());
+                self.replica.rows.insert(key, row.clone());
+                self.out.push(Change::Insert(key, row));
             }
             Ok(Action::Skip) => {}
             other => panic!("unexpected result of a replicated insert: {other:?}"),
@@ -184,28 +201,32 @@ impl Store for NodeStore<'_> {
     fn find_row(&mut self) -> Lookup<Stored<Row>, ()> {
         let found = self.replica.rows.get(&self.key).map(|r| Stored {
             stamps: r.stamps,
-            row: Some(*r),
+            delta: (self.delta_columns() > 0).then(|| self.delta(r)),
+            row: Some(r.clone()),
         });
         self.lookup(found)
     }
 
     fn overwrite(&mut self, row: &Row) -> bool {
         // UPDATE ... WHERE key: no row, nothing updated and no trigger fired.
-        let Some(stored) = self.replica.rows.get(&self.key).copied() else {
+        let Some(stored) = self.replica.rows.get(&self.key).cloned() else {
             return false;
         };
         let policy = self.policy;
-        if engine::replicated_update(self, policy, &stored, row, true) != Action::Apply {
-            return false;
-        }
-        assert_unique(self.replica, row);
-        self.replica.rows.insert(self.key, *row);
-        self.out.push(Change::Update(self.key, *row));
+        let written = match engine::replicated_update(self, policy, &stored, row, true) {
+            Action::Apply => row.clone(),
+            Action::Merge => stored,
+            _ => return false,
+        };
+        assert_unique(self.replica, &written);
+        let written = written.with_delta(self.pending.take());
+        self.replica.rows.insert(self.key, written.clone());
+        self.out.push(Change::Update(self.key, written));
         true
     }
 
     fn take_row(&mut self) -> Option<Row> {
-        let row = self.replica.rows.get(&self.key).copied()?;
+        let row = self.replica.rows.get(&self.key).cloned()?;
         let policy = self.policy;
         assert_eq!(
             engine::replicated_delete(self, policy, &row, true),
@@ -221,8 +242,9 @@ impl Store for NodeStore<'_> {
         match engine::replicated_insert(self, policy, row, true) {
             Ok(Action::Pass) => {
                 assert_unique(self.replica, row);
-                self.replica.rows.insert(self.key, *row);
-                self.out.push(Change::Insert(self.key, *row));
+                let row = row.clone().with_delta(self.pending.take());
+                self.replica.rows.insert(self.key, row.clone());
+                self.out.push(Change::Insert(self.key, row));
             }
             other => panic!(
                 "a re-send was not inserted: {other:?}; key {} row {:?} tombstone {:?} rows {:?}",
@@ -249,12 +271,31 @@ impl Store for NodeStore<'_> {
             .find(|r| r.key != row.key && r.unique == Some(value))
             .map(|r| Stored {
                 stamps: r.stamps,
-                row: Some(*r),
+                delta: None,
+                row: Some(r.clone()),
             });
         if self.busy.pop_front().unwrap_or(false) {
             return Lookup::InProgress(());
         }
         found.map_or(Lookup::Absent, Lookup::Found)
+    }
+
+    fn delta_columns(&self) -> usize {
+        self.policy.delta_columns.len()
+    }
+
+    fn delta(&self, row: &Row) -> Delta {
+        row.delta
+            .clone()
+            .unwrap_or_else(|| Delta::base(vec![Amount::from_i64(row.amount)]))
+    }
+
+    fn amounts(&self, row: &Row) -> Vec<Amount> {
+        vec![Amount::from_i64(row.amount)]
+    }
+
+    fn write_delta(&mut self, delta: Delta) {
+        self.pending = Some(delta);
     }
 
     fn lock_unique_values(&mut self, _row: &Row, _old: Option<&Row>) {
@@ -278,7 +319,7 @@ impl Store for NodeStore<'_> {
 }
 
 /// The best version ever written for a key: a row or a tombstone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Written {
     Row(Row),
     Tombstone(Version),
@@ -297,6 +338,10 @@ struct Mesh {
     busy: VecDeque<bool>,
     decisions: Vec<Decision>,
     burials: Vec<(u8, Version)>,
+    /// Delta columns: the sum of the changes every committed local write made to each key's
+    /// `balance`, for keys never deleted (deleted ones are in `ended`).
+    increments: BTreeMap<u8, i64>,
+    ended: std::collections::BTreeSet<u8>,
 }
 
 impl Mesh {
@@ -323,6 +368,8 @@ impl Mesh {
             busy: busy.into(),
             decisions: Vec::new(),
             burials: Vec::new(),
+            increments: BTreeMap::new(),
+            ended: Default::default(),
         }
     }
 
@@ -368,13 +415,13 @@ impl Mesh {
     }
 
     /// Runs `f` with node `node`'s store for `key`; returns what it wrote (the node's
-    /// transaction) and `f`'s result.
+    /// transaction), `f`'s result and the delta state the engine gave the write it decided last.
     fn with_store<T>(
         &mut self,
         node: usize,
         key: u8,
         f: impl FnOnce(&mut NodeStore) -> T,
-    ) -> (Txn, T) {
+    ) -> (Txn, (T, Option<Delta>)) {
         let mut out = Vec::new();
         let mut store = NodeStore {
             replica: &mut self.nodes[node],
@@ -386,15 +433,18 @@ impl Mesh {
             burials: &mut self.burials,
             key_locked: false,
             same_version: false,
+            pending: None,
         };
         let result = f(&mut store);
+        let pending = store.pending.take();
         for (key, version) in self.burials.drain(..) {
+            self.ended.insert(key);
             self.written
                 .entry(key)
                 .or_default()
                 .push(Written::Tombstone(version));
         }
-        (out, result)
+        (out, (result, pending))
     }
 
     fn local(&mut self, node: usize) -> Local {
@@ -407,6 +457,12 @@ impl Mesh {
     /// A local INSERT (new key) or UPDATE (existing key). One that would duplicate a unique
     /// value another row holds here fails, as in PostgreSQL.
     fn local_write(&mut self, node: usize, key: u8, user_value: i64, unique: Option<u8>) {
+        // The delta column: an INSERT sets it to the value, an UPDATE adds value - 20.
+        let stored = self.nodes[node].rows.get(&key).cloned();
+        let amount = match &stored {
+            Some(old) => old.amount + user_value - 20,
+            None => user_value,
+        };
         if unique.is_some()
             && self.nodes[node]
                 .rows
@@ -425,15 +481,24 @@ impl Mesh {
                 ..RowStamps::default()
             },
             write_id: self.next_write,
+            amount,
+            delta: stored.as_ref().and_then(|r| r.delta.clone()),
         };
-        let stored = self.nodes[node].rows.get(&key).copied();
         let policy = self.policies[node].clone();
-        let (mut out, action) = self.with_store(node, key, |s| match &stored {
+        let (mut out, (action, pending)) = self.with_store(node, key, |s| match &stored {
             Some(old) => engine::local_update(s, &policy, local, old, &new),
             None => engine::local_insert(s, &policy, local, &new),
         });
         match action {
             Ok(Action::Stamp(stamps)) => {
+                if !policy.delta_columns.is_empty() {
+                    let was = stored.as_ref().map_or(0, |old| old.amount);
+                    *self.increments.entry(key).or_default() += amount - was;
+                    assert!(
+                        pending.is_some(),
+                        "a local write of a delta table without a state"
+                    );
+                }
                 let row = Row {
                     stamps: RowStamps {
                         xacttime: Some(stamps.xacttime),
@@ -442,9 +507,13 @@ impl Mesh {
                         ..new.stamps
                     },
                     ..new
-                };
-                self.nodes[node].rows.insert(key, row);
-                self.written.entry(key).or_default().push(Written::Row(row));
+                }
+                .with_delta(pending);
+                self.nodes[node].rows.insert(key, row.clone());
+                self.written
+                    .entry(key)
+                    .or_default()
+                    .push(Written::Row(row.clone()));
                 out.push(if stored.is_some() {
                     Change::Update(key, row)
                 } else {
@@ -460,15 +529,16 @@ impl Mesh {
     }
 
     fn local_delete(&mut self, node: usize, key: u8) {
-        let Some(old) = self.nodes[node].rows.get(&key).copied() else {
+        let Some(old) = self.nodes[node].rows.get(&key).cloned() else {
             return;
         };
         let local = self.local(node);
         let policy = self.policies[node].clone();
-        let (mut out, action) =
+        let (mut out, (action, _)) =
             self.with_store(node, key, |s| engine::local_delete(s, &policy, local, &old));
         match action {
             Ok(Action::Pass) => {
+                self.ended.insert(key);
                 self.nodes[node].rows.remove(&key);
                 let tombstone = self.nodes[node].tombstones[&key];
                 self.written
@@ -490,13 +560,13 @@ impl Mesh {
         let policy = self.policies[to].clone();
         let mut published = Vec::new();
         for change in txn {
-            let (out, ()) = match *change {
+            let (out, ((), _)) = match change.clone() {
                 Change::Tombstone(key, t) => {
                     self.with_store(to, key, |s| s.tombstone_arrives(&policy, key, &t))
                 }
                 Change::Delete(key) => self.with_store(to, key, |s| {
                     // PostgreSQL skips a DELETE of a missing row without firing any trigger.
-                    let Some(row) = s.replica.rows.get(&key).copied() else {
+                    let Some(row) = s.replica.rows.get(&key).cloned() else {
                         return;
                     };
                     if engine::replicated_delete(s, &policy, &row, false) == Action::Pass {
@@ -509,15 +579,20 @@ impl Mesh {
                 }
                 Change::Update(key, row) => self.with_store(to, key, |s| {
                     // PostgreSQL skips an UPDATE of a missing row without firing any trigger.
-                    let Some(stored) = s.replica.rows.get(&key).copied() else {
+                    let Some(stored) = s.replica.rows.get(&key).cloned() else {
                         return;
                     };
-                    if engine::replicated_update(s, &policy, &stored, &row, false) == Action::Apply
+                    let written = match engine::replicated_update(s, &policy, &stored, &row, false)
                     {
-                        assert_unique(s.replica, &row);
-                        s.replica.rows.insert(key, row);
-                        s.out.push(Change::Update(key, row));
-                    }
+                        Action::Apply => row,
+                        // The stored row, with the increments it lacked.
+                        Action::Merge => stored,
+                        _ => return,
+                    };
+                    assert_unique(s.replica, &written);
+                    let written = written.with_delta(s.pending.take());
+                    s.replica.rows.insert(key, written.clone());
+                    s.out.push(Change::Update(key, written));
                 }),
             };
             published.extend(out);
@@ -573,10 +648,10 @@ impl Mesh {
     /// row as a replicated INSERT, or its tombstone as a replicated tombstone (then published, as
     /// every write is). Returns whether it sent anything.
     fn repair_write(&mut self, from: usize, to: usize, key: u8, same_version: bool) -> bool {
-        let row = self.nodes[from].rows.get(&key).copied();
+        let row = self.nodes[from].rows.get(&key).cloned();
         let tombstone = self.nodes[from].tombstones.get(&key).copied();
         let policy = self.policies[to].clone();
-        let (out, ()) = match (row, tombstone) {
+        let (out, ((), _)) = match (row, tombstone) {
             (Some(row), _) => self.with_store(to, key, |s| {
                 s.same_version = same_version;
                 s.insert_arrives(&policy, key, &row)
@@ -651,11 +726,42 @@ impl Mesh {
                 Written::Row(r) => Some(r),
                 Written::Tombstone(_) => None,
             };
+            // The delta column goes by the merge, not by the best version.
+            let lww = |r: &Row| Row {
+                amount: 0,
+                delta: None,
+                ..r.clone()
+            };
             assert_eq!(
-                self.nodes[0].rows.get(key),
-                expected,
+                self.nodes[0].rows.get(key).map(lww),
+                expected.map(lww),
                 "key {key} is not in its best version's state"
             );
+        }
+        if !self.policy().delta_columns.is_empty() {
+            self.check_delta_sums();
+        }
+    }
+
+    /// Delta columns: every row's `balance` is the sum of its state, and a key never deleted
+    /// holds the sum of the changes every committed write made to it.
+    fn check_delta_sums(&self) {
+        for (key, row) in &self.nodes[0].rows {
+            let state = row
+                .delta
+                .as_ref()
+                .expect("a row of a delta table without a state");
+            assert_eq!(
+                state.sums(1).unwrap()[0].to_i64(),
+                Some(row.amount),
+                "key {key}: the column is not the sum of its state"
+            );
+            if !self.ended.contains(key) {
+                assert_eq!(
+                    row.amount, self.increments[key],
+                    "key {key}: increments lost or counted twice ({state:?})"
+                );
+            }
         }
     }
 }
@@ -748,8 +854,13 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
         (1i16..=4).prop_map(|winner| Criterion::NodeId { winner }),
     ];
     let direction = prop_oneof![Just(Direction::Last), Just(Direction::First)];
-    (criterion, direction, proptest::option::of(1i16..=4)).prop_map(
-        |(criterion, direction, preferred_node)| {
+    (
+        criterion,
+        direction,
+        proptest::option::of(1i16..=4),
+        proptest::bool::ANY,
+    )
+        .prop_map(|(criterion, direction, preferred_node, delta)| {
             let direction = if matches!(criterion, Criterion::NodeId { .. }) {
                 Direction::Last
             } else {
@@ -760,9 +871,13 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
                 criterion,
                 direction,
                 preferred_node,
+                delta_columns: if delta {
+                    vec!["balance".into()]
+                } else {
+                    Vec::new()
+                },
             }
-        },
-    )
+        })
 }
 
 fn steps_strategy(nodes: usize) -> impl Strategy<Value = Vec<Step>> {
@@ -916,6 +1031,7 @@ fn repair_with_unique_values_and_losses_both_ways() {
         criterion: Criterion::NodeId { winner: 3 },
         direction: Direction::Last,
         preferred_node: None,
+        delta_columns: Vec::new(),
     };
     let faults = vec![
         f(Write(1, 0, 0, None)),
