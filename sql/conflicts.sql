@@ -6,7 +6,7 @@ CREATE TABLE mm_conflict.conflict_log (
     logged_at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     table_name     text        NOT NULL,  -- quoted, schema-qualified, as in mm_conflict.tombstone
     key            jsonb       NOT NULL,  -- the primary key: {"column": value, ...}
-    decision       text        NOT NULL,  -- applied, kept_local, insert_converted_to_update, delete_applied, delete_skipped, unique_conflict, tombstone_ignored
+    decision       text        NOT NULL,  -- applied, kept_local, insert_converted_to_update, delete_applied, delete_skipped, unique_conflict, delta_merged, tombstone_ignored
     criterion      text        NOT NULL,  -- the column the versions are compared on
     stored_value   timestamptz,           -- stored version (row or tombstone): criterion value,
     stored_node    smallint,              --   node that wrote it (both NULL: the key had none)
@@ -45,6 +45,7 @@ SELECT t.relid::pg_catalog.regclass AS table_name,
        CASE WHEN k.counted THEN coalesce(c.deletes_skipped, 0) END AS deletes_skipped,
        CASE WHEN k.counted THEN coalesce(c.duplicates_dropped, 0) END AS duplicates_dropped,
        CASE WHEN k.counted THEN coalesce(c.unique_conflicts, 0) END AS unique_conflicts,
+       CASE WHEN k.counted THEN coalesce(c.deltas_merged, 0) END AS deltas_merged,
        CASE WHEN k.counted THEN coalesce(c.conflicts, 0) END AS conflicts,
        c.counting_since,
        CASE WHEN state.s = 'not_loaded'

@@ -298,14 +298,32 @@ CREATE FUNCTION mm_conflict.create_mesh(
     criterion text DEFAULT 'last_xacttime',
     method text DEFAULT 'last',
     preferred_node integer DEFAULT NULL,
-    repair boolean DEFAULT false)
+    repair boolean DEFAULT false,
+    delta_columns jsonb DEFAULT NULL)
 RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT mm_conflict._create_mesh(
         nodes,
         (SELECT array_agg(mm_conflict._table_name(t) ORDER BY o) FROM unnest(tables) WITH ORDINALITY AS u(t, o)),
-        criterion, method, preferred_node, repair)
+        criterion, method, preferred_node, repair,
+        -- {"table": ["column", ...]}: each table named as in the tables (qualified, or not),
+        -- passed on by its stable name; a name that is none of them is passed as it is (and
+        -- refused).
+        CASE WHEN jsonb_typeof(delta_columns) = 'object'
+             THEN (SELECT jsonb_object_agg(coalesce(
+                          (SELECT mm_conflict._table_name(c.oid::pg_catalog.regclass)
+                             FROM pg_catalog.unnest(tables) AS u(t)
+                             JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) u.t::oid
+                             JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+                            WHERE d.key OPERATOR(pg_catalog.=) ANY (ARRAY[c.relname::text,
+                                      n.nspname::text || '.' || c.relname::text,
+                                      u.t::text, mm_conflict._table_name(c.oid::pg_catalog.regclass)])
+                            ORDER BY d.key OPERATOR(pg_catalog.=) c.relname::text
+                            LIMIT 1),
+                          d.key), d.value)
+                     FROM pg_catalog.jsonb_each(delta_columns) AS d)
+             ELSE delta_columns END)
 $$;
 
 -- Partitions created after replicate_table take the root's mm_resolve trigger by themselves (row

@@ -43,6 +43,29 @@ pub enum MmError {
     #[error("table {table} has no primary key")]
     NoPrimaryKey { table: String },
 
+    #[error("delta column \"{column}\" does not exist in table {table}")]
+    UnknownDeltaColumn { table: String, column: String },
+
+    #[error("column \"{column}\" of table {table} cannot be a delta column: it is {what}")]
+    DeltaColumnNotAllowed {
+        table: String,
+        column: String,
+        what: String,
+    },
+
+    #[error("null value in delta column \"{column}\" of table {table}")]
+    DeltaColumnNull { table: String, column: String },
+
+    #[error("value of delta column \"{column}\" of table {table} is out of range")]
+    DeltaOutOfRange {
+        table: String,
+        column: String,
+        detail: String,
+    },
+
+    #[error("table {table} holds a malformed delta state in mm_delta")]
+    DeltaStateMalformed { table: String, detail: String },
+
     #[error("local {operation} on table {table} loses to the stored version of the row")]
     LocalConflict {
         table: String,
@@ -148,6 +171,9 @@ pub enum MmError {
     // ---- create_mesh ----------------------------------------------------------------------
     #[error("invalid mesh description: {message}")]
     BadMeshSpec { message: String },
+
+    #[error("invalid delta_columns: {message}")]
+    BadDeltaSpec { message: String },
 
     #[error("{function} cannot run in a transaction that has already written")]
     MeshInWrittenTransaction {
@@ -330,16 +356,25 @@ impl MmError {
             BadArgument(PolicyError::NodeIdOutOfRange { .. }) | NodeIdOutOfRange { .. } => {
                 ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE
             }
-            BadArgument(_) | BadMeshSpec { .. } | EmptyNodeName | MeshWithoutTables => {
-                ERRCODE_INVALID_PARAMETER_VALUE
-            }
+            BadArgument(PolicyError::DuplicateDeltaColumn { .. }) => ERRCODE_DUPLICATE_COLUMN,
+            BadArgument(_)
+            | BadMeshSpec { .. }
+            | BadDeltaSpec { .. }
+            | EmptyNodeName
+            | MeshWithoutTables => ERRCODE_INVALID_PARAMETER_VALUE,
             SubscribeToSelf { .. } | PeerIsAnotherNode { .. } | BadInternalArgument { .. } => {
                 ERRCODE_INVALID_PARAMETER_VALUE
             }
             WrongTriggerEvent { .. } | TriggerOnWrongTable { .. } | TruncateGuardEvent { .. } => {
                 ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED
             }
-            MissingColumn { .. } | UnknownCriterionColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
+            MissingColumn { .. } | UnknownCriterionColumn { .. } | UnknownDeltaColumn { .. } => {
+                ERRCODE_UNDEFINED_COLUMN
+            }
+            DeltaColumnNotAllowed { .. } => ERRCODE_INVALID_TABLE_DEFINITION,
+            DeltaColumnNull { .. } => ERRCODE_NOT_NULL_VIOLATION,
+            DeltaOutOfRange { .. } => ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+            DeltaStateMalformed { .. } => ERRCODE_DATA_CORRUPTED,
             UnsupportedColumnType { .. } => ERRCODE_DATATYPE_MISMATCH,
             LocalConflict { .. } => ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION,
             NotATable { .. } | ExtensionTable { .. } => ERRCODE_WRONG_OBJECT_TYPE,
@@ -498,6 +533,7 @@ impl MmError {
                 "Peers would go on sending its changes here, where without mm_resolve the relayed copy of an insert is a duplicate key that stops this node's apply workers."
                     .into()
             }
+            DeltaOutOfRange { detail, .. } | DeltaStateMalformed { detail, .. } => detail.clone(),
             _ => return None,
         })
     }
@@ -506,7 +542,7 @@ impl MmError {
         use MmError::*;
         Some(match self {
             BadArgument(PolicyError::WrongArgCount { .. }) => {
-                "Use mm_resolve(node_id, criterion, first|last, preferred_node), or mm_resolve(node_id, 'nodeid', winning_node [, preferred_node])."
+                "Use mm_resolve(node_id, criterion, first|last [, preferred_node] [, 'delta=<column>' ...]), or mm_resolve(node_id, 'nodeid', winning_node [, preferred_node] [, 'delta=<column>' ...])."
                     .into()
             }
             BadArgument(PolicyError::BadDirection { .. }) => {
@@ -525,6 +561,26 @@ impl MmError {
                     .into()
             }
             MissingColumn { add_column_sql, .. } => format!("Run: {add_column_sql}"),
+            BadDeltaSpec { .. } => {
+                "delta_columns is a JSON object of the tables' names and their delta columns: {\"accounts\": [\"balance\"]}."
+                    .into()
+            }
+            UnknownDeltaColumn { .. } | DeltaColumnNotAllowed { .. } => {
+                "A delta column is a smallint, integer, bigint or numeric column of the table that is not part of its primary key, not generated, and not a bookkeeping or criterion column."
+                    .into()
+            }
+            DeltaColumnNull { .. } => {
+                "A delta column counts changes; write 0 instead of NULL (or give the column DEFAULT 0)."
+                    .into()
+            }
+            DeltaOutOfRange { .. } => {
+                "Widen the column's type on every node with mm_conflict.replicate_ddl (for example to bigint or numeric)."
+                    .into()
+            }
+            DeltaStateMalformed { .. } => {
+                "mm_delta was written behind mm_resolve. Run mm_conflict.repair on the table from a node whose rows are right."
+                    .into()
+            }
             UnknownCriterionColumn { .. } => {
                 "The criterion is last_xacttime, last_stattime, nodeid, or the name of a timestamp/timestamptz column of the table."
                     .into()

@@ -454,6 +454,7 @@ mod tests {
             criterion: "last_xacttime".into(),
             method: "last".into(),
             preferred_node: Some(2),
+            delta_columns: Vec::new(),
         };
         let steps = add_plan(
             &new,

@@ -103,12 +103,14 @@ pub struct NodeState {
     pub node_id: Option<i64>,
 }
 
-/// The policy every table of the mesh gets.
-#[derive(Clone, Debug)]
+/// The policy a table of the mesh gets (`replicate_table`'s arguments).
+#[derive(Clone, Debug, Default)]
 pub struct TablePolicy {
     pub criterion: String,
     pub method: String,
     pub preferred_node: Option<i64>,
+    /// Its delta columns (none: the argument is left out, as a node before 0.8.0 expects).
+    pub delta_columns: Vec<String>,
 }
 
 /// What a step does.
@@ -190,8 +192,18 @@ pub(crate) fn node_setup(
     ];
     let mut undo = Vec::new();
     for (t, policy) in tables {
+        let delta = if policy.delta_columns.is_empty() {
+            String::new()
+        } else {
+            let columns: Vec<String> = policy
+                .delta_columns
+                .iter()
+                .map(|c| sql_literal(c))
+                .collect();
+            format!(", ARRAY[{}]::pg_catalog.text[]", columns.join(", "))
+        };
         statements.push(format!(
-            "PERFORM mm_conflict.replicate_table({}, {}, {}, {})",
+            "PERFORM mm_conflict.replicate_table({}, {}, {}, {}{delta})",
             sql_literal(t),
             sql_literal(&policy.criterion),
             sql_literal(&policy.method),
@@ -228,16 +240,13 @@ pub(crate) fn node_setup(
 pub fn create_plan(
     nodes: &[NodeSpec],
     states: &[NodeState],
-    tables: &[String],
-    policy: &TablePolicy,
+    tables: &[(String, TablePolicy)],
 ) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut tables_added = false;
     for (i, (node, state)) in nodes.iter().zip(states).enumerate() {
-        let with_policy: Vec<(String, TablePolicy)> =
-            tables.iter().map(|t| (t.clone(), policy.clone())).collect();
-        let (statements, undo) = node_setup(node, state, &with_policy);
-        tables_added |= tables.iter().any(|t| !state.replicated.contains(t));
+        let (statements, undo) = node_setup(node, state, tables);
+        tables_added |= tables.iter().any(|(t, _)| !state.replicated.contains(t));
         steps.push(Step {
             kind: StepKind::Exec,
             node: i,
@@ -251,7 +260,7 @@ pub fn create_plan(
             }),
         });
     }
-    for t in tables {
+    for (t, _) in tables {
         steps.push(Step {
             kind: StepKind::CompareTable(t.clone()),
             node: 0,
@@ -457,14 +466,19 @@ pub(crate) mod tests {
             criterion: "last_xacttime".into(),
             method: "last".into(),
             preferred_node: Some(2),
+            delta_columns: Vec::new(),
         }
+    }
+
+    fn tables(names: &[&str]) -> Vec<(String, TablePolicy)> {
+        names.iter().map(|t| (t.to_string(), policy())).collect()
     }
 
     #[test]
     fn a_fresh_mesh_installs_compares_then_subscribes_with_undo_for_each() {
         let nodes = [node(1, Some("a")), node(2, None), node(3, None)];
         let states = vec![fresh(); 3];
-        let steps = create_plan(&nodes, &states, &["public.mm".into()], &policy());
+        let steps = create_plan(&nodes, &states, &tables(&["public.mm"]));
         let kinds: Vec<(usize, &str)> = steps.iter().map(|s| (s.node, s.name.as_str())).collect();
         assert_eq!(kinds.len(), 3 + 1 + 6);
         assert_eq!(
@@ -513,8 +527,7 @@ pub(crate) mod tests {
         let steps = create_plan(
             &nodes,
             &[before.clone(), fresh()],
-            &["public.mm".into(), "public.other".into()],
-            &policy(),
+            &tables(&["public.mm", "public.other"]),
         );
         // Node 1: only the new table is undone; its subscription to node 2 is refreshed.
         let undo = steps[0].undo.clone().unwrap().0.sql;
@@ -530,8 +543,25 @@ pub(crate) mod tests {
             1
         );
         // Nothing new on an existing node: no undo at all.
-        let steps = create_plan(&nodes[..1], &[before], &["public.mm".into()], &policy());
+        let steps = create_plan(&nodes[..1], &[before], &tables(&["public.mm"]));
         assert_eq!(steps[0].undo, None);
+    }
+
+    #[test]
+    fn delta_columns_are_passed_per_table_and_only_when_declared() {
+        let nodes = [node(1, None), node(2, None)];
+        let mut with_delta = tables(&["public.acct", "public.mm"]);
+        with_delta[0].1.delta_columns = vec!["balance".into(), "it's".into()];
+        let steps = create_plan(&nodes, &vec![fresh(); 2], &with_delta);
+        let sql = &steps[1].command.sql;
+        assert!(
+            sql.contains("replicate_table('public.acct', 'last_xacttime', 'last', 2, ARRAY['balance', 'it''s']::pg_catalog.text[])"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("replicate_table('public.mm', 'last_xacttime', 'last', 2);"),
+            "{sql}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! Clusters are stopped when the [`Mesh`] is dropped, so also when a test panics. As root, servers
 //! run as the `postgres` user (through `runuser`); as any other user, directly.
 
+use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -260,6 +261,34 @@ impl Node {
         seconds: u32,
         pgoptions: Option<&str>,
     ) -> Child {
+        self.pgbench_run(
+            user,
+            &[OsStr::new("-f"), script.as_os_str()],
+            clients,
+            seconds,
+            pgoptions,
+        )
+    }
+
+    /// pgbench's built-in script `name` (`tpcb-like`), as [`Node::pgbench`] runs a file.
+    pub fn pgbench_builtin(&self, name: &str, clients: u32, seconds: u32) -> Child {
+        self.pgbench_run(
+            "postgres",
+            &[OsStr::new("-b"), OsStr::new(name)],
+            clients,
+            seconds,
+            None,
+        )
+    }
+
+    fn pgbench_run(
+        &self,
+        user: &str,
+        what: &[&OsStr],
+        clients: u32,
+        seconds: u32,
+        pgoptions: Option<&str>,
+    ) -> Child {
         let mut cmd = Command::new(format!("{}/pgbench", pgbin()));
         if let Some(options) = pgoptions {
             cmd.env("PGOPTIONS", options);
@@ -267,8 +296,7 @@ impl Node {
         cmd.args(["-n", "-h", "127.0.0.1", "-U", user])
             .arg("-p")
             .arg(self.port.to_string())
-            .arg("-f")
-            .arg(script)
+            .args(what)
             // Scripts that differ only by the node they run on read it as :node.
             .arg("-D")
             .arg(format!("node={}", self.id))
@@ -285,6 +313,23 @@ impl Node {
             .stderr(Stdio::piped())
             .spawn()
             .expect("pgbench starts")
+    }
+
+    /// `pgbench -i -s scale`: pgbench's own tables and rows.
+    pub fn pgbench_init(&self, scale: u32) {
+        let out = Command::new(format!("{}/pgbench", pgbin()))
+            .args(["-i", "-q", "-h", "127.0.0.1", "-U", "postgres", "-s"])
+            .arg(scale.to_string())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("postgres")
+            .output()
+            .expect("pgbench -i runs");
+        assert!(
+            out.status.success(),
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn server_log(&self) -> String {
@@ -467,6 +512,35 @@ impl Mesh {
         preferred: Option<i16>,
         repair: bool,
     ) {
+        self.create_mesh_with(
+            tables,
+            criterion,
+            method,
+            preferred,
+            &format!("repair => {repair}"),
+        );
+    }
+
+    /// [`Mesh::create_mesh_on`], with `create_mesh(..., delta_columns => delta)` (`delta`: the
+    /// JSON object, `{"table": ["column"]}`).
+    pub fn create_mesh_delta(&mut self, tables: &[&str], delta: &str) {
+        self.create_mesh_with(
+            tables,
+            "last_xacttime",
+            "last",
+            None,
+            &format!("delta_columns => '{delta}'"),
+        );
+    }
+
+    fn create_mesh_with(
+        &mut self,
+        tables: &[&str],
+        criterion: &str,
+        method: &str,
+        preferred: Option<i16>,
+        named_args: &str,
+    ) {
         let preferred = preferred.map_or("NULL".to_string(), |p| p.to_string());
         let tables = tables
             .iter()
@@ -476,7 +550,7 @@ impl Mesh {
         // create_mesh reaches the nodes through dblink, which it needs on this node first.
         self.nodes[0].sql("CREATE EXTENSION IF NOT EXISTS dblink");
         self.nodes[0].sql(&format!(
-            "SELECT mm_conflict.create_mesh('{}', ARRAY[{tables}]::regclass[], '{criterion}', '{method}', {preferred}, repair => {repair})",
+            "SELECT mm_conflict.create_mesh('{}', ARRAY[{tables}]::regclass[], '{criterion}', '{method}', {preferred}, {named_args})",
             Self::nodes_json(&self.nodes)
         ));
         self.by_helpers = true;

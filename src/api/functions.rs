@@ -269,6 +269,7 @@ pub mod mm_conflict {
             name!(deletes_skipped, i64),
             name!(duplicates_dropped, i64),
             name!(unique_conflicts, i64),
+            name!(deltas_merged, i64),
             name!(conflicts, i64),
             name!(counting_since, Option<TimestampWithTimeZone>),
         ),
@@ -285,6 +286,7 @@ pub mod mm_conflict {
                 c[5],
                 c[6],
                 c[7],
+                c[8],
                 TimestampWithTimeZone::try_from(t.since).ok(),
             )
         }))

@@ -118,6 +118,7 @@ pub mod mm_conflict {
         criterion: default!(Option<&str>, "'last_xacttime'"),
         method: default!(Option<&str>, "'last'"),
         preferred_node: default!(Option<i32>, "NULL"),
+        delta_columns: default!(Option<Vec<Option<String>>>, "NULL"),
     ) {
         let Some(tbl) = tbl.map(closed) else {
             MmError::NullArgument {
@@ -126,7 +127,10 @@ pub mod mm_conflict {
             }
             .raise()
         };
-        local::replicate_table(tbl, criterion, method, preferred_node).or_raise()
+        let delta_columns = delta_columns
+            .map(|c| crate::api::args::no_nulls(c, "replicate_table()", "delta_columns"))
+            .unwrap_or_default();
+        local::replicate_table(tbl, criterion, method, preferred_node, &delta_columns).or_raise()
     }
 
     /// Staggers the sequences that feed columns of `tbl` for this node, so that the values nodes
@@ -425,6 +429,7 @@ pub mod mm_conflict {
         method: Option<String>,
         preferred_node: Option<i32>,
         repair: Option<bool>,
+        delta_columns: Option<JsonB>,
     ) {
         crate::mesh::create::create_mesh(crate::mesh::create::Request {
             nodes: nodes.map(|n| n.0),
@@ -432,6 +437,7 @@ pub mod mm_conflict {
             criterion,
             method,
             preferred_node,
+            delta_columns: delta_columns.map(|d| d.0),
             repair: repair.unwrap_or(false),
         })
         .or_raise()
@@ -503,8 +509,11 @@ pub mod mm_conflict {
             method: method.into(),
             // 0: none (a strict function cannot take NULL).
             preferred_node: (preferred_node != 0).then_some(i64::from(preferred_node)),
+            delta_columns: Vec::new(),
         };
-        let steps = plan::create_plan(&nodes, &states, &tables, &policy);
+        let tables: Vec<(String, TablePolicy)> =
+            tables.into_iter().map(|t| (t, policy.clone())).collect();
+        let steps = plan::create_plan(&nodes, &states, &tables);
         TableIterator::new(steps.into_iter().map(|s| {
             let compare = match s.kind {
                 StepKind::CompareTable(t) => Some(t),

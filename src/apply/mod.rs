@@ -159,28 +159,95 @@ pub unsafe fn fire(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTuple>
                 old,
             ),
         };
-        match action.map_err(|refusal| refused(&info, refusal))? {
+        let action = action.map_err(|refusal| refused(&info, refusal))?;
+        // Delta columns: the state the engine gave the written row, and the sums it holds.
+        let delta = match store.take_delta() {
+            Some(state) => delta_values(&info, &state)?,
+            None => Vec::new(),
+        };
+        match action {
             // A local UPDATE carries every value of its version, also the large ones it did not
             // change (see `with_bookkeeping`).
             Action::Stamp(stamps) => {
-                let full = if op == pg_sys::TRIGGER_EVENT_UPDATE {
-                    tuple::external_values(written, tupdesc)
+                let mut extra = if op == pg_sys::TRIGGER_EVENT_UPDATE {
+                    full_values(written, tupdesc)
                 } else {
                     Vec::new()
                 };
+                extra.extend(delta);
                 Ok(Some(with_bookkeeping(
                     &info,
                     written,
                     tupdesc,
                     Some(stamps),
-                    &full,
+                    &extra,
                 )))
             }
-            Action::Apply => Ok(Some(as_replicated(&info, written, tupdesc))),
+            Action::Apply if delta.is_empty() => Ok(Some(as_replicated(&info, written, tupdesc))),
+            Action::Apply => Ok(Some(with_bookkeeping(
+                &info, written, tupdesc, None, &delta,
+            ))),
+            // The stored row (its version, its mm_islocal) with the increments it lacked. Like a
+            // local UPDATE it carries its large values in full: a peer that takes it as the
+            // winner must not keep its own large values of another version.
+            Action::Merge => {
+                let mut extra = full_values(old, tupdesc);
+                extra.extend(delta);
+                let (cols, values): (Vec<_>, Vec<_>) = extra.into_iter().unzip();
+                Ok(Some(tuple::modify(old, tupdesc, &cols, &values)))
+            }
             Action::Pass => Ok(Some(written)),
             Action::Skip => Ok(None),
         }
     }
+}
+
+/// `tuple`'s values stored out of line, fetched in full (see `with_bookkeeping`).
+///
+/// # Safety
+/// `tuple` is valid and described by `tupdesc`.
+unsafe fn full_values(
+    tuple: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+) -> Vec<(pg_sys::AttrNumber, Option<pg_sys::Datum>)> {
+    // SAFETY: as external_values requires (`# Safety`).
+    unsafe { tuple::external_values(tuple, tupdesc) }
+        .into_iter()
+        .map(|(attnum, datum)| (attnum, Some(datum)))
+        .collect()
+}
+
+/// The columns a row with delta state `state` gets: `mm_delta`, and each delta column its sum
+/// (`22003` when a sum does not fit the column).
+fn delta_values(
+    info: &RelInfo,
+    state: &mm_conflict_core::Delta,
+) -> Result<Vec<(pg_sys::AttrNumber, Option<pg_sys::Datum>)>, MmError> {
+    let Some(delta) = &info.delta else {
+        return Ok(Vec::new());
+    };
+    let out_of_range = |column: &str, e: mm_conflict_core::DeltaError| MmError::DeltaOutOfRange {
+        table: info.table.clone(),
+        column: column.to_string(),
+        detail: e.to_string(),
+    };
+    let sums = state
+        .sums(delta.columns.len())
+        .map_err(|e| out_of_range(&delta.columns[0].name, e))?;
+    let mut values = vec![(
+        delta.att_state,
+        Some(crate::pg::amount::text_datum(&state.encode())),
+    )];
+    for (column, sum) in delta.columns.iter().zip(&sums) {
+        // SAFETY: in the trigger's transaction.
+        let datum = unsafe { column.kind.datum(sum) }.map_err(|_| MmError::DeltaOutOfRange {
+            table: info.table.clone(),
+            column: column.name.clone(),
+            detail: format!("The sum of every node's changes is {sum}."),
+        })?;
+        values.push((column.attnum, Some(datum)));
+    }
+    Ok(values)
 }
 
 /// A TRUNCATE of a replicated table: refused in a local session (it would empty this node only,
@@ -230,7 +297,7 @@ unsafe fn with_bookkeeping(
     tuple: pg_sys::HeapTuple,
     tupdesc: pg_sys::TupleDesc,
     stamps: Option<Stamps>,
-    full: &[(pg_sys::AttrNumber, pg_sys::Datum)],
+    full: &[(pg_sys::AttrNumber, Option<pg_sys::Datum>)],
 ) -> pg_sys::HeapTuple {
     let mut cols = [info.att_islocal, 0, 0, 0];
     let mut values = [
@@ -262,7 +329,7 @@ unsafe fn with_bookkeeping(
         all_values = values[..n]
             .iter()
             .copied()
-            .chain(full.iter().map(|f| Some(f.1)))
+            .chain(full.iter().map(|f| f.1))
             .collect();
         (&all_cols[..], &all_values[..])
     };
@@ -296,6 +363,21 @@ fn refused(info: &RelInfo, refusal: Refusal) -> MmError {
     match refusal {
         Refusal::NoPrimaryKey => MmError::NoPrimaryKey {
             table: info.table.clone(),
+        },
+        Refusal::Delta(e) => MmError::DeltaOutOfRange {
+            table: info.table.clone(),
+            column: info
+                .delta
+                .as_ref()
+                .map(|d| {
+                    d.columns
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default(),
+            detail: e.to_string(),
         },
         Refusal::LocalConflict {
             operation,

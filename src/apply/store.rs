@@ -4,7 +4,7 @@
 use std::cell::OnceCell;
 
 use mm_conflict_core::engine::{Lookup, Resolution, Store, Stored, Tombstones};
-use mm_conflict_core::{RowStamps, Tombstone};
+use mm_conflict_core::{Amount, Delta, RowStamps, Tombstone};
 use pgrx::pg_sys;
 
 use super::{Converting, OwnWrite};
@@ -81,6 +81,8 @@ pub struct PgStore<'a> {
     tombstones: OnceCell<std::rc::Rc<TombstoneTable>>,
     /// Copy stored rows found by the probe (only when a report could show them).
     copy_rows: bool,
+    /// The delta state the engine gave the row it writes ([`Store::write_delta`]).
+    delta: Option<Delta>,
 }
 
 impl<'a> PgStore<'a> {
@@ -104,6 +106,7 @@ impl<'a> PgStore<'a> {
             key: OnceCell::new(),
             tombstones: OnceCell::new(),
             copy_rows,
+            delta: None,
         }
     }
 
@@ -129,7 +132,13 @@ impl<'a> PgStore<'a> {
             key,
             tombstones: OnceCell::new(),
             copy_rows,
+            delta: None,
         }
+    }
+
+    /// The delta state the engine gave the row the trigger writes, if any.
+    pub fn take_delta(&mut self) -> Option<Delta> {
+        self.delta.take()
     }
 
     fn key(&self) -> &Key {
@@ -218,6 +227,10 @@ impl Store for PgStore<'_> {
         unsafe {
             probe::probe(self.rel, pk, &self.key().values, &|tuple| Stored {
                 stamps: info.stamps(tuple, tupdesc),
+                delta: info
+                    .delta
+                    .is_some()
+                    .then(|| delta_of(info, tupdesc, &Row::Tuple(tuple))),
                 row: copy.then(|| Row::Tuple(pg_sys::heap_copytuple(tuple))),
             })
         }
@@ -289,6 +302,7 @@ impl Store for PgStore<'_> {
                     Lookup::Found((_, stamps, copy)) => {
                         return Lookup::Found(Stored {
                             stamps,
+                            delta: None,
                             row: Some(Row::Tuple(copy)),
                         })
                     }
@@ -296,6 +310,24 @@ impl Store for PgStore<'_> {
             }
         }
         Lookup::Absent
+    }
+
+    fn delta_columns(&self) -> usize {
+        self.info.delta.as_ref().map_or(0, |d| d.columns.len())
+    }
+
+    fn delta(&self, row: &Row) -> Delta {
+        // SAFETY: rows handed to the engine are tuples of this relation or its parameter values.
+        unsafe { delta_of(self.info, self.tupdesc, row) }
+    }
+
+    fn amounts(&self, row: &Row) -> Vec<Amount> {
+        // SAFETY: as for `delta`.
+        unsafe { amounts_of(self.info, self.tupdesc, row, false) }
+    }
+
+    fn write_delta(&mut self, delta: Delta) {
+        self.delta = Some(delta);
     }
 
     fn lock_unique_values(&mut self, row: &Row, old: Option<&Row>) {
@@ -344,5 +376,77 @@ impl Store for PgStore<'_> {
             .tombstones
             .get_or_init(|| tombstones::table().unwrap_or_else(|e| e.raise()));
         table.insert(self.info.table.as_bytes(), &key, tombstone)
+    }
+}
+
+/// The values of `row`'s delta columns. A NULL is refused (`23502`), or with `null_is_zero`
+/// counted as 0 (a row from before the declaration).
+///
+/// # Safety
+/// `row` is a tuple of `info`'s relation described by `tupdesc`, or its parameter values; the
+/// relation has delta columns.
+unsafe fn amounts_of(
+    info: &RelInfo,
+    tupdesc: pg_sys::TupleDesc,
+    row: &Row,
+    null_is_zero: bool,
+) -> Vec<Amount> {
+    let Some(delta) = &info.delta else {
+        return Vec::new();
+    };
+    delta
+        .columns
+        .iter()
+        .map(|column| {
+            // SAFETY: the row is of this relation (`# Safety`); the attnum was found in it by
+            // RelInfo's build, and the datum is a value of the column's type.
+            let value = unsafe { info.row_value(row, tupdesc, column.attnum) };
+            let amount = match value {
+                None if null_is_zero => Ok(Amount::ZERO),
+                None => MmError::DeltaColumnNull {
+                    table: info.table.clone(),
+                    column: column.name.clone(),
+                }
+                .raise(),
+                // SAFETY: a non-NULL datum of the column's type.
+                Some(datum) => unsafe { column.kind.read(datum) },
+            };
+            amount.unwrap_or_else(|e| {
+                MmError::DeltaOutOfRange {
+                    table: info.table.clone(),
+                    column: column.name.clone(),
+                    detail: e.to_string(),
+                }
+                .raise()
+            })
+        })
+        .collect()
+}
+
+/// The state of `row`'s delta columns: `mm_delta` read back, or for a row without one (written
+/// before the columns were declared) its values as the base node's. A state that does not read
+/// raises `XX001`.
+///
+/// # Safety
+/// As for [`amounts_of`].
+unsafe fn delta_of(info: &RelInfo, tupdesc: pg_sys::TupleDesc, row: &Row) -> Delta {
+    let Some(delta) = &info.delta else {
+        return Delta::default();
+    };
+    // SAFETY: the row is of this relation (`# Safety`); att_state is its text column mm_delta.
+    match unsafe { info.row_value(row, tupdesc, delta.att_state) } {
+        // SAFETY: as above.
+        None => Delta::base(unsafe { amounts_of(info, tupdesc, row, true) }),
+        Some(datum) => {
+            // SAFETY: a non-NULL text datum.
+            let text = unsafe { crate::pg::amount::text_string(datum) };
+            Delta::decode(&text, delta.columns.len()).unwrap_or_else(|e| {
+                MmError::DeltaStateMalformed {
+                    table: info.table.clone(),
+                    detail: e.to_string(),
+                }
+                .raise()
+            })
+        }
     }
 }

@@ -10,12 +10,13 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use mm_conflict_core::{
-    Criterion, Policy, RowStamps, COL_ISLOCAL, COL_NODEID, COL_STATTIME, COL_XACTTIME,
+    Criterion, Policy, RowStamps, COL_DELTA, COL_ISLOCAL, COL_NODEID, COL_STATTIME, COL_XACTTIME,
 };
 use pgrx::pg_sys;
 
 use super::statements::{self, StatementColumn};
 use crate::error::MmError;
+use crate::pg::amount::{AmountType, AMOUNT_TYPES};
 use crate::pg::key::IndexKey;
 use crate::pg::names::{self, cstr_to_string, stable_hash};
 use crate::pg::spi::CachedPlan;
@@ -44,12 +45,27 @@ pub struct RelInfo {
     pub primary_key: Option<IndexKey>,
     /// Its other unique keys, which a replicated row may collide on (see `pg::key::unique_keys`).
     pub unique_keys: Vec<IndexKey>,
+    /// The delta columns (`policy.delta_columns`), when the table declares some.
+    pub delta: Option<DeltaInfo>,
     /// Attribute numbers of the live (not dropped) columns: the parameters of the statements below.
     pub live_attnums: Vec<pg_sys::AttrNumber>,
     /// See [`statements::Statements`].
     pub overwrite: CachedPlan,
     pub resend_delete: CachedPlan,
     pub resend_insert: CachedPlan,
+}
+
+/// A table's delta columns and the column that holds their state.
+pub struct DeltaInfo {
+    /// `mm_delta` (text).
+    pub att_state: pg_sys::AttrNumber,
+    pub columns: Vec<DeltaColumn>,
+}
+
+pub struct DeltaColumn {
+    pub name: String,
+    pub attnum: pg_sys::AttrNumber,
+    pub kind: AmountType,
 }
 
 thread_local! {
@@ -191,6 +207,76 @@ unsafe fn require(
     Ok(column.attnum)
 }
 
+/// The delta columns `policy` declares, checked: each a live column of an exact numeric type that
+/// is not a key, bookkeeping, criterion or generated column; and `mm_delta text` for their state.
+///
+/// # Safety
+/// `tupdesc` must be valid.
+unsafe fn delta_info(
+    tupdesc: pg_sys::TupleDesc,
+    table: &str,
+    policy: &Policy,
+    primary_key: Option<&IndexKey>,
+) -> Result<Option<DeltaInfo>, MmError> {
+    if policy.delta_columns.is_empty() {
+        return Ok(None);
+    }
+    // SAFETY: `tupdesc` is valid (`# Safety`).
+    let att_state =
+        unsafe { require(tupdesc, table, COL_DELTA, "text", |t| t == pg_sys::TEXTOID)? };
+    let mut columns = Vec::new();
+    for name in &policy.delta_columns {
+        // SAFETY: `tupdesc` is valid (`# Safety`).
+        let column = unsafe { tuple::find_column(tupdesc, name) }.ok_or_else(|| {
+            MmError::UnknownDeltaColumn {
+                table: table.to_string(),
+                column: name.clone(),
+            }
+        })?;
+        let not_allowed = |what: &str| MmError::DeltaColumnNotAllowed {
+            table: table.to_string(),
+            column: name.clone(),
+            what: what.into(),
+        };
+        if [
+            COL_ISLOCAL,
+            COL_NODEID,
+            COL_XACTTIME,
+            COL_STATTIME,
+            COL_DELTA,
+        ]
+        .contains(&name.as_str())
+        {
+            return Err(not_allowed("a bookkeeping column"));
+        }
+        if policy.criterion_column() == name {
+            return Err(not_allowed("the criterion column"));
+        }
+        if primary_key.is_some_and(|pk| pk.attnums().any(|a| a == column.attnum)) {
+            return Err(not_allowed("part of the primary key"));
+        }
+        // SAFETY: the attnum was just found in `tupdesc`.
+        if unsafe { tuple::attribute(tupdesc, column.attnum) }.attgenerated != 0 {
+            return Err(not_allowed("a generated column"));
+        }
+        let kind = AmountType::of(column.typid, column.typmod).ok_or_else(|| {
+            MmError::UnsupportedColumnType {
+                table: table.to_string(),
+                column: name.clone(),
+                // SAFETY: any type oid is accepted.
+                found: unsafe { names::type_name_with_modifier(column.typid, column.typmod) },
+                expected: AMOUNT_TYPES.into(),
+            }
+        })?;
+        columns.push(DeltaColumn {
+            name: name.clone(),
+            attnum: column.attnum,
+            kind,
+        });
+    }
+    Ok(Some(DeltaInfo { att_state, columns }))
+}
+
 /// # Safety
 /// `rel` must be open and locked; `trigger` one of its triggers.
 unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelInfo, MmError> {
@@ -247,6 +333,7 @@ unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelI
         };
         let primary_key = IndexKey::of(rel);
         let unique_keys = crate::pg::key::unique_keys(rel);
+        let delta = delta_info(tupdesc, &table, &policy, primary_key.as_ref())?;
 
         let live: Vec<&pg_sys::FormData_pg_attribute> = tuple::live_attributes(tupdesc).collect();
         let columns: Vec<StatementColumn> = live
@@ -280,6 +367,7 @@ unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelI
             published: crate::pg::publication::is_published((*rel).rd_id),
             primary_key,
             unique_keys,
+            delta,
             live_attnums: live.iter().map(|a| a.attnum).collect(),
             // mm_conflict's own writes to the table run as its owner, as PostgreSQL 16's apply
             // workers write: a trigger of the owner's never runs with the rights of whoever
@@ -327,6 +415,24 @@ impl RelInfo {
             // (this function's `# Safety`), as `parameters` requires.
             Row::Tuple(tuple) => unsafe { self.parameters(*tuple, tupdesc) },
             Row::Values(values) => values.clone(),
+        }
+    }
+
+    /// Column `attnum` of a row (`None`: NULL).
+    ///
+    /// # Safety
+    /// As for [`RelInfo::row_stamps`]; `attnum` is one of the relation's live columns.
+    pub unsafe fn row_value(
+        &self,
+        row: &Row,
+        tupdesc: pg_sys::TupleDesc,
+        attnum: pg_sys::AttrNumber,
+    ) -> Option<pg_sys::Datum> {
+        match row {
+            // SAFETY: a tuple row is a valid tuple of this relation described by `tupdesc`, and
+            // `attnum` one of its columns (`# Safety`).
+            Row::Tuple(tuple) => unsafe { tuple::get(*tuple, tupdesc, attnum) },
+            Row::Values(values) => self.parameter_of(attnum).and_then(|i| values[i]),
         }
     }
 

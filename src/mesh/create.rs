@@ -26,6 +26,8 @@ pub struct Request {
     pub criterion: Option<String>,
     pub method: Option<String>,
     pub preferred_node: Option<i32>,
+    /// `{"table": ["column", ...]}`, the tables by their stable names (`_table_name`).
+    pub delta_columns: Option<serde_json::Value>,
     pub repair: bool,
 }
 
@@ -35,6 +37,33 @@ struct Progress {
     step: String,
     /// The steps run so far, by index into the plan.
     done: Vec<usize>,
+}
+
+/// `delta_columns` read: each key a table of the mesh, each value an array of column names.
+fn delta_columns(
+    spec: Option<serde_json::Value>,
+    tables: &[String],
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, MmError> {
+    let bad = |message: String| MmError::BadDeltaSpec { message };
+    let Some(spec) = spec else {
+        return Ok(Default::default());
+    };
+    let serde_json::Value::Object(map) = spec else {
+        return Err(bad("it must be a JSON object".into()));
+    };
+    map.into_iter()
+        .map(|(table, columns)| {
+            if !tables.contains(&table) {
+                return Err(bad(format!("{table} is not among the tables")));
+            }
+            let columns: Vec<String> = serde_json::from_value(columns).map_err(|_| {
+                bad(format!(
+                    "the delta columns of {table} must be an array of column names"
+                ))
+            })?;
+            Ok((table, columns))
+        })
+        .collect()
 }
 
 fn null(argument: &str) -> MmError {
@@ -85,6 +114,7 @@ pub fn create_mesh(request: Request) -> Result<(), MmError> {
         Some(tables) if !tables.is_empty() => tables,
         _ => return Err(MmError::MeshWithoutTables),
     };
+    let mut delta = delta_columns(request.delta_columns, &tables)?;
     remote::require_dblink_creating("create_mesh()", false);
     let nodes = parse_nodes(request.nodes.ok_or_else(|| null("nodes"))?)?;
     let policy = TablePolicy {
@@ -92,7 +122,21 @@ pub fn create_mesh(request: Request) -> Result<(), MmError> {
         method: request.method.ok_or_else(|| null("method"))?,
         // 0 is no preferred node, as NULL.
         preferred_node: request.preferred_node.filter(|&p| p != 0).map(i64::from),
+        delta_columns: Vec::new(),
     };
+    let with_policy: Vec<(String, TablePolicy)> = tables
+        .iter()
+        .map(|t| {
+            let delta_columns = delta.remove(t).unwrap_or_default();
+            (
+                t.clone(),
+                TablePolicy {
+                    delta_columns,
+                    ..policy.clone()
+                },
+            )
+        })
+        .collect();
     let labels: Vec<String> = nodes.iter().map(label).collect();
     let conns: RefCell<Vec<Option<Connection>>> =
         RefCell::new(nodes.iter().map(|_| None).collect());
@@ -124,7 +168,7 @@ pub fn create_mesh(request: Request) -> Result<(), MmError> {
             states.push(state);
         }
         // 2. The plan's steps, in order.
-        *plan.borrow_mut() = create_plan(&nodes, &states, &tables, &policy);
+        *plan.borrow_mut() = create_plan(&nodes, &states, &with_policy);
         let plan = plan.borrow();
         let conns = conns.borrow();
         let conn = |i: usize| conns[i].as_ref().expect("every node was reached");

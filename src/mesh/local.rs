@@ -235,6 +235,7 @@ pub fn replicate_table(
     criterion: Option<&str>,
     method: Option<&str>,
     preferred_node: Option<i32>,
+    delta_columns: &[String],
 ) -> Result<(), MmError> {
     let criterion = criterion.ok_or_else(|| null("criterion"))?;
     let method = method.ok_or_else(|| null("method"))?;
@@ -273,6 +274,9 @@ pub fn replicate_table(
     }
 
     // Bookkeeping columns (existing ones are checked by the trigger's own checks below).
+    // Delta columns keep their state in mm_delta (NULL in rows from before: their values are
+    // the base every node starts from).
+    let delta_state = [(mm_conflict_core::COL_DELTA, "text")];
     let missing: Vec<String> = [
         (mm_conflict_core::COL_ISLOCAL, "boolean"),
         (mm_conflict_core::COL_NODEID, "smallint"),
@@ -280,6 +284,7 @@ pub fn replicate_table(
         (mm_conflict_core::COL_STATTIME, "timestamptz"),
     ]
     .iter()
+    .chain(delta_state.iter().filter(|_| !delta_columns.is_empty()))
     .filter(|(name, _)| {
         !value::<bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
@@ -306,6 +311,12 @@ pub fn replicate_table(
     ];
     if let Some(p) = preferred_node {
         args.push(sql_literal(&p.to_string()));
+    }
+    for column in delta_columns {
+        args.push(sql_literal(&format!(
+            "{}{column}",
+            mm_conflict_core::DELTA_PREFIX
+        )));
     }
     run(&format!(
         "CREATE OR REPLACE TRIGGER {trigger} BEFORE INSERT OR UPDATE OR DELETE ON {table} \
@@ -523,6 +534,12 @@ pub fn mesh_tables() -> Vec<(String, mm_conflict_core::mesh::TablePolicy)> {
                         criterion: arg(1),
                         method: arg(2),
                         preferred_node: args.get(3).and_then(|p| p.parse().ok()),
+                        delta_columns: args
+                            .iter()
+                            .skip(3)
+                            .filter_map(|a| a.strip_prefix(mm_conflict_core::DELTA_PREFIX))
+                            .map(str::to_string)
+                            .collect(),
                     },
                 ))
             })

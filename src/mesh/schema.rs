@@ -278,7 +278,7 @@ pub fn apply(command: &str, search_path: &str, origin: i32, id: &str) -> Result<
         if before.contains(&oid) {
             continue;
         }
-        match super::local::replicate_table(oid, Some("last_xacttime"), Some("last"), None) {
+        match super::local::replicate_table(oid, Some("last_xacttime"), Some("last"), None, &[]) {
             Err(MmError::NoPrimaryKey { table }) => {
                 MmError::DdlTableNotReplicated {
                     table: table.clone(),

@@ -5,6 +5,7 @@
 //! * [`names`]: identifiers (quoting, a relation's stable name) and the stable hash.
 //! * [`partitions`]: partition trees (root, leaves).
 //! * [`tuple`]: reading columns of heap tuples and descriptors.
+//! * [`amount`]: values of delta columns as exact decimals, and the text of their state.
 //! * [`key`]: a primary key's columns, values and binary form.
 //! * [`probe`]: the primary-key probe that follows update chains.
 //! * [`keylock`]: the per-key lock.
@@ -16,6 +17,7 @@
 //! * [`flag`]: backend-local flags raised for a scope.
 //! * [`snapshot`]: a fresh snapshot for a step of a long call.
 
+pub mod amount;
 pub mod compat;
 pub mod flag;
 pub mod key;
