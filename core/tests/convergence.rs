@@ -342,6 +342,11 @@ struct Mesh {
     /// `balance`, for keys never deleted (deleted ones are in `ended`).
     increments: BTreeMap<u8, i64>,
     ended: std::collections::BTreeSet<u8>,
+    /// Delta columns: each node's changes to each key, in order (its entry's `seq` counts them).
+    changes: BTreeMap<(u8, usize), Vec<i64>>,
+    /// Nodes removed from the mesh, with, per key, the highest sequence number of their entry
+    /// that any survivor held when they went.
+    removed: BTreeMap<usize, BTreeMap<u8, u64>>,
 }
 
 impl Mesh {
@@ -369,6 +374,8 @@ impl Mesh {
             decisions: Vec::new(),
             burials: Vec::new(),
             increments: BTreeMap::new(),
+            changes: BTreeMap::new(),
+            removed: BTreeMap::new(),
             ended: Default::default(),
         }
     }
@@ -393,7 +400,7 @@ impl Mesh {
             return;
         }
         for to in 0..self.nodes.len() {
-            if to != from {
+            if to != from && !self.removed.contains_key(&to) {
                 self.paths[from][to].push_back(txn.clone());
             }
         }
@@ -457,6 +464,9 @@ impl Mesh {
     /// A local INSERT (new key) or UPDATE (existing key). One that would duplicate a unique
     /// value another row holds here fails, as in PostgreSQL.
     fn local_write(&mut self, node: usize, key: u8, user_value: i64, unique: Option<u8>) {
+        if self.removed.contains_key(&node) {
+            return;
+        }
         // The delta column: an INSERT sets it to the value, an UPDATE adds value - 20.
         let stored = self.nodes[node].rows.get(&key).cloned();
         let amount = match &stored {
@@ -494,6 +504,10 @@ impl Mesh {
                 if !policy.delta_columns.is_empty() {
                     let was = stored.as_ref().map_or(0, |old| old.amount);
                     *self.increments.entry(key).or_default() += amount - was;
+                    self.changes
+                        .entry((key, node))
+                        .or_default()
+                        .push(amount - was);
                     assert!(
                         pending.is_some(),
                         "a local write of a delta table without a state"
@@ -529,6 +543,9 @@ impl Mesh {
     }
 
     fn local_delete(&mut self, node: usize, key: u8) {
+        if self.removed.contains_key(&node) {
+            return;
+        }
         let Some(old) = self.nodes[node].rows.get(&key).cloned() else {
             return;
         };
@@ -601,6 +618,9 @@ impl Mesh {
     }
 
     fn deliver(&mut self, from: usize, to: usize, duplicate: bool) {
+        if self.removed.contains_key(&to) {
+            return;
+        }
         let txn = if duplicate {
             match self.paths[from][to].front() {
                 Some(t) => t.clone(),
@@ -691,13 +711,80 @@ impl Mesh {
     }
 
     fn assert_identical(&self) {
-        for (i, node) in self.nodes.iter().enumerate().skip(1) {
+        let first = self.survivors()[0];
+        for i in self.survivors() {
             assert_eq!(
-                node.rows,
-                self.nodes[0].rows,
-                "node {} differs from node 1",
-                i + 1
+                self.nodes[i].rows,
+                self.nodes[first].rows,
+                "node {} differs from node {}",
+                i + 1,
+                first + 1
             );
+        }
+    }
+
+    fn survivors(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|n| !self.removed.contains_key(n))
+            .collect()
+    }
+
+    /// Node `node` is removed (it died): what it sent that no survivor has applied is lost, and it
+    /// takes no more part. Its entries that any survivor holds are recorded.
+    fn remove(&mut self, node: usize) {
+        if self.removed.contains_key(&node) || self.survivors().len() <= 2 {
+            return;
+        }
+        let mut reached = BTreeMap::new();
+        for s in self.survivors().into_iter().filter(|&s| s != node) {
+            for (key, row) in &self.nodes[s].rows {
+                let seq = row
+                    .delta
+                    .as_ref()
+                    .and_then(|d| d.entries.get(&(node as i16 + 1)))
+                    .map_or(0, |e| e.seq);
+                let best = reached.entry(*key).or_insert(0);
+                *best = seq.max(*best);
+            }
+        }
+        self.removed.insert(node, reached);
+        for other in 0..self.nodes.len() {
+            self.paths[node][other].clear();
+            self.paths[other][node].clear();
+        }
+    }
+
+    /// After removals: on the survivors, each key never deleted holds every change of every
+    /// survivor, and of each removed node exactly the changes that any survivor held when it went
+    /// (a prefix of its changes, as its entry's sequence number says).
+    fn check_delta_after_removals(&self) {
+        self.assert_identical();
+        let first = self.survivors()[0];
+        for (key, row) in &self.nodes[first].rows {
+            if self.ended.contains(key) {
+                continue;
+            }
+            let state = row.delta.as_ref().expect("a row without a state");
+            let mut expected = 0;
+            for n in 0..self.nodes.len() {
+                let changes = self.changes.get(&(*key, n)).cloned().unwrap_or_default();
+                let counted = match self.removed.get(&n) {
+                    Some(reached) => reached.get(key).copied().unwrap_or(0) as usize,
+                    None => changes.len(),
+                };
+                let seq = state
+                    .entries
+                    .get(&(n as i16 + 1))
+                    .map_or(0, |e| e.seq as usize);
+                assert_eq!(
+                    seq,
+                    counted,
+                    "key {key}: node {}'s entry counts {seq} of its changes, expected {counted}",
+                    n + 1
+                );
+                expected += changes[..counted].iter().sum::<i64>();
+            }
+            assert_eq!(row.amount, expected, "key {key}: {state:?}");
         }
     }
 
@@ -1128,4 +1215,42 @@ fn unique_value_goes_to_the_better_version_everywhere() {
     mesh.check_converged();
     assert!(!mesh.nodes[0].rows.contains_key(&2));
     assert_eq!(mesh.nodes[0].rows[&1].unique, Some(9));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// Delta columns when nodes die: the survivors end identical, every survivor's increments are
+    /// counted, and a removed node's increments are counted exactly as far as any survivor had
+    /// them when it went (also those only one survivor had).
+    #[test]
+    fn delta_increments_of_removed_nodes_stay_counted(
+        (skew, steps, removals, drain_choices) in (3usize..=5).prop_flat_map(|n| (
+            proptest::collection::vec(-30i64..30, n),
+            steps_strategy(n),
+            proptest::collection::vec((0usize..300, 0..n), 1..3),
+            proptest::collection::vec(0usize..1000, 64),
+        ))
+    ) {
+        let policy = Policy {
+            delta_columns: vec!["balance".into()],
+            ..Policy::parse(&["1", "last_xacttime", "last"]).unwrap()
+        };
+        let mut mesh = Mesh::new(policy, skew);
+        for (i, step) in steps.into_iter().enumerate() {
+            for &(at, node) in &removals {
+                if at == i {
+                    mesh.remove(node);
+                }
+            }
+            match step {
+                Step::Write(n, k, v, u) => mesh.local_write(n, k, v, u),
+                Step::Delete(n, k) => mesh.local_delete(n, k),
+                Step::Deliver(f, t, dup) => mesh.deliver(f, t, dup),
+            }
+        }
+        let mut i = 0;
+        mesh.drain(|len| { i += 1; drain_choices[i % drain_choices.len()] % len });
+        mesh.check_delta_after_removals();
+    }
 }
