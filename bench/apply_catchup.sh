@@ -57,28 +57,6 @@ printf '%s\n' "SELECT nextval('upd') AS id \\gset" "UPDATE mm SET mod_time = clo
 psql_at "$pub" -q -c "CREATE SEQUENCE upd"
 results="$(mktemp)"
 
-# catch_up DB SUBSCRIPTION CONDITION: enables the subscription alone, waits until CONDITION (a
-# query returning true once the round is applied) holds in DB, disables the subscription and
-# waits for its worker to exit, so that the next one runs alone. Sets TOOK_MS, and CPU_TICKS to
-# the worker's own CPU time (1/100 s since it started).
-catch_up() {
-    local db="$1" subname="$2" condition="$3" start worker=""
-    start="$(ms)"
-    psql_db "$sub" "$db" -c "ALTER SUBSCRIPTION $subname ENABLE"
-    until [ "$(psql_db "$sub" "$db" -At -c "$condition")" = t ]; do
-        [ -n "$worker" ] || worker="$(apply_worker_pid "$sub" "$db" "$subname")"
-        sleep 0.05
-    done
-    TOOK_MS=$(($(ms) - start))
-    [ -n "$worker" ] || worker="$(apply_worker_pid "$sub" "$db" "$subname")"
-    CPU_TICKS="$(worker_cpu_ticks "$worker")"
-    psql_db "$sub" "$db" -c "ALTER SUBSCRIPTION $subname DISABLE"
-    until [ "$(psql_db "$sub" "$db" -At -c "SELECT count(*) FROM pg_stat_subscription
-                 WHERE subname = '$subname' AND pid IS NOT NULL")" = 0 ]; do
-        sleep 0.05
-    done
-}
-
 for round in $(seq "$ROUNDS"); do
     offset=$(((round - 1) * N))
     # Exactly N single-row transactions, each a new key.
@@ -90,7 +68,7 @@ for round in $(seq "$ROUNDS"); do
         db="apply_$v"
         # One apply worker commits in the publisher's order: the last key arrives last. (The
         # slot's confirmed position would lag by the feedback interval.)
-        catch_up "$db" "sub_$v" "SELECT coalesce(max(id), 0) >= $last FROM mm"
+        catch_up "$sub" "$db" "sub_$v" "SELECT coalesce(max(id), 0) >= $last FROM mm"
         applied="$(psql_db "$sub" "$db" -At -c "SELECT count(*) FROM mm WHERE id > $offset")"
         [ "$applied" = "$rows" ] || { echo "apply_$v has $applied rows of round $round, expected $rows" >&2; exit 1; }
         printf 'round %s %-10s %6s rows in %6s ms\n' "$round" "$v" "$rows" "$TOOK_MS"
@@ -104,7 +82,7 @@ for round in $(seq "$ROUNDS"); do
     for k in "${!VARIANTS[@]}"; do
         v="$(rotated_variant "$round" "$k")"
         db="apply_$v"
-        catch_up "$db" "sub_$v" "SELECT coalesce(bool_or(mod_time = '$stamp'), false) FROM mm WHERE id = $last"
+        catch_up "$sub" "$db" "sub_$v" "SELECT coalesce(bool_or(mod_time = '$stamp'), false) FROM mm WHERE id = $last"
         printf 'round %s %-10s %6s updates in %6s ms\n' "$round" "$v" "$rows" "$TOOK_MS"
         echo "$v $(python3 -c "print($rows / ($TOOK_MS / 1000))")" >>"$results.upd"
         echo "$v $(python3 -c "print($CPU_TICKS * 10000 / $rows)")" >>"$results.updcpu"
@@ -115,7 +93,7 @@ for round in $(seq "$ROUNDS"); do
         # Newer local rows for the round's keys: every replicated row loses (kept_local).
         psql_db "$sub" "$db" -q -c "INSERT INTO mm(id, info) SELECT g, 'local' FROM generate_series($((offset + 1)), $last) g" \
             -c "SELECT mm_conflict.reset_conflict_stats()"
-        catch_up "$db" "sub_report_$mode" "SELECT coalesce(sum(kept_local), 0) >= $rows FROM mm_conflict.conflict_stats"
+        catch_up "$sub" "$db" "sub_report_$mode" "SELECT coalesce(sum(kept_local), 0) >= $rows FROM mm_conflict.conflict_stats"
         logged="$(psql_db "$sub" "$db" -At -c "SELECT count(*) FROM mm_conflict.conflict_log")"
         printf 'round %s conflicts, log_conflicts = %-5s %6s rows in %6s ms (%s conflict_log rows in all)\n' "$round" "$mode" "$rows" "$TOOK_MS" "$logged"
         echo "$mode $(python3 -c "print($rows / ($TOOK_MS / 1000))")" >>"$results.reports"

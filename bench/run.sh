@@ -8,6 +8,7 @@
 #   3. bench/pgbench_one_node.sh the article's test1.sql on one node, 2 clients
 #   4. bench/mesh.sh             3-node mesh under the article's workload; message volume, 2-5 nodes
 #   5. bench/table_diff.sh       table_diff and repair between two nodes, 100k and 1M rows
+#   6. bench/delta.sh            delta columns: local INSERT and UPDATE n = n + 1, and their apply
 # and prints their tables. ROUNDS (default 3) applies to all (ROUNDS=1 took 7 minutes on 2 cores
 # without part 5).
 #
@@ -26,11 +27,12 @@ run() { # TITLE SCRIPT [VAR=VALUE...]: runs SCRIPT, keeps the lines after its ro
     env "$@" bash "$ROOT/bench/$script" | tee /dev/stderr |
         grep -E '\):$|x$|median|^ +nodes |^ +[0-9]+ +[0-9.]+ +[0-9.]+ |^ +rows +call|table_diff, |repair of' >>"$tables"
 }
-run "1/5 local path" per_row_cost.sh
-run "2/5 apply path" apply_catchup.sh N=200000 REPORTS=1
-run "3/5 pgbench on one node" pgbench_one_node.sh SECONDS_PER_RUN=10
-run "4/5 the mesh" mesh.sh LOAD_SECONDS=30 K=2000
-run "5/5 verify and repair" table_diff.sh
+run "1/6 local path" per_row_cost.sh
+run "2/6 apply path" apply_catchup.sh N=200000 REPORTS=1
+run "3/6 pgbench on one node" pgbench_one_node.sh SECONDS_PER_RUN=10
+run "4/6 the mesh" mesh.sh LOAD_SECONDS=30 K=2000
+run "5/6 verify and repair" table_diff.sh
+run "6/6 delta columns" delta.sh N=100000
 log "results ($ROUNDS rounds)"
 cat "$tables"
 rm -f "$tables"

@@ -86,3 +86,25 @@ apply_worker_pid() {
 
 # worker_cpu_ticks PID: the process's user + system CPU time since it started, in 1/100 s.
 worker_cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# catch_up PORT DB SUBSCRIPTION CONDITION: on the subscriber at PORT, enables the subscription alone, waits until CONDITION (a
+# query returning true once the round is applied) holds in DB, disables the subscription and
+# waits for its worker to exit, so that the next one runs alone. Sets TOOK_MS, and CPU_TICKS to
+# the worker's own CPU time (1/100 s since it started).
+catch_up() {
+    local sub="$1" db="$2" subname="$3" condition="$4" start worker=""
+    start="$(ms)"
+    psql_db "$sub" "$db" -c "ALTER SUBSCRIPTION $subname ENABLE"
+    until [ "$(psql_db "$sub" "$db" -At -c "$condition")" = t ]; do
+        [ -n "$worker" ] || worker="$(apply_worker_pid "$sub" "$db" "$subname")"
+        sleep 0.05
+    done
+    TOOK_MS=$(($(ms) - start))
+    [ -n "$worker" ] || worker="$(apply_worker_pid "$sub" "$db" "$subname")"
+    CPU_TICKS="$(worker_cpu_ticks "$worker")"
+    psql_db "$sub" "$db" -c "ALTER SUBSCRIPTION $subname DISABLE"
+    until [ "$(psql_db "$sub" "$db" -At -c "SELECT count(*) FROM pg_stat_subscription
+                 WHERE subname = '$subname' AND pid IS NOT NULL")" = 0 ]; do
+        sleep 0.05
+    done
+}
