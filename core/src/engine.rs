@@ -582,13 +582,17 @@ pub fn replicated_insert<S: Store + ?Sized>(
             },
         };
         let stored_row = found.as_ref().and_then(|f| f.row.as_ref());
-        // A row that keeps its version may still lack increments the incoming one carries.
-        let grows = match (
+        // A row that keeps its version may still lack increments the incoming one carries
+        // (`grows`); one that loses may hold increments the incoming one lacks (`adds`).
+        let (grows, adds) = match (
             found.as_ref().and_then(|f| f.delta.as_ref()),
             &incoming_delta,
         ) {
-            (Some(ours), Some(theirs)) => ours.merge(theirs, &order) != *ours,
-            _ => false,
+            (Some(ours), Some(theirs)) => {
+                let merged = ours.merge(theirs, &order);
+                (merged != *ours, merged != *theirs)
+            }
+            _ => (false, false),
         };
         let action =
             match decide::replicated_insert(&order, stored.as_ref(), tombstone.as_ref(), &incoming)
@@ -631,7 +635,9 @@ pub fn replicated_insert<S: Store + ?Sized>(
             }
             InsertAction::ConvertToUpdate => {
                 if store.overwrite(new) {
-                    let decision = if merging {
+                    // What last-writer-wins alone would write (the stored row, or the incoming
+                    // one) is not what was written: increments were added together.
+                    let decision = if merging || adds {
                         Decision::DeltaMerged
                     } else {
                         Decision::InsertConvertedToUpdate
