@@ -636,6 +636,24 @@ impl Mesh {
         self.publish(to, out);
     }
 
+    /// Runs one step of a scenario.
+    fn run(&mut self, step: Step) {
+        match step {
+            Step::Write(n, k, v, u) => self.local_write(n, k, v, u),
+            Step::Delete(n, k) => self.local_delete(n, k),
+            Step::Deliver(f, t, dup) => self.deliver(f, t, dup),
+        }
+    }
+
+    /// [`Mesh::drain`], picking the busy paths by `choices` in turn (`turn`: where the last
+    /// drain left off, so that consecutive drains go on through the choices).
+    fn drain_by(&mut self, choices: &[usize], turn: &mut usize) {
+        self.drain(|len| {
+            *turn += 1;
+            choices[*turn % choices.len()] % len
+        });
+    }
+
     fn drain(&mut self, mut pick: impl FnMut(usize) -> usize) {
         let n = self.nodes.len();
         let mut guard = 0u64;
@@ -1000,14 +1018,9 @@ proptest! {
     fn replicas_converge_to_the_best_version((policy, skew, steps, drain_choices, busy) in scenario()) {
         let mut mesh = Mesh::with_busy(policy, skew, busy);
         for step in steps {
-            match step {
-                Step::Write(n, k, v, u) => mesh.local_write(n, k, v, u),
-                Step::Delete(n, k) => mesh.local_delete(n, k),
-                Step::Deliver(f, t, dup) => mesh.deliver(f, t, dup),
-            }
+            mesh.run(step);
         }
-        let mut i = 0;
-        mesh.drain(|len| { i += 1; drain_choices[i % drain_choices.len()] % len });
+        mesh.drain_by(&drain_choices, &mut 0);
         mesh.check_converged();
     }
 }
@@ -1071,9 +1084,7 @@ fn repair_case(
     let mut lossless = true;
     for fault in faults {
         match fault {
-            Fault::Step(Step::Write(n, k, v, u)) => mesh.local_write(n, k, v, u),
-            Fault::Step(Step::Delete(n, k)) => mesh.local_delete(n, k),
-            Fault::Step(Step::Deliver(f, t, dup)) => mesh.deliver(f, t, dup),
+            Fault::Step(step) => mesh.run(step),
             Fault::Lose(f, t) => {
                 mesh.paths[f][t].pop_front();
             }
@@ -1087,17 +1098,11 @@ fn repair_case(
             }
         }
     }
-    let mut i = 0;
-    mesh.drain(|len| {
-        i += 1;
-        drain_choices[i % drain_choices.len()] % len
-    });
+    let mut turn = 0;
+    mesh.drain_by(drain_choices, &mut turn);
     let keys: Vec<u8> = (0..5).collect();
     mesh.repair(repairer, &keys);
-    mesh.drain(|len| {
-        i += 1;
-        drain_choices[i % drain_choices.len()] % len
-    });
+    mesh.drain_by(drain_choices, &mut turn);
     mesh.assert_identical();
     if lossless {
         mesh.check_converged();
@@ -1243,14 +1248,9 @@ proptest! {
                     mesh.remove(node);
                 }
             }
-            match step {
-                Step::Write(n, k, v, u) => mesh.local_write(n, k, v, u),
-                Step::Delete(n, k) => mesh.local_delete(n, k),
-                Step::Deliver(f, t, dup) => mesh.deliver(f, t, dup),
-            }
+            mesh.run(step);
         }
-        let mut i = 0;
-        mesh.drain(|len| { i += 1; drain_choices[i % drain_choices.len()] % len });
+        mesh.drain_by(&drain_choices, &mut 0);
         mesh.check_delta_after_removals();
     }
 }
