@@ -41,11 +41,7 @@ counter_sql() {
 # Local path.
 {
     for v in "${VARIANTS[@]}"; do counter_sql "$v" 1 "c_$v"; done
-    cat <<'SQL'
-CREATE FUNCTION timed(sql text) RETURNS float8 LANGUAGE plpgsql AS $$
-DECLARE t0 timestamptz := clock_timestamp();
-BEGIN EXECUTE sql; RETURN extract(epoch FROM clock_timestamp() - t0) * 1000; END $$;
-SQL
+    timed_function_sql
 } | psql_at "$pub" -q
 inserts="$(mktemp)" updates="$(mktemp)" applied="$(mktemp)" cpu="$(mktemp)"
 for round in $(seq "$ROUNDS"); do

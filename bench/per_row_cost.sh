@@ -20,11 +20,7 @@ port="${CLUSTER_PORTS[0]}"
         echo "${ARTICLE_TABLE_SQL/CREATE TABLE mm/CREATE TABLE t_$v};"
         variant_sql "$v" 1 "t_$v"
     done
-    cat <<'SQL'
-CREATE FUNCTION timed(sql text) RETURNS float8 LANGUAGE plpgsql AS $$
-DECLARE t0 timestamptz := clock_timestamp();
-BEGIN EXECUTE sql; RETURN extract(epoch FROM clock_timestamp() - t0) * 1000; END $$;
-SQL
+    timed_function_sql
 } | psql_at "$port" -q
 inserts="$(mktemp)"
 updates="$(mktemp)"

@@ -108,3 +108,12 @@ catch_up() {
         sleep 0.05
     done
 }
+
+# timed_function_sql: the SQL of timed(sql text), which runs a statement and returns its time in ms.
+timed_function_sql() {
+    cat <<'SQL'
+CREATE FUNCTION timed(sql text) RETURNS float8 LANGUAGE plpgsql AS $$
+DECLARE t0 timestamptz := clock_timestamp();
+BEGIN EXECUTE sql; RETURN extract(epoch FROM clock_timestamp() - t0) * 1000; END $$;
+SQL
+}
