@@ -434,6 +434,58 @@ mod tests {
         ));
     }
 
+    /// A local delete's tombstone is written without the executor: the same row, visible to the
+    /// statement's later rows, in every index of the table, and through the executor again as
+    /// soon as the table has a trigger (or an index) of someone else.
+    #[pg_test]
+    fn local_tombstones_are_written_like_an_insert() {
+        setup("1, 'last_xacttime', 'last', 2");
+        Spi::run("INSERT INTO mm(id, info) SELECT g, 'x' FROM generate_series(1, 6) g").unwrap();
+        Spi::run("DELETE FROM mm WHERE id = 1").unwrap();
+        assert!(one::<bool>(
+            "SELECT deleted_at = now() AND criterion > now() FROM mm_conflict.tombstone"
+        ));
+        // Deleted and inserted again in one statement: the insert sees the tombstone.
+        Spi::run(
+            "WITH d AS (DELETE FROM mm WHERE id = 2 RETURNING id)
+             INSERT INTO mm(id, info) SELECT id, 'back' FROM d",
+        )
+        .unwrap();
+        assert!(one::<bool>(
+            "SELECT m.mm_last_xacttime > t.criterion AT TIME ZONE 'UTC'
+               FROM mm m, mm_conflict.tombstone t
+              WHERE m.id = 2 AND t.pk = '\\x0000000400000002'"
+        ));
+        // Every index gets its entry (a DBA's index for purges, say).
+        Spi::run("CREATE INDEX tombstone_deleted_at ON mm_conflict.tombstone (deleted_at)")
+            .unwrap();
+        Spi::run("DELETE FROM mm WHERE id = 3").unwrap();
+        Spi::run("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off").unwrap();
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM mm_conflict.tombstone WHERE deleted_at = now()"),
+            3
+        );
+        Spi::run("RESET enable_seqscan; RESET enable_bitmapscan; DROP INDEX mm_conflict.tombstone_deleted_at").unwrap();
+        // Another trigger on the table fires.
+        Spi::run(
+            "CREATE TABLE public.tombstone_audit(pk bytea);
+             CREATE FUNCTION public.tombstone_audit() RETURNS trigger LANGUAGE plpgsql AS
+               $f$ BEGIN INSERT INTO public.tombstone_audit VALUES (NEW.pk); RETURN NEW; END $f$;
+             CREATE TRIGGER audit AFTER INSERT ON mm_conflict.tombstone
+                 FOR EACH ROW EXECUTE FUNCTION public.tombstone_audit();
+             DELETE FROM mm WHERE id = 4;",
+        )
+        .unwrap();
+        assert_eq!(
+            one::<String>("SELECT string_agg(encode(pk, 'hex'), ',') FROM public.tombstone_audit"),
+            "0000000400000004"
+        );
+        Spi::run("DROP TRIGGER audit ON mm_conflict.tombstone; DELETE FROM mm WHERE id = 5")
+            .unwrap();
+        assert_eq!(one::<i64>("SELECT count(*) FROM public.tombstone_audit"), 1);
+        assert_eq!(tombstones(), 5);
+    }
+
     #[pg_test]
     fn local_reinsert_is_stamped_above_the_tombstone() {
         setup("1, 'last_xacttime', 'last', 2");

@@ -5,6 +5,7 @@
 //! * [`names`]: identifiers (quoting, a relation's stable name) and the stable hash.
 //! * [`partitions`]: partition trees (root, leaves).
 //! * [`tuple`]: reading columns of heap tuples and descriptors.
+//! * [`heap`]: rows written without the executor (heap insert and index entries).
 //! * [`amount`]: values of delta columns as exact decimals, and the text of their state.
 //! * [`key`]: a primary key's columns, values and binary form.
 //! * [`probe`]: the primary-key probe that follows update chains.
@@ -20,6 +21,7 @@
 pub mod amount;
 pub mod compat;
 pub mod flag;
+pub mod heap;
 pub mod key;
 pub mod keylock;
 pub mod names;

@@ -1,0 +1,175 @@
+//! Rows written as PostgreSQL writes its catalog rows: one heap insert and one entry in each of
+//! the table's indexes (uniqueness checked, waiting for a concurrent inserter as any INSERT
+//! does), without the executor, triggers, rules, rights or row-level security.
+//!
+//! Only for tables whose description allows it, checked by [`DirectInsert::of`] (a plain heap
+//! table; plain b-tree indexes, checked at once; no CHECK constraint, generated column, rule or
+//! row-level security; no trigger but the caller's own), so that the row stored is the one an
+//! INSERT of the same values would store. The caller decides that skipping its own triggers is
+//! right and keeps the description only while the relation is unchanged (relcache callback).
+
+use pgrx::pg_sys;
+
+/// One index to fill: its oid, uniqueness and the table column of each index column.
+struct Index {
+    oid: pg_sys::Oid,
+    unique: bool,
+    columns: Vec<pg_sys::AttrNumber>,
+}
+
+/// A table that accepts direct inserts (see the module's documentation).
+pub struct DirectInsert {
+    relid: pg_sys::Oid,
+    natts: usize,
+    indexes: Vec<Index>,
+}
+
+impl DirectInsert {
+    /// The direct insert of `rel`, or `None` when an INSERT of it would do more than a heap insert
+    /// and index entries: then the caller runs an INSERT. `own_trigger` tells the triggers
+    /// (by their function's oid) whose firing the caller knows it may skip.
+    ///
+    /// # Safety
+    /// `rel` is an open relation.
+    pub unsafe fn of(
+        rel: pg_sys::Relation,
+        own_trigger: impl Fn(pg_sys::Oid) -> bool,
+    ) -> Option<DirectInsert> {
+        // SAFETY: `rel` is open (`# Safety`): its relcache entry, descriptor, trigger description
+        // and index list are valid; each index is opened and closed here.
+        unsafe {
+            let form = &*(*rel).rd_rel;
+            let tupdesc = (*rel).rd_att;
+            if form.relkind as u8 != pg_sys::RELKIND_RELATION
+                || form.relam != pg_sys::HEAP_TABLE_AM_OID
+                || form.relrowsecurity
+                || form.relhasrules
+                || !(*rel).rd_rules.is_null()
+            {
+                return None;
+            }
+            let constr = (*tupdesc).constr;
+            if !constr.is_null() && ((*constr).num_check > 0 || (*constr).has_generated_stored) {
+                return None;
+            }
+            let trigdesc = (*rel).trigdesc;
+            if !trigdesc.is_null() {
+                let triggers = std::slice::from_raw_parts(
+                    (*trigdesc).triggers,
+                    (*trigdesc).numtriggers as usize,
+                );
+                if triggers.iter().any(|t| !own_trigger(t.tgfoid)) {
+                    return None;
+                }
+            }
+            let list = pg_sys::RelationGetIndexList(rel);
+            let oids: Vec<pg_sys::Oid> = if list.is_null() {
+                Vec::new()
+            } else {
+                (0..(*list).length)
+                    .map(|i| pg_sys::list_nth_oid(list, i))
+                    .collect()
+            };
+            pg_sys::list_free(list);
+            let mut indexes = Vec::with_capacity(oids.len());
+            for oid in oids {
+                let index = pg_sys::index_open(oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+                let info = pg_sys::BuildIndexInfo(index);
+                let form = &*(*index).rd_index;
+                let plain = (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID
+                    && form.indisvalid
+                    && form.indisready
+                    && form.indimmediate
+                    && (*info).ii_Expressions.is_null()
+                    && (*info).ii_Predicate.is_null()
+                    && (*info).ii_ExclusionOps.is_null();
+                let columns =
+                    (&(*info).ii_IndexAttrNumbers)[..(*info).ii_NumIndexAttrs as usize].to_vec();
+                let unique = form.indisunique;
+                pg_sys::index_close(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+                if !plain || columns.iter().any(|&c| c <= 0) {
+                    return None;
+                }
+                indexes.push(Index {
+                    oid,
+                    unique,
+                    columns,
+                });
+            }
+            Some(DirectInsert {
+                relid: (*rel).rd_id,
+                natts: (*tupdesc).natts as usize,
+                indexes,
+            })
+        }
+    }
+
+    /// The number of the table's attributes (dropped ones included): the length of the values
+    /// [`DirectInsert::insert`] takes.
+    pub fn natts(&self) -> usize {
+        self.natts
+    }
+
+    /// Inserts a row of `values` (by attribute number − 1; `None` = NULL), then makes it visible
+    /// to the transaction's later commands, as an INSERT run through SPI does. A duplicate key
+    /// raises `23505` as an INSERT does.
+    ///
+    /// # Safety
+    /// In a transaction that may write; each value is a datum of its column's type.
+    pub unsafe fn insert(&self, values: &[Option<pg_sys::Datum>]) {
+        assert_eq!(values.len(), self.natts, "values for every attribute");
+        let mut datums: Vec<pg_sys::Datum> = values
+            .iter()
+            .map(|v| v.unwrap_or(pg_sys::Datum::from(0)))
+            .collect();
+        let mut nulls: Vec<bool> = values.iter().map(Option::is_none).collect();
+        // SAFETY: in a writable transaction (`# Safety`); the table and its indexes are opened
+        // with the lock an INSERT takes and kept until transaction end; the tuple is formed from
+        // the table's own descriptor (whose attribute count `of` recorded; a change of the table
+        // invalidates the caller's copy) and freed after its index entries are made.
+        unsafe {
+            let rel = pg_sys::table_open(self.relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            assert_eq!(
+                (*(*rel).rd_att).natts as usize,
+                self.natts,
+                "the table changed"
+            );
+            let tuple =
+                pg_sys::heap_form_tuple((*rel).rd_att, datums.as_mut_ptr(), nulls.as_mut_ptr());
+            pg_sys::simple_heap_insert(rel, tuple);
+            for index in &self.indexes {
+                let irel =
+                    pg_sys::index_open(index.oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+                let info = pg_sys::BuildIndexInfo(irel);
+                let mut ivalues: Vec<pg_sys::Datum> = index
+                    .columns
+                    .iter()
+                    .map(|&c| datums[c as usize - 1])
+                    .collect();
+                let mut inulls: Vec<bool> = index
+                    .columns
+                    .iter()
+                    .map(|&c| nulls[c as usize - 1])
+                    .collect();
+                pg_sys::index_insert(
+                    irel,
+                    ivalues.as_mut_ptr(),
+                    inulls.as_mut_ptr(),
+                    &raw mut (*tuple).t_self,
+                    rel,
+                    if index.unique {
+                        pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
+                    } else {
+                        pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
+                    },
+                    false,
+                    info,
+                );
+                pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            }
+            pg_sys::heap_freetuple(tuple);
+            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            pg_sys::CommandCounterIncrement();
+        }
+    }
+}
