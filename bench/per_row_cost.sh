@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Per-row cost on the local write path: a 200k-row INSERT ... SELECT and a 200k-row UPDATE into the
-# article's table, and an UPDATE of a small column in 20k rows with a large out-of-line value,
+# Per-row cost on the local write path: a 200k-row INSERT ... SELECT, a 200k-row UPDATE and a
+# DELETE of those rows in the article's table (published, as a replicated table is: mm_resolve's
+# deletes write tombstones), and an UPDATE of a small column in 20k rows with a large out-of-line value,
 # measured side by side in one run, alternating, ROUNDS rounds (default 5), synchronous_commit =
 # off, for the variants of bench/variants.sh: no trigger (none), the C floor (contrib's
 # insert_username), mm_resolve, the article's plpgsql trigger (plpgsql-article, worker detection
@@ -21,22 +22,28 @@ port="${CLUSTER_PORTS[0]}"
         variant_sql "$v" 1 "t_$v"
     done
     timed_function_sql
+    echo "CREATE PUBLICATION bench_all FOR ALL TABLES;"
 } | psql_at "$port" -q
 inserts="$(mktemp)"
 updates="$(mktemp)"
+deletes="$(mktemp)"
 for round in $(seq "$ROUNDS"); do
     for v in "${VARIANTS[@]}"; do
-        psql_at "$port" -qAt -c "TRUNCATE t_$v" -c "CHECKPOINT" >/dev/null
+        # Every round deletes keys never deleted before (no stored tombstone to replace).
+        psql_at "$port" -qAt -c "TRUNCATE t_$v, mm_conflict.tombstone" -c "CHECKPOINT" >/dev/null
         ins="$(psql_at "$port" -qAt -c "SELECT timed('INSERT INTO t_$v(id, info, mod_time)
                  SELECT g, md5(g::text), now() FROM generate_series(1, 200000) g')")"
         upd="$(psql_at "$port" -qAt -c "SELECT timed('UPDATE t_$v SET info = info || ''x''')")"
-        printf 'round %s %-10s insert %8.1f ms  update %8.1f ms\n' "$round" "$v" "$ins" "$upd"
+        del="$(psql_at "$port" -qAt -c "SELECT timed('DELETE FROM t_$v')")"
+        printf 'round %s %-10s insert %8.1f ms  update %8.1f ms  delete %8.1f ms\n' "$round" "$v" "$ins" "$upd" "$del"
         echo "$v $ins" >>"$inserts"
         echo "$v $upd" >>"$updates"
+        echo "$v $del" >>"$deletes"
     done
 done
 median_table "$inserts" "200k-row INSERT ... SELECT" "ms"
 median_table "$updates" "200k-row UPDATE" "ms"
+median_table "$deletes" "200k-row DELETE" "ms"
 
 # Large values: rows with a 3.2 kB value stored out of line (TOAST), an UPDATE of a small column of
 # every row. mm_resolve writes the large value anew (README "Semantics": each version carries all
@@ -61,4 +68,4 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 median_table "$large" "UPDATE of a small column in 20k rows with a 3.2 kB out-of-line value" "ms"
-rm -f "$inserts" "$updates" "$large"
+rm -f "$inserts" "$updates" "$deletes" "$large"
