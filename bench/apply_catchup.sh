@@ -19,7 +19,7 @@ source "$ROOT/bench/variants.sh"
 N="${N:-200000}"
 ROUNDS="${ROUNDS:-3}"
 trap stop_started_clusters EXIT
-start_fresh_clusters bench_apply 2 55470
+start_fresh_clusters bench_apply 2 25470
 pub="${CLUSTER_PORTS[0]}"
 sub="${CLUSTER_PORTS[1]}"
 # The launcher starts a worker at most once per wal_retrieve_retry_interval (default 5 s): that

@@ -18,7 +18,7 @@ VARIANT_NAME[mm_delta]=mm_resolve-delta
 ROUNDS="${ROUNDS:-3}"
 N="${N:-100000}"
 trap stop_started_clusters EXIT
-start_fresh_clusters bench_delta 2 55480
+start_fresh_clusters bench_delta 2 25480
 pub="${CLUSTER_PORTS[0]}"
 sub="${CLUSTER_PORTS[1]}"
 psql_at "$sub" -q -c "ALTER SYSTEM SET wal_retrieve_retry_interval = '10ms'" -c "SELECT pg_reload_conf()"

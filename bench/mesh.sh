@@ -20,7 +20,7 @@ LOAD_SECONDS="${LOAD_SECONDS:-30}"
 K="${K:-2000}"
 trap stop_started_clusters EXIT
 
-start_fresh_clusters bench_mesh 5 55480
+start_fresh_clusters bench_mesh 5 25480
 ports=("${CLUSTER_PORTS[@]}")
 for p in "${ports[@]}"; do psql_at "$p" -q -c "CREATE EXTENSION mm_conflict" -c "CREATE EXTENSION dblink"; done
 

@@ -14,7 +14,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 source "$ROOT/bench/variants.sh"
 ROUNDS="${ROUNDS:-5}"
 trap stop_started_clusters EXIT
-start_fresh_clusters bench_per_row 1 55460
+start_fresh_clusters bench_per_row 1 25460
 port="${CLUSTER_PORTS[0]}"
 {
     for v in "${VARIANTS[@]}"; do

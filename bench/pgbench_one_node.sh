@@ -8,7 +8,7 @@ source "$ROOT/bench/variants.sh"
 ROUNDS="${ROUNDS:-3}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-10}"
 trap stop_started_clusters EXIT
-start_fresh_clusters bench_pgbench 1 55480
+start_fresh_clusters bench_pgbench 1 25480
 port="${CLUSTER_PORTS[0]}"
 for v in "${VARIANTS[@]}"; do
     variant_database "$port" "pgbench_$v" "$v" 1

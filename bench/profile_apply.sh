@@ -13,7 +13,7 @@ VARIANT="${VARIANT:-mm_resolve}"
 PERF_SECONDS="${PERF_SECONDS:-2}"
 command -v perf >/dev/null || { echo "perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
 trap stop_started_clusters EXIT
-start_fresh_clusters profile 2 55490
+start_fresh_clusters profile 2 25490
 pub="${CLUSTER_PORTS[0]}"
 sub="${CLUSTER_PORTS[1]}"
 {

@@ -20,7 +20,7 @@ source "$ROOT/bench/variants.sh"
 ROWS="${ROWS:-20000}"
 command -v valgrind >/dev/null || die "valgrind is not installed (apt-get install valgrind)"
 trap stop_started_clusters EXIT
-start_fresh_clusters prof_rows 1 55496
+start_fresh_clusters prof_rows 1 25496
 port="${CLUSTER_PORTS[0]}"
 dir="$CLUSTER_ROOT/prof_rows1"
 out="$CLUSTER_ROOT/prof_rows_out"

@@ -14,7 +14,7 @@ SIZES="${SIZES:-100000 1000000}"
 ROUNDS="${ROUNDS:-3}"
 has_dblink || die "table_diff needs dblink (contrib), absent from this PostgreSQL"
 trap stop_started_clusters EXIT
-start_fresh_clusters bench_diff 2 55480
+start_fresh_clusters bench_diff 2 25480
 p1="${CLUSTER_PORTS[0]}"
 p2="${CLUSTER_PORTS[1]}"
 

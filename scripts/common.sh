@@ -182,7 +182,9 @@ pg_owned_dir() {
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# Prints a free TCP port at or above $1.
+# Prints a free TCP port at or above $1. Callers start below 32768, outside Linux's ephemeral
+# range (32768-60999): a port there can be taken, between this check and the server's bind, as
+# the local end of any client connection (a CI run once failed so, on 55432).
 free_port() {
     local port="$1"
     while port_in_use "$port" || [ -e "/tmp/.s.PGSQL.$port" ]; do port=$((port + 1)); done

@@ -27,7 +27,7 @@ ensure_deps
 install_extension --release
 
 if ! $keep; then trap stop_started_clusters EXIT; fi
-start_fresh_clusters demo 3 55440
+start_fresh_clusters demo 3 25440
 ports=("${CLUSTER_PORTS[@]}")
 log "3 clusters on ports ${ports[*]}"
 

@@ -21,7 +21,7 @@ want() { [[ " ${TIERS[*]} " == *" $1 "* ]]; }
 # dblink.
 run_pg_regress() {
     local port out="$ROOT/target/pg_regress/$PG_MAJOR" iso="$ROOT/target/isolation/$PG_MAJOR"
-    port="$(free_port 55432)"
+    port="$(free_port 25432)"
     rm -rf "$CLUSTER_ROOT/regress-$PG_MAJOR" "$out" "$iso"
     mkdir -p "$out" "$iso"
     trap stop_started_clusters EXIT

@@ -28,7 +28,7 @@ if is_root; then sudo_flag=(); else sudo_flag=(--sudo); fi
     CARGO_TARGET_DIR="$WORK/target" cargo pgrx install "${sudo_flag[@]}" --pg-config "$PG_CONFIG" >/dev/null)
 
 trap stop_started_clusters EXIT
-port="$(free_port 55460)"
+port="$(free_port 25460)"
 rm -rf "$CLUSTER_ROOT/upgrade"
 start_cluster upgrade "$port"
 sql() { psql_at "$port" -Atq "$@"; }
