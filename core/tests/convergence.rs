@@ -747,14 +747,10 @@ impl Mesh {
             .collect()
     }
 
-    /// Node `node` is removed (it died): what it sent that no survivor has applied is lost, and it
-    /// takes no more part. Its entries that any survivor holds are recorded.
-    fn remove(&mut self, node: usize) {
-        if self.removed.contains_key(&node) || self.survivors().len() <= 2 {
-            return;
-        }
+    /// How far the survivors other than `gone` hold node `node`'s entries, per key.
+    fn reached(&self, node: usize, gone: usize) -> BTreeMap<u8, u64> {
         let mut reached = BTreeMap::new();
-        for s in self.survivors().into_iter().filter(|&s| s != node) {
+        for s in self.survivors().into_iter().filter(|&s| s != gone) {
             for (key, row) in &self.nodes[s].rows {
                 let seq = row
                     .delta
@@ -765,6 +761,22 @@ impl Mesh {
                 *best = seq.max(*best);
             }
         }
+        reached
+    }
+
+    /// Node `node` is removed (it died): what it sent that no survivor has applied is lost, and it
+    /// takes no more part. Its entries that any survivor holds are recorded; so are, again, the
+    /// entries of nodes removed before it, of which it may have held the only copy.
+    fn remove(&mut self, node: usize) {
+        if self.removed.contains_key(&node) || self.survivors().len() <= 2 {
+            return;
+        }
+        let earlier: Vec<usize> = self.removed.keys().copied().collect();
+        for n in earlier {
+            let reached = self.reached(n, node);
+            self.removed.insert(n, reached);
+        }
+        let reached = self.reached(node, node);
         self.removed.insert(node, reached);
         for other in 0..self.nodes.len() {
             self.paths[node][other].clear();
