@@ -100,6 +100,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     report::counters::init();
     report::progress::init();
+    catalog::mark::init();
     catalog::relinfo::register_invalidation();
 }
 

@@ -17,10 +17,10 @@
 
 use crate::decide::{self, DeleteAction, InsertAction, LocalAction, LocalConflictMode, Outcome};
 use crate::delta::{Amount, Delta, DeltaError};
-use crate::policy::Policy;
+use crate::policy::{Criterion, Policy};
 use crate::report::Decision;
 use crate::stamp::{stamp_local, Clock, Stamps};
-use crate::version::{RowStamps, Version, VersionOrder};
+use crate::version::{Direction, Micros, RowStamps, Version, VersionOrder};
 
 /// A versioned delete of one key, as stored in `mm_conflict.tombstone`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +85,13 @@ pub trait Tombstones {
     fn record_tombstone(&mut self, tombstone: &Tombstone);
     /// Removes the key's stored tombstone (as mm_conflict's own write, which peers skip).
     fn remove_tombstone(&mut self);
+    /// True only when the key's tombstone, if it has one stored or being stored, has its
+    /// criterion value and both stamps below `micros` (NULLs count as below). Called with the key
+    /// lock held; a writer of a tombstone makes it count before writing it. False when that is not
+    /// known, which is always right: the lookup then runs.
+    fn tombstones_below(&mut self, _micros: Micros) -> bool {
+        false
+    }
 }
 
 /// The rows of one key of a replicated table, and what the engine does with them.
@@ -318,6 +325,11 @@ fn check_local(
 /// A local INSERT. A key deleted before must be re-inserted above its tombstone, so the key lock
 /// is taken and the tombstone looked up; the lock stays until the next key-locked write of this
 /// session (by then the row's index entry exists, and others' probes see it).
+///
+/// The lookup is skipped when it cannot change anything: under last-writer-wins on a stamp, with
+/// no delta column, and the key's tombstone known to be below this write's clocks
+/// ([`Tombstones::tombstones_below`]), the write's stamps are the clocks themselves, and the
+/// write beats the tombstone.
 pub fn local_insert<S: Store + ?Sized>(
     store: &mut S,
     policy: &Policy,
@@ -325,7 +337,17 @@ pub fn local_insert<S: Store + ?Sized>(
     new: &S::Row,
 ) -> Result<Action, Refusal> {
     let tombstone = if store.keyed() {
-        let tombstone = locked(store, S::find_tombstone);
+        let tombstone = if lookup_may_be_skipped(store, policy) {
+            store.lock_key();
+            if store.tombstones_below(local.clock.xact_start.min(local.clock.wall)) {
+                None
+            } else {
+                store.unlock_key();
+                locked(store, S::find_tombstone)
+            }
+        } else {
+            locked(store, S::find_tombstone)
+        };
         store.lock_unique_values(new, None);
         tombstone
     } else {
@@ -354,6 +376,20 @@ pub fn local_insert<S: Store + ?Sized>(
         ));
     }
     Ok(Action::Stamp(stamps))
+}
+
+/// Whether a local INSERT's tombstone lookup may be skipped when no tombstone reaches its clocks:
+/// only where a tombstone below the write's stamps can neither raise them nor beat the write
+/// (not under `nodeid`, whose winner beats any time; not under `first`; not under a user
+/// criterion column, whose values are the application's; not with delta columns, whose new
+/// incarnation is named by the tombstone).
+fn lookup_may_be_skipped<S: Store + ?Sized>(store: &S, policy: &Policy) -> bool {
+    policy.direction == Direction::Last
+        && matches!(
+            policy.criterion,
+            Criterion::LastXactTime | Criterion::LastStatTime
+        )
+        && store.delta_columns() == 0
 }
 
 /// A local UPDATE: stamped above the row it replaces, and refused (or skipped) if it would still

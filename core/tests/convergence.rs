@@ -28,7 +28,7 @@ use mm_conflict_core::repair;
 use mm_conflict_core::stamp::Clock;
 use mm_conflict_core::{repair_winner, Amount, Delta, Held};
 use mm_conflict_core::{
-    Criterion, Decision, Direction, LocalConflictMode, Policy, RowStamps, Store, Tombstone,
+    Criterion, Decision, Direction, LocalConflictMode, Micros, Policy, RowStamps, Store, Tombstone,
     Tombstones, Version,
 };
 use proptest::prelude::*;
@@ -180,6 +180,21 @@ impl Tombstones for NodeStore<'_> {
     fn remove_tombstone(&mut self) {
         // Peers skip the replicated DELETE of a tombstone: nothing to publish.
         self.replica.tombstones.remove(&self.key);
+    }
+
+    fn tombstones_below(&mut self, micros: Micros) -> bool {
+        assert!(
+            self.key_locked,
+            "the tombstones' mark read without the key lock"
+        );
+        // Exact here (PostgreSQL's marks cover buckets of keys and only ever rise, so they may say
+        // false where this says true).
+        self.replica.tombstones.get(&self.key).is_none_or(|t| {
+            [t.version.criterion, t.stamps.xacttime, t.stamps.stattime]
+                .into_iter()
+                .flatten()
+                .all(|v| v < micros)
+        })
     }
 }
 

@@ -204,6 +204,10 @@ impl Tombstones for PgStore<'_> {
     fn remove_tombstone(&mut self) {
         self.key_tombstones().remove_tombstone();
     }
+
+    fn tombstones_below(&mut self, micros: mm_conflict_core::Micros) -> bool {
+        tombstones::key_below(self.info.table_hash, &self.key().bytes, micros)
+    }
 }
 
 impl Store for PgStore<'_> {

@@ -79,6 +79,18 @@ pub unsafe fn resolve(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTup
     // described by its rd_att.
     unsafe {
         let tupdesc = (*td.tg_relation).rd_att;
+        // Whatever becomes of it, a tombstone about to be written counts toward the mark first
+        // (a local INSERT above the mark skips its probe: see catalog::mark).
+        if op == pg_sys::TRIGGER_EVENT_INSERT || op == pg_sys::TRIGGER_EVENT_UPDATE {
+            let new = if op == pg_sys::TRIGGER_EVENT_UPDATE {
+                td.tg_newtuple
+            } else {
+                td.tg_trigtuple
+            };
+            let table = tombstones::table()?;
+            let (name, key) = table.name_and_key(new, tupdesc);
+            tombstones::raise_mark(&name, &key, &table.read(new, tupdesc));
+        }
         match op {
             pg_sys::TRIGGER_EVENT_DELETE => {
                 Ok(engine::tombstone_deleted(replicated, OwnWrite::active())

@@ -17,6 +17,7 @@ use pgrx::pg_sys;
 use crate::error::MmError;
 use crate::pg::heap::DirectInsert;
 use crate::pg::key::IndexKey;
+use crate::pg::names::stable_hash;
 use crate::pg::probe::{self, Probe};
 use crate::pg::spi::{text_datum, CachedPlan};
 use crate::pg::{is_replicated_session, tuple};
@@ -196,6 +197,63 @@ unsafe fn direct_insert(
     }
 }
 
+/// Raises the mark of `key`'s bucket in table `table_name` to `tombstone`, before it is written
+/// (see [`super::mark`]).
+pub fn raise_mark(table_name: &[u8], key: &[u8], tombstone: &Tombstone) {
+    super::mark::raise(
+        super::mark::bucket(stable_hash(table_name), key),
+        [
+            tombstone.version.criterion,
+            tombstone.stamps.xacttime,
+            tombstone.stamps.stattime,
+        ],
+    );
+}
+
+/// Whether every tombstone of `key`'s bucket in table `table_hash` (that is, of this key and of
+/// some others), stored or being stored, is below `micros` (its criterion value and stamps): see
+/// [`super::mark`]. The first call after the server starts reads the whole tombstone table, once.
+pub fn key_below(table_hash: u32, key: &[u8], micros: i64) -> bool {
+    super::mark::below(super::mark::bucket(table_hash, key), micros, || {
+        let table = table().ok()?;
+        let mut highest = Box::new([i64::MIN; super::mark::BUCKETS]);
+        // SAFETY: the relation is opened and scanned here and kept locked until transaction end;
+        // every tuple the scan returns is a tombstone-table tuple described by its rd_att.
+        // SnapshotAny: rows still being written and rows deleted but not yet vacuumed count too
+        // (a bound that is too high only costs a probe).
+        unsafe {
+            let rel = pg_sys::table_open(table.relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            let tupdesc = (*rel).rd_att;
+            let scan = pg_sys::systable_beginscan(
+                rel,
+                pg_sys::InvalidOid,
+                false,
+                &raw mut pg_sys::SnapshotAnyData,
+                0,
+                std::ptr::null_mut(),
+            );
+            loop {
+                let tuple = pg_sys::systable_getnext(scan);
+                if tuple.is_null() {
+                    break;
+                }
+                let (name, key) = table.name_and_key(tuple, tupdesc);
+                let t = table.read(tuple, tupdesc);
+                let mark = &mut highest[super::mark::bucket(stable_hash(&name), &key)];
+                for value in [t.version.criterion, t.stamps.xacttime, t.stamps.stattime]
+                    .into_iter()
+                    .flatten()
+                {
+                    *mark = (*mark).max(value);
+                }
+            }
+            pg_sys::systable_endscan(scan);
+            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        }
+        Some(highest)
+    })
+}
+
 fn opt_datum<T: Into<pg_sys::Datum>>(value: Option<T>) -> Option<pg_sys::Datum> {
     value.map(Into::into)
 }
@@ -324,6 +382,7 @@ impl TombstoneTable {
             for (attnum, value) in attnums.into_iter().zip(values) {
                 row[attnum as usize - 1] = value;
             }
+            raise_mark(table_name, key, tombstone);
             // SAFETY: now() of the transaction, as the column's default.
             let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
             row[*deleted_at as usize - 1] = Some(now.into());
