@@ -388,8 +388,11 @@ impl TombstoneTable {
             row[*deleted_at as usize - 1] = Some(now.into());
             // SAFETY: in the deleting transaction; each value has its column's type (the same
             // as the statement's argument types, which are the columns').
-            unsafe { direct.insert(&row) };
-            return true;
+            if unsafe { direct.insert(&row) } {
+                return true;
+            }
+            // The table changed since it was described (the relcache callback has dropped the
+            // description already): the INSERT below does what the change asks for.
         }
         // SAFETY: the values match the statement's argument types.
         unsafe { self.insert.execute(&values, pg_sys::SPI_OK_INSERT) > 0 }

@@ -22,6 +22,63 @@ pub struct DirectInsert {
     relid: pg_sys::Oid,
     natts: usize,
     indexes: Vec<Index>,
+    /// What the table looked like when this was made (see [`Shape`]).
+    shape: Shape,
+}
+
+/// What could change between the description and a write, in the same transaction or in a
+/// concurrent one whose change this backend learns only when it locks the table for the write
+/// (an index built concurrently, a trigger created meanwhile): compared at every write.
+#[derive(PartialEq, Eq)]
+struct Shape {
+    natts: i32,
+    indexes: Vec<pg_sys::Oid>,
+    triggers: i32,
+    rowsecurity: bool,
+    rules: bool,
+    checks: u16,
+    generated: bool,
+}
+
+impl Shape {
+    /// # Safety
+    /// `rel` is an open relation.
+    unsafe fn of(rel: pg_sys::Relation) -> Shape {
+        // SAFETY: `rel` is open (`# Safety`): its relcache entry, descriptor and trigger
+        // description are valid; the index list is a copy, freed here.
+        unsafe {
+            let form = &*(*rel).rd_rel;
+            let tupdesc = (*rel).rd_att;
+            let constr = (*tupdesc).constr;
+            let list = pg_sys::RelationGetIndexList(rel);
+            let indexes = if list.is_null() {
+                Vec::new()
+            } else {
+                (0..(*list).length)
+                    .map(|i| pg_sys::list_nth_oid(list, i))
+                    .collect()
+            };
+            pg_sys::list_free(list);
+            let trigdesc = (*rel).trigdesc;
+            Shape {
+                natts: (*tupdesc).natts,
+                indexes,
+                triggers: if trigdesc.is_null() {
+                    0
+                } else {
+                    (*trigdesc).numtriggers
+                },
+                rowsecurity: form.relrowsecurity,
+                rules: form.relhasrules || !(*rel).rd_rules.is_null(),
+                checks: if constr.is_null() {
+                    0
+                } else {
+                    (*constr).num_check
+                },
+                generated: !constr.is_null() && (*constr).has_generated_stored,
+            }
+        }
+    }
 }
 
 impl DirectInsert {
@@ -39,17 +96,14 @@ impl DirectInsert {
         // and index list are valid; each index is opened and closed here.
         unsafe {
             let form = &*(*rel).rd_rel;
-            let tupdesc = (*rel).rd_att;
+            let shape = Shape::of(rel);
             if form.relkind as u8 != pg_sys::RELKIND_RELATION
                 || form.relam != pg_sys::HEAP_TABLE_AM_OID
-                || form.relrowsecurity
-                || form.relhasrules
-                || !(*rel).rd_rules.is_null()
+                || shape.rowsecurity
+                || shape.rules
+                || shape.checks > 0
+                || shape.generated
             {
-                return None;
-            }
-            let constr = (*tupdesc).constr;
-            if !constr.is_null() && ((*constr).num_check > 0 || (*constr).has_generated_stored) {
                 return None;
             }
             let trigdesc = (*rel).trigdesc;
@@ -62,17 +116,8 @@ impl DirectInsert {
                     return None;
                 }
             }
-            let list = pg_sys::RelationGetIndexList(rel);
-            let oids: Vec<pg_sys::Oid> = if list.is_null() {
-                Vec::new()
-            } else {
-                (0..(*list).length)
-                    .map(|i| pg_sys::list_nth_oid(list, i))
-                    .collect()
-            };
-            pg_sys::list_free(list);
-            let mut indexes = Vec::with_capacity(oids.len());
-            for oid in oids {
+            let mut indexes = Vec::with_capacity(shape.indexes.len());
+            for &oid in &shape.indexes {
                 let index = pg_sys::index_open(oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
                 let info = pg_sys::BuildIndexInfo(index);
                 let form = &*(*index).rd_index;
@@ -98,8 +143,9 @@ impl DirectInsert {
             }
             Some(DirectInsert {
                 relid: (*rel).rd_id,
-                natts: (*tupdesc).natts as usize,
+                natts: shape.natts as usize,
                 indexes,
+                shape,
             })
         }
     }
@@ -112,11 +158,13 @@ impl DirectInsert {
 
     /// Inserts a row of `values` (by attribute number − 1; `None` = NULL), then makes it visible
     /// to the transaction's later commands, as an INSERT run through SPI does. A duplicate key
-    /// raises `23505` as an INSERT does.
+    /// raises `23505` as an INSERT does. Returns false, having written nothing, when the table
+    /// is no longer as it was described (locking it for the write brought news of a change):
+    /// then the caller runs an INSERT (and describes the table again).
     ///
     /// # Safety
     /// In a transaction that may write; each value is a datum of its column's type.
-    pub unsafe fn insert(&self, values: &[Option<pg_sys::Datum>]) {
+    pub unsafe fn insert(&self, values: &[Option<pg_sys::Datum>]) -> bool {
         assert_eq!(values.len(), self.natts, "values for every attribute");
         let mut datums: Vec<pg_sys::Datum> = values
             .iter()
@@ -125,15 +173,15 @@ impl DirectInsert {
         let mut nulls: Vec<bool> = values.iter().map(Option::is_none).collect();
         // SAFETY: in a writable transaction (`# Safety`); the table and its indexes are opened
         // with the lock an INSERT takes and kept until transaction end; the tuple is formed from
-        // the table's own descriptor (whose attribute count `of` recorded; a change of the table
-        // invalidates the caller's copy) and freed after its index entries are made.
+        // the table's own descriptor, once its shape is checked to be the one described (so the
+        // values fit its attributes and the indexes are all of its indexes), and freed after its
+        // index entries are made.
         unsafe {
             let rel = pg_sys::table_open(self.relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-            assert_eq!(
-                (*(*rel).rd_att).natts as usize,
-                self.natts,
-                "the table changed"
-            );
+            if Shape::of(rel) != self.shape {
+                pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+                return false;
+            }
             let tuple =
                 pg_sys::heap_form_tuple((*rel).rd_att, datums.as_mut_ptr(), nulls.as_mut_ptr());
             pg_sys::simple_heap_insert(rel, tuple);
@@ -171,5 +219,6 @@ impl DirectInsert {
             pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
             pg_sys::CommandCounterIncrement();
         }
+        true
     }
 }
