@@ -6,8 +6,10 @@
 //! table is not empty.
 //!
 //! Shared memory (so it needs `shared_preload_libraries`; without it nothing is skipped). Every
-//! writer of a tombstone raises the mark *before* writing it, under the key's lock; a reader
-//! compares under the same lock. A slot starts `LEARNING` (made by the first writer or reader
+//! writer of a tombstone raises the mark *before* writing it (a local delete under the key's lock,
+//! an incoming tombstone before its trigger takes it); a reader compares under the key's lock, so
+//! a tombstone of its key either raised the mark already or is written after the INSERT and is
+//! resolved against its row. A slot starts `LEARNING` (made by the first writer or reader
 //! after the server starts), while a reader reads every tombstone of the database; from then on
 //! writers keep it. A mark never falls (a purge leaves it): it is an upper bound, and an old one
 //! costs nothing, since clocks move past it.
@@ -19,7 +21,8 @@ use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 
 use mm_conflict_core::Micros;
 
-/// Databases tracked per cluster; a database beyond them never skips the probe.
+/// Databases tracked per cluster (a slot is kept until the server restarts, also for a database
+/// dropped meanwhile); a database beyond them never skips the probe.
 const SLOTS: usize = 64;
 /// Marks per database, one per bucket of keys (by the hash of table name and key): a delete
 /// raises its bucket's only, so that inserts of other keys skip their probe while deletes go on.
