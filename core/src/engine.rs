@@ -218,14 +218,23 @@ fn locked<S: Tombstones + ?Sized, T>(
     store: &mut S,
     find: impl Fn(&mut S) -> Lookup<T, S::Waiter>,
 ) -> Option<T> {
+    store.lock_key();
+    held(store, find)
+}
+
+/// [`locked`], for a caller that holds the key lock already.
+fn held<S: Tombstones + ?Sized, T>(
+    store: &mut S,
+    find: impl Fn(&mut S) -> Lookup<T, S::Waiter>,
+) -> Option<T> {
     loop {
-        store.lock_key();
         match find(store) {
             Lookup::Absent => return None,
             Lookup::Found(found) => return Some(found),
             Lookup::InProgress(waiter) => {
                 store.unlock_key();
                 store.wait(waiter);
+                store.lock_key();
             }
         }
     }
@@ -337,16 +346,13 @@ pub fn local_insert<S: Store + ?Sized>(
     new: &S::Row,
 ) -> Result<Action, Refusal> {
     let tombstone = if store.keyed() {
-        let tombstone = if lookup_may_be_skipped(store, policy) {
-            store.lock_key();
-            if store.tombstones_below(local.clock.xact_start.min(local.clock.wall)) {
-                None
-            } else {
-                store.unlock_key();
-                locked(store, S::find_tombstone)
-            }
+        store.lock_key();
+        let tombstone = if lookup_may_be_skipped(store, policy)
+            && store.tombstones_below(local.clock.xact_start.min(local.clock.wall))
+        {
+            None
         } else {
-            locked(store, S::find_tombstone)
+            held(store, S::find_tombstone)
         };
         store.lock_unique_values(new, None);
         tombstone
