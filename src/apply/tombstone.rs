@@ -79,37 +79,32 @@ pub unsafe fn resolve(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTup
     // described by its rd_att.
     unsafe {
         let tupdesc = (*td.tg_relation).rd_att;
-        // Whatever becomes of it, a tombstone about to be written counts toward the mark first
-        // (a local INSERT above the mark skips its probe: see catalog::mark).
-        if op == pg_sys::TRIGGER_EVENT_INSERT || op == pg_sys::TRIGGER_EVENT_UPDATE {
-            let new = if op == pg_sys::TRIGGER_EVENT_UPDATE {
-                td.tg_newtuple
-            } else {
-                td.tg_trigtuple
-            };
-            let table = tombstones::table()?;
-            let (name, key) = table.name_and_key(new, tupdesc);
-            tombstones::raise_mark(&name, &key, &table.read(new, tupdesc));
+        if op == pg_sys::TRIGGER_EVENT_DELETE {
+            return Ok(engine::tombstone_deleted(replicated, OwnWrite::active())
+                .then_some(td.tg_trigtuple));
         }
+        // The tombstone about to be written, read once. Whatever becomes of it, it counts toward
+        // its key's mark first (a local INSERT above the mark skips its probe: see
+        // catalog::mark).
+        let written = if op == pg_sys::TRIGGER_EVENT_UPDATE {
+            td.tg_newtuple
+        } else {
+            td.tg_trigtuple
+        };
+        let table = tombstones::table()?;
+        let (name, key) = table.name_and_key(written, tupdesc);
+        let new = table.read(written, tupdesc);
+        tombstones::raise_mark(&name, &key, &new);
         match op {
-            pg_sys::TRIGGER_EVENT_DELETE => {
-                Ok(engine::tombstone_deleted(replicated, OwnWrite::active())
-                    .then_some(td.tg_trigtuple))
-            }
             pg_sys::TRIGGER_EVENT_INSERT if !replicated => Ok(Some(td.tg_trigtuple)),
             pg_sys::TRIGGER_EVENT_UPDATE if !replicated => Ok(Some(td.tg_newtuple)),
             pg_sys::TRIGGER_EVENT_UPDATE => {
-                let table = tombstones::table()?;
                 let old = table.read(td.tg_trigtuple, tupdesc);
-                let new = table.read(td.tg_newtuple, tupdesc);
                 Ok(engine::tombstone_updated(&old, &new).then_some(td.tg_newtuple))
             }
             _ => {
-                let table = tombstones::table()?;
-                let (name, key) = table.name_and_key(td.tg_trigtuple, tupdesc);
-                let incoming = table.read(td.tg_trigtuple, tupdesc);
                 let mut store = KeyTombstones::new(&name, &key)?;
-                Ok(engine::tombstone_arrives(&mut store, &incoming).then_some(td.tg_trigtuple))
+                Ok(engine::tombstone_arrives(&mut store, &new).then_some(td.tg_trigtuple))
             }
         }
     }

@@ -105,12 +105,9 @@ fn slot(marks: &mut SharedMarks, database: u32) -> Option<&mut Slot> {
     Some(&mut marks.slots[at])
 }
 
-/// A tombstone in `bucket` with these values (its criterion value and stamps) is about to be
-/// written.
-pub fn raise(bucket: usize, values: impl IntoIterator<Item = Option<Micros>>) {
-    let Some(value) = values.into_iter().flatten().max() else {
-        return; // nothing but NULLs: below every clock
-    };
+/// A tombstone in `bucket` whose greatest value (criterion value or stamp) is `value` is about to
+/// be written. (One with nothing but NULLs is below every clock, and raises nothing.)
+pub fn raise(bucket: usize, value: Micros) {
     if !SHARED_READY.load(Ordering::Relaxed) {
         return;
     }

@@ -197,17 +197,24 @@ unsafe fn direct_insert(
     }
 }
 
+/// A tombstone's bucket of marks and its greatest value (criterion value or stamp), if any: what
+/// it counts for in [`super::mark`].
+fn mark_of(table_name: &[u8], key: &[u8], tombstone: &Tombstone) -> (usize, Option<i64>) {
+    let bucket = super::mark::bucket(stable_hash(table_name), key);
+    let values = [
+        tombstone.version.criterion,
+        tombstone.stamps.xacttime,
+        tombstone.stamps.stattime,
+    ];
+    (bucket, values.into_iter().flatten().max())
+}
+
 /// Raises the mark of `key`'s bucket in table `table_name` to `tombstone`, before it is written
 /// (see [`super::mark`]).
 pub fn raise_mark(table_name: &[u8], key: &[u8], tombstone: &Tombstone) {
-    super::mark::raise(
-        super::mark::bucket(stable_hash(table_name), key),
-        [
-            tombstone.version.criterion,
-            tombstone.stamps.xacttime,
-            tombstone.stamps.stattime,
-        ],
-    );
+    if let (bucket, Some(value)) = mark_of(table_name, key, tombstone) {
+        super::mark::raise(bucket, value);
+    }
 }
 
 /// Whether every tombstone of `key`'s bucket in table `table_hash` (that is, of this key and of
@@ -238,13 +245,8 @@ pub fn key_below(table_hash: u32, key: &[u8], micros: i64) -> bool {
                     break;
                 }
                 let (name, key) = table.name_and_key(tuple, tupdesc);
-                let t = table.read(tuple, tupdesc);
-                let mark = &mut highest[super::mark::bucket(stable_hash(&name), &key)];
-                for value in [t.version.criterion, t.stamps.xacttime, t.stamps.stattime]
-                    .into_iter()
-                    .flatten()
-                {
-                    *mark = (*mark).max(value);
+                if let (bucket, Some(value)) = mark_of(&name, &key, &table.read(tuple, tupdesc)) {
+                    highest[bucket] = highest[bucket].max(value);
                 }
             }
             pg_sys::systable_endscan(scan);

@@ -20,7 +20,6 @@ struct Index {
 /// A table that accepts direct inserts (see the module's documentation).
 pub struct DirectInsert {
     relid: pg_sys::Oid,
-    natts: usize,
     indexes: Vec<Index>,
     /// What the table looked like when this was made (see [`Shape`]).
     shape: Shape,
@@ -45,24 +44,15 @@ impl Shape {
     /// `rel` is an open relation.
     unsafe fn of(rel: pg_sys::Relation) -> Shape {
         // SAFETY: `rel` is open (`# Safety`): its relcache entry, descriptor and trigger
-        // description are valid; the index list is a copy, freed here.
+        // description are valid.
         unsafe {
             let form = &*(*rel).rd_rel;
             let tupdesc = (*rel).rd_att;
             let constr = (*tupdesc).constr;
-            let list = pg_sys::RelationGetIndexList(rel);
-            let indexes = if list.is_null() {
-                Vec::new()
-            } else {
-                (0..(*list).length)
-                    .map(|i| pg_sys::list_nth_oid(list, i))
-                    .collect()
-            };
-            pg_sys::list_free(list);
             let trigdesc = (*rel).trigdesc;
             Shape {
                 natts: (*tupdesc).natts,
-                indexes,
+                indexes: super::key::index_oids(rel),
                 triggers: if trigdesc.is_null() {
                     0
                 } else {
@@ -143,7 +133,6 @@ impl DirectInsert {
             }
             Some(DirectInsert {
                 relid: (*rel).rd_id,
-                natts: shape.natts as usize,
                 indexes,
                 shape,
             })
@@ -153,7 +142,7 @@ impl DirectInsert {
     /// The number of the table's attributes (dropped ones included): the length of the values
     /// [`DirectInsert::insert`] takes.
     pub fn natts(&self) -> usize {
-        self.natts
+        self.shape.natts as usize
     }
 
     /// Inserts a row of `values` (by attribute number − 1; `None` = NULL), then makes it visible
@@ -165,7 +154,7 @@ impl DirectInsert {
     /// # Safety
     /// In a transaction that may write; each value is a datum of its column's type.
     pub unsafe fn insert(&self, values: &[Option<pg_sys::Datum>]) -> bool {
-        assert_eq!(values.len(), self.natts, "values for every attribute");
+        assert_eq!(values.len(), self.natts(), "values for every attribute");
         let mut datums: Vec<pg_sys::Datum> = values
             .iter()
             .map(|v| v.unwrap_or(pg_sys::Datum::from(0)))

@@ -39,6 +39,26 @@ pub struct IndexKey {
     pub columns: Vec<KeyColumn>,
 }
 
+/// The oids of a table's indexes (all of them, ready or not).
+///
+/// # Safety
+/// `rel` must be open.
+pub unsafe fn index_oids(rel: pg_sys::Relation) -> Vec<pg_sys::Oid> {
+    // SAFETY: rel is open (`# Safety`); RelationGetIndexList returns a palloc'd copy of the
+    // relcache's list (NIL: none), read and freed here.
+    unsafe {
+        let list = pg_sys::RelationGetIndexList(rel);
+        if list.is_null() {
+            return Vec::new();
+        }
+        let oids = (0..(*list).length as usize)
+            .map(|i| (*(*list).elements.add(i)).oid_value)
+            .collect();
+        pg_sys::list_free(list);
+        oids
+    }
+}
+
 /// The unique keys of a table besides its primary key that a replicated row can collide on:
 /// valid unique indexes on plain columns, without a predicate. (NULLs never collide in them; an
 /// index declared NULLS NOT DISTINCT is resolved only for rows without NULLs in it.)
@@ -46,18 +66,10 @@ pub struct IndexKey {
 /// # Safety
 /// `rel` must be open and locked.
 pub unsafe fn unique_keys(rel: pg_sys::Relation) -> Vec<IndexKey> {
-    // SAFETY: rel is open and locked; each index is opened, read and closed here; the index
-    // list is a palloc'd List of oids.
+    // SAFETY: rel is open and locked; each index is opened, read and closed here.
     unsafe {
-        let list = pg_sys::RelationGetIndexList(rel);
-        if list.is_null() {
-            return Vec::new();
-        }
-        let oids: Vec<pg_sys::Oid> = (0..(*list).length as usize)
-            .map(|i| (*(*list).elements.add(i)).oid_value)
-            .collect();
         let mut keys = Vec::new();
-        for oid in oids {
+        for oid in index_oids(rel) {
             let index = pg_sys::index_open(oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
             let form = &*(*index).rd_index;
             let wanted = form.indisunique
