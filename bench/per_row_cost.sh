@@ -7,7 +7,7 @@
 # insert_username), mm_resolve, the article's plpgsql trigger (plpgsql-article, worker detection
 # repaired for PostgreSQL 15) and the same without its per-row pg_stat_activity scan
 # (plpgsql-lean). Prints each round, then medians with min-max and each one's ratio to none and
-# to the floor.
+# to the floor; and the WAL each statement wrote, in bytes per row.
 # Measures whatever build is installed: install a release build first
 # (cargo pgrx install --release --pg-config /usr/bin/pg_config) and stop clusters using the old one.
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
@@ -31,19 +31,26 @@ for round in $(seq "$ROUNDS"); do
     for v in "${VARIANTS[@]}"; do
         # Every round deletes keys never deleted before (no stored tombstone to replace).
         psql_at "$port" -qAt -c "TRUNCATE t_$v, mm_conflict.tombstone" -c "CHECKPOINT" >/dev/null
-        ins="$(psql_at "$port" -qAt -c "SELECT timed('INSERT INTO t_$v(id, info, mod_time)
-                 SELECT g, md5(g::text), now() FROM generate_series(1, 200000) g')")"
-        upd="$(psql_at "$port" -qAt -c "SELECT timed('UPDATE t_$v SET info = info || ''x''')")"
-        del="$(psql_at "$port" -qAt -c "SELECT timed('DELETE FROM t_$v')")"
-        printf 'round %s %-10s insert %8.1f ms  update %8.1f ms  delete %8.1f ms\n' "$round" "$v" "$ins" "$upd" "$del"
+        read -r ins ins_wal <<<"$(psql_at "$port" -qAt -c "SELECT timed_wal('INSERT INTO t_$v(id, info, mod_time)
+                 SELECT g, md5(g::text), now() FROM generate_series(1, 200000) g', 200000)")"
+        read -r upd upd_wal <<<"$(psql_at "$port" -qAt -c "SELECT timed_wal('UPDATE t_$v SET info = info || ''x''', 200000)")"
+        read -r del del_wal <<<"$(psql_at "$port" -qAt -c "SELECT timed_wal('DELETE FROM t_$v', 200000)")"
+        printf 'round %s %-10s insert %8.1f ms  update %8.1f ms  delete %8.1f ms  (WAL bytes per row %s %s %s)\n' \
+            "$round" "$v" "$ins" "$upd" "$del" "$ins_wal" "$upd_wal" "$del_wal"
         echo "$v $ins" >>"$inserts"
         echo "$v $upd" >>"$updates"
         echo "$v $del" >>"$deletes"
+        echo "$v $ins_wal" >>"$inserts.wal"
+        echo "$v $upd_wal" >>"$updates.wal"
+        echo "$v $del_wal" >>"$deletes.wal"
     done
 done
 median_table "$inserts" "200k-row INSERT ... SELECT" "ms"
 median_table "$updates" "200k-row UPDATE" "ms"
 median_table "$deletes" "200k-row DELETE" "ms"
+median_table "$inserts.wal" "200k-row INSERT ... SELECT" "WAL bytes per row"
+median_table "$updates.wal" "200k-row UPDATE" "WAL bytes per row"
+median_table "$deletes.wal" "200k-row DELETE" "WAL bytes per row"
 
 # Large values: rows with a 3.2 kB value stored out of line (TOAST), an UPDATE of a small column of
 # every row. mm_resolve writes the large value anew (README "Semantics": each version carries all
@@ -62,10 +69,13 @@ for round in $(seq "$ROUNDS"); do
         psql_at "$port" -qAt -c "TRUNCATE big_$v" \
             -c "INSERT INTO big_$v(id, info, n, t) SELECT g, md5(g::text), 0, repeat(md5(g::text), 100) FROM generate_series(1, 20000) g" \
             -c "CHECKPOINT" >/dev/null
-        upd="$(psql_at "$port" -qAt -c "SELECT timed('UPDATE big_$v SET n = n + 1')")"
-        printf 'round %s %-10s large-value rows: update of a small column %8.1f ms\n' "$round" "$v" "$upd"
+        read -r upd upd_wal <<<"$(psql_at "$port" -qAt -c "SELECT timed_wal('UPDATE big_$v SET n = n + 1', 20000)")"
+        printf 'round %s %-10s large-value rows: update of a small column %8.1f ms (WAL bytes per row %s)\n' \
+            "$round" "$v" "$upd" "$upd_wal"
         echo "$v $upd" >>"$large"
+        echo "$v $upd_wal" >>"$large.wal"
     done
 done
 median_table "$large" "UPDATE of a small column in 20k rows with a 3.2 kB out-of-line value" "ms"
-rm -f "$inserts" "$updates" "$deletes" "$large"
+median_table "$large.wal" "UPDATE of a small column in 20k rows with a 3.2 kB out-of-line value" "WAL bytes per row"
+rm -f "$inserts" "$updates" "$deletes" "$large" "$inserts.wal" "$updates.wal" "$deletes.wal" "$large.wal"

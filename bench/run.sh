@@ -9,6 +9,11 @@
 #   4. bench/mesh.sh             3-node mesh under the article's workload; message volume, 2-5 nodes
 #   5. bench/table_diff.sh       table_diff and repair between two nodes, 100k and 1M rows
 #   6. bench/delta.sh            delta columns: local INSERT and UPDATE n = n + 1, and their apply
+#   7. bench/capacity.sh         what a mesh can absorb: the highest sustained write rate of one
+#                                node and of 3 nodes, beside no trigger and the C floor; on
+#                                CAPACITY_MAJOR (default 18, where it is here: only 16+ can run a
+#                                mesh without mm_resolve, with origin = none), built and installed
+#                                there too
 # and prints their tables. ROUNDS (default 3) applies to all (ROUNDS=1 took 7 minutes on 2 cores
 # without part 5).
 #
@@ -25,14 +30,24 @@ run() { # TITLE SCRIPT [VAR=VALUE...]: runs SCRIPT, keeps the lines after its ro
     log "$title"
     # Keep the summary tables: titles, per-variant lines and the volume table.
     env "$@" bash "$ROOT/bench/$script" | tee /dev/stderr |
-        grep -E '\):$|x$|median|^ +nodes |^ +[0-9]+ +[0-9.]+ +[0-9.]+ |^ +rows +call|table_diff, |repair of' >>"$tables"
+        grep -E '\):$|x$|median| in all |^ +nodes |^ +[0-9]+ +[0-9.]+ +[0-9.]+ |^ +rows +call|table_diff, |repair of' >>"$tables"
 }
-run "1/6 local path" per_row_cost.sh
-run "2/6 apply path" apply_catchup.sh N=200000 REPORTS=1
-run "3/6 pgbench on one node" pgbench_one_node.sh SECONDS_PER_RUN=10
-run "4/6 the mesh" mesh.sh LOAD_SECONDS=30 K=2000
-run "5/6 verify and repair" table_diff.sh
-run "6/6 delta columns" delta.sh N=100000
+run "1/7 local path" per_row_cost.sh
+run "2/7 apply path" apply_catchup.sh N=200000 REPORTS=1
+run "3/7 pgbench on one node" pgbench_one_node.sh SECONDS_PER_RUN=10
+run "4/7 the mesh" mesh.sh LOAD_SECONDS=30 K=2000
+run "5/7 verify and repair" table_diff.sh
+run "6/7 delta columns" delta.sh N=100000
+capacity_major="${CAPACITY_MAJOR:-18}"
+capacity_config="$(pg_config_for "$capacity_major" 2>/dev/null || true)"
+if [ -z "$capacity_config" ]; then
+    log "no PostgreSQL $capacity_major here: the capacity benchmark runs on $PG_MAJOR"
+    capacity_major="$PG_MAJOR" capacity_config="$PG_CONFIG"
+elif [ "$capacity_major" != "$PG_MAJOR" ]; then
+    (use_pg "$capacity_major" && install_extension --release)
+fi
+run "7/7 what a mesh can absorb (PostgreSQL $capacity_major)" capacity.sh STEP_SECONDS=20 \
+    PG_MAJOR="$capacity_major" PG_CONFIG="$capacity_config" PGBIN="$("$capacity_config" --bindir)"
 log "results ($ROUNDS rounds)"
 cat "$tables"
 rm -f "$tables"

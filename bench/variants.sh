@@ -109,11 +109,20 @@ catch_up() {
     done
 }
 
-# timed_function_sql: the SQL of timed(sql text), which runs a statement and returns its time in ms.
+# timed_function_sql: the SQL of timed(sql text), which runs a statement and returns its time in
+# ms, and of timed_wal(sql text, rows int8), which also returns the WAL the statement wrote (from
+# the WAL insert position before and after it), in bytes per row for ROWS rows, as "ms bytes".
 timed_function_sql() {
     cat <<'SQL'
 CREATE FUNCTION timed(sql text) RETURNS float8 LANGUAGE plpgsql AS $$
 DECLARE t0 timestamptz := clock_timestamp();
 BEGIN EXECUTE sql; RETURN extract(epoch FROM clock_timestamp() - t0) * 1000; END $$;
+CREATE FUNCTION timed_wal(sql text, rows int8) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE t0 timestamptz := clock_timestamp(); l0 pg_lsn := pg_current_wal_insert_lsn();
+BEGIN
+    EXECUTE sql;
+    RETURN round(extract(epoch FROM clock_timestamp() - t0) * 1000, 1) || ' '
+        || round((pg_current_wal_insert_lsn() - l0) / rows, 1);
+END $$;
 SQL
 }
