@@ -456,6 +456,20 @@ mod tests {
                FROM mm m, mm_conflict.tombstone t
               WHERE m.id = 2 AND t.pk = '\\x0000000400000002'"
         ));
+        // Deleted again: the insert meets the stored tombstone in the index, steps back, and
+        // the stored one is replaced (one tombstone of the key, the newer, by index and by scan).
+        let first = one::<String>(
+            "SELECT criterion::text FROM mm_conflict.tombstone WHERE pk = '\\x0000000400000002'",
+        );
+        Spi::run("DELETE FROM mm WHERE id = 2").unwrap();
+        for scan in ["enable_seqscan = on", "enable_seqscan = off"] {
+            Spi::run(&format!("SET LOCAL {scan}")).unwrap();
+            assert!(one::<bool>(&format!(
+                "SELECT count(*) = 1 AND max(criterion) > '{first}'
+                   FROM mm_conflict.tombstone WHERE pk = '\\x0000000400000002'"
+            )));
+        }
+        Spi::run("RESET enable_seqscan").unwrap();
         // Every index gets its entry (a DBA's index for purges, say).
         Spi::run("CREATE INDEX tombstone_deleted_at ON mm_conflict.tombstone (deleted_at)")
             .unwrap();

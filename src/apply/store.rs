@@ -54,9 +54,14 @@ impl Tombstones for KeyTombstones<'_> {
     }
 
     fn record_tombstone(&mut self, tombstone: &Tombstone) {
-        // Most deletes are of keys never deleted before: with no stored tombstone there is
-        // nothing to remove, and the probe (an index lookup, none at all while the table is
-        // empty) costs far less than the DELETE statement, which would fire nothing either.
+        // Most deletes are of keys never deleted before: the insert finds that out itself, in
+        // the descent that makes its index entry (outside apply sessions).
+        if self.table.insert_new(self.table_name, self.key, tombstone) {
+            return;
+        }
+        // With no stored tombstone there is nothing to remove, and the probe (an index lookup,
+        // none at all while the table is empty) costs far less than the DELETE statement, which
+        // would fire nothing either.
         if !matches!(self.find_tombstone(), Lookup::Absent) {
             self.remove_tombstone();
         }

@@ -15,7 +15,7 @@ use mm_conflict_core::{Direction, RowStamps, Tombstone, Version, VersionOrder};
 use pgrx::pg_sys;
 
 use crate::error::MmError;
-use crate::pg::heap::DirectInsert;
+use crate::pg::heap::{DirectInsert, Inserted, OnDuplicate};
 use crate::pg::key::IndexKey;
 use crate::pg::names::stable_hash;
 use crate::pg::probe::{self, Probe};
@@ -351,8 +351,33 @@ impl TombstoneTable {
     /// Returns whether it was stored (the tombstone table's trigger skips one that loses to the
     /// key's stored tombstone, in apply sessions).
     pub fn insert(&self, table_name: &[u8], key: &[u8], tombstone: &Tombstone) -> bool {
+        let values = Self::values(table_name, key, tombstone);
+        match self.insert_direct(table_name, key, tombstone, &values, OnDuplicate::Raise) {
+            Inserted::Stored => return true,
+            Inserted::Duplicate => unreachable!("OnDuplicate::Raise raises"),
+            Inserted::Changed => {}
+        }
+        // SAFETY: the values match the statement's argument types.
+        unsafe { self.insert.execute(&values, pg_sys::SPI_OK_INSERT) > 0 }
+    }
+
+    /// Inserts `tombstone` as the tombstone of `key` in `table_name` if no tombstone of the key is
+    /// stored (the caller holds the key lock), in one descent of the primary key instead of a
+    /// lookup and then the insert; true when it did. False, with nothing visible written, when
+    /// the key has a stored tombstone (or one being written), or when the row can only be
+    /// written by an INSERT (in apply sessions, where the table's triggers resolve it; when the
+    /// table has changed): then the caller looks the key up, removes what it finds, and calls
+    /// [`TombstoneTable::insert`].
+    pub fn insert_new(&self, table_name: &[u8], key: &[u8], tombstone: &Tombstone) -> bool {
+        let values = Self::values(table_name, key, tombstone);
+        self.insert_direct(table_name, key, tombstone, &values, OnDuplicate::StepBack)
+            == Inserted::Stored
+    }
+
+    /// The INSERT statement's arguments for `tombstone` (all columns but `deleted_at`).
+    fn values(table_name: &[u8], key: &[u8], tombstone: &Tombstone) -> [Option<pg_sys::Datum>; 9] {
         let (version, stamps, order) = (&tombstone.version, &tombstone.stamps, &tombstone.order);
-        let values = [
+        [
             Some(text_datum(table_name)),
             Some(text_datum(key)),
             opt_datum(version.criterion),
@@ -362,42 +387,50 @@ impl TombstoneTable {
             Some((order.direction == Direction::Last).into()),
             opt_datum(order.winner),
             opt_datum(order.preferred),
+        ]
+    }
+
+    /// Writes the row of `values` as an INSERT of them would, without the INSERT
+    /// ([`DirectInsert`]), outside apply sessions; [`Inserted::Changed`] when it cannot.
+    fn insert_direct(
+        &self,
+        table_name: &[u8],
+        key: &[u8],
+        tombstone: &Tombstone,
+        values: &[Option<pg_sys::Datum>; 9],
+        on_duplicate: OnDuplicate,
+    ) -> Inserted {
+        let Some((direct, deleted_at)) = self.direct.as_ref().filter(|_| !is_replicated_session())
+        else {
+            return Inserted::Changed;
+        };
+        // Outside apply sessions the table's triggers let an insert pass untouched (and
+        // `tombstone_settle` does nothing): the same row as the INSERT's, at a fraction of its
+        // cost. In apply sessions they resolve it against the key's stored tombstone.
+        let mut row = vec![None; direct.natts()];
+        let attnums = [
+            self.att_table_name,
+            self.att_pk,
+            self.att_criterion,
+            self.att_xacttime,
+            self.att_stattime,
+            self.att_nodeid,
+            self.att_order_last,
+            self.att_order_winner,
+            self.att_order_preferred,
         ];
-        if let Some((direct, deleted_at)) =
-            self.direct.as_ref().filter(|_| !is_replicated_session())
-        {
-            // Outside apply sessions the table's triggers let an insert pass untouched (and
-            // `tombstone_settle` does nothing): the same row as the INSERT's, at a fraction of
-            // its cost. In apply sessions they resolve it against the key's stored tombstone.
-            let mut row = vec![None; direct.natts()];
-            let attnums = [
-                self.att_table_name,
-                self.att_pk,
-                self.att_criterion,
-                self.att_xacttime,
-                self.att_stattime,
-                self.att_nodeid,
-                self.att_order_last,
-                self.att_order_winner,
-                self.att_order_preferred,
-            ];
-            for (attnum, value) in attnums.into_iter().zip(values) {
-                row[attnum as usize - 1] = value;
-            }
-            raise_mark(table_name, key, tombstone);
-            // SAFETY: now() of the transaction, as the column's default.
-            let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-            row[*deleted_at as usize - 1] = Some(now.into());
-            // SAFETY: in the deleting transaction; each value has its column's type (the same
-            // as the statement's argument types, which are the columns').
-            if unsafe { direct.insert(&row) } {
-                return true;
-            }
-            // The table changed since it was described (the relcache callback has dropped the
-            // description already): the INSERT below does what the change asks for.
+        for (attnum, value) in attnums.into_iter().zip(values) {
+            row[attnum as usize - 1] = *value;
         }
-        // SAFETY: the values match the statement's argument types.
-        unsafe { self.insert.execute(&values, pg_sys::SPI_OK_INSERT) > 0 }
+        raise_mark(table_name, key, tombstone);
+        // SAFETY: now() of the transaction, as the column's default.
+        let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+        row[*deleted_at as usize - 1] = Some(now.into());
+        // SAFETY: in the deleting transaction; each value has its column's type (the same as the
+        // statement's argument types, which are the columns').
+        // `Changed`: the table changed since it was described (the relcache callback has
+        // dropped the description already): the caller's INSERT does what the change asks for.
+        unsafe { direct.insert(&row, on_duplicate) }
     }
 
     /// Deletes the stored tombstone of `key` in `table_name` (the caller holds the key lock and

@@ -10,6 +10,30 @@
 
 use pgrx::pg_sys;
 
+/// What [`DirectInsert::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// The row is stored.
+    Stored,
+    /// A unique index already holds the row's key, live or being written (only with
+    /// [`OnDuplicate::StepBack`]): the row was inserted and deleted again, so nothing of it is
+    /// visible (a dead tuple is left, as an `INSERT ... ON CONFLICT` that meets a conflict leaves).
+    Duplicate,
+    /// The table is no longer as it was described (locking it for the write brought news of a
+    /// change): nothing was written; the caller runs an INSERT (and describes the table again).
+    Changed,
+}
+
+/// What a key that a unique index already holds does to [`DirectInsert::insert`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDuplicate {
+    /// `23505`, as an INSERT raises (after waiting for a transaction still writing the key).
+    Raise,
+    /// [`Inserted::Duplicate`], without waiting: for a caller that expects the key to be new
+    /// and removes the stored row before trying again.
+    StepBack,
+}
+
 /// One index to fill: its oid, uniqueness and the table column of each index column.
 struct Index {
     oid: pg_sys::Oid,
@@ -146,14 +170,18 @@ impl DirectInsert {
     }
 
     /// Inserts a row of `values` (by attribute number − 1; `None` = NULL), then makes it visible
-    /// to the transaction's later commands, as an INSERT run through SPI does. A duplicate key
-    /// raises `23505` as an INSERT does. Returns false, having written nothing, when the table
-    /// is no longer as it was described (locking it for the write brought news of a change):
-    /// then the caller runs an INSERT (and describes the table again).
+    /// to the transaction's later commands, as an INSERT run through SPI does. A key that a
+    /// unique index already holds does what `on_duplicate` says. Every index gets the row's
+    /// entry either way (a unique index checks its key as it inserts it: that is the one
+    /// descent a new key costs).
     ///
     /// # Safety
     /// In a transaction that may write; each value is a datum of its column's type.
-    pub unsafe fn insert(&self, values: &[Option<pg_sys::Datum>]) -> bool {
+    pub unsafe fn insert(
+        &self,
+        values: &[Option<pg_sys::Datum>],
+        on_duplicate: OnDuplicate,
+    ) -> Inserted {
         assert_eq!(values.len(), self.natts(), "values for every attribute");
         let mut datums: Vec<pg_sys::Datum> = values
             .iter()
@@ -169,8 +197,15 @@ impl DirectInsert {
             let rel = pg_sys::table_open(self.relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
             if Shape::of(rel) != self.shape {
                 pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-                return false;
+                return Inserted::Changed;
             }
+            let unique_check = match on_duplicate {
+                OnDuplicate::Raise => pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES,
+                // Reports a potential duplicate (a live row, or one a transaction is still
+                // writing) instead of raising or waiting; the entry is made all the same.
+                OnDuplicate::StepBack => pg_sys::IndexUniqueCheck::UNIQUE_CHECK_PARTIAL,
+            };
+            let mut duplicate = false;
             let tuple =
                 pg_sys::heap_form_tuple((*rel).rd_att, datums.as_mut_ptr(), nulls.as_mut_ptr());
             pg_sys::simple_heap_insert(rel, tuple);
@@ -188,26 +223,39 @@ impl DirectInsert {
                     .iter()
                     .map(|&c| nulls[c as usize - 1])
                     .collect();
-                pg_sys::index_insert(
+                let unique = pg_sys::index_insert(
                     irel,
                     ivalues.as_mut_ptr(),
                     inulls.as_mut_ptr(),
                     &raw mut (*tuple).t_self,
                     rel,
                     if index.unique {
-                        pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
+                        unique_check
                     } else {
                         pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
                     },
                     false,
                     info,
                 );
+                // The answer means something only under UNIQUE_CHECK_PARTIAL (the others raise
+                // or wait; a non-unique b-tree answers false).
+                duplicate |= index.unique && on_duplicate == OnDuplicate::StepBack && !unique;
                 pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
             }
+            let mut tid = (*tuple).t_self;
             pg_sys::heap_freetuple(tuple);
-            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
             pg_sys::CommandCounterIncrement();
+            if duplicate {
+                // The row is this command's own, now visible to the next one: delete it again.
+                pg_sys::simple_heap_delete(rel, &raw mut tid);
+                pg_sys::CommandCounterIncrement();
+            }
+            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            if duplicate {
+                Inserted::Duplicate
+            } else {
+                Inserted::Stored
+            }
         }
-        true
     }
 }
