@@ -20,6 +20,12 @@
 #                                                loop), no trigger or the C floor, ENABLE ALWAYS, in
 #                                                mm_resolve's role
 #   mesh:mm_resolve                              3 nodes built by one create_mesh call (dblink)
+#   mesh:mm_resolve-no-relay                     not run unless named: mm_resolve's triggers on 3
+#                                                nodes meshed by hand with origin = none (16+), the
+#                                                tombstone table published too. Not a set-up to use
+#                                                (no node relays what it applied, so a change one
+#                                                node missed never reaches it by another): it
+#                                                shows what the relayed copies cost a mesh
 # All nodes share this machine's cores: a mesh's rate per node is what one third of the machine
 # gives while it also applies the other two nodes' writes.
 # Measures whatever build is installed: install a release build first.
@@ -40,7 +46,7 @@ why_not() { # CONFIG: why this major cannot run CONFIG (nothing when it can)
         *:floor) has_contrib insert_username || { echo "no contrib (insert_username) in this build"; return; } ;;
     esac
     case "$1" in
-        mesh:none | mesh:floor) [ "$PG_MAJOR" -ge 16 ] || echo "needs origin = none (PostgreSQL 16+): without it every change loops" ;;
+        mesh:none | mesh:floor | mesh:mm_resolve-no-relay) [ "$PG_MAJOR" -ge 16 ] || echo "needs origin = none (PostgreSQL 16+): without it every change loops" ;;
         mesh:mm_resolve) has_dblink || echo "create_mesh needs dblink, which this build lacks" ;;
     esac
 }
@@ -58,7 +64,9 @@ BASE=1000000000000 # node i's keys are i * BASE + n; markers are negative
 
 # setup CONFIG: fresh clusters for CONFIG, the table on each, the trigger and the mesh. Sets PORTS.
 setup() {
-    local shape="${1%%:*}" variant="${1#*:}" count=1 i j
+    local shape="${1%%:*}" variant="${1#*:}" count=1 i j tables=cap
+    variant="${variant%-no-relay}"
+    [ "$1" = mesh:mm_resolve-no-relay ] && tables="cap, mm_conflict.tombstone"
     [ "$shape" = mesh ] && count=3
     stop_started_clusters
     start_fresh_clusters bench_capacity "$count" 25490
@@ -71,7 +79,7 @@ setup() {
         for i in "${!PORTS[@]}"; do psql_at "${PORTS[$i]}" -q -c "CREATE EXTENSION mm_conflict" -c "CREATE EXTENSION dblink"; done
         psql_at "${PORTS[0]}" -q -c "SELECT mm_conflict.create_mesh('$(mesh_nodes_json "${PORTS[@]}")', ARRAY['cap']::regclass[], 'last_xacttime', 'last')"
     elif [ "$shape" = mesh ]; then
-        for i in "${!PORTS[@]}"; do psql_at "${PORTS[$i]}" -q -c "CREATE PUBLICATION cap FOR TABLE cap"; done
+        for i in "${!PORTS[@]}"; do psql_at "${PORTS[$i]}" -q -c "CREATE PUBLICATION cap FOR TABLE $tables"; done
         for i in "${!PORTS[@]}"; do
             for j in "${!PORTS[@]}"; do
                 [ "$i" = "$j" ] && continue
@@ -150,8 +158,10 @@ step() {
         wait_markers || return 2
         [ "$DRAIN_MS" -le $((IDLE_MS + MAX_DRAIN_MS)) ] || ok=0
     fi
-    printf '  %-17s %6d/s per node: tps %s; schedule lag ms %s; markers everywhere after %d ms (idle %d): %s\n' \
-        "$CONFIG" "$rate" "$(printf '%.0f ' "${tpss[@]}")" "$(printf '%.1f ' "${lags[@]}")" "$DRAIN_MS" "${IDLE_MS:-0}" \
+    local replication="no replication"
+    [ "${#PORTS[@]}" -gt 1 ] && replication="markers everywhere after $DRAIN_MS ms (idle $IDLE_MS)"
+    printf '  %-24s %6d/s per node: tps %s; schedule lag ms %s; %s: %s\n' \
+        "$CONFIG" "$rate" "$(printf '%.0f ' "${tpss[@]}")" "$(printf '%.1f ' "${lags[@]}")" "$replication" \
         "$([ "$ok" = 1 ] && echo holds || echo fails)"
     [ "$ok" = 1 ]
 }
@@ -188,6 +198,6 @@ for config, good, nodes, bad in rows:
     floor = best.get(f"{shape}:floor")
     to_base = f"  {nodes * good / base:5.2f}x" if base else ""
     to_floor = f"  {good / floor:5.2f}x floor" if floor and not config.endswith(":floor") else ""
-    print(f"  {config:17} {good:7d} per node {nodes * good:7d} in all (first failing: {bad}/node){to_base}{to_floor}")
+    print(f"  {config:24} {good:7d} per node {nodes * good:7d} in all (first failing: {bad}/node){to_base}{to_floor}")
 PY
 rm -f "$results"

@@ -14,8 +14,8 @@
 #                                CAPACITY_MAJOR (default 18, where it is here: only 16+ can run a
 #                                mesh without mm_resolve, with origin = none), built and installed
 #                                there too
-# and prints their tables. ROUNDS (default 3) applies to all (ROUNDS=1 took 7 minutes on 2 cores
-# without part 5).
+# and prints their tables. ROUNDS (default 3) applies to parts 1-6 (ROUNDS=1 took 7 minutes on 2
+# cores without part 5); part 7 is one search per configuration (about 20 minutes).
 #
 # Usage: ROUNDS=3 bash bench/run.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"

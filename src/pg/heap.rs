@@ -192,7 +192,8 @@ impl DirectInsert {
         // with the lock an INSERT takes and kept until transaction end; the tuple is formed from
         // the table's own descriptor, once its shape is checked to be the one described (so the
         // values fit its attributes and the indexes are all of its indexes), and freed after its
-        // index entries are made.
+        // index entries are made (its tid copied first); the row deleted again on a duplicate is
+        // this transaction's own, visible to the delete after the CommandCounterIncrement.
         unsafe {
             let rel = pg_sys::table_open(self.relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
             if Shape::of(rel) != self.shape {
