@@ -29,7 +29,9 @@ run() { # TITLE SCRIPT [VAR=VALUE...]: runs SCRIPT, keeps the lines after its ro
     shift 2
     log "$title"
     # Keep the summary tables: titles, per-variant lines and the volume table.
-    env "$@" bash "$ROOT/bench/$script" | tee /dev/stderr |
+    # (tee to a process substitution, not to /dev/stderr: opening that truncates a log file
+    # that stdout and stderr were both redirected to.)
+    env "$@" bash "$ROOT/bench/$script" | tee >(cat >&2) |
         grep -E '\):$|x$|median| in all |^ +nodes |^ +[0-9]+ +[0-9.]+ +[0-9.]+ |^ +rows +call|table_diff, |repair of' >>"$tables"
 }
 run "1/7 local path" per_row_cost.sh
