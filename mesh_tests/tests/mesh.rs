@@ -796,6 +796,23 @@ fn differences_are_found_and_repaired() {
         );
     }
     assert_eq!(mesh.nodes[0].sql("SELECT mm_conflict.repair('mm')"), "0");
+    // wait_for_sync in a transaction that has written (as repair waits): the peers confirm this
+    // node's WAL at once, not when the server next logs its running transactions (every 15 s,
+    // so of three waits in a row at least two took 15 s before the fix).
+    mesh.nodes[0].sql("CREATE TABLE not_replicated(a int)");
+    for round in 1..=3 {
+        let started = std::time::Instant::now();
+        let synced = mesh.nodes[0].sql(
+            "WITH written AS (INSERT INTO not_replicated VALUES (1) RETURNING a)
+             SELECT mm_conflict.wait_for_sync('60 s') FROM written",
+        );
+        let took = started.elapsed();
+        assert_eq!(synced, "t", "round {round}");
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "round {round}: wait_for_sync after a write in its own transaction took {took:?}"
+        );
+    }
 
     // Under load: node 3 writes 50 rows unpublished and changes one behind the trigger (keys
     // the workload never writes), then the article's workload runs on every node while node 2

@@ -616,7 +616,7 @@ pub fn drop_slots_of(me: i64) -> Vec<String> {
 }
 
 /// Waits until every slot through which `peers` (`None`: every peer) read from this node has
-/// confirmed the WAL insert position at the call (with `synchronous_commit = off` a commit this
+/// confirmed the WAL insert position at the call, flushed first (with `synchronous_commit = off` a commit this
 /// session just made may lie past the write position). `false` after `timeout_ms`. A named peer
 /// without a slot here has not confirmed anything; without names, only existing slots count.
 pub fn wait_for_peers(peers: Option<&[i64]>, timeout_ms: i64) -> Result<bool, MmError> {
@@ -624,11 +624,8 @@ pub fn wait_for_peers(peers: Option<&[i64]>, timeout_ms: i64) -> Result<bool, Mm
     let me = i64::from(this_node()?);
     let deadline =
         std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.max(0) as u64);
-    let target = value::<String>(
-        "SELECT pg_catalog.pg_current_wal_insert_lsn()::pg_catalog.text",
-        &[],
-    )
-    .unwrap_or_default();
+    // Flushed, so that peers can confirm it even when this transaction has written (see there).
+    let target = crate::pg::wal::flushed_insert_position();
     loop {
         let slots: Vec<(String, bool)> = Spi::connect(|client| {
             client

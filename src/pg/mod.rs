@@ -17,6 +17,7 @@
 //! * [`settings`]: values as text that reads the same on every node (settings pinned, text I/O).
 //! * [`flag`]: backend-local flags raised for a scope.
 //! * [`snapshot`]: a fresh snapshot for a step of a long call.
+//! * [`wal`]: the WAL position a wait for peers aims at.
 
 pub mod amount;
 pub mod compat;
@@ -34,5 +35,6 @@ pub mod snapshot;
 pub mod spi;
 pub mod subxact;
 pub mod tuple;
+pub mod wal;
 
 pub use compat::is_replicated_session;
