@@ -77,12 +77,9 @@ pub(crate) fn describe_event(event: u32) -> String {
 }
 
 fn local() -> Local {
-    // SAFETY: both read the backend's clocks and cannot fail.
-    let clock = unsafe {
-        Clock {
-            xact_start: pg_sys::GetCurrentTransactionStartTimestamp(),
-            wall: pg_sys::GetCurrentTimestamp(),
-        }
+    let clock = Clock {
+        xact_start: crate::pg::backend::transaction_start(),
+        wall: crate::pg::backend::now(),
     };
     Local {
         clock,
@@ -266,15 +263,15 @@ pub unsafe fn truncate(td: &pg_sys::TriggerData) -> Result<(), MmError> {
         });
     }
     // SAFETY: PostgreSQL keeps the trigger's relation open and locked during the firing.
-    let replicated = unsafe { crate::catalog::relinfo::has_mm_resolve(td.tg_relation) };
+    let rel = unsafe { crate::pg::relation::Borrowed::new(td.tg_relation) };
+    let replicated = crate::catalog::relinfo::has_mm_resolve(&rel);
     // A partition detached from a replicated table keeps the guard but loses mm_resolve: no
     // longer replicated, it may be truncated.
     if is_replicated_session() || !replicated {
         return Ok(());
     }
     Err(MmError::TruncateRefused {
-        // SAFETY: the trigger's relation is open during the firing.
-        table: unsafe { crate::pg::names::relation_identity(td.tg_relation) },
+        table: crate::pg::relation::identity(&rel),
     })
 }
 

@@ -14,6 +14,7 @@ use super::store::{KeyTombstones, PgStore};
 use super::OwnWrite;
 use crate::catalog::{relinfo, tombstones};
 use crate::error::MmError;
+use crate::pg::relation::{self, Open, Opened};
 use crate::pg::{is_replicated_session, key, subxact};
 use crate::pg::{names, partitions};
 use crate::report;
@@ -121,105 +122,87 @@ pub unsafe fn resolve(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTup
 pub unsafe fn settle(tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> Result<(), MmError> {
     let table = tombstones::table()?;
     // SAFETY: `tuple` is a tombstone row described by `tupdesc` (`# Safety`), as name_and_key and
-    // read need; each target relation is opened here, so open and locked for settle_row, and kept
-    // locked until transaction end.
-    unsafe {
-        let (name, key) = table.name_and_key(tuple, tupdesc);
-        let tombstone = table.read(tuple, tupdesc);
-        let ignore = |reason: String| {
-            let table = String::from_utf8_lossy(&name).into_owned();
-            report::log::log_ignored_tombstone(&table, &key, &tombstone.version, &reason);
-            MmError::TombstoneIgnored { table, reason }.warn();
-            Ok(())
-        };
-        let Some((schema, relname)) = std::str::from_utf8(&name)
-            .ok()
-            .and_then(names::parse_identity)
-        else {
-            return ignore("that is not a table name".into());
-        };
-        let Some(relid) = relation_oid(&schema, &relname) else {
-            return Ok(()); // the table does not exist here: nothing to settle
-        };
-        // A partitioned table is replicated as its root: the row is in one of its leaves.
-        let tables = match pg_sys::get_rel_relkind(relid) as u8 {
-            pg_sys::RELKIND_PARTITIONED_TABLE => partitions::leaf_partitions(relid),
-            pg_sys::RELKIND_RELATION => vec![relid],
-            _ => return ignore("it names a relation that is not a table on this node".into()),
-        };
-        for relid in tables {
-            let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-            let result = settle_row(rel, key.clone(), &tombstone);
-            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-            if let Some(reason) = result? {
-                return ignore(reason);
-            }
-        }
+    // read need.
+    let ((name, key), tombstone) = unsafe {
+        (
+            table.name_and_key(tuple, tupdesc),
+            table.read(tuple, tupdesc),
+        )
+    };
+    let ignore = |reason: String| {
+        let table = String::from_utf8_lossy(&name).into_owned();
+        report::log::log_ignored_tombstone(&table, &key, &tombstone.version, &reason);
+        MmError::TombstoneIgnored { table, reason }.warn();
         Ok(())
-    }
-}
-
-/// The oid of table `schema.relname`, if it exists.
-fn relation_oid(schema: &str, relname: &str) -> Option<pg_sys::Oid> {
-    let schema = std::ffi::CString::new(schema).ok()?;
-    let relname = std::ffi::CString::new(relname).ok()?;
-    // SAFETY: catalog lookups by name inside a transaction; missing_ok returns InvalidOid.
-    unsafe {
-        let namespace = pg_sys::get_namespace_oid(schema.as_ptr(), true);
-        if namespace == pg_sys::InvalidOid {
-            return None;
+    };
+    let Some((schema, relname)) = std::str::from_utf8(&name)
+        .ok()
+        .and_then(names::parse_identity)
+    else {
+        return ignore("that is not a table name".into());
+    };
+    let Some(relid) = relation::oid_of(&schema, &relname) else {
+        return Ok(()); // the table does not exist here: nothing to settle
+    };
+    // A partitioned table is replicated as its root: the row is in one of its leaves.
+    let tables = match relation::relkind_of(relid) {
+        Some(pg_sys::RELKIND_PARTITIONED_TABLE) => partitions::leaf_partitions(relid),
+        Some(pg_sys::RELKIND_RELATION) => vec![relid],
+        _ => return ignore("it names a relation that is not a table on this node".into()),
+    };
+    for relid in tables {
+        // Opened and locked here, kept locked until transaction end.
+        let rel = Opened::table(relid, pg_sys::RowExclusiveLock);
+        if let Some(reason) = settle_row(&rel, key.clone(), &tombstone)? {
+            return ignore(reason);
         }
-        let relid = pg_sys::get_relname_relid(relname.as_ptr(), namespace);
-        (relid != pg_sys::InvalidOid).then_some(relid)
     }
+    Ok(())
 }
 
 /// Settles `rel`'s row of `key`; `Some(reason)` when the tombstone cannot be resolved here.
-///
-/// # Safety
-/// `rel` is open and locked.
-unsafe fn settle_row(
-    rel: pg_sys::Relation,
+fn settle_row(
+    rel: &Opened,
     key: Vec<u8>,
     tombstone: &mm_conflict_core::Tombstone,
 ) -> Result<Option<String>, MmError> {
-    // SAFETY: rel is open and locked by the caller.
-    unsafe {
-        let Some(info) = relinfo::lookup_for_relation(rel)? else {
-            return Ok(None);
-        };
-        let Some(pk) = info.primary_key.as_ref() else {
-            return Ok(None);
-        };
-        if key::is_future_format(&key) {
-            return Ok(Some(format!(
-                "its key is in format {}, which this version does not read",
-                key::format_of(&key)
-            )));
-        }
-        // Receive functions raise errors on bytes that are not theirs: in a subtransaction, so
-        // that a key that does not decode is reported, not fatal. (Integer keys of the right
-        // lengths cannot fail: they need none.)
-        let decoded = if pk.decodes_without_error(&key) {
-            Ok(pk.decode(&key))
-        } else {
-            subxact::catching(|| pk.decode(&key))
-        };
-        let values = match decoded {
-            Ok(Some(values)) => values,
-            Ok(None) => {
-                return Ok(Some(
-                    "its key does not match the table's primary key".into(),
-                ))
-            }
-            Err(message) => {
-                return Ok(Some(format!(
-                    "its key does not decode as the table's primary key ({message})"
-                )))
-            }
-        };
-        let mut store = PgStore::for_key(&info, rel, values, key, false);
-        engine::settle(&mut store, &info.policy, tombstone);
-        Ok(None)
+    let Some(info) = relinfo::lookup_for(rel)? else {
+        return Ok(None);
+    };
+    let Some(pk) = info.primary_key.as_ref() else {
+        return Ok(None);
+    };
+    if key::is_future_format(&key) {
+        return Ok(Some(format!(
+            "its key is in format {}, which this version does not read",
+            key::format_of(&key)
+        )));
     }
+    // Receive functions raise errors on bytes that are not theirs: in a subtransaction, so
+    // that a key that does not decode is reported, not fatal. (Integer keys of the right
+    // lengths cannot fail: they need none.)
+    // SAFETY (both): in a transaction, as decode needs (receive functions allocate and raise).
+    let decoded = if pk.decodes_without_error(&key) {
+        Ok(unsafe { pk.decode(&key) })
+    } else {
+        subxact::catching(|| unsafe { pk.decode(&key) })
+    };
+    let values = match decoded {
+        Ok(Some(values)) => values,
+        Ok(None) => {
+            return Ok(Some(
+                "its key does not match the table's primary key".into(),
+            ))
+        }
+        Err(message) => {
+            return Ok(Some(format!(
+                "its key does not decode as the table's primary key ({message})"
+            )))
+        }
+    };
+    // SAFETY: rel is open and locked (`Opened`) and described by `info` (looked up for it);
+    // `values` are its key's values, decoded by its key columns' receive functions.
+    let mut store = unsafe { PgStore::for_key(&info, rel.raw(), values, key, false) };
+    engine::settle(&mut store, &info.policy, tombstone);
+    Ok(None)
 }

@@ -62,8 +62,7 @@ static SHARED_READY: AtomicBool = AtomicBool::new(false);
 
 /// Requests the shared memory; only has an effect while `shared_preload_libraries` are loaded.
 pub fn init() {
-    // SAFETY: a read of a postmaster global during library load.
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    if crate::pg::backend::preloading() {
         pg_shmem_init!(
             SHARED = SharedMarks {
                 slots: [EMPTY; SLOTS]
@@ -79,8 +78,7 @@ pub fn bucket(table_hash: u32, key: &[u8]) -> usize {
 }
 
 fn database() -> u32 {
-    // SAFETY: a read of a backend global, set once the backend is connected to its database.
-    unsafe { pg_sys::MyDatabaseId.to_u32() }
+    crate::pg::backend::database_oid()
 }
 
 /// The slot of `database`, made (`LEARNING`, every mark at its lowest) if there is none and one

@@ -19,6 +19,7 @@ use crate::error::MmError;
 use crate::pg::amount::{AmountType, AMOUNT_TYPES};
 use crate::pg::key::IndexKey;
 use crate::pg::names::{self, cstr_to_string, stable_hash};
+use crate::pg::relation::Open;
 use crate::pg::spi::CachedPlan;
 use crate::pg::tuple;
 
@@ -159,13 +160,16 @@ pub unsafe fn lookup_for_relation(rel: pg_sys::Relation) -> Result<Option<Rc<Rel
     }
 }
 
+/// [`lookup_for_relation`] of a relation held open.
+pub fn lookup_for(rel: &impl Open) -> Result<Option<Rc<RelInfo>>, MmError> {
+    // SAFETY: `Open` keeps the relation open and locked while `rel` lives.
+    unsafe { lookup_for_relation(rel.raw()) }
+}
+
 /// Whether `rel` has an `mm_resolve` trigger (its own, or cloned from a partitioned root).
-///
-/// # Safety
-/// `rel` must be open and locked.
-pub unsafe fn has_mm_resolve(rel: pg_sys::Relation) -> bool {
-    // SAFETY: `rel` is open and locked (`# Safety`).
-    unsafe { mm_resolve_trigger(rel) }.is_some()
+pub fn has_mm_resolve(rel: &impl Open) -> bool {
+    // SAFETY: `Open` keeps the relation open and locked while `rel` lives.
+    unsafe { mm_resolve_trigger(rel.raw()) }.is_some()
 }
 
 const TIME_TYPES: &str = "timestamptz or timestamp";

@@ -423,8 +423,8 @@ impl TombstoneTable {
             row[attnum as usize - 1] = *value;
         }
         raise_mark(table_name, key, tombstone);
-        // SAFETY: now() of the transaction, as the column's default.
-        let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+        // now() of the transaction, as the column's default.
+        let now = crate::pg::backend::transaction_start();
         row[*deleted_at as usize - 1] = Some(now.into());
         // SAFETY: in the deleting transaction; each value has its column's type (the same as the
         // statement's argument types, which are the columns').

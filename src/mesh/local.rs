@@ -6,7 +6,6 @@
 use mm_conflict_core::{MAX_NODE_ID, MIN_NODE_ID};
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
-use pgrx::PgRelation;
 
 use super::plan::{PUBLICATION, TRIGGER};
 use crate::catalog::relinfo;
@@ -445,14 +444,10 @@ pub fn guard_new_partitions(tbl: pg_sys::Oid) -> usize {
 /// Raises the error `mm_resolve` would raise on its first row of `tbl`, if any: bad trigger
 /// arguments, missing or mistyped bookkeeping or criterion columns, no primary key.
 pub fn check_table(tbl: pg_sys::Oid) -> Result<(), MmError> {
-    // SAFETY: tbl is the oid of an existing relation (a regclass argument); the relation is
-    // opened and locked here and closed when `rel` drops.
-    let rel = unsafe { PgRelation::with_lock(tbl, pg_sys::AccessShareLock as pg_sys::LOCKMODE) };
-    let raw = rel.as_ptr();
-    // SAFETY: rel is open with AccessShareLock until it is dropped at the end of this function.
-    let table = unsafe { names::relation_identity(raw) };
-    // SAFETY: as above; lookup_for_relation reads the open relation's triggers.
-    let Some(info) = (unsafe { relinfo::lookup_for_relation(raw) })? else {
+    // Opened and locked here, closed when `rel` drops.
+    let rel = crate::pg::relation::Opened::relation(tbl, pg_sys::AccessShareLock);
+    let table = crate::pg::relation::identity(&rel);
+    let Some(info) = relinfo::lookup_for(&rel)? else {
         return Err(MmError::NotReplicated { table });
     };
     if info.primary_key.is_none() {

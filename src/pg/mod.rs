@@ -4,6 +4,8 @@
 //! * [`compat`]: every difference between majors the extension meets, in one place.
 //! * [`names`]: identifiers (quoting, a relation's stable name) and the stable hash.
 //! * [`partitions`]: partition trees (root, leaves).
+//! * [`relation`]: relations opened for a scope, found by name, their columns and privileges.
+//! * [`backend`]: this backend's database, clocks, replication origin and transaction callbacks.
 //! * [`tuple`]: reading columns of heap tuples and descriptors.
 //! * [`heap`]: rows written without the executor (heap insert and index entries).
 //! * [`amount`]: values of delta columns as exact decimals, and the text of their state.
@@ -20,6 +22,7 @@
 //! * [`wal`]: the WAL position a wait for peers aims at.
 
 pub mod amount;
+pub mod backend;
 pub mod compat;
 pub mod flag;
 pub mod heap;
@@ -29,6 +32,7 @@ pub mod names;
 pub mod partitions;
 pub mod probe;
 pub mod publication;
+pub mod relation;
 pub mod security;
 pub mod settings;
 pub mod snapshot;

@@ -11,6 +11,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 
 use crate::error::MmError;
+use crate::pg::{backend, relation};
 
 /// One counter per decision, then the conflicts among them.
 pub const COUNTERS: usize = Decision::ALL.len() + 1;
@@ -71,8 +72,7 @@ thread_local! {
 
 /// Requests the shared counters; only has an effect while `shared_preload_libraries` are loaded.
 pub fn init() {
-    // SAFETY: a read of a postmaster global during library load.
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    if backend::preloading() {
         pg_shmem_init!(
             SHARED = SharedCounters {
                 layout_version: LAYOUT_VERSION,
@@ -90,14 +90,10 @@ fn shared_ready() -> bool {
 /// Adds one change of table `relid` to this transaction's tally.
 pub fn count(relid: pg_sys::Oid, decision: Decision, conflict: bool) {
     if !CALLBACK_REGISTERED.with(|c| c.replace(true)) {
-        // SAFETY: registers plain functions once per backend; they live as long as the library.
-        unsafe {
-            pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
-            pg_sys::RegisterSubXactCallback(Some(at_subtransaction_end), std::ptr::null_mut());
-        }
+        backend::on_transaction_end(Some(at_transaction_end));
+        backend::on_subtransaction_end(Some(at_subtransaction_end));
     }
-    // SAFETY: reads the running subtransaction's id.
-    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    let subxact = backend::subtransaction_id();
     PENDING.with(|p| {
         let mut pending = p.borrow_mut();
         let i = match pending
@@ -193,8 +189,7 @@ fn find_slot(shared: &mut SharedCounters, database: u32, relid: u32, now: i64) -
 
 /// Whether (this database, `relid`) has a slot, or a free one can be claimed for it.
 fn has_room(relid: pg_sys::Oid) -> bool {
-    // SAFETY: a read of a backend global.
-    let database = unsafe { pg_sys::MyDatabaseId.to_u32() };
+    let database = backend::database_oid();
     let shared = SHARED.share();
     let start = slot_index(database, relid.to_u32());
     (0..SLOTS).any(|step| {
@@ -207,8 +202,7 @@ fn has_room(relid: pg_sys::Oid) -> bool {
 /// A server whose 1024 slots all hold live tables would look for dropped ones in every
 /// transaction: a backend looks at most once every 10 seconds.
 fn reclaim_dropped() {
-    // SAFETY: reads of backend globals.
-    let (database, now) = unsafe { (pg_sys::MyDatabaseId.to_u32(), pg_sys::GetCurrentTimestamp()) };
+    let (database, now) = (backend::database_oid(), backend::now());
     if LAST_RECLAIM.with(|last| {
         let recent = last.get().is_some_and(|t| now - t < 10_000_000);
         if !recent {
@@ -234,23 +228,13 @@ fn reclaim_dropped_now(database: u32) {
     let mut databases: Vec<u32> = used.iter().map(|&(d, _)| d).collect();
     databases.sort_unstable();
     databases.dedup();
-    // SAFETY: syscache existence checks inside a transaction.
-    let exists = |cache: pg_sys::SysCacheIdentifier::Type, oid: u32| unsafe {
-        pg_sys::SearchSysCacheExists(
-            cache as i32,
-            pg_sys::Datum::from(oid),
-            pg_sys::Datum::from(0),
-            pg_sys::Datum::from(0),
-            pg_sys::Datum::from(0),
-        )
-    };
     let dead_databases: Vec<u32> = databases
         .into_iter()
-        .filter(|&d| !exists(pg_sys::SysCacheIdentifier::DATABASEOID, d))
+        .filter(|&d| !backend::database_exists(d.into()))
         .collect();
     let dead_tables: Vec<u32> = used
         .iter()
-        .filter(|&&(d, r)| d == database && !exists(pg_sys::SysCacheIdentifier::RELOID, r))
+        .filter(|&&(d, r)| d == database && relation::relkind_of(r.into()).is_none())
         .map(|&(_, r)| r)
         .collect();
     if dead_databases.is_empty() && dead_tables.is_empty() {
@@ -280,8 +264,7 @@ fn rebuild(shared: &mut SharedCounters, keep: impl Fn(&Slot) -> bool) {
 }
 
 fn add_to_shared(pending: &[Pending]) {
-    // SAFETY: reads of backend globals.
-    let (database, now) = unsafe { (pg_sys::MyDatabaseId.to_u32(), pg_sys::GetCurrentTimestamp()) };
+    let (database, now) = (backend::database_oid(), backend::now());
     let mut shared = SHARED.exclusive();
     for entry in pending {
         // A full table drops the counts of tables it has no slot for; conflict_stats says so.
@@ -320,8 +303,7 @@ pub fn this_database() -> Vec<TableCounts> {
     if !shared_ready() {
         return Vec::new();
     }
-    // SAFETY: a read of a backend global.
-    let database = unsafe { pg_sys::MyDatabaseId.to_u32() };
+    let database = backend::database_oid();
     let shared = SHARED.share();
     shared
         .slots
@@ -340,8 +322,7 @@ pub fn reset(relid: Option<pg_sys::Oid>) -> Result<(), MmError> {
     if !shared_ready() {
         return Err(MmError::CountersNotLoaded);
     }
-    // SAFETY: reads of backend globals.
-    let (database, now) = unsafe { (pg_sys::MyDatabaseId.to_u32(), pg_sys::GetCurrentTimestamp()) };
+    let (database, now) = (backend::database_oid(), backend::now());
     let mut shared = SHARED.exclusive();
     match relid {
         Some(relid) => {

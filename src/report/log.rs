@@ -26,11 +26,7 @@ thread_local! {
 /// The owner of `mm_conflict.conflict_log` (the extension's owner): its rows are written with that
 /// role's rights, whoever applies the change.
 fn conflict_log_owner() -> pg_sys::Oid {
-    // SAFETY: catalog lookups inside a transaction; missing_ok lookups return InvalidOid.
-    let relid = unsafe {
-        let namespace = pg_sys::get_namespace_oid(c"mm_conflict".as_ptr(), true);
-        pg_sys::get_relname_relid(c"conflict_log".as_ptr(), namespace)
-    };
+    let relid = crate::pg::relation::extension_table(c"conflict_log").unwrap_or(pg_sys::InvalidOid);
     crate::pg::security::relation_owner(relid)
 }
 
@@ -143,15 +139,8 @@ fn origin_name() -> Option<String> {
     if crate::pg::flag::RepairWrite::active() {
         return Some("mm_conflict.repair".into());
     }
-    // SAFETY: reads the session's origin; the name is palloc'd by replorigin_by_oid.
-    unsafe {
-        let origin = pg_sys::replorigin_session_origin;
-        let mut name: *mut std::ffi::c_char = std::ptr::null_mut();
-        (origin != pg_sys::InvalidRepOriginId as pg_sys::RepOriginId
-            && pg_sys::replorigin_by_oid(origin, true, &mut name)
-            && !name.is_null())
-        .then(|| CStr::from_ptr(name).to_string_lossy().into_owned())
-    }
+    let (origin, _) = crate::pg::backend::session_origin()?;
+    crate::pg::backend::origin_name(origin)
 }
 
 fn describe(version: Option<&Version>, column: &str) -> String {

@@ -59,8 +59,7 @@ thread_local! {
 
 /// Requests the shared memory; only has an effect while `shared_preload_libraries` are loaded.
 pub fn init() {
-    // SAFETY: a read of a postmaster global during library load.
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    if crate::pg::backend::preloading() {
         pg_shmem_init!(
             SHARED = SharedProgress {
                 layout_version: LAYOUT_VERSION,
@@ -82,8 +81,7 @@ pub fn watch() {
     if !available() || CALLBACK_REGISTERED.with(|c| c.replace(true)) {
         return;
     }
-    // SAFETY: registers a plain function once per backend; it lives as long as the library.
-    unsafe { pg_sys::RegisterXactCallback(Some(at_commit), std::ptr::null_mut()) };
+    crate::pg::backend::on_transaction_end(Some(at_commit));
 }
 
 #[pg_guard]
@@ -91,18 +89,18 @@ unsafe extern "C-unwind" fn at_commit(event: pg_sys::XactEvent::Type, _arg: *mut
     if event != pg_sys::XactEvent::XACT_EVENT_COMMIT {
         return;
     }
-    // SAFETY: reads of backend globals.
-    let (database, origin, time) = unsafe {
-        (
-            pg_sys::MyDatabaseId.to_u32(),
-            pg_sys::replorigin_session_origin,
-            pg_sys::replorigin_session_origin_timestamp,
-        )
+    let Some((origin, time)) = crate::pg::backend::session_origin() else {
+        return;
     };
-    if origin == pg_sys::InvalidRepOriginId as pg_sys::RepOriginId || time == 0 {
+    if time == 0 {
         return;
     }
-    record(&mut SHARED.exclusive(), database, origin, time);
+    record(
+        &mut SHARED.exclusive(),
+        crate::pg::backend::database_oid(),
+        origin,
+        time,
+    );
 }
 
 /// Raises the slot of (database, origin) to `time`; when every slot is taken, the one applied
@@ -135,8 +133,7 @@ pub fn this_database() -> Vec<(u16, i64)> {
     if !available() {
         return Vec::new();
     }
-    // SAFETY: a read of a backend global.
-    let database = unsafe { pg_sys::MyDatabaseId.to_u32() };
+    let database = crate::pg::backend::database_oid();
     SHARED
         .share()
         .slots
@@ -148,15 +145,7 @@ pub fn this_database() -> Vec<(u16, i64)> {
 
 /// The name of replication origin `origin` (`pg_<subscription oid>` for a subscription's).
 pub fn origin_name(origin: u16) -> Option<String> {
-    // SAFETY: a catalog lookup inside a transaction (missing_ok); the name is palloc'd.
-    unsafe {
-        let mut name: *mut std::ffi::c_char = std::ptr::null_mut();
-        (pg_sys::replorigin_by_oid(origin, true, &mut name) && !name.is_null()).then(|| {
-            std::ffi::CStr::from_ptr(name)
-                .to_string_lossy()
-                .into_owned()
-        })
-    }
+    crate::pg::backend::origin_name(origin)
 }
 
 #[cfg(test)]

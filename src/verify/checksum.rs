@@ -21,8 +21,8 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::error::MmError;
 use crate::pg::names::table_identity;
+use crate::pg::relation::{self, Open, Opened};
 use crate::pg::settings::{self, Output};
-use crate::pg::{compat, tuple};
 
 const BOOKKEEPING: [&str; 4] = [COL_ISLOCAL, COL_NODEID, COL_XACTTIME, COL_STATTIME];
 
@@ -75,31 +75,23 @@ impl Columns {
 /// different column names never agree by accident).
 ///
 /// # Safety
-/// `rel` must be open. The columns' output functions cache data in the current memory context:
-/// use them only while it lives.
-pub(super) unsafe fn user_columns(rel: pg_sys::Relation) -> Columns {
-    // SAFETY: the relation is open, so its descriptor is valid.
-    let attrs = unsafe { compat::attributes((*rel).rd_att) };
-    let mut named: Vec<(String, Column)> = attrs
-        .iter()
-        .enumerate()
-        .filter(|(_, a)| !a.attisdropped)
-        .filter_map(|(index, a)| {
-            let name = tuple::attname(a).to_string();
-            (!BOOKKEEPING.contains(&name.as_str())).then(|| {
-                // SAFETY: catalog lookups of a column's type (it exists); the output function is
-                // used while the current context lives (`# Safety`).
-                let how = unsafe { hash_as(a.atttypid, a.attbyval) };
-                (
-                    name,
-                    Column {
-                        index,
-                        len: a.attlen,
-                        by_value: a.attbyval,
-                        how,
-                    },
-                )
-            })
+/// The columns' output functions cache data in the current memory context: use them only while
+/// it lives.
+pub(super) unsafe fn user_columns(rel: &impl Open) -> Columns {
+    let mut named: Vec<(String, Column)> = relation::columns_of(rel)
+        .into_iter()
+        .filter(|c| !BOOKKEEPING.contains(&c.name.as_str()))
+        .map(|c| {
+            // SAFETY: catalog lookups of a column's type (it exists); the output function is
+            // used while the current context lives (`# Safety`).
+            let how = unsafe { hash_as(c.typid, c.by_value) };
+            let column = Column {
+                index: c.attnum as usize - 1,
+                len: c.len,
+                by_value: c.by_value,
+                how,
+            };
+            (c.name, column)
         })
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
@@ -259,32 +251,17 @@ pub(super) unsafe fn row_hash(
 /// Checks that `rel` is a table (ordinary or partitioned) whose every row this role may read
 /// (`function` names the caller in errors), and returns its relkind.
 pub(super) fn readable(rel: &PgRelation, function: &str) -> Result<u8, MmError> {
-    let raw = rel.as_ptr();
-    // SAFETY: rel is open with AccessShareLock (PgRelation's contract), rd_rel is valid.
-    let relkind = unsafe { (*(*raw).rd_rel).relkind } as u8;
+    let relkind = relation::relkind(rel);
     if relkind != pg_sys::RELKIND_RELATION && relkind != pg_sys::RELKIND_PARTITIONED_TABLE {
         return Err(MmError::NotATable {
             relation: table_identity(rel),
             function: function.into(),
         });
     }
-    // SAFETY: plain catalog lookups for an open relation; aclcheck_error raises on failure.
-    unsafe {
-        let allowed =
-            pg_sys::pg_class_aclcheck(rel.oid(), pg_sys::GetUserId(), pg_sys::ACL_SELECT as _);
-        if allowed != pg_sys::AclResult::ACLCHECK_OK {
-            pg_sys::aclcheck_error(
-                allowed,
-                pg_sys::ObjectType::OBJECT_TABLE,
-                (*(*raw).rd_rel).relname.data.as_ptr(),
-            );
-        }
-    }
+    relation::require_select(rel);
     // The scans read the heap directly: where row-level security would hide rows from this role,
     // they refuse instead of reading rows the role may not see.
-    // SAFETY: a catalog lookup for an open relation.
-    let rls = unsafe { pg_sys::check_enable_rls(rel.oid(), pg_sys::InvalidOid, false) };
-    if rls == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32 {
+    if relation::row_security_applies(rel.oid()) {
         return Err(MmError::HiddenByRowSecurity {
             table: table_identity(rel),
         });
@@ -294,33 +271,25 @@ pub(super) fn readable(rel: &PgRelation, function: &str) -> Result<u8, MmError> 
 
 /// The checksum of `rel` (see the module doc).
 pub fn checksum(rel: &PgRelation) -> Result<i64, MmError> {
-    let raw = rel.as_ptr();
     let relkind = readable(rel, "table_checksum")?;
     if relkind == pg_sys::RELKIND_RELATION {
-        // SAFETY: rel is an open table.
-        return Ok(unsafe { heap_sum(raw) } as i64);
+        return Ok(heap_sum(rel) as i64);
     }
     // A partitioned table: the sum over its leaves, whatever the partitioning (rows are hashed by
     // column name, and sums do not depend on order), so nodes that partition differently agree.
     let mut sum = 0u64;
     for leaf in crate::pg::partitions::leaf_partitions(rel.oid()) {
-        // SAFETY: a leaf of the open root, opened and closed here (the lock is kept).
-        unsafe {
-            let leaf = pg_sys::table_open(leaf, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-            sum = sum.wrapping_add(heap_sum(leaf));
-            pg_sys::table_close(leaf, pg_sys::NoLock as pg_sys::LOCKMODE);
-        }
+        // A leaf of the open root, opened and closed here (the lock is kept).
+        sum = sum.wrapping_add(heap_sum(&Opened::table(leaf, pg_sys::AccessShareLock)));
     }
     Ok(sum as i64)
 }
 
-/// The sum of the row hashes of an ordinary table.
-///
-/// # Safety
-/// `raw` must be an open, locked ordinary table.
-unsafe fn heap_sum(raw: pg_sys::Relation) -> u64 {
-    // SAFETY: rel is open; the columns are used within this call.
-    let columns = unsafe { user_columns(raw) };
+/// The sum of the row hashes of an open, locked ordinary table.
+fn heap_sum(rel: &impl Open) -> u64 {
+    let raw = rel.raw();
+    // SAFETY: the columns are used within this call.
+    let columns = unsafe { user_columns(rel) };
     let mut sum = 0u64;
     // SAFETY: rel is an open, locked table (`# Safety`); the closure reads the slot's deformed
     // values, which is what row_hash needs, inside `hashing`.

@@ -35,10 +35,11 @@ use crate::catalog::tombstones;
 use crate::error::MmError;
 use crate::pg::flag::RepairWrite;
 use crate::pg::key::IndexKey;
-use crate::pg::names::{identity, relation_names, sql_ident, sql_qualified};
+use crate::pg::names::{identity, sql_ident, sql_qualified};
+use crate::pg::partitions;
+use crate::pg::relation::{self, Open, Opened};
 use crate::pg::settings::{self, Input, Output};
 use crate::pg::spi::{text_datum, CachedPlan};
-use crate::pg::{partitions, tuple};
 
 pub use mm_conflict_core::diff::{LEVEL_BITS, MAX_BITS};
 
@@ -84,14 +85,12 @@ struct Tree {
 
 fn tree(rel: &PgRelation, function: &str) -> Result<Tree, MmError> {
     let relkind = readable(rel, function)?;
-    // SAFETY: rel is open with AccessShareLock (PgRelation's contract).
-    let (schema, name) = unsafe { relation_names(rel.as_ptr()) };
+    let (schema, name) = relation::names(rel);
     let identity = identity(&schema, &name);
     let not_replicated = || MmError::NotReplicated {
         table: identity.clone(),
     };
-    // SAFETY: rel is open and locked.
-    if !unsafe { relinfo::has_mm_resolve(rel.as_ptr()) } {
+    if !relinfo::has_mm_resolve(rel) {
         return Err(not_replicated());
     }
     let leaves = if relkind == pg_sys::RELKIND_RELATION {
@@ -101,14 +100,12 @@ fn tree(rel: &PgRelation, function: &str) -> Result<Tree, MmError> {
     };
     let info = match leaves.first() {
         None => None,
-        // SAFETY: the leaf is opened and locked for the call (the lock is kept to the end of the
+        // The leaf is opened and locked for the call (the lock is kept to the end of the
         // transaction), as lookup_for_relation needs.
-        Some(&leaf) => unsafe {
-            let raw = pg_sys::table_open(leaf, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-            let info = relinfo::lookup_for_relation(raw);
-            pg_sys::table_close(raw, pg_sys::NoLock as pg_sys::LOCKMODE);
-            Some(info?.ok_or_else(not_replicated)?)
-        },
+        Some(&leaf) => {
+            let leaf = Opened::table(leaf, pg_sys::AccessShareLock);
+            Some(relinfo::lookup_for(&leaf)?.ok_or_else(not_replicated)?)
+        }
     };
     if let Some(info) = &info {
         if info.primary_key.is_none() {
@@ -138,12 +135,12 @@ fn for_each_row(tree: &Tree, mut each: impl FnMut(&Entry)) -> Result<(), MmError
         // SAFETY: the leaf is opened and locked here and closed after its scan (the lock is kept
         // to the end of the transaction); the scan hands over deformed slots of that leaf, hashed
         // inside `hashing` with columns read from it in this call.
+        let leaf = Opened::table(leaf, pg_sys::AccessShareLock);
+        let raw = leaf.raw();
+        let info = relinfo::lookup_for(&leaf)?.ok_or_else(|| MmError::NotReplicated {
+            table: tree.identity.clone(),
+        })?;
         unsafe {
-            let raw = pg_sys::table_open(leaf, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-            let info =
-                relinfo::lookup_for_relation(raw)?.ok_or_else(|| MmError::NotReplicated {
-                    table: tree.identity.clone(),
-                })?;
             let pk = info
                 .primary_key
                 .as_ref()
@@ -151,7 +148,7 @@ fn for_each_row(tree: &Tree, mut each: impl FnMut(&Entry)) -> Result<(), MmError
                     table: tree.identity.clone(),
                 })?;
             let tupdesc = (*raw).rd_att;
-            let columns = user_columns(raw);
+            let columns = user_columns(&leaf);
             columns.hashing(|| {
                 scan(raw, "mm_conflict table_diff", |slot| {
                     let mut should_free = false;
@@ -166,7 +163,6 @@ fn for_each_row(tree: &Tree, mut each: impl FnMut(&Entry)) -> Result<(), MmError
                     });
                 })
             });
-            pg_sys::table_close(raw, pg_sys::NoLock as pg_sys::LOCKMODE);
         }
     }
     Ok(())
@@ -275,12 +271,11 @@ pub fn contents(rel: &PgRelation, keys: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, St
         })
         .collect::<Vec<_>>()
         .join(" AND ");
-    // SAFETY: rel is open, so its descriptor is valid; the output functions are used in this call.
-    let columns: Vec<(String, Output)> = unsafe {
-        tuple::live_attributes((*rel.as_ptr()).rd_att)
-            .map(|a| (tuple::attname(a).to_string(), Output::of(a.atttypid)))
-            .collect()
-    };
+    // SAFETY: catalog lookups of the columns' types; the output functions are used in this call.
+    let columns: Vec<(String, Output)> = relation::columns_of(rel)
+        .into_iter()
+        .map(|c| (c.name, unsafe { Output::of(c.typid) }))
+        .collect();
     let select_list = columns
         .iter()
         .map(|(name, _)| format!("t.{}", sql_ident(name)))
@@ -412,19 +407,8 @@ pub fn items(rel: &PgRelation, keys: Vec<Vec<u8>>) -> Result<String, MmError> {
 /// superusers; no other role unless that owner granted it), as `function` (named in the error)
 /// shows what it holds.
 fn may_read_tombstones(function: &str) -> Result<(), MmError> {
-    // SAFETY: catalog lookups in a transaction.
-    let allowed = unsafe {
-        let namespace = pg_sys::get_namespace_oid(c"mm_conflict".as_ptr(), true);
-        let relid = if namespace == pg_sys::InvalidOid {
-            pg_sys::InvalidOid
-        } else {
-            pg_sys::get_relname_relid(c"tombstone".as_ptr(), namespace)
-        };
-        pg_sys::superuser()
-            || (relid != pg_sys::InvalidOid
-                && pg_sys::pg_class_aclcheck(relid, pg_sys::GetUserId(), pg_sys::ACL_SELECT as _)
-                    == pg_sys::AclResult::ACLCHECK_OK)
-    };
+    let allowed = crate::pg::security::is_superuser()
+        || relation::extension_table(c"tombstone").is_some_and(relation::may_select);
     if allowed {
         Ok(())
     } else {
@@ -463,21 +447,13 @@ pub fn key_json(rel: &PgRelation, key: &[u8]) -> Result<Value, MmError> {
 /// The names and types of `pk`'s columns in `leaf` (a leaf of the tree, whose key decodes the
 /// binary form), in key order.
 fn key_columns(leaf: pg_sys::Oid, pk: &IndexKey) -> Vec<(String, pg_sys::Oid)> {
-    // SAFETY: the leaf (locked by `tree`, the lock kept to the end of the transaction) is opened
-    // for its descriptor and closed again; the key's attnums are columns of it.
-    unsafe {
-        let raw = pg_sys::table_open(leaf, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let tupdesc = (*raw).rd_att;
-        let columns = pk
-            .attnums()
-            .map(|attnum| {
-                let att = tuple::attribute(tupdesc, attnum);
-                (tuple::attname(att).to_string(), att.atttypid)
-            })
-            .collect();
-        pg_sys::table_close(raw, pg_sys::NoLock as pg_sys::LOCKMODE);
-        columns
-    }
+    // The leaf is locked by `tree` (the lock kept to the end of the transaction); the key's
+    // attnums are live columns of it.
+    let columns = Opened::table(leaf, pg_sys::AccessShareLock).columns();
+    pk.attnums()
+        .filter_map(|attnum| columns.iter().find(|c| c.attnum == attnum))
+        .map(|c| (c.name.clone(), c.typid))
+        .collect()
 }
 
 /// A side's state as table_diff shows it (NULL: nothing).
@@ -575,19 +551,15 @@ pub fn apply(rel: &PgRelation, items: &str, same_version: bool) -> Result<i64, M
         })?;
     // The columns a row is written with: every column but generated ones (computed again), each
     // read by its type's input function from its text in the row (see `contents`).
-    // SAFETY: rel is open, so its descriptor is valid; the input functions are used in this call.
-    let columns: Vec<(String, pg_sys::Oid, Input)> = unsafe {
-        tuple::live_attributes((*rel.as_ptr()).rd_att)
-            .filter(|a| a.attgenerated == 0)
-            .map(|a| {
-                (
-                    tuple::attname(a).to_string(),
-                    a.atttypid,
-                    Input::of(a.atttypid, a.atttypmod),
-                )
-            })
-            .collect()
-    };
+    // SAFETY: catalog lookups of the columns' types; the input functions are used in this call.
+    let columns: Vec<(String, pg_sys::Oid, Input)> = relation::columns_of(rel)
+        .into_iter()
+        .filter(|c| !c.generated)
+        .map(|c| {
+            let input = unsafe { Input::of(c.typid, c.typmod) };
+            (c.name, c.typid, input)
+        })
+        .collect();
     let insert_row = CachedPlan::new(
         format!(
             "INSERT INTO {table} ({names}) OVERRIDING SYSTEM VALUE VALUES ({params})",
