@@ -9,6 +9,7 @@ use pgrx::{AllocatedByPostgres, PgTupleDesc};
 
 use crate::apply;
 use crate::error::OrRaise;
+use crate::pg::tuple::TupleRef;
 
 /// The trigger's result: `tuple` (of the trigger's relation), or `None` to skip the row.
 ///
@@ -93,8 +94,10 @@ pub mod mm_conflict {
                 } else {
                     td.tg_trigtuple
                 };
-            // SAFETY: td is the TriggerData of this firing; the tuple belongs to the tombstone table.
-            unsafe { apply::tombstone::settle(tuple, (*td.tg_relation).rd_att) }.or_raise();
+            // SAFETY: td is the TriggerData of this firing; the tuple belongs to the tombstone
+            // table (check_firing), described by its rd_att, and is valid while it fires.
+            let tuple = unsafe { TupleRef::new(tuple, (*td.tg_relation).rd_att) };
+            apply::tombstone::settle(tuple).or_raise();
         }
         Ok(None)
     }

@@ -17,7 +17,8 @@ use crate::catalog::relinfo::{self, RelInfo, Row};
 use crate::error::MmError;
 use crate::gucs;
 use crate::pg::flag::ScopedFlag;
-use crate::pg::{is_replicated_session, tuple};
+use crate::pg::is_replicated_session;
+use crate::pg::tuple::TupleRef;
 use store::PgStore;
 
 thread_local! {
@@ -103,112 +104,129 @@ pub unsafe fn fire(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTuple>
             fired: describe_event(event),
         });
     }
-    // SAFETY (whole body): td and everything it points to is valid during the firing (caller's
-    // contract); tuples belong to td.tg_relation and are described by its rd_att.
-    unsafe {
+    // SAFETY: td and everything it points to is valid during the firing (caller's contract):
+    // the relation is open and locked, the trigger is one of its triggers, and the tuples are
+    // the relation's, described by its rd_att, valid until the trigger returns (which the store,
+    // the rows and `info`'s borrow do not outlast).
+    let (info, rel, old, new) = unsafe {
         let info = relinfo::lookup(td.tg_relation, &*td.tg_trigger)?;
-        let policy = &info.policy;
-        let tupdesc = (*td.tg_relation).rd_att;
-        let (old, new) = (td.tg_trigtuple, td.tg_newtuple);
-        let replicated = is_replicated_session();
-        if replicated {
-            crate::report::progress::watch();
+        let desc = (*td.tg_relation).rd_att;
+        let tuple = |t: pg_sys::HeapTuple| (!t.is_null()).then(|| TupleRef::new(t, desc));
+        (
+            info,
+            td.tg_relation,
+            tuple(td.tg_trigtuple),
+            tuple(td.tg_newtuple),
+        )
+    };
+    let Some(old) = old else {
+        return Err(MmError::WrongTriggerEvent {
+            fired: describe_event(event),
+        });
+    };
+    let policy = &info.policy;
+    let replicated = is_replicated_session();
+    if replicated {
+        crate::report::progress::watch();
+    }
+    let own_write = OwnWrite::active();
+    // A replicated INSERT's probe copies the stored row only when a conflict could show it.
+    let copy_rows = replicated
+        && op == pg_sys::TRIGGER_EVENT_INSERT
+        && !own_write
+        && crate::report::rows_wanted();
+    // SAFETY: rel is open and locked during the firing and described by `info` (looked up for
+    // it); `old` is one of its tuples.
+    let mut store = unsafe { PgStore::for_tuple(&info, rel, old, copy_rows) };
+    let old_row = Row::Tuple(old);
+    // An UPDATE has its new tuple (PostgreSQL sets it for UPDATE events only).
+    let new_tuple = || new.expect("an UPDATE trigger has its new tuple");
+    let (action, written) = match (op, replicated) {
+        (pg_sys::TRIGGER_EVENT_INSERT, false) => (
+            engine::local_insert(&mut store, policy, local(), &old_row),
+            old,
+        ),
+        (pg_sys::TRIGGER_EVENT_UPDATE, false) => (
+            engine::local_update(
+                &mut store,
+                policy,
+                local(),
+                &old_row,
+                &Row::Tuple(new_tuple()),
+            ),
+            new_tuple(),
+        ),
+        (pg_sys::TRIGGER_EVENT_DELETE, false) => (
+            engine::local_delete(&mut store, policy, local(), &old_row),
+            old,
+        ),
+        (pg_sys::TRIGGER_EVENT_INSERT, true) => (
+            engine::replicated_insert(&mut store, policy, &old_row, own_write),
+            old,
+        ),
+        (pg_sys::TRIGGER_EVENT_UPDATE, true) => (
+            Ok(engine::replicated_update(
+                &mut store,
+                policy,
+                &old_row,
+                &Row::Tuple(new_tuple()),
+                Converting::active(),
+            )),
+            new_tuple(),
+        ),
+        _ => (
+            Ok(engine::replicated_delete(
+                &mut store, policy, &old_row, own_write,
+            )),
+            old,
+        ),
+    };
+    let action = action.map_err(|refusal| refused(&info, refusal))?;
+    // Delta columns: the state the engine gave the written row, and the sums it holds.
+    let delta = match store.take_delta() {
+        Some(state) => delta_values(&info, &state)?,
+        None => Vec::new(),
+    };
+    // SAFETY (each arm): `written` and `old` are tuples of `info`'s relation; the values put in
+    // are of their columns' types (bookkeeping values, a column's own value fetched in full,
+    // delta sums made for their columns by `delta_values`); the results are palloc'd in the
+    // trigger's memory context, as PostgreSQL expects of a returned tuple.
+    match action {
+        // A local UPDATE carries every value of its version, also the large ones it did not
+        // change (see `with_bookkeeping`).
+        Action::Stamp(stamps) => {
+            let mut extra = if op == pg_sys::TRIGGER_EVENT_UPDATE {
+                full_values(written)
+            } else {
+                Vec::new()
+            };
+            extra.extend(delta);
+            Ok(Some(unsafe {
+                with_bookkeeping(&info, written, Some(stamps), &extra)
+            }))
         }
-        let own_write = OwnWrite::active();
-        // A replicated INSERT's probe copies the stored row only when a conflict could show it.
-        let copy_rows = replicated
-            && op == pg_sys::TRIGGER_EVENT_INSERT
-            && !own_write
-            && crate::report::rows_wanted();
-        let mut store = PgStore::for_tuple(&info, td.tg_relation, old, copy_rows);
-        let (old_row, new_row) = (Row::Tuple(old), Row::Tuple(new));
-        let (action, written) = match (op, replicated) {
-            (pg_sys::TRIGGER_EVENT_INSERT, false) => (
-                engine::local_insert(&mut store, policy, local(), &old_row),
-                old,
-            ),
-            (pg_sys::TRIGGER_EVENT_UPDATE, false) => (
-                engine::local_update(&mut store, policy, local(), &old_row, &new_row),
-                new,
-            ),
-            (pg_sys::TRIGGER_EVENT_DELETE, false) => (
-                engine::local_delete(&mut store, policy, local(), &old_row),
-                old,
-            ),
-            (pg_sys::TRIGGER_EVENT_INSERT, true) => (
-                engine::replicated_insert(&mut store, policy, &old_row, own_write),
-                old,
-            ),
-            (pg_sys::TRIGGER_EVENT_UPDATE, true) => (
-                Ok(engine::replicated_update(
-                    &mut store,
-                    policy,
-                    &old_row,
-                    &new_row,
-                    Converting::active(),
-                )),
-                new,
-            ),
-            _ => (
-                Ok(engine::replicated_delete(
-                    &mut store, policy, &old_row, own_write,
-                )),
-                old,
-            ),
-        };
-        let action = action.map_err(|refusal| refused(&info, refusal))?;
-        // Delta columns: the state the engine gave the written row, and the sums it holds.
-        let delta = match store.take_delta() {
-            Some(state) => delta_values(&info, &state)?,
-            None => Vec::new(),
-        };
-        match action {
-            // A local UPDATE carries every value of its version, also the large ones it did not
-            // change (see `with_bookkeeping`).
-            Action::Stamp(stamps) => {
-                let mut extra = if op == pg_sys::TRIGGER_EVENT_UPDATE {
-                    full_values(written, tupdesc)
-                } else {
-                    Vec::new()
-                };
-                extra.extend(delta);
-                Ok(Some(with_bookkeeping(
-                    &info,
-                    written,
-                    tupdesc,
-                    Some(stamps),
-                    &extra,
-                )))
-            }
-            Action::Apply if delta.is_empty() => Ok(Some(as_replicated(&info, written, tupdesc))),
-            Action::Apply => Ok(Some(with_bookkeeping(
-                &info, written, tupdesc, None, &delta,
-            ))),
-            // The stored row (its version, its mm_islocal) with the increments it lacked. Like a
-            // local UPDATE it carries its large values in full: a peer that takes it as the
-            // winner must not keep its own large values of another version.
-            Action::Merge => {
-                let mut extra = full_values(old, tupdesc);
-                extra.extend(delta);
-                let (cols, values): (Vec<_>, Vec<_>) = extra.into_iter().unzip();
-                Ok(Some(tuple::modify(old, tupdesc, &cols, &values)))
-            }
-            Action::Pass => Ok(Some(written)),
-            Action::Skip => Ok(None),
+        Action::Apply if delta.is_empty() => Ok(Some(unsafe { as_replicated(&info, written) })),
+        Action::Apply => Ok(Some(unsafe {
+            with_bookkeeping(&info, written, None, &delta)
+        })),
+        // The stored row (its version, its mm_islocal) with the increments it lacked. Like a
+        // local UPDATE it carries its large values in full: a peer that takes it as the
+        // winner must not keep its own large values of another version.
+        Action::Merge => {
+            let mut extra = full_values(old);
+            extra.extend(delta);
+            let (cols, values): (Vec<_>, Vec<_>) = extra.into_iter().unzip();
+            Ok(Some(unsafe { old.modified(&cols, &values) }))
         }
+        Action::Pass => Ok(Some(written.raw())),
+        Action::Skip => Ok(None),
     }
 }
 
 /// `tuple`'s values stored out of line, fetched in full (see `with_bookkeeping`).
-///
-/// # Safety
-/// `tuple` is valid and described by `tupdesc`.
-unsafe fn full_values(
-    tuple: pg_sys::HeapTuple,
-    tupdesc: pg_sys::TupleDesc,
-) -> Vec<(pg_sys::AttrNumber, Option<pg_sys::Datum>)> {
-    // SAFETY: as external_values requires (`# Safety`).
-    unsafe { tuple::external_values(tuple, tupdesc) }
+fn full_values(tuple: TupleRef) -> Vec<(pg_sys::AttrNumber, Option<pg_sys::Datum>)> {
+    tuple
+        .external_values()
         .into_iter()
         .map(|(attnum, datum)| (attnum, Some(datum)))
         .collect()
@@ -286,13 +304,11 @@ pub unsafe fn truncate(td: &pg_sys::TriggerData) -> Result<(), MmError> {
 /// that an UPDATE leaves unchanged (see BENCHMARKS.md).
 ///
 /// # Safety
-/// `tuple` is a valid tuple of `info`'s relation described by `tupdesc`, `full` values of its
-/// columns; the result is palloc'd in the trigger's memory context, as PostgreSQL expects of a
-/// returned tuple.
+/// `tuple` is a tuple of `info`'s relation, `full` values of its columns; the result is palloc'd
+/// in the current memory context.
 unsafe fn with_bookkeeping(
     info: &RelInfo,
-    tuple: pg_sys::HeapTuple,
-    tupdesc: pg_sys::TupleDesc,
+    tuple: TupleRef,
     stamps: Option<Stamps>,
     full: &[(pg_sys::AttrNumber, Option<pg_sys::Datum>)],
 ) -> pg_sys::HeapTuple {
@@ -330,29 +346,22 @@ unsafe fn with_bookkeeping(
             .collect();
         (&all_cols[..], &all_values[..])
     };
-    // SAFETY: `tuple` is valid and described by `tupdesc`, `full` holds its columns (`# Safety`);
-    // the att_* were found in it by RelInfo::build; `cols`/`values` pair up with the columns' types
-    // (boolean, smallint, timestamp(tz) as microseconds, full values of the columns they replace).
-    unsafe { tuple::modify(tuple, tupdesc, cols, values) }
+    // SAFETY: `full` holds values of `tuple`'s columns (`# Safety`); the att_* were found in the
+    // relation by RelInfo::build; `cols`/`values` pair up with the columns' types (boolean,
+    // smallint, timestamp(tz) as microseconds, full values of the columns they replace).
+    unsafe { tuple.modified(cols, values) }
 }
 
 /// `tuple` marked as arrived from a peer (`mm_islocal = false`), copied only if needed.
 ///
 /// # Safety
 /// As for [`with_bookkeeping`].
-unsafe fn as_replicated(
-    info: &RelInfo,
-    tuple: pg_sys::HeapTuple,
-    tupdesc: pg_sys::TupleDesc,
-) -> pg_sys::HeapTuple {
-    // SAFETY: `tuple` is a valid tuple of `info`'s relation described by `tupdesc` (`# Safety`),
-    // `att_islocal` one of its columns (found by RelInfo::build), as get and with_bookkeeping need.
-    unsafe {
-        if tuple::get(tuple, tupdesc, info.att_islocal).is_some_and(|d| d.value() == 0) {
-            return tuple;
-        }
-        with_bookkeeping(info, tuple, tupdesc, None, &[])
+unsafe fn as_replicated(info: &RelInfo, tuple: TupleRef) -> pg_sys::HeapTuple {
+    if tuple.get(info.att_islocal).is_some_and(|d| d.value() == 0) {
+        return tuple.raw();
     }
+    // SAFETY: `tuple` is a tuple of `info`'s relation (`# Safety`).
+    unsafe { with_bookkeeping(info, tuple, None, &[]) }
 }
 
 /// The error a refusal of the engine raises.

@@ -8,10 +8,11 @@ use mm_conflict_core::{Amount, Delta, RowStamps, Tombstone};
 use pgrx::pg_sys;
 
 use super::{Converting, OwnWrite};
-use crate::catalog::relinfo::{RelInfo, Row};
+use crate::catalog::relinfo::{Params, RelInfo, Row};
 use crate::catalog::tombstones::{self, TombstoneTable};
 use crate::error::MmError;
 use crate::pg::names::stable_hash;
+use crate::pg::tuple::TupleRef;
 use crate::pg::{keylock, probe};
 use crate::report;
 
@@ -84,9 +85,8 @@ struct Key {
 pub struct PgStore<'a> {
     info: &'a RelInfo,
     rel: pg_sys::Relation,
-    tupdesc: pg_sys::TupleDesc,
     /// The row whose key this store serves (the written row, or the deleted one).
-    keyed_row: Option<pg_sys::HeapTuple>,
+    keyed_row: Option<TupleRef<'a>>,
     key: OnceCell<Key>,
     tombstones: OnceCell<std::rc::Rc<TombstoneTable>>,
     /// Copy stored rows found by the probe (only when a report could show them).
@@ -99,19 +99,17 @@ impl<'a> PgStore<'a> {
     /// A store for the key of `row` (a tuple of `rel`).
     ///
     /// # Safety
-    /// `rel` is open and locked and described by `info`; `row` is one of its tuples, valid while
-    /// the store is used.
+    /// `rel` is open and locked and described by `info`, while the store is used; `row` is one of
+    /// its tuples.
     pub unsafe fn for_tuple(
         info: &'a RelInfo,
         rel: pg_sys::Relation,
-        row: pg_sys::HeapTuple,
+        row: TupleRef<'a>,
         copy_rows: bool,
     ) -> PgStore<'a> {
         PgStore {
             info,
             rel,
-            // SAFETY: rel is open (caller's contract).
-            tupdesc: unsafe { (*rel).rd_att },
             keyed_row: Some(row),
             key: OnceCell::new(),
             tombstones: OnceCell::new(),
@@ -136,8 +134,6 @@ impl<'a> PgStore<'a> {
         PgStore {
             info,
             rel,
-            // SAFETY: rel is open (caller's contract).
-            tupdesc: unsafe { (*rel).rd_att },
             keyed_row: None,
             key,
             tombstones: OnceCell::new(),
@@ -159,12 +155,10 @@ impl<'a> PgStore<'a> {
                 // from a key have one set.
                 _ => unreachable!("a key of a table without a primary key"),
             };
-            // SAFETY: the row is a tuple of the relation (constructor's contract).
-            unsafe {
-                let values = pk.values(row, self.tupdesc);
-                let bytes = pk.encode(&values);
-                Key { values, bytes }
-            }
+            let values = pk.values(row);
+            // SAFETY: values of the key's columns, read by `values`.
+            let bytes = unsafe { pk.encode(&values) };
+            Key { values, bytes }
         })
     }
 
@@ -215,8 +209,8 @@ impl Tombstones for PgStore<'_> {
     }
 }
 
-impl Store for PgStore<'_> {
-    type Row = Row;
+impl<'a> Store for PgStore<'a> {
+    type Row = Row<'a>;
 
     fn keyed(&self) -> bool {
         self.info.primary_key.is_some()
@@ -226,87 +220,85 @@ impl Store for PgStore<'_> {
         crate::pg::flag::RepairWrite::overwrites_same_version()
     }
 
-    fn stamps(&self, row: &Row) -> RowStamps {
-        // SAFETY: rows handed to the engine are tuples of this relation or its parameter values.
-        unsafe { self.info.row_stamps(row, self.tupdesc) }
+    fn stamps(&self, row: &Row<'a>) -> RowStamps {
+        self.info.row_stamps(row)
     }
 
-    fn find_row(&mut self) -> Lookup<Stored<Row>, pg_sys::TransactionId> {
-        let (info, tupdesc, copy) = (self.info, self.tupdesc, self.copy_rows);
+    fn find_row(&mut self) -> Lookup<Stored<Row<'a>>, pg_sys::TransactionId> {
+        let (info, copy) = (self.info, self.copy_rows);
         let Some(pk) = &info.primary_key else {
             return Lookup::Absent;
         };
-        // SAFETY: rel is open and locked; the key values are valid during the probe; the reader
-        // runs on a pinned tuple of the relation.
+        // SAFETY: rel is open and locked; the key values are valid during the probe. The reader
+        // runs on a pinned tuple of the relation and copies what it keeps into the current
+        // (trigger's) memory context, which outlives the store.
         unsafe {
             probe::probe(self.rel, pk, &self.key().values, &|tuple| Stored {
-                stamps: info.stamps(tuple, tupdesc),
+                stamps: info.stamps(tuple),
                 delta: info
                     .delta
                     .is_some()
-                    .then(|| delta_of(info, tupdesc, &Row::Tuple(tuple))),
-                row: copy.then(|| Row::Tuple(pg_sys::heap_copytuple(tuple))),
+                    .then(|| delta_of(info, &Row::Tuple(tuple))),
+                row: copy.then(|| Row::Tuple(tuple.copy())),
             })
         }
     }
 
-    fn overwrite(&mut self, row: &Row) -> bool {
+    fn overwrite(&mut self, row: &Row<'a>) -> bool {
         let _converting = Converting::start();
-        // SAFETY: the parameters are the row's own values, which outlive the call.
-        unsafe {
-            let params = self.info.row_values(row, self.tupdesc);
-            self.info.overwrite.execute(&params, pg_sys::SPI_OK_UPDATE) > 0
-        }
+        let params = self.info.row_values(row);
+        // SAFETY: the parameters are the row's own values (of this relation, as every row handed
+        // to the engine), of the statement's argument types, the live columns' types.
+        unsafe { self.info.overwrite.execute(&params, pg_sys::SPI_OK_UPDATE) > 0 }
     }
 
-    fn take_row(&mut self) -> Option<Row> {
+    fn take_row(&mut self) -> Option<Row<'a>> {
         let _own_write = OwnWrite::start();
         let params = self.info.key_parameters(&self.key().values);
-        // SAFETY: the key parameters match the statement's argument types.
+        // SAFETY: the key parameters match the statement's argument types; the statement returns
+        // the row's live columns in parameter order, of their types (as `Params` holds them).
         unsafe {
             self.info
                 .resend_delete
                 .execute_returning(&params, pg_sys::SPI_OK_DELETE_RETURNING)
+                .map(|values| Row::Values(Params::new(values)))
         }
-        .map(Row::Values)
     }
 
-    fn put_row(&mut self, row: &Row) {
+    fn put_row(&mut self, row: &Row<'a>) {
         let _own_write = OwnWrite::start();
-        // SAFETY: the row's values match the statement's argument types.
+        let params = self.info.row_values(row);
+        // SAFETY: the row's values match the statement's argument types (as for `overwrite`).
         unsafe {
-            let params = self.info.row_values(row, self.tupdesc);
             self.info
                 .resend_insert
                 .execute(&params, pg_sys::SPI_OK_INSERT);
         }
     }
 
-    fn report(&mut self, resolution: &Resolution<Row>) {
-        // SAFETY: the rows are of this relation (tuples or parameter values).
-        unsafe { report::report(self.info, self.tupdesc, resolution) }
+    fn report(&mut self, resolution: &Resolution<Row<'a>>) {
+        report::report(self.info, resolution)
     }
 
-    fn find_unique_conflict(&mut self, row: &Row) -> Lookup<Stored<Row>, pg_sys::TransactionId> {
-        let (info, tupdesc) = (self.info, self.tupdesc);
+    fn find_unique_conflict(
+        &mut self,
+        row: &Row<'a>,
+    ) -> Lookup<Stored<Row<'a>>, pg_sys::TransactionId> {
+        let info = self.info;
         let (Row::Tuple(tuple), Some(pk)) = (row, &info.primary_key) else {
             return Lookup::Absent;
         };
         let own = &self.key().bytes;
         for unique in &info.unique_keys {
-            // SAFETY: the row is a tuple of this relation; rel is open and locked; the reader
-            // runs on a pinned tuple of the relation and copies what it keeps.
+            let Some(values) = unique.values_if_set(*tuple) else {
+                continue; // a NULL never collides
+            };
+            // SAFETY: rel is open and locked; `values` are the unique key's, valid during the
+            // probe; the reader runs on a pinned tuple of the relation and copies what it keeps
+            // into the current (trigger's) memory context, which outlives the store.
             unsafe {
-                let Some(values) = unique.values_if_set(*tuple, tupdesc) else {
-                    continue; // a NULL never collides
-                };
                 let found = probe::probe(self.rel, unique, &values, &|found| {
-                    let key = pk.encode(&pk.values(found, tupdesc));
-                    (
-                        key,
-                        info.stamps(found, tupdesc),
-                        pg_sys::heap_copytuple(found),
-                    )
+                    (pk.encode_row(found), info.stamps(found), found.copy())
                 });
                 match found {
                     Lookup::Absent => {}
@@ -330,22 +322,22 @@ impl Store for PgStore<'_> {
         self.info.delta.as_ref().map_or(0, |d| d.columns.len())
     }
 
-    fn delta(&self, row: &Row) -> Delta {
+    fn delta(&self, row: &Row<'a>) -> Delta {
         // SAFETY: rows handed to the engine are tuples of this relation or its parameter values.
-        unsafe { delta_of(self.info, self.tupdesc, row) }
+        unsafe { delta_of(self.info, row) }
     }
 
-    fn amounts(&self, row: &Row) -> Vec<Amount> {
+    fn amounts(&self, row: &Row<'a>) -> Vec<Amount> {
         // SAFETY: as for `delta`.
-        unsafe { amounts_of(self.info, self.tupdesc, row, false) }
+        unsafe { amounts_of(self.info, row, false) }
     }
 
     fn write_delta(&mut self, delta: Delta) {
         self.delta = Some(delta);
     }
 
-    fn lock_unique_values(&mut self, row: &Row, old: Option<&Row>) {
-        let (info, tupdesc) = (self.info, self.tupdesc);
+    fn lock_unique_values(&mut self, row: &Row<'a>, old: Option<&Row<'a>>) {
+        let info = self.info;
         if info.unique_keys.is_empty() || info.primary_key.is_none() {
             return;
         }
@@ -358,11 +350,7 @@ impl Store for PgStore<'_> {
         };
         let mut values = Vec::new();
         for (place, unique) in info.unique_keys.iter().enumerate() {
-            // SAFETY: rows handed to the engine are tuples of this relation, described by
-            // tupdesc; the send functions behind `encode` return palloc'd copies.
-            let encoded = |t: pg_sys::HeapTuple| unsafe {
-                unique.values_if_set(t, tupdesc).map(|v| unique.encode(&v))
-            };
+            let encoded = |t: TupleRef| unique.encode_row_if_set(t);
             let Some(bytes) = encoded(*tuple) else {
                 continue; // a NULL never collides
             };
@@ -378,12 +366,11 @@ impl Store for PgStore<'_> {
         }
     }
 
-    fn bury(&mut self, row: &Row, tombstone: &Tombstone) -> bool {
+    fn bury(&mut self, row: &Row<'a>, tombstone: &Tombstone) -> bool {
         let (Row::Tuple(tuple), Some(pk)) = (row, &self.info.primary_key) else {
             return false;
         };
-        // SAFETY: the row is a tuple of this relation.
-        let key = unsafe { pk.encode(&pk.values(*tuple, self.tupdesc)) };
+        let key = pk.encode_row(*tuple);
         // Written in an apply session, the tombstone goes through the tombstone table's triggers
         // as one from a peer: stored only if it beats the key's, and settling that key's row.
         let table = self
@@ -397,14 +384,9 @@ impl Store for PgStore<'_> {
 /// counted as 0 (a row from before the declaration).
 ///
 /// # Safety
-/// `row` is a tuple of `info`'s relation described by `tupdesc`, or its parameter values; the
-/// relation has delta columns.
-unsafe fn amounts_of(
-    info: &RelInfo,
-    tupdesc: pg_sys::TupleDesc,
-    row: &Row,
-    null_is_zero: bool,
-) -> Vec<Amount> {
+/// `row` is a tuple of `info`'s relation, or its parameter values (its delta columns' datums are
+/// read as their types).
+unsafe fn amounts_of(info: &RelInfo, row: &Row, null_is_zero: bool) -> Vec<Amount> {
     let Some(delta) = &info.delta else {
         return Vec::new();
     };
@@ -412,9 +394,7 @@ unsafe fn amounts_of(
         .columns
         .iter()
         .map(|column| {
-            // SAFETY: the row is of this relation (`# Safety`); the attnum was found in it by
-            // RelInfo's build, and the datum is a value of the column's type.
-            let value = unsafe { info.row_value(row, tupdesc, column.attnum) };
+            let value = info.row_value(row, column.attnum);
             let amount = match value {
                 None if null_is_zero => Ok(Amount::ZERO),
                 None => MmError::DeltaColumnNull {
@@ -422,7 +402,8 @@ unsafe fn amounts_of(
                     column: column.name.clone(),
                 }
                 .raise(),
-                // SAFETY: a non-NULL datum of the column's type.
+                // SAFETY: a non-NULL datum of the column (the row is of this relation: `# Safety`;
+                // RelInfo's build found the column's number and type).
                 Some(datum) => unsafe { column.kind.read(datum) },
             };
             amount.unwrap_or_else(|e| {
@@ -443,16 +424,16 @@ unsafe fn amounts_of(
 ///
 /// # Safety
 /// As for [`amounts_of`].
-unsafe fn delta_of(info: &RelInfo, tupdesc: pg_sys::TupleDesc, row: &Row) -> Delta {
+unsafe fn delta_of(info: &RelInfo, row: &Row) -> Delta {
     let Some(delta) = &info.delta else {
         return Delta::default();
     };
-    // SAFETY: the row is of this relation (`# Safety`); att_state is its text column mm_delta.
-    match unsafe { info.row_value(row, tupdesc, delta.att_state) } {
-        // SAFETY: as above.
-        None => Delta::base(unsafe { amounts_of(info, tupdesc, row, true) }),
+    match info.row_value(row, delta.att_state) {
+        // SAFETY: the row is of this relation (`# Safety`).
+        None => Delta::base(unsafe { amounts_of(info, row, true) }),
         Some(datum) => {
-            // SAFETY: a non-NULL text datum.
+            // SAFETY: a non-NULL datum of att_state, the text column mm_delta (the row is of this
+            // relation: `# Safety`).
             let text = unsafe { crate::pg::amount::text_string(datum) };
             Delta::decode(&text, delta.columns.len()).unwrap_or_else(|e| {
                 MmError::DeltaStateMalformed {

@@ -15,6 +15,7 @@ use super::OwnWrite;
 use crate::catalog::{relinfo, tombstones};
 use crate::error::MmError;
 use crate::pg::relation::{self, Open, Opened};
+use crate::pg::tuple::TupleRef;
 use crate::pg::{is_replicated_session, key, subxact};
 use crate::pg::{names, partitions};
 use crate::report;
@@ -76,37 +77,39 @@ pub unsafe fn resolve(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTup
     if replicated {
         report::progress::watch();
     }
-    // SAFETY: td and its tuples are valid during the firing; they belong to the tombstone table,
-    // described by its rd_att.
-    unsafe {
-        let tupdesc = (*td.tg_relation).rd_att;
-        if op == pg_sys::TRIGGER_EVENT_DELETE {
-            return Ok(engine::tombstone_deleted(replicated, OwnWrite::active())
-                .then_some(td.tg_trigtuple));
-        }
-        // The tombstone about to be written, read once. Whatever becomes of it, it counts toward
-        // its key's mark first (a local INSERT above the mark skips its probe: see
-        // catalog::mark).
+    if op == pg_sys::TRIGGER_EVENT_DELETE {
+        return Ok(
+            engine::tombstone_deleted(replicated, OwnWrite::active()).then_some(td.tg_trigtuple)
+        );
+    }
+    // SAFETY: td and its tuples are valid during the firing (the new tuple is set for an UPDATE
+    // only); they belong to the tombstone table (check_firing), described by its rd_att.
+    let (old, written) = unsafe {
+        let desc = (*td.tg_relation).rd_att;
+        let old = TupleRef::new(td.tg_trigtuple, desc);
         let written = if op == pg_sys::TRIGGER_EVENT_UPDATE {
-            td.tg_newtuple
+            TupleRef::new(td.tg_newtuple, desc)
         } else {
-            td.tg_trigtuple
+            old
         };
-        let table = tombstones::table()?;
-        let (name, key) = table.name_and_key(written, tupdesc);
-        let new = table.read(written, tupdesc);
-        tombstones::raise_mark(&name, &key, &new);
-        match op {
-            pg_sys::TRIGGER_EVENT_INSERT if !replicated => Ok(Some(td.tg_trigtuple)),
-            pg_sys::TRIGGER_EVENT_UPDATE if !replicated => Ok(Some(td.tg_newtuple)),
-            pg_sys::TRIGGER_EVENT_UPDATE => {
-                let old = table.read(td.tg_trigtuple, tupdesc);
-                Ok(engine::tombstone_updated(&old, &new).then_some(td.tg_newtuple))
-            }
-            _ => {
-                let mut store = KeyTombstones::new(&name, &key)?;
-                Ok(engine::tombstone_arrives(&mut store, &new).then_some(td.tg_trigtuple))
-            }
+        (old, written)
+    };
+    // The tombstone about to be written, read once. Whatever becomes of it, it counts toward its
+    // key's mark first (a local INSERT above the mark skips its probe: see catalog::mark).
+    let table = tombstones::table()?;
+    let (name, key) = table.name_and_key(written);
+    let new = table.read(written);
+    tombstones::raise_mark(&name, &key, &new);
+    match op {
+        pg_sys::TRIGGER_EVENT_INSERT | pg_sys::TRIGGER_EVENT_UPDATE if !replicated => {
+            Ok(Some(written.raw()))
+        }
+        pg_sys::TRIGGER_EVENT_UPDATE => {
+            Ok(engine::tombstone_updated(&table.read(old), &new).then_some(written.raw()))
+        }
+        _ => {
+            let mut store = KeyTombstones::new(&name, &key)?;
+            Ok(engine::tombstone_arrives(&mut store, &new).then_some(old.raw()))
         }
     }
 }
@@ -117,18 +120,10 @@ pub unsafe fn resolve(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTup
 /// decode as the table's key) is ignored with a WARNING and a `conflict_log` row: it never stops
 /// the apply worker, which would halt every table of the subscription.
 ///
-/// # Safety
-/// `tuple` is the new tombstone row, described by `tupdesc` (the tombstone table's).
-pub unsafe fn settle(tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> Result<(), MmError> {
+/// `tuple` is the new tombstone row.
+pub fn settle(tuple: TupleRef) -> Result<(), MmError> {
     let table = tombstones::table()?;
-    // SAFETY: `tuple` is a tombstone row described by `tupdesc` (`# Safety`), as name_and_key and
-    // read need.
-    let ((name, key), tombstone) = unsafe {
-        (
-            table.name_and_key(tuple, tupdesc),
-            table.read(tuple, tupdesc),
-        )
-    };
+    let ((name, key), tombstone) = (table.name_and_key(tuple), table.read(tuple));
     let ignore = |reason: String| {
         let table = String::from_utf8_lossy(&name).into_owned();
         report::log::log_ignored_tombstone(&table, &key, &tombstone.version, &reason);

@@ -21,7 +21,7 @@ use crate::pg::key::IndexKey;
 use crate::pg::names::{self, cstr_to_string, stable_hash};
 use crate::pg::relation::Open;
 use crate::pg::spi::CachedPlan;
-use crate::pg::tuple;
+use crate::pg::tuple::{self, TupleRef};
 
 pub struct RelInfo {
     pub relid: pg_sys::Oid,
@@ -50,6 +50,9 @@ pub struct RelInfo {
     pub delta: Option<DeltaInfo>,
     /// Attribute numbers of the live (not dropped) columns: the parameters of the statements below.
     pub live_attnums: Vec<pg_sys::AttrNumber>,
+    /// Their names and types, in the same order.
+    pub live_names: Vec<String>,
+    pub live_types: Vec<pg_sys::Oid>,
     /// See [`statements::Statements`].
     pub overwrite: CachedPlan,
     pub resend_delete: CachedPlan,
@@ -373,6 +376,8 @@ unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelI
             unique_keys,
             delta,
             live_attnums: live.iter().map(|a| a.attnum).collect(),
+            live_names: columns.iter().map(|c| c.name.clone()).collect(),
+            live_types: argtypes.clone(),
             // mm_conflict's own writes to the table run as its owner, as PostgreSQL 16's apply
             // workers write: a trigger of the owner's never runs with the rights of whoever
             // caused the write (the subscription's owner, the extension's owner).
@@ -383,61 +388,76 @@ unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelI
     }
 }
 
-/// A row of a replicated table: a heap tuple (described by the relation's descriptor), or its
-/// live columns' values in the statements' parameter order (a row read back by a statement).
+/// A row of a replicated table: a heap tuple of it, or its live columns' values in the
+/// statements' parameter order (a row read back by a statement).
 #[derive(Clone, Debug)]
-pub enum Row {
-    Tuple(pg_sys::HeapTuple),
-    Values(Vec<Option<pg_sys::Datum>>),
+pub enum Row<'a> {
+    Tuple(TupleRef<'a>),
+    Values(Params),
+}
+
+/// A row's live column values in the statements' parameter order, each of its column's type.
+#[derive(Clone, Debug)]
+pub struct Params(Vec<Option<pg_sys::Datum>>);
+
+impl Params {
+    /// # Safety
+    /// `values` are the values of a row of the relation whose statements returned them, one per
+    /// live column in the statements' parameter order, each a datum of its column's type.
+    pub unsafe fn new(values: Vec<Option<pg_sys::Datum>>) -> Params {
+        Params(values)
+    }
+
+    pub fn values(&self) -> &[Option<pg_sys::Datum>] {
+        &self.0
+    }
 }
 
 impl RelInfo {
     /// The stamps of a row.
-    ///
-    /// # Safety
-    /// A tuple row must be a valid tuple of this relation described by `tupdesc`.
-    pub unsafe fn row_stamps(&self, row: &Row, tupdesc: pg_sys::TupleDesc) -> RowStamps {
+    pub fn row_stamps(&self, row: &Row) -> RowStamps {
         match row {
-            // SAFETY: a tuple row is a valid tuple of this relation described by `tupdesc`
-            // (this function's `# Safety`), as `stamps` requires.
-            Row::Tuple(tuple) => unsafe { self.stamps(*tuple, tupdesc) },
-            Row::Values(values) => self.stamps_from_parameters(values),
+            Row::Tuple(tuple) => self.stamps(*tuple),
+            Row::Values(values) => self.stamps_from_parameters(values.values()),
         }
     }
 
     /// A row's live column values, in the statements' parameter order.
-    ///
-    /// # Safety
-    /// As for [`RelInfo::row_stamps`].
-    pub unsafe fn row_values(
-        &self,
-        row: &Row,
-        tupdesc: pg_sys::TupleDesc,
-    ) -> Vec<Option<pg_sys::Datum>> {
+    pub fn row_values(&self, row: &Row) -> Vec<Option<pg_sys::Datum>> {
         match row {
-            // SAFETY: a tuple row is a valid tuple of this relation described by `tupdesc`
-            // (this function's `# Safety`), as `parameters` requires.
-            Row::Tuple(tuple) => unsafe { self.parameters(*tuple, tupdesc) },
-            Row::Values(values) => values.clone(),
+            Row::Tuple(tuple) => self.parameters(*tuple),
+            Row::Values(values) => values.values().to_vec(),
         }
     }
 
-    /// Column `attnum` of a row (`None`: NULL).
-    ///
-    /// # Safety
-    /// As for [`RelInfo::row_stamps`]; `attnum` is one of the relation's live columns.
-    pub unsafe fn row_value(
-        &self,
-        row: &Row,
-        tupdesc: pg_sys::TupleDesc,
-        attnum: pg_sys::AttrNumber,
-    ) -> Option<pg_sys::Datum> {
+    /// Column `attnum` of a row (`None`: NULL, or not one of the live columns).
+    pub fn row_value(&self, row: &Row, attnum: pg_sys::AttrNumber) -> Option<pg_sys::Datum> {
         match row {
-            // SAFETY: a tuple row is a valid tuple of this relation described by `tupdesc`, and
-            // `attnum` one of its columns (`# Safety`).
-            Row::Tuple(tuple) => unsafe { tuple::get(*tuple, tupdesc, attnum) },
-            Row::Values(values) => self.parameter_of(attnum).and_then(|i| values[i]),
+            Row::Tuple(tuple) => tuple.get(attnum),
+            Row::Values(values) => self.parameter_of(attnum).and_then(|i| values.values()[i]),
         }
+    }
+
+    /// The row's live columns as a JSON object, each value read by its type; `only` restricts it
+    /// to these attribute numbers.
+    pub fn row_json(&self, row: &Row, only: Option<&[pg_sys::AttrNumber]>) -> serde_json::Value {
+        let mut object = serde_json::Map::new();
+        for (i, &attnum) in self.live_attnums.iter().enumerate() {
+            if only.is_some_and(|only| !only.contains(&attnum)) {
+                continue;
+            }
+            let value = match row {
+                Row::Tuple(tuple) => tuple.json(attnum),
+                Row::Values(values) => values.values()[i].map_or(serde_json::Value::Null, |d| {
+                    // SAFETY: a value of the live column at position i, whose type is
+                    // live_types[i] (`Params::new`'s contract; both follow the parameter order).
+                    // It cannot move to src/pg: the order is this table's statements'.
+                    unsafe { crate::pg::datum::json(self.live_types[i], d) }
+                }),
+            };
+            object.insert(self.live_names[i].clone(), value);
+        }
+        serde_json::Value::Object(object)
     }
 
     /// The bookkeeping values (and the user criterion), each column read by `get` (`None`: NULL).
@@ -451,11 +471,8 @@ impl RelInfo {
         }
     }
 
-    /// Reads the bookkeeping values (and the user criterion) of a heap tuple.
-    ///
-    /// # Safety
-    /// `tuple` must be a valid tuple of this relation described by `tupdesc`.
-    pub unsafe fn stamps(&self, tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> RowStamps {
+    /// Reads the bookkeeping values (and the user criterion) of a heap tuple of this relation.
+    pub fn stamps(&self, tuple: TupleRef) -> RowStamps {
         let criterion = self.att_criterion.unwrap_or(self.att_xacttime);
         let cols = [
             self.att_xacttime,
@@ -463,10 +480,9 @@ impl RelInfo {
             self.att_nodeid,
             criterion,
         ];
-        // SAFETY: `tuple` is a valid tuple of this relation described by `tupdesc` (`# Safety`),
-        // and `build` found every attnum read here in the relation's descriptor (a relcache
-        // invalidation drops this entry), so the deform reads existing columns.
-        let values = unsafe { tuple::get_many(tuple, tupdesc, cols) };
+        // Every attnum read here was found in the relation's descriptor by `build` (a relcache
+        // invalidation drops this entry); all are by-value columns, read as numbers.
+        let values = tuple.get_many(cols);
         self.stamps_by(|attnum| {
             cols.iter()
                 .position(|&c| c == attnum)
@@ -485,17 +501,8 @@ impl RelInfo {
     }
 
     /// The values of `tuple`'s live columns, in the order of the statements' parameters.
-    ///
-    /// # Safety
-    /// `tuple` must be a valid tuple of this relation described by `tupdesc`.
-    pub unsafe fn parameters(
-        &self,
-        tuple: pg_sys::HeapTuple,
-        tupdesc: pg_sys::TupleDesc,
-    ) -> Vec<Option<pg_sys::Datum>> {
-        // SAFETY: `tuple` is a valid tuple described by `tupdesc` (this function's `# Safety`),
-        // which is all deform needs.
-        let all = unsafe { tuple::deform(tuple, tupdesc) };
+    pub fn parameters(&self, tuple: TupleRef) -> Vec<Option<pg_sys::Datum>> {
+        let all = tuple.deform();
         self.live_attnums
             .iter()
             .map(|&a| all[a as usize - 1])

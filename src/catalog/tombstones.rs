@@ -16,11 +16,12 @@ use pgrx::pg_sys;
 
 use crate::error::MmError;
 use crate::pg::heap::{DirectInsert, Inserted, OnDuplicate};
+use crate::pg::is_replicated_session;
 use crate::pg::key::IndexKey;
 use crate::pg::names::stable_hash;
 use crate::pg::probe::{self, Probe};
 use crate::pg::spi::{text_datum, CachedPlan};
-use crate::pg::{is_replicated_session, tuple};
+use crate::pg::tuple::{self, TupleRef};
 
 pub struct TombstoneTable {
     relid: pg_sys::Oid,
@@ -244,8 +245,9 @@ pub fn key_below(table_hash: u32, key: &[u8], micros: i64) -> bool {
                 if tuple.is_null() {
                     break;
                 }
-                let (name, key) = table.name_and_key(tuple, tupdesc);
-                if let (bucket, Some(value)) = mark_of(&name, &key, &table.read(tuple, tupdesc)) {
+                let tuple = TupleRef::new(tuple, tupdesc);
+                let (name, key) = table.name_and_key(tuple);
+                if let (bucket, Some(value)) = mark_of(&name, &key, &table.read(tuple)) {
                     highest[bucket] = highest[bucket].max(value);
                 }
             }
@@ -266,14 +268,9 @@ impl TombstoneTable {
         self.relid
     }
 
-    /// Reads a tombstone row.
-    ///
-    /// # Safety
-    /// `tuple` is a tuple of the tombstone table described by `tupdesc`.
-    pub unsafe fn read(&self, tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> Tombstone {
-        // SAFETY: `tuple` is a tuple of the tombstone table described by `tupdesc` (`# Safety`),
-        // and every attnum read was found in that table's descriptor by `table()`.
-        let get = |attnum| unsafe { tuple::get(tuple, tupdesc, attnum) };
+    /// Reads a tombstone row (a tuple of the tombstone table, whose columns `table()` found).
+    pub fn read(&self, tuple: TupleRef) -> Tombstone {
+        let get = |attnum| tuple.get(attnum);
         let time = |attnum| get(attnum).map(|d| d.value() as i64);
         let node = |attnum| get(attnum).map(|d| d.value() as i16);
         Tombstone {
@@ -300,26 +297,10 @@ impl TombstoneTable {
         }
     }
 
-    /// The table name and key of a tombstone row.
-    ///
-    /// # Safety
-    /// As for [`TombstoneTable::read`].
-    pub unsafe fn name_and_key(
-        &self,
-        tuple: pg_sys::HeapTuple,
-        tupdesc: pg_sys::TupleDesc,
-    ) -> (Vec<u8>, Vec<u8>) {
-        // SAFETY: `tuple` is a tombstone-table tuple described by `tupdesc` (`# Safety`) and both
-        // attnums were found in that descriptor by `table()`; both columns are NOT NULL text/bytea,
-        // and varlena_bytes only sees the non-NULL datums `get` returns.
-        unsafe {
-            let bytes = |attnum| {
-                tuple::get(tuple, tupdesc, attnum)
-                    .map(|d| tuple::varlena_bytes(d))
-                    .unwrap_or_default()
-            };
-            (bytes(self.att_table_name), bytes(self.att_pk))
-        }
+    /// The table name and key of a tombstone row (both NOT NULL text/bytea columns).
+    pub fn name_and_key(&self, tuple: TupleRef) -> (Vec<u8>, Vec<u8>) {
+        let bytes = |attnum| tuple.bytes(attnum).unwrap_or_default();
+        (bytes(self.att_table_name), bytes(self.att_pk))
     }
 
     /// The tombstone of `key` in table `table_name`, seeing tombstones still being written.
@@ -334,12 +315,11 @@ impl TombstoneTable {
             let rel = pg_sys::table_open(self.relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
             let empty =
                 pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM) == 0;
-            let tupdesc = (*rel).rd_att;
             let found = if empty {
                 Probe::Absent
             } else {
                 let values = [text_datum(table_name), text_datum(key)];
-                probe::probe(rel, &self.pk, &values, &|tuple| self.read(tuple, tupdesc))
+                probe::probe(rel, &self.pk, &values, &|tuple| self.read(tuple))
             };
             pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
             found

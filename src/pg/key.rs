@@ -5,11 +5,14 @@ use std::cell::UnsafeCell;
 
 use pgrx::pg_sys;
 
-use super::{settings, tuple};
+use super::settings;
+use super::tuple::{self, TupleRef};
 
 /// A primary-key column and the functions the trigger needs for it.
 pub struct KeyColumn {
     pub attnum: pg_sys::AttrNumber,
+    /// The column's type: a tuple's value is read as a key value only if its column has it.
+    typid: pg_sys::Oid,
     pub collation: pg_sys::Oid,
     /// The index opclass's equality function, for scan keys and key comparison.
     pub eq_proc: pg_sys::RegProcedure,
@@ -32,6 +35,22 @@ pub struct KeyColumn {
     /// `smallint`, `integer`, `bigint`: their send output is the value's bytes in network order,
     /// written here without the send function's allocations.
     int_width: Option<usize>,
+}
+
+impl KeyColumn {
+    /// The column's number in `tuple`, after checking that its type there is the key column's
+    /// (a tuple of another relation is a bug of the caller: raised, never read as a key).
+    #[inline]
+    fn checked(&self, tuple: TupleRef) -> pg_sys::AttrNumber {
+        let found = tuple.attribute(self.attnum).atttypid;
+        if found != self.typid {
+            panic!(
+                "column {} of the tuple has type {found:?}, the key column {:?}",
+                self.attnum, self.typid
+            );
+        }
+        self.attnum
+    }
 }
 
 pub struct IndexKey {
@@ -182,6 +201,7 @@ impl IndexKey {
                     pg_sys::getTypeBinaryInputInfo(att.atttypid, &mut recv_proc, &mut typioparam);
                     KeyColumn {
                         attnum,
+                        typid: att.atttypid,
                         collation: *(*index).rd_indcollation.add(i),
                         eq_proc,
                         eq_operator_sql,
@@ -219,40 +239,36 @@ impl IndexKey {
     }
 
     /// The key values of `tuple`, or `None` when one of them is NULL (NULLs never collide).
-    ///
-    /// # Safety
-    /// `tuple` is a tuple of the key's relation, described by `tupdesc`.
-    pub unsafe fn values_if_set(
-        &self,
-        tuple: pg_sys::HeapTuple,
-        tupdesc: pg_sys::TupleDesc,
-    ) -> Option<Vec<pg_sys::Datum>> {
+    pub fn values_if_set(&self, tuple: TupleRef) -> Option<Vec<pg_sys::Datum>> {
         self.columns
             .iter()
-            // SAFETY: `tuple` is a tuple of the key's relation described by `tupdesc` (`# Safety`),
-            // and each key column's attnum came from the index's indkey, a column of that relation.
-            .map(|col| unsafe { tuple::get(tuple, tupdesc, col.attnum) })
+            .map(|col| tuple.get(col.checked(tuple)))
             .collect()
     }
 
-    /// The key values of `tuple`.
-    ///
-    /// # Safety
-    /// `tuple` is a tuple of the key's relation, described by `tupdesc`.
-    pub unsafe fn values(
-        &self,
-        tuple: pg_sys::HeapTuple,
-        tupdesc: pg_sys::TupleDesc,
-    ) -> Vec<pg_sys::Datum> {
+    /// The key values of `tuple` (primary-key columns are never NULL).
+    pub fn values(&self, tuple: TupleRef) -> Vec<pg_sys::Datum> {
         self.columns
             .iter()
             .map(|col| {
-                // SAFETY: `tuple` is a tuple of the key's relation described by `tupdesc`
-                // (`# Safety`), and `col.attnum` (from the index's indkey) is one of its columns;
-                // primary-key columns are never NULL.
-                unsafe { tuple::get(tuple, tupdesc, col.attnum) }.unwrap_or(pg_sys::Datum::from(0))
+                tuple
+                    .get(col.checked(tuple))
+                    .unwrap_or(pg_sys::Datum::from(0))
             })
             .collect()
+    }
+
+    /// [`IndexKey::encode`] of `tuple`'s key values.
+    pub fn encode_row(&self, tuple: TupleRef) -> Vec<u8> {
+        // SAFETY: values read from columns of the key's types (`KeyColumn::checked`).
+        unsafe { self.encode(&self.values(tuple)) }
+    }
+
+    /// [`IndexKey::encode`] of `tuple`'s key values, `None` when one of them is NULL.
+    pub fn encode_row_if_set(&self, tuple: TupleRef) -> Option<Vec<u8>> {
+        let values = self.values_if_set(tuple)?;
+        // SAFETY: values read from columns of the key's types (`KeyColumn::checked`).
+        Some(unsafe { self.encode(&values) })
     }
 
     /// The key in binary form: per column, a 4-byte big-endian length and the type's send output,
@@ -357,24 +373,18 @@ impl IndexKey {
     /// True when `tuple`'s key equals `values` (by the index's equality functions).
     ///
     /// # Safety
-    /// `tuple` is a pinned tuple of the key's relation described by `tupdesc`; `values` are
-    /// key values.
-    pub unsafe fn matches(
-        &self,
-        tuple: pg_sys::HeapTuple,
-        tupdesc: pg_sys::TupleDesc,
-        values: &[pg_sys::Datum],
-    ) -> bool {
+    /// `values` are values of this key's columns.
+    pub unsafe fn matches(&self, tuple: TupleRef, values: &[pg_sys::Datum]) -> bool {
         self.columns.iter().zip(values).all(|(col, &wanted)| {
-            // SAFETY: `tuple` is a pinned tuple of the key's relation described by `tupdesc` and
-            // `col.attnum` one of its columns (`# Safety`); the equality function is the index
-            // opclass's own, so it accepts both the column's datum and the key value `wanted`.
-            unsafe {
-                tuple::get(tuple, tupdesc, col.attnum).is_some_and(|have| {
+            tuple.get(col.checked(tuple)).is_some_and(|have| {
+                // SAFETY: `have` is a value of the column, of the key column's type (`checked`),
+                // `wanted` a key value (`# Safety`); the equality function is the index opclass's
+                // own, so it accepts both.
+                unsafe {
                     pg_sys::FunctionCall2Coll(col.eq.get(), col.collation, have, wanted).value()
                         != 0
-                })
-            }
+                }
+            })
         })
     }
 }

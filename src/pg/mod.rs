@@ -6,7 +6,8 @@
 //! * [`partitions`]: partition trees (root, leaves).
 //! * [`relation`]: relations opened for a scope, found by name, their columns and privileges.
 //! * [`backend`]: this backend's database, clocks, replication origin and transaction callbacks.
-//! * [`tuple`]: reading columns of heap tuples and descriptors.
+//! * [`tuple`]: reading columns of heap tuples and descriptors ([`tuple::TupleRef`]: a safe view).
+//! * [`datum`]: values as JSON, read by their own type.
 //! * [`heap`]: rows written without the executor (heap insert and index entries).
 //! * [`amount`]: values of delta columns as exact decimals, and the text of their state.
 //! * [`key`]: a primary key's columns, values and binary form.
@@ -24,6 +25,7 @@
 pub mod amount;
 pub mod backend;
 pub mod compat;
+pub mod datum;
 pub mod flag;
 pub mod heap;
 pub mod key;

@@ -16,6 +16,7 @@ use pgrx::pg_sys;
 
 use super::compat;
 use super::key::IndexKey;
+use super::tuple::TupleRef;
 
 /// What the probe found for a key: absent, a version whose inserting or updating/deleting
 /// transaction is still running (its id), or a committed row (or one of this transaction), as read
@@ -33,7 +34,8 @@ const fn xmax_is_locked_only(infomask: u32) -> bool {
 }
 
 /// Probes `rel` for a row whose primary key `pk` has the values `key`; `read` turns the row found
-/// into what the caller needs.
+/// into what the caller needs (the tuple is pinned only while `read` runs: it copies what it
+/// keeps).
 ///
 /// # Safety
 /// `rel` is open and locked; `key` holds one value per key column, valid during the call.
@@ -41,7 +43,7 @@ pub unsafe fn probe<T>(
     rel: pg_sys::Relation,
     pk: &IndexKey,
     key: &[pg_sys::Datum],
-    read: &dyn Fn(pg_sys::HeapTuple) -> T,
+    read: &dyn Fn(TupleRef<'_>) -> T,
 ) -> Probe<T> {
     // SAFETY: index, scan and slot are opened and closed here; scan keys point to `key`'s
     // values, which outlive the scan.
@@ -89,7 +91,7 @@ unsafe fn newest_version<T>(
     pk: &IndexKey,
     mut tid: pg_sys::ItemPointerData,
     key: &[pg_sys::Datum],
-    read: &dyn Fn(pg_sys::HeapTuple) -> T,
+    read: &dyn Fn(TupleRef<'_>) -> T,
 ) -> Option<Probe<T>> {
     // SAFETY: rel is open (caller's contract).
     let tupdesc = unsafe { (*rel).rd_att };
@@ -111,7 +113,7 @@ unsafe fn newest_version<T>(
             }
             if visible {
                 // A recycled line pointer could hold an unrelated row: check the key.
-                let same_key = pk.matches(&mut tuple, tupdesc, key);
+                let same_key = pk.matches(TupleRef::new(&mut tuple, tupdesc), key);
                 let found = if !same_key {
                     None
                 } else if dirty.xmin != pg_sys::InvalidTransactionId {
@@ -119,7 +121,7 @@ unsafe fn newest_version<T>(
                 } else if dirty.xmax != pg_sys::InvalidTransactionId {
                     Some(Lookup::InProgress(dirty.xmax))
                 } else {
-                    Some(Lookup::Found(read(&mut tuple)))
+                    Some(Lookup::Found(read(TupleRef::new(&mut tuple, tupdesc))))
                 };
                 pg_sys::ReleaseBuffer(buffer);
                 return found;

@@ -238,3 +238,131 @@ pub unsafe fn external_values(
             .collect()
     }
 }
+
+/// A heap tuple and the descriptor that describes it, both valid for `'a`: its columns read by
+/// number or name without `unsafe`. Column numbers are checked against the descriptor (a number
+/// outside it is a bug of the caller, raised as an error, never a read out of bounds).
+#[derive(Clone, Copy, Debug)]
+pub struct TupleRef<'a> {
+    tuple: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+    _valid: std::marker::PhantomData<&'a pg_sys::HeapTupleData>,
+}
+
+impl<'a> TupleRef<'a> {
+    /// # Safety
+    /// `tuple` is a valid heap tuple described by `desc`; neither is freed or changed while `'a`
+    /// lasts (a trigger's tuples while it fires; a copy palloc'd in a context that outlives `'a`).
+    #[inline]
+    pub unsafe fn new(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> TupleRef<'a> {
+        TupleRef {
+            tuple,
+            desc,
+            _valid: std::marker::PhantomData,
+        }
+    }
+
+    /// The tuple, to hand back to PostgreSQL (a trigger's result).
+    #[inline]
+    pub fn raw(self) -> pg_sys::HeapTuple {
+        self.tuple
+    }
+
+    /// The descriptor's attributes (dropped ones included), by attribute number − 1.
+    #[inline]
+    pub fn attributes(self) -> &'a [pg_sys::FormData_pg_attribute] {
+        // SAFETY: the descriptor is valid for 'a (`new`'s contract).
+        unsafe { compat::attributes(self.desc) }
+    }
+
+    #[inline]
+    fn check(self, attnum: pg_sys::AttrNumber) {
+        let natts = self.attributes().len();
+        if attnum < 1 || attnum as usize > natts {
+            panic!("column number {attnum} is not one of the tuple's {natts} columns");
+        }
+    }
+
+    /// The attribute of column `attnum`.
+    pub fn attribute(self, attnum: pg_sys::AttrNumber) -> &'a pg_sys::FormData_pg_attribute {
+        self.check(attnum);
+        &self.attributes()[attnum as usize - 1]
+    }
+
+    /// Column `attnum` (`None`: NULL).
+    #[inline]
+    pub fn get(self, attnum: pg_sys::AttrNumber) -> Option<pg_sys::Datum> {
+        self.check(attnum);
+        // SAFETY: a valid tuple described by its descriptor (`new`), attnum one of its columns.
+        unsafe { get(self.tuple, self.desc, attnum) }
+    }
+
+    /// Columns `attnums` read in one pass (see [`get_many`]).
+    #[inline]
+    pub fn get_many<const N: usize>(
+        self,
+        attnums: [pg_sys::AttrNumber; N],
+    ) -> [Option<pg_sys::Datum>; N] {
+        attnums.iter().for_each(|&a| self.check(a));
+        // SAFETY: a valid tuple described by its descriptor (`new`), attnums its columns.
+        unsafe { get_many(self.tuple, self.desc, attnums) }
+    }
+
+    /// Every column, by attribute number − 1.
+    pub fn deform(self) -> Vec<Option<pg_sys::Datum>> {
+        // SAFETY: a valid tuple described by its descriptor (`new`).
+        unsafe { deform(self.tuple, self.desc) }
+    }
+
+    /// The values stored out of line, fetched back in full (see [`external_values`]).
+    pub fn external_values(self) -> Vec<(pg_sys::AttrNumber, pg_sys::Datum)> {
+        // SAFETY: a valid tuple described by its descriptor (`new`).
+        unsafe { external_values(self.tuple, self.desc) }
+    }
+
+    /// The bytes of column `attnum`, a variable-length column (`text`, `bytea`: its data without
+    /// the header, detoasted into the current context); `None`: NULL or not variable-length.
+    pub fn bytes(self, attnum: pg_sys::AttrNumber) -> Option<Vec<u8>> {
+        if self.attribute(attnum).attlen != -1 {
+            return None;
+        }
+        // SAFETY: a non-NULL datum of a variable-length column is a varlena.
+        self.get(attnum)
+            .map(|datum| unsafe { varlena_bytes(datum) })
+    }
+
+    /// Column `attnum` as JSON, read by its own type (`null`: NULL); see [`super::datum::json`].
+    pub fn json(self, attnum: pg_sys::AttrNumber) -> serde_json::Value {
+        let typid = self.attribute(attnum).atttypid;
+        self.get(attnum).map_or(serde_json::Value::Null, |datum| {
+            // SAFETY: a non-NULL datum of the column, whose type the descriptor gives.
+            unsafe { super::datum::json(typid, datum) }
+        })
+    }
+
+    /// A copy of this tuple with columns `cols` replaced by `values` (`None`: NULL), palloc'd in
+    /// the current memory context.
+    ///
+    /// # Safety
+    /// Each of `values` is a datum of its column's type.
+    pub unsafe fn modified(
+        self,
+        cols: &[pg_sys::AttrNumber],
+        values: &[Option<pg_sys::Datum>],
+    ) -> pg_sys::HeapTuple {
+        cols.iter().for_each(|&a| self.check(a));
+        // SAFETY: a valid tuple described by its descriptor (`new`), cols its columns, values of
+        // their types (`# Safety`).
+        unsafe { modify(self.tuple, self.desc, cols, values) }
+    }
+
+    /// A copy palloc'd in the current memory context.
+    ///
+    /// # Safety
+    /// The current memory context outlives `'b`.
+    pub unsafe fn copy<'b>(self) -> TupleRef<'b> {
+        // SAFETY: a valid tuple (`new`); the copy lives in the current context (`# Safety`), the
+        // descriptor as long as the relation is open, which the caller's 'b does not outlast.
+        unsafe { TupleRef::new(pg_sys::heap_copytuple(self.tuple), self.desc) }
+    }
+}

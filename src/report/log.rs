@@ -1,20 +1,18 @@
 //! Conflict reports: a server-log line, or a row in `mm_conflict.conflict_log`.
 
 use std::cell::RefCell;
-use std::ffi::CStr;
 
 use mm_conflict_core::version::format_micros;
 use mm_conflict_core::Version;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::Resolution;
 use crate::catalog::relinfo::{RelInfo, Row};
 use crate::gucs;
 use crate::pg::spi::{text_datum, CachedPlan};
-use crate::pg::tuple;
 
 /// Longest value (in characters) of a row shown in a log line.
 const LOG_VALUE_CHARS: usize = 64;
@@ -28,81 +26,6 @@ thread_local! {
 fn conflict_log_owner() -> pg_sys::Oid {
     let relid = crate::pg::relation::extension_table(c"conflict_log").unwrap_or(pg_sys::InvalidOid);
     crate::pg::security::relation_owner(relid)
-}
-
-/// The row's live columns as a JSON object; `only` restricts it to these attribute numbers.
-unsafe fn row_json(
-    info: &RelInfo,
-    tupdesc: pg_sys::TupleDesc,
-    row: &Row,
-    only: Option<&[pg_sys::AttrNumber]>,
-) -> Value {
-    // SAFETY: callers (all reached from `report`, whose `# Safety` covers this) pass a `row` of
-    // `info`'s relation described by `tupdesc`, which is what row_values requires.
-    let values = unsafe { info.row_values(row, tupdesc) };
-    let mut object = Map::new();
-    for (&attnum, value) in info.live_attnums.iter().zip(values) {
-        if only.is_some_and(|only| !only.contains(&attnum)) {
-            continue;
-        }
-        // SAFETY: attnum is a live column of this descriptor; value is that column's datum.
-        unsafe {
-            let att = tuple::attribute(tupdesc, attnum);
-            object.insert(
-                tuple::attname(att).to_string(),
-                value.map_or(Value::Null, |d| datum_json(att.atttypid, d)),
-            );
-        }
-    }
-    Value::Object(object)
-}
-
-/// A column value as JSON: booleans, integers, finite floats and json/jsonb as themselves, dates
-/// and times in ISO 8601 (as `to_jsonb` writes them), every other type as its text output.
-pub(crate) unsafe fn datum_json(typid: pg_sys::Oid, datum: pg_sys::Datum) -> Value {
-    match typid {
-        pg_sys::BOOLOID => return Value::Bool(datum.value() != 0),
-        pg_sys::INT2OID => return Value::from(datum.value() as i16),
-        pg_sys::INT4OID => return Value::from(datum.value() as i32),
-        pg_sys::INT8OID => return Value::from(datum.value() as i64),
-        pg_sys::DATEOID
-        | pg_sys::TIMEOID
-        | pg_sys::TIMETZOID
-        | pg_sys::TIMESTAMPOID
-        | pg_sys::TIMESTAMPTZOID => {
-            // SAFETY: json's own ISO 8601 encoder for these types (as to_jsonb uses), palloc'd.
-            return unsafe {
-                let cstr = pg_sys::JsonEncodeDateTime(
-                    std::ptr::null_mut(),
-                    datum,
-                    typid,
-                    std::ptr::null(),
-                );
-                Value::String(CStr::from_ptr(cstr).to_string_lossy().into_owned())
-            };
-        }
-        _ => {}
-    }
-    // SAFETY: the output function of the value's own type.
-    let text = unsafe {
-        let (mut output, mut is_varlena) = (pg_sys::InvalidOid, false);
-        pg_sys::getTypeOutputInfo(typid, &mut output, &mut is_varlena);
-        let cstr = pg_sys::OidOutputFunctionCall(output, datum);
-        let text = CStr::from_ptr(cstr).to_string_lossy().into_owned();
-        pg_sys::pfree(cstr.cast());
-        text
-    };
-    match typid {
-        pg_sys::FLOAT4OID | pg_sys::FLOAT8OID => text
-            .parse::<f64>()
-            .ok()
-            .and_then(serde_json::Number::from_f64)
-            .map_or(Value::String(text), Value::Number),
-        pg_sys::JSONOID | pg_sys::JSONBOID => {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        }
-        _ => Value::String(text),
-    }
 }
 
 /// Shortens every string in `value` to `max` characters (marking the cut with "…").
@@ -119,16 +42,14 @@ fn truncate_strings(value: &mut Value, max: usize) {
 }
 
 /// The key (primary-key columns) as JSON, from whichever row the resolution has.
-unsafe fn key_json(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolution) -> Value {
+fn key_json(info: &RelInfo, r: &Resolution) -> Value {
     let key_attnums: Vec<_> = info
         .primary_key
         .iter()
         .flat_map(|pk| pk.attnums())
         .collect();
     match r.incoming_row.or(r.stored_row) {
-        // SAFETY: `row` is `r`'s incoming or stored row, of `info`'s relation described by
-        // `tupdesc` (guaranteed by `report`'s `# Safety`), as row_json needs.
-        Some(row) => unsafe { row_json(info, tupdesc, row, Some(&key_attnums)) },
+        Some(row) => info.row_json(row, Some(&key_attnums)),
         None => Value::Null,
     }
 }
@@ -155,7 +76,7 @@ fn describe(version: Option<&Version>, column: &str) -> String {
     }
 }
 
-pub unsafe fn log_line(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolution) {
+pub fn log_line(info: &RelInfo, r: &Resolution) {
     let column = info.policy.criterion_column();
     let versions = format!(
         "{} (stored: {}; incoming: {}; origin {})",
@@ -165,20 +86,16 @@ pub unsafe fn log_line(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolutio
         origin_name().unwrap_or_else(|| "none".into()),
     );
     let message = if gucs::LOG_VALUES.get() {
-        // SAFETY: `r`'s rows are of `info`'s relation described by `tupdesc` (guaranteed by
-        // `report`, the only caller), as row_json and key_json need.
-        let (key, rows) = unsafe {
-            let row = |row: Option<&Row>| {
-                row.map_or(Value::Null, |row| {
-                    let mut json = row_json(info, tupdesc, row, None);
-                    truncate_strings(&mut json, LOG_VALUE_CHARS);
-                    json
-                })
-            };
-            let mut key = key_json(info, tupdesc, r);
-            truncate_strings(&mut key, LOG_VALUE_CHARS);
-            (key, [row(r.stored_row), row(r.incoming_row)])
+        let row = |row: Option<&Row>| {
+            row.map_or(Value::Null, |row| {
+                let mut json = info.row_json(row, None);
+                truncate_strings(&mut json, LOG_VALUE_CHARS);
+                json
+            })
         };
+        let mut key = key_json(info, r);
+        truncate_strings(&mut key, LOG_VALUE_CHARS);
+        let rows = [row(r.stored_row), row(r.incoming_row)];
         format!(
             "mm_conflict: conflict on {} key {key}: {versions}; stored row {}; incoming row {}",
             info.table, rows[0], rows[1],
@@ -195,17 +112,13 @@ pub unsafe fn log_line(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolutio
     .report(gucs::log_level());
 }
 
-pub unsafe fn log_row(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolution) {
-    // SAFETY: `r`'s rows are of `info`'s relation described by `tupdesc` (guaranteed by
-    // `report`, the only caller), as row_json and key_json need.
-    let (key, stored_row, incoming_row) = unsafe {
-        let row = |row: Option<&Row>| row.map(|row| row_json(info, tupdesc, row, None).to_string());
-        (
-            key_json(info, tupdesc, r).to_string(),
-            row(r.stored_row),
-            row(r.incoming_row),
-        )
-    };
+pub fn log_row(info: &RelInfo, r: &Resolution) {
+    let row = |row: Option<&Row>| row.map(|row| info.row_json(row, None).to_string());
+    let (key, stored_row, incoming_row) = (
+        key_json(info, r).to_string(),
+        row(r.stored_row),
+        row(r.incoming_row),
+    );
     let text = |s: &str| text_datum(s.as_bytes());
     let criterion = |v: Option<&Version>| v.and_then(|v| v.criterion).map(pg_sys::Datum::from);
     let node = |v: Option<&Version>| v.and_then(|v| v.node).map(pg_sys::Datum::from);

@@ -6,25 +6,20 @@ pub mod counters;
 pub mod log;
 pub mod progress;
 
-use pgrx::pg_sys;
-
 use crate::catalog::relinfo::{RelInfo, Row};
 use crate::gucs::{self, LogConflicts};
 
 /// One resolution, as the engine reports it.
-pub type Resolution<'a> = mm_conflict_core::Resolution<'a, Row>;
+pub type Resolution<'a, 'r> = mm_conflict_core::Resolution<'a, Row<'r>>;
 
 /// True when a conflict would be written somewhere: the caller may skip copying rows otherwise.
 pub fn rows_wanted() -> bool {
     gucs::LOG_CONFLICTS.get() != LogConflicts::Off
 }
 
-/// Counts a resolution and, if it is a conflict, reports it as `log_conflicts` says.
-///
-/// # Safety
-/// The rows are of `info`'s relation, described by `tupdesc`; runs inside the trigger's
-/// transaction.
-pub unsafe fn report(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolution) {
+/// Counts a resolution and, if it is a conflict, reports it as `log_conflicts` says (inside the
+/// trigger's transaction, where `log_row` inserts the conflict_log row).
+pub fn report(info: &RelInfo, r: &Resolution) {
     let conflict = r.decision.is_conflict(r.stored.as_ref(), &r.incoming);
     counters::count(info.report_relid, r.decision, conflict);
     if !conflict {
@@ -32,11 +27,7 @@ pub unsafe fn report(info: &RelInfo, tupdesc: pg_sys::TupleDesc, r: &Resolution)
     }
     match gucs::LOG_CONFLICTS.get() {
         LogConflicts::Off => {}
-        // SAFETY: `r`'s rows are of `info`'s relation described by `tupdesc` (`# Safety`), as
-        // log_line needs to read them.
-        LogConflicts::Log => unsafe { log::log_line(info, tupdesc, r) },
-        // SAFETY: as above, and we run inside the trigger's transaction (`# Safety`), in which
-        // log_row inserts the conflict_log row.
-        LogConflicts::Table => unsafe { log::log_row(info, tupdesc, r) },
+        LogConflicts::Log => log::log_line(info, r),
+        LogConflicts::Table => log::log_row(info, r),
     }
 }

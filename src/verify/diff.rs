@@ -40,6 +40,7 @@ use crate::pg::partitions;
 use crate::pg::relation::{self, Open, Opened};
 use crate::pg::settings::{self, Input, Output};
 use crate::pg::spi::{text_datum, CachedPlan};
+use crate::pg::tuple::TupleRef;
 
 pub use mm_conflict_core::diff::{LEVEL_BITS, MAX_BITS};
 
@@ -153,9 +154,10 @@ fn for_each_row(tree: &Tree, mut each: impl FnMut(&Entry)) -> Result<(), MmError
                 scan(raw, "mm_conflict table_diff", |slot| {
                     let mut should_free = false;
                     let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
-                    let key = pk.encode(&pk.values(tuple, tupdesc));
+                    let tuple = TupleRef::new(tuple, tupdesc);
+                    let key = pk.encode_row(tuple);
                     let content = row_hash(&columns, (*slot).tts_values, (*slot).tts_isnull);
-                    let stamps = info.stamps(tuple, tupdesc);
+                    let stamps = info.stamps(tuple);
                     each(&Entry {
                         key: &key,
                         hash: entry_hash(&key, content, &stamps),
@@ -435,11 +437,7 @@ pub fn key_json(rel: &PgRelation, key: &[u8]) -> Result<Value, MmError> {
         .zip(values)
         // SAFETY: each value was decoded by its key column's receive function, so it is a valid
         // datum of that column's type.
-        .map(|((name, typid), value)| {
-            (name, unsafe {
-                crate::report::log::datum_json(typid, value)
-            })
-        })
+        .map(|((name, typid), value)| (name, unsafe { crate::pg::datum::json(typid, value) }))
         .collect();
     Ok(Value::Object(object))
 }
