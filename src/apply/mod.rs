@@ -254,12 +254,14 @@ fn delta_values(
         Some(crate::pg::amount::text_datum(&state.encode())),
     )];
     for (column, sum) in delta.columns.iter().zip(&sums) {
-        // SAFETY: in the trigger's transaction.
-        let datum = unsafe { column.kind.datum(sum) }.map_err(|_| MmError::DeltaOutOfRange {
-            table: info.table.clone(),
-            column: column.name.clone(),
-            detail: format!("The sum of every node's changes is {sum}."),
-        })?;
+        let datum = column
+            .kind
+            .datum(sum)
+            .map_err(|_| MmError::DeltaOutOfRange {
+                table: info.table.clone(),
+                column: column.name.clone(),
+                detail: format!("The sum of every node's changes is {sum}."),
+            })?;
         values.push((column.attnum, Some(datum)));
     }
     Ok(values)

@@ -155,9 +155,7 @@ impl<'a> PgStore<'a> {
                 // from a key have one set.
                 _ => unreachable!("a key of a table without a primary key"),
             };
-            let values = pk.values(row);
-            // SAFETY: values of the key's columns, read by `values`.
-            let bytes = unsafe { pk.encode(&values) };
+            let (values, bytes) = pk.values_and_encoded(row);
             Key { values, bytes }
         })
     }

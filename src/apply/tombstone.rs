@@ -176,11 +176,10 @@ fn settle_row(
     // Receive functions raise errors on bytes that are not theirs: in a subtransaction, so
     // that a key that does not decode is reported, not fatal. (Integer keys of the right
     // lengths cannot fail: they need none.)
-    // SAFETY (both): in a transaction, as decode needs (receive functions allocate and raise).
     let decoded = if pk.decodes_without_error(&key) {
-        Ok(unsafe { pk.decode(&key) })
+        Ok(pk.decode(&key))
     } else {
-        subxact::catching(|| unsafe { pk.decode(&key) })
+        subxact::catching(|| pk.decode(&key))
     };
     let values = match decoded {
         Ok(Some(values)) => values,

@@ -19,9 +19,9 @@ use crate::error::MmError;
 use crate::pg::amount::{AmountType, AMOUNT_TYPES};
 use crate::pg::key::IndexKey;
 use crate::pg::names::{self, cstr_to_string, stable_hash};
-use crate::pg::relation::Open;
+use crate::pg::relation::{self, Borrowed, ColumnInfo, Open};
 use crate::pg::spi::CachedPlan;
-use crate::pg::tuple::{self, TupleRef};
+use crate::pg::tuple::TupleRef;
 
 pub struct RelInfo {
     pub relid: pg_sys::Oid,
@@ -181,33 +181,31 @@ fn is_time_type(typid: pg_sys::Oid) -> bool {
     typid == pg_sys::TIMESTAMPTZOID || typid == pg_sys::TIMESTAMPOID
 }
 
-/// Finds a bookkeeping column and checks its type.
-///
-/// # Safety
-/// `tupdesc` must be valid.
-unsafe fn require(
-    tupdesc: pg_sys::TupleDesc,
+/// The live column `name` of `columns`.
+fn column<'c>(columns: &'c [ColumnInfo], name: &str) -> Option<&'c ColumnInfo> {
+    columns.iter().find(|c| c.name == name)
+}
+
+/// Finds a bookkeeping column among the table's live `columns` and checks its type.
+fn require(
+    columns: &[ColumnInfo],
     table: &str,
     name: &str,
     sql_type: &'static str,
     ok: fn(pg_sys::Oid) -> bool,
 ) -> Result<pg_sys::AttrNumber, MmError> {
-    // SAFETY: `tupdesc` is a valid descriptor by this function's `# Safety`, the only thing
-    // find_column needs (it returns copied values, not references into the descriptor).
-    let column =
-        unsafe { tuple::find_column(tupdesc, name) }.ok_or_else(|| MmError::MissingColumn {
-            table: table.to_string(),
-            column: name.to_string(),
-            add_column_sql: format!("ALTER TABLE {table} ADD COLUMN {name} {sql_type};"),
-        })?;
+    let column = column(columns, name).ok_or_else(|| MmError::MissingColumn {
+        table: table.to_string(),
+        column: name.to_string(),
+        add_column_sql: format!("ALTER TABLE {table} ADD COLUMN {name} {sql_type};"),
+    })?;
     // A precision (`timestamptz(3)`) would round the stamps on every peer's input but not here:
     // the versions of one write would differ between nodes.
     if !ok(column.typid) || (column.typmod != -1 && column.typid != pg_sys::BOOLOID) {
         return Err(MmError::UnsupportedColumnType {
             table: table.to_string(),
             column: name.to_string(),
-            // SAFETY: any type oid is accepted.
-            found: unsafe { names::type_name_with_modifier(column.typid, column.typmod) },
+            found: names::type_name_with_modifier(column.typid, column.typmod),
             expected: sql_type.into(),
         });
     }
@@ -216,11 +214,8 @@ unsafe fn require(
 
 /// The delta columns `policy` declares, checked: each a live column of an exact numeric type that
 /// is not a key, bookkeeping, criterion or generated column; and `mm_delta text` for their state.
-///
-/// # Safety
-/// `tupdesc` must be valid.
-unsafe fn delta_info(
-    tupdesc: pg_sys::TupleDesc,
+fn delta_info(
+    live: &[ColumnInfo],
     table: &str,
     policy: &Policy,
     primary_key: Option<&IndexKey>,
@@ -228,17 +223,12 @@ unsafe fn delta_info(
     if policy.delta_columns.is_empty() {
         return Ok(None);
     }
-    // SAFETY: `tupdesc` is valid (`# Safety`).
-    let att_state =
-        unsafe { require(tupdesc, table, COL_DELTA, "text", |t| t == pg_sys::TEXTOID)? };
+    let att_state = require(live, table, COL_DELTA, "text", |t| t == pg_sys::TEXTOID)?;
     let mut columns = Vec::new();
     for name in &policy.delta_columns {
-        // SAFETY: `tupdesc` is valid (`# Safety`).
-        let column = unsafe { tuple::find_column(tupdesc, name) }.ok_or_else(|| {
-            MmError::UnknownDeltaColumn {
-                table: table.to_string(),
-                column: name.clone(),
-            }
+        let column = column(live, name).ok_or_else(|| MmError::UnknownDeltaColumn {
+            table: table.to_string(),
+            column: name.clone(),
         })?;
         let not_allowed = |what: &str| MmError::DeltaColumnNotAllowed {
             table: table.to_string(),
@@ -262,16 +252,14 @@ unsafe fn delta_info(
         if primary_key.is_some_and(|pk| pk.attnums().any(|a| a == column.attnum)) {
             return Err(not_allowed("part of the primary key"));
         }
-        // SAFETY: the attnum was just found in `tupdesc`.
-        if unsafe { tuple::attribute(tupdesc, column.attnum) }.attgenerated != 0 {
+        if column.generated {
             return Err(not_allowed("a generated column"));
         }
         let kind = AmountType::of(column.typid, column.typmod).ok_or_else(|| {
             MmError::UnsupportedColumnType {
                 table: table.to_string(),
                 column: name.clone(),
-                // SAFETY: any type oid is accepted.
-                found: unsafe { names::type_name_with_modifier(column.typid, column.typmod) },
+                found: names::type_name_with_modifier(column.typid, column.typmod),
                 expected: AMOUNT_TYPES.into(),
             }
         })?;
@@ -287,105 +275,104 @@ unsafe fn delta_info(
 /// # Safety
 /// `rel` must be open and locked; `trigger` one of its triggers.
 unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelInfo, MmError> {
-    // SAFETY: rel is open and locked (caller's contract), so its descriptor, rd_rel and the
-    // trigger's argument array are valid for the duration of the call.
-    unsafe {
+    // SAFETY: rel is open and locked for the call, and the trigger's argument array holds
+    // tgnargs NUL-terminated strings (caller's contract).
+    let (rel, args) = unsafe {
         let args: Vec<String> = (0..trigger.tgnargs as usize)
             .map(|i| cstr_to_string(*trigger.tgargs.add(i)))
             .collect();
-        let policy = Policy::parse(&args)?;
-        let (schema, relname) = names::relation_names(rel);
-        // A partition is named (tombstones, key locks, reports) and counted as its root.
-        let report_relid = if (*(*rel).rd_rel).relispartition {
-            crate::pg::partitions::partition_root((*rel).rd_id)
-        } else {
-            (*rel).rd_id
-        };
-        let table = match names::names_of(report_relid) {
-            Some((root_schema, root_name)) if report_relid != (*rel).rd_id => {
-                names::identity(&root_schema, &root_name)
+        (Borrowed::new(rel), args)
+    };
+    let policy = Policy::parse(&args)?;
+    let (schema, relname) = relation::names(&rel);
+    let relid = relation::oid(&rel);
+    // A partition is named (tombstones, key locks, reports) and counted as its root.
+    let report_relid = if relation::is_partition(&rel) {
+        crate::pg::partitions::partition_root(relid)
+    } else {
+        relid
+    };
+    let table = match names::names_of(report_relid) {
+        Some((root_schema, root_name)) if report_relid != relid => {
+            names::identity(&root_schema, &root_name)
+        }
+        _ => names::identity(&schema, &relname),
+    };
+    let owner = relation::owner(&rel);
+    let live = relation::columns_of(&rel);
+
+    let att_islocal = require(&live, &table, COL_ISLOCAL, "boolean", |t| {
+        t == pg_sys::BOOLOID
+    })?;
+    let att_nodeid = require(&live, &table, COL_NODEID, "smallint", |t| {
+        t == pg_sys::INT2OID
+    })?;
+    let att_xacttime = require(&live, &table, COL_XACTTIME, "timestamptz", is_time_type)?;
+    let att_stattime = require(&live, &table, COL_STATTIME, "timestamptz", is_time_type)?;
+    let att_criterion = match &policy.criterion {
+        Criterion::Column(name) => {
+            let column = column(&live, name).ok_or_else(|| MmError::UnknownCriterionColumn {
+                table: table.clone(),
+                column: name.clone(),
+            })?;
+            if !is_time_type(column.typid) {
+                return Err(MmError::UnsupportedColumnType {
+                    table: table.clone(),
+                    column: name.clone(),
+                    found: names::type_name(column.typid),
+                    expected: TIME_TYPES.into(),
+                });
             }
-            _ => names::identity(&schema, &relname),
-        };
-        let tupdesc = (*rel).rd_att;
-        let owner = (*(*rel).rd_rel).relowner;
+            Some(column.attnum)
+        }
+        _ => None,
+    };
+    let primary_key = IndexKey::of(&rel);
+    let unique_keys = crate::pg::key::unique_keys(&rel);
+    let delta = delta_info(&live, &table, &policy, primary_key.as_ref())?;
 
-        let att_islocal = require(tupdesc, &table, COL_ISLOCAL, "boolean", |t| {
-            t == pg_sys::BOOLOID
-        })?;
-        let att_nodeid = require(tupdesc, &table, COL_NODEID, "smallint", |t| {
-            t == pg_sys::INT2OID
-        })?;
-        let att_xacttime = require(tupdesc, &table, COL_XACTTIME, "timestamptz", is_time_type)?;
-        let att_stattime = require(tupdesc, &table, COL_STATTIME, "timestamptz", is_time_type)?;
-        let att_criterion = match &policy.criterion {
-            Criterion::Column(name) => {
-                let column = tuple::find_column(tupdesc, name).ok_or_else(|| {
-                    MmError::UnknownCriterionColumn {
-                        table: table.clone(),
-                        column: name.clone(),
-                    }
-                })?;
-                if !is_time_type(column.typid) {
-                    return Err(MmError::UnsupportedColumnType {
-                        table: table.clone(),
-                        column: name.clone(),
-                        found: names::type_name(column.typid),
-                        expected: TIME_TYPES.into(),
-                    });
-                }
-                Some(column.attnum)
-            }
-            _ => None,
-        };
-        let primary_key = IndexKey::of(rel);
-        let unique_keys = crate::pg::key::unique_keys(rel);
-        let delta = delta_info(tupdesc, &table, &policy, primary_key.as_ref())?;
-
-        let live: Vec<&pg_sys::FormData_pg_attribute> = tuple::live_attributes(tupdesc).collect();
-        let columns: Vec<StatementColumn> = live
-            .iter()
-            .map(|a| StatementColumn {
-                name: tuple::attname(a).to_string(),
-                generated: a.attgenerated != 0,
-                identity_always: a.attidentity == b'a' as std::ffi::c_char,
-                key_operator: primary_key.as_ref().and_then(|pk| {
-                    pk.columns
-                        .iter()
-                        .find(|c| c.attnum == a.attnum)
-                        .map(|c| c.eq_operator_sql.clone())
-                }),
-            })
-            .collect();
-        let sql = statements::build(&names::sql_qualified(&schema, &relname), &columns);
-        let argtypes: Vec<pg_sys::Oid> = live.iter().map(|a| a.atttypid).collect();
-
-        Ok(RelInfo {
-            relid: (*rel).rd_id,
-            report_relid,
-            table_hash: stable_hash(table.as_bytes()),
-            table,
-            policy,
-            att_islocal,
-            att_nodeid,
-            att_xacttime,
-            att_stattime,
-            att_criterion,
-            published: crate::pg::publication::is_published((*rel).rd_id),
-            primary_key,
-            unique_keys,
-            delta,
-            live_attnums: live.iter().map(|a| a.attnum).collect(),
-            live_names: columns.iter().map(|c| c.name.clone()).collect(),
-            live_types: argtypes.clone(),
-            // mm_conflict's own writes to the table run as its owner, as PostgreSQL 16's apply
-            // workers write: a trigger of the owner's never runs with the rights of whoever
-            // caused the write (the subscription's owner, the extension's owner).
-            overwrite: CachedPlan::new(sql.overwrite, argtypes.clone()).run_as(owner),
-            resend_delete: CachedPlan::new(sql.resend_delete, argtypes.clone()).run_as(owner),
-            resend_insert: CachedPlan::new(sql.resend_insert, argtypes).run_as(owner),
+    let columns: Vec<StatementColumn> = live
+        .iter()
+        .map(|a| StatementColumn {
+            name: a.name.clone(),
+            generated: a.generated,
+            identity_always: a.identity_always,
+            key_operator: primary_key.as_ref().and_then(|pk| {
+                pk.columns
+                    .iter()
+                    .find(|c| c.attnum == a.attnum)
+                    .map(|c| c.eq_operator_sql.clone())
+            }),
         })
-    }
+        .collect();
+    let sql = statements::build(&names::sql_qualified(&schema, &relname), &columns);
+    let argtypes: Vec<pg_sys::Oid> = live.iter().map(|a| a.typid).collect();
+
+    Ok(RelInfo {
+        relid,
+        report_relid,
+        table_hash: stable_hash(table.as_bytes()),
+        table,
+        policy,
+        att_islocal,
+        att_nodeid,
+        att_xacttime,
+        att_stattime,
+        att_criterion,
+        published: crate::pg::publication::is_published(relid),
+        primary_key,
+        unique_keys,
+        delta,
+        live_attnums: live.iter().map(|a| a.attnum).collect(),
+        live_names: live.iter().map(|a| a.name.clone()).collect(),
+        live_types: argtypes.clone(),
+        // mm_conflict's own writes to the table run as its owner, as PostgreSQL 16's apply
+        // workers write: a trigger of the owner's never runs with the rights of whoever
+        // caused the write (the subscription's owner, the extension's owner).
+        overwrite: CachedPlan::new(sql.overwrite, argtypes.clone()).run_as(owner),
+        resend_delete: CachedPlan::new(sql.resend_delete, argtypes.clone()).run_as(owner),
+        resend_insert: CachedPlan::new(sql.resend_insert, argtypes).run_as(owner),
+    })
 }
 
 /// A row of a replicated table: a heap tuple of it, or its live columns' values in the

@@ -18,10 +18,11 @@ use crate::error::MmError;
 use crate::pg::heap::{DirectInsert, Inserted, OnDuplicate};
 use crate::pg::is_replicated_session;
 use crate::pg::key::IndexKey;
-use crate::pg::names::stable_hash;
+use crate::pg::names::{self, stable_hash};
 use crate::pg::probe::{self, Probe};
+use crate::pg::relation::{self, ColumnInfo, Opened};
 use crate::pg::spi::{text_datum, CachedPlan};
-use crate::pg::tuple::{self, TupleRef};
+use crate::pg::tuple::TupleRef;
 
 pub struct TombstoneTable {
     relid: pg_sys::Oid,
@@ -88,33 +89,23 @@ pub fn table() -> Result<Rc<TombstoneTable>, MmError> {
     if let Some(t) = TABLE.with(|t| t.borrow().clone()) {
         return Ok(t);
     }
-    // SAFETY: catalog lookups in a transaction; the relation is opened and closed here.
-    let table = unsafe {
-        let namespace = pg_sys::get_namespace_oid(c"mm_conflict".as_ptr(), true);
-        let relid = if namespace == pg_sys::InvalidOid {
-            pg_sys::InvalidOid
-        } else {
-            pg_sys::get_relname_relid(c"tombstone".as_ptr(), namespace)
-        };
-        if relid == pg_sys::InvalidOid {
+    let table = {
+        let Some(relid) = relation::extension_table(c"tombstone") else {
             return Err(damaged("It does not exist.".into()));
-        }
-        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let tupdesc = (*rel).rd_att;
-        let owner = (*(*rel).rd_rel).relowner;
+        };
+        let rel = Opened::table(relid, pg_sys::AccessShareLock);
+        let live = rel.columns();
+        let owner = relation::owner(&rel);
         let mut atts = [0; COLUMN_NAMES.len()];
         for (att, name) in atts.iter_mut().zip(COLUMN_NAMES) {
-            *att = match tuple::find_column(tupdesc, name) {
+            *att = match live.iter().find(|c| c.name == name) {
                 Some(c) => c.attnum,
-                None => {
-                    pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-                    return Err(damaged(format!("Its column \"{name}\" is missing.")));
-                }
+                None => return Err(damaged(format!("Its column \"{name}\" is missing."))),
             };
         }
-        let pk = IndexKey::of(rel);
-        let direct = direct_insert(rel, namespace);
-        pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let pk = IndexKey::of(&rel);
+        let direct = direct_insert(&rel, &live);
+        drop(rel);
         let Some(pk) = pk else {
             return Err(damaged("Its primary key is missing.".into()));
         };
@@ -165,37 +156,24 @@ pub fn table() -> Result<Rc<TombstoneTable>, MmError> {
     Ok(table)
 }
 
-/// The direct insert of the tombstone table and its `deleted_at` column, when every live column is
-/// one `insert` fills and its only triggers are the extension's two.
-///
-/// # Safety
-/// `rel` is the open tombstone table, in schema `namespace`.
-unsafe fn direct_insert(
-    rel: pg_sys::Relation,
-    namespace: pg_sys::Oid,
-) -> Option<(DirectInsert, pg_sys::AttrNumber)> {
-    // SAFETY: `rel` is open (`# Safety`); the function names looked up are palloc'd copies.
-    unsafe {
-        let tupdesc = (*rel).rd_att;
-        let deleted_at = tuple::find_column(tupdesc, "deleted_at")?.attnum;
-        let known = tuple::live_attributes(tupdesc)
-            .all(|att| att.attnum == deleted_at || COLUMN_NAMES.contains(&tuple::attname(att)));
-        if !known {
-            return None;
-        }
-        let own_trigger = |function: pg_sys::Oid| {
-            if pg_sys::get_func_namespace(function) != namespace {
-                return false;
-            }
-            let name = pg_sys::get_func_name(function);
-            !name.is_null()
-                && matches!(
-                    std::ffi::CStr::from_ptr(name).to_bytes(),
-                    b"tombstone_resolve" | b"tombstone_settle"
-                )
-        };
-        DirectInsert::of(rel, own_trigger).map(|d| (d, deleted_at))
+/// The direct insert of the tombstone table (`rel`, with its `live` columns) and its `deleted_at`
+/// column, when every live column is one `insert` fills and its only triggers are the
+/// extension's two.
+fn direct_insert(rel: &Opened, live: &[ColumnInfo]) -> Option<(DirectInsert, pg_sys::AttrNumber)> {
+    let deleted_at = live.iter().find(|c| c.name == "deleted_at")?.attnum;
+    let known = live
+        .iter()
+        .all(|c| c.attnum == deleted_at || COLUMN_NAMES.contains(&c.name.as_str()));
+    if !known {
+        return None;
     }
+    let namespace = relation::namespace(rel);
+    let own_trigger = |function: pg_sys::Oid| {
+        names::function_name(function).is_some_and(|(schema, name)| {
+            schema == namespace && matches!(name.as_str(), "tombstone_resolve" | "tombstone_settle")
+        })
+    };
+    DirectInsert::of(rel, own_trigger).map(|d| (d, deleted_at))
 }
 
 /// A tombstone's bucket of marks and its greatest value (criterion value or stamp), if any: what

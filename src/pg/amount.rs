@@ -60,11 +60,9 @@ impl AmountType {
     }
 
     /// The datum of this type that holds `amount`: `OutOfRange` beyond an integer type's range;
-    /// a numeric beyond the column's precision raises numeric_in's own error (`22003`).
-    ///
-    /// # Safety
-    /// In a transaction (a numeric is palloc'd in the current memory context).
-    pub unsafe fn datum(self, amount: &Amount) -> Result<pg_sys::Datum, DeltaError> {
+    /// a numeric beyond the column's precision raises numeric_in's own error (`22003`). A numeric
+    /// is palloc'd in the current memory context (in a transaction, as everything SQL calls runs).
+    pub fn datum(self, amount: &Amount) -> Result<pg_sys::Datum, DeltaError> {
         let int = amount.to_i64().ok_or(DeltaError::OutOfRange);
         Ok(match self {
             AmountType::Int2 => {

@@ -16,9 +16,13 @@ use pgrx::pg_sys;
 ///
 /// # Safety
 /// `tupdesc` must be a valid descriptor that outlives the returned slice.
+#[inline]
 pub unsafe fn attributes<'a>(tupdesc: pg_sys::TupleDesc) -> &'a [pg_sys::FormData_pg_attribute] {
     // SAFETY: natts bounds the descriptor's attribute array (the caller guarantees a valid
-    // descriptor); from 18 on the array starts at TupleDescAttr(tupdesc, 0) and is contiguous.
+    // descriptor). From 18 on the array follows the natts compact attributes, where
+    // `TupleDescAttrAddress` (tupdesc.h) finds it: computed here rather than through pgrx's shim
+    // of the inline `TupleDescAttr`, a call the triggers would pay for every tuple they read
+    // (debug builds compare both).
     unsafe {
         let natts = (*tupdesc).natts as usize;
         #[cfg(not(feature = "pg18"))]
@@ -30,7 +34,13 @@ pub unsafe fn attributes<'a>(tupdesc: pg_sys::TupleDesc) -> &'a [pg_sys::FormDat
             if natts == 0 {
                 return &[];
             }
-            std::slice::from_raw_parts(pg_sys::TupleDescAttr(tupdesc, 0), natts)
+            let first = (*tupdesc)
+                .compact_attrs
+                .as_ptr()
+                .add(natts)
+                .cast::<pg_sys::FormData_pg_attribute>();
+            debug_assert_eq!(first, pg_sys::TupleDescAttr(tupdesc, 0).cast_const());
+            std::slice::from_raw_parts(first, natts)
         }
     }
 }

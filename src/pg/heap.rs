@@ -10,6 +10,8 @@
 
 use pgrx::pg_sys;
 
+use super::relation::Open;
+
 /// What [`DirectInsert::insert`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
@@ -99,15 +101,10 @@ impl DirectInsert {
     /// The direct insert of `rel`, or `None` when an INSERT of it would do more than a heap insert
     /// and index entries: then the caller runs an INSERT. `own_trigger` tells the triggers
     /// (by their function's oid) whose firing the caller knows it may skip.
-    ///
-    /// # Safety
-    /// `rel` is an open relation.
-    pub unsafe fn of(
-        rel: pg_sys::Relation,
-        own_trigger: impl Fn(pg_sys::Oid) -> bool,
-    ) -> Option<DirectInsert> {
-        // SAFETY: `rel` is open (`# Safety`): its relcache entry, descriptor, trigger description
-        // and index list are valid; each index is opened and closed here.
+    pub fn of(rel: &impl Open, own_trigger: impl Fn(pg_sys::Oid) -> bool) -> Option<DirectInsert> {
+        let rel = rel.raw();
+        // SAFETY: `rel` is open (`Open`): its relcache entry, descriptor, trigger description and
+        // index list are valid; each index is opened and closed here.
         unsafe {
             let form = &*(*rel).rd_rel;
             let shape = Shape::of(rel);

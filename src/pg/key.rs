@@ -5,6 +5,7 @@ use std::cell::UnsafeCell;
 
 use pgrx::pg_sys;
 
+use super::relation::Open;
 use super::settings;
 use super::tuple::{self, TupleRef};
 
@@ -37,6 +38,12 @@ pub struct KeyColumn {
     int_width: Option<usize>,
 }
 
+#[cold]
+#[inline(never)]
+fn wrong_type(attnum: pg_sys::AttrNumber, found: pg_sys::Oid, wanted: pg_sys::Oid) -> ! {
+    panic!("column {attnum} of the tuple has type {found:?}, the key column {wanted:?}");
+}
+
 impl KeyColumn {
     /// The column's number in `tuple`, after checking that its type there is the key column's
     /// (a tuple of another relation is a bug of the caller: raised, never read as a key).
@@ -44,10 +51,7 @@ impl KeyColumn {
     fn checked(&self, tuple: TupleRef) -> pg_sys::AttrNumber {
         let found = tuple.attribute(self.attnum).atttypid;
         if found != self.typid {
-            panic!(
-                "column {} of the tuple has type {found:?}, the key column {:?}",
-                self.attnum, self.typid
-            );
+            wrong_type(self.attnum, found, self.typid);
         }
         self.attnum
     }
@@ -82,10 +86,9 @@ pub unsafe fn index_oids(rel: pg_sys::Relation) -> Vec<pg_sys::Oid> {
 /// valid unique indexes on plain columns, without a predicate. (NULLs never collide in them; an
 /// index declared NULLS NOT DISTINCT is resolved only for rows without NULLs in it.)
 ///
-/// # Safety
-/// `rel` must be open and locked.
-pub unsafe fn unique_keys(rel: pg_sys::Relation) -> Vec<IndexKey> {
-    // SAFETY: rel is open and locked; each index is opened, read and closed here.
+pub fn unique_keys(rel: &impl Open) -> Vec<IndexKey> {
+    let rel = rel.raw();
+    // SAFETY: rel is open and locked (`Open`); each index is opened, read and closed here.
     unsafe {
         let mut keys = Vec::new();
         for oid in index_oids(rel) {
@@ -155,12 +158,10 @@ unsafe fn operator_sql(oid: pg_sys::Oid) -> String {
 
 impl IndexKey {
     /// The primary key of `rel`, if it has one.
-    ///
-    /// # Safety
-    /// `rel` must be open and locked.
-    pub unsafe fn of(rel: pg_sys::Relation) -> Option<IndexKey> {
-        // SAFETY: `rel` is open and locked (this function's `# Safety`), as primary_key_index and
-        // of_index require; the oid passed on is `rel`'s own primary-key index.
+    pub fn of(rel: &impl Open) -> Option<IndexKey> {
+        let rel = rel.raw();
+        // SAFETY: `rel` is open and locked (`Open`), as primary_key_index and of_index require;
+        // the oid passed on is `rel`'s own primary-key index.
         unsafe {
             let index_oid = super::compat::primary_key_index(rel);
             if index_oid == pg_sys::InvalidOid {
@@ -258,6 +259,14 @@ impl IndexKey {
             .collect()
     }
 
+    /// `tuple`'s key values and their [`IndexKey::encode`]d form.
+    pub fn values_and_encoded(&self, tuple: TupleRef) -> (Vec<pg_sys::Datum>, Vec<u8>) {
+        let values = self.values(tuple);
+        // SAFETY: values read from columns of the key's types (`KeyColumn::checked`).
+        let encoded = unsafe { self.encode(&values) };
+        (values, encoded)
+    }
+
     /// [`IndexKey::encode`] of `tuple`'s key values.
     pub fn encode_row(&self, tuple: TupleRef) -> Vec<u8> {
         // SAFETY: values read from columns of the key's types (`KeyColumn::checked`).
@@ -316,10 +325,9 @@ impl IndexKey {
     }
 
     /// The key values back from [`IndexKey::encode`]'s form; `None` if it does not parse.
-    ///
-    /// # Safety
-    /// Must run inside a transaction (receive functions allocate and may raise errors).
-    pub unsafe fn decode(&self, mut bytes: &[u8]) -> Option<Vec<pg_sys::Datum>> {
+    /// Receive and input functions allocate in the current context and raise on bytes that are
+    /// not a value of their type (in a transaction, as everything SQL calls runs).
+    pub fn decode(&self, mut bytes: &[u8]) -> Option<Vec<pg_sys::Datum>> {
         let mut values = Vec::with_capacity(self.columns.len());
         for col in &self.columns {
             let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
@@ -327,9 +335,7 @@ impl IndexKey {
             bytes = &bytes[4 + len..];
             if let Some((_, input)) = &col.text {
                 let text = std::ffi::CString::new(data).ok()?;
-                // SAFETY: in a transaction (`# Safety`); the input function raises an error on text
-                // that is not a value of the type.
-                values.push(settings::pinned(|| unsafe { input.value(Some(&text)) })?);
+                values.push(settings::pinned(|| input.value(Some(&text)))?);
                 continue;
             }
             // SAFETY: a fresh StringInfo holds the column's bytes; the receive function consumes
@@ -368,6 +374,18 @@ impl IndexKey {
             bytes = &bytes[4 + width..];
         }
         bytes.is_empty()
+    }
+
+    /// The key's columns as JSON values, decoded from [`IndexKey::encode`]'s form (`None`: it
+    /// does not parse), each read by its column's type.
+    pub fn decode_json(&self, bytes: &[u8]) -> Option<Vec<serde_json::Value>> {
+        let values = self.decode(bytes)?;
+        let json = self.columns.iter().zip(values).map(|(col, value)| {
+            // SAFETY: decoded by this column's receive (or input) function: a valid datum of the
+            // column's type.
+            unsafe { super::datum::json(col.typid, value) }
+        });
+        Some(json.collect())
     }
 
     /// True when `tuple`'s key equals `values` (by the index's equality functions).

@@ -8,6 +8,8 @@
 //! * [`backend`]: this backend's database, clocks, replication origin and transaction callbacks.
 //! * [`tuple`]: reading columns of heap tuples and descriptors ([`tuple::TupleRef`]: a safe view).
 //! * [`datum`]: values as JSON, read by their own type.
+//! * [`scan`]: sequential scans, each row a safe view of the scan's slot.
+//! * [`types`]: catalog facts about types (base, kind, element).
 //! * [`heap`]: rows written without the executor (heap insert and index entries).
 //! * [`amount`]: values of delta columns as exact decimals, and the text of their state.
 //! * [`key`]: a primary key's columns, values and binary form.
@@ -35,12 +37,14 @@ pub mod partitions;
 pub mod probe;
 pub mod publication;
 pub mod relation;
+pub mod scan;
 pub mod security;
 pub mod settings;
 pub mod snapshot;
 pub mod spi;
 pub mod subxact;
 pub mod tuple;
+pub mod types;
 pub mod wal;
 
 pub use compat::is_replicated_session;

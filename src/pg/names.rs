@@ -144,20 +144,26 @@ pub fn stable_hash(bytes: &[u8]) -> u32 {
     })
 }
 
-/// A type's name, as `format_type` writes it.
-///
-/// # Safety
-/// Must run inside a transaction (catalog lookup).
-pub unsafe fn type_name(typid: pg_sys::Oid) -> String {
+/// The schema and name of function `function` (`None`: it does not exist).
+pub fn function_name(function: pg_sys::Oid) -> Option<(pg_sys::Oid, String)> {
+    // SAFETY: syscache lookups by oid; a missing function gives InvalidOid / NULL, and the name
+    // is a palloc'd copy read here.
+    unsafe {
+        let name = pg_sys::get_func_name(function);
+        (!name.is_null()).then(|| (pg_sys::get_func_namespace(function), cstr_to_string(name)))
+    }
+}
+
+/// A type's name, as `format_type` writes it (a catalog lookup: in a transaction, as everything
+/// SQL calls runs).
+pub fn type_name(typid: pg_sys::Oid) -> String {
     // SAFETY: format_type_be handles any oid and returns a palloc'd string.
     unsafe { cstr_to_string(pg_sys::format_type_be(typid)) }
 }
 
-/// A type's name with its modifier (`timestamp(3) with time zone`), as `format_type` writes it.
-///
-/// # Safety
-/// Must run inside a transaction (catalog lookup).
-pub unsafe fn type_name_with_modifier(typid: pg_sys::Oid, typmod: i32) -> String {
+/// A type's name with its modifier (`timestamp(3) with time zone`), as `format_type` writes it
+/// (a catalog lookup: in a transaction).
+pub fn type_name_with_modifier(typid: pg_sys::Oid, typmod: i32) -> String {
     // SAFETY: format_type_with_typemod handles any oid and modifier; it returns a palloc'd string.
     unsafe { cstr_to_string(pg_sys::format_type_with_typemod(typid, typmod)) }
 }

@@ -107,11 +107,11 @@ pub struct ColumnInfo {
     pub name: String,
     pub typid: pg_sys::Oid,
     pub typmod: i32,
-    /// `attlen`: a fixed width, -1 for varlena, -2 for a C string.
-    pub len: i16,
     pub by_value: bool,
     /// A generated column (its value is computed, never written).
     pub generated: bool,
+    /// `GENERATED ALWAYS AS IDENTITY`.
+    pub identity_always: bool,
 }
 
 /// # Safety
@@ -125,9 +125,9 @@ unsafe fn columns_of_raw(rel: pg_sys::Relation) -> Vec<ColumnInfo> {
             name: tuple::attname(att).to_string(),
             typid: att.atttypid,
             typmod: att.atttypmod,
-            len: att.attlen,
             by_value: att.attbyval,
             generated: att.attgenerated != 0,
+            identity_always: att.attidentity == b'a' as std::ffi::c_char,
         })
         .collect()
 }
@@ -142,6 +142,30 @@ pub fn columns_of(rel: &impl Open) -> Vec<ColumnInfo> {
 pub fn relkind(rel: &impl Open) -> u8 {
     // SAFETY: `Open` keeps the relation open while `rel` lives; rd_rel is valid.
     unsafe { (*(*rel.raw()).rd_rel).relkind as u8 }
+}
+
+/// The oid of an open relation.
+pub fn oid(rel: &impl Open) -> pg_sys::Oid {
+    // SAFETY: `Open` keeps the relation open while `rel` lives.
+    unsafe { (*rel.raw()).rd_id }
+}
+
+/// The owner of an open relation.
+pub fn owner(rel: &impl Open) -> pg_sys::Oid {
+    // SAFETY: `Open` keeps the relation open while `rel` lives; rd_rel is valid.
+    unsafe { (*(*rel.raw()).rd_rel).relowner }
+}
+
+/// The schema of an open relation.
+pub fn namespace(rel: &impl Open) -> pg_sys::Oid {
+    // SAFETY: `Open` keeps the relation open while `rel` lives; rd_rel is valid.
+    unsafe { (*(*rel.raw()).rd_rel).relnamespace }
+}
+
+/// Whether an open relation is a partition.
+pub fn is_partition(rel: &impl Open) -> bool {
+    // SAFETY: `Open` keeps the relation open while `rel` lives; rd_rel is valid.
+    unsafe { (*(*rel.raw()).rd_rel).relispartition }
 }
 
 /// The relkind of relation `relid` (`None`: it does not exist).

@@ -81,6 +81,8 @@ pub fn pinned_if<R>(needed: bool, f: impl FnOnce() -> R) -> R {
 pub struct Output {
     /// `UnsafeCell`: PostgreSQL writes `fn_extra` through this pointer on calls.
     function: Box<UnsafeCell<pg_sys::FmgrInfo>>,
+    /// The type it prints.
+    typid: pg_sys::Oid,
 }
 
 impl Output {
@@ -97,8 +99,13 @@ impl Output {
             pg_sys::getTypeOutputInfo(typid, &mut func, &mut varlena);
             let function = Box::new(UnsafeCell::new(std::mem::zeroed()));
             pg_sys::fmgr_info(func, function.get());
-            Output { function }
+            Output { function, typid }
         }
+    }
+
+    /// The type it prints.
+    pub fn typid(&self) -> pg_sys::Oid {
+        self.typid
     }
 
     /// The text of `value`, palloc'd in the current memory context.
@@ -156,11 +163,8 @@ impl Input {
 
     /// The value `text` reads as (`None`: NULL, which the input function still sees when it is
     /// not strict, so that a domain checks its `NOT NULL`); raises the input function's error on
-    /// text that is not a value of the type.
-    ///
-    /// # Safety
-    /// In a transaction.
-    pub unsafe fn value(&self, text: Option<&CStr>) -> Option<pg_sys::Datum> {
+    /// text that is not a value of the type (in a transaction, as everything SQL calls runs).
+    pub fn value(&self, text: Option<&CStr>) -> Option<pg_sys::Datum> {
         let text_ptr = text.map_or(std::ptr::null_mut(), |t| t.as_ptr().cast_mut());
         // SAFETY: InputFunctionCall takes a NUL-terminated string (or NULL) that it does not
         // modify, and the type's I/O parameter and modifier looked up by `of`.

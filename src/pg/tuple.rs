@@ -6,15 +6,6 @@ use pgrx::pg_sys;
 
 use super::compat;
 
-/// A live (not dropped) column of a descriptor.
-#[derive(Clone, Copy, Debug)]
-pub struct Column {
-    pub attnum: pg_sys::AttrNumber,
-    pub typid: pg_sys::Oid,
-    /// The type modifier (`timestamptz(3)`: 3; -1 for none).
-    pub typmod: i32,
-}
-
 /// The attribute of column `attnum` (1-based).
 ///
 /// # Safety
@@ -48,22 +39,6 @@ pub unsafe fn live_attributes<'a>(
     unsafe { compat::attributes(tupdesc) }
         .iter()
         .filter(|a| !a.attisdropped)
-}
-
-/// A live column by name (names are matched exactly, as PostgreSQL stores them).
-///
-/// # Safety
-/// `tupdesc` must be a valid descriptor.
-pub unsafe fn find_column(tupdesc: pg_sys::TupleDesc, name: &str) -> Option<Column> {
-    // SAFETY: `tupdesc` is a valid descriptor (`# Safety`), and the iterator is consumed within
-    // this call, copying attnum and typid out, so no reference outlives the descriptor.
-    unsafe { live_attributes(tupdesc) }
-        .find(|att| attname(att) == name)
-        .map(|att| Column {
-            attnum: att.attnum,
-            typid: att.atttypid,
-            typmod: att.atttypmod,
-        })
 }
 
 /// Column `attnum` of `tuple` (`None`: NULL).
@@ -239,6 +214,12 @@ pub unsafe fn external_values(
     }
 }
 
+#[cold]
+#[inline(never)]
+fn out_of_range(attnum: pg_sys::AttrNumber, natts: usize) -> ! {
+    panic!("column number {attnum} is not one of the tuple's {natts} columns");
+}
+
 /// A heap tuple and the descriptor that describes it, both valid for `'a`: its columns read by
 /// number or name without `unsafe`. Column numbers are checked against the descriptor (a number
 /// outside it is a bug of the caller, raised as an error, never a read out of bounds).
@@ -246,6 +227,8 @@ pub unsafe fn external_values(
 pub struct TupleRef<'a> {
     tuple: pg_sys::HeapTuple,
     desc: pg_sys::TupleDesc,
+    /// The descriptor's attributes, found once (from 18 on that takes a call).
+    attributes: &'a [pg_sys::FormData_pg_attribute],
     _valid: std::marker::PhantomData<&'a pg_sys::HeapTupleData>,
 }
 
@@ -258,6 +241,8 @@ impl<'a> TupleRef<'a> {
         TupleRef {
             tuple,
             desc,
+            // SAFETY: the descriptor is valid for 'a (`# Safety`).
+            attributes: unsafe { compat::attributes(desc) },
             _valid: std::marker::PhantomData,
         }
     }
@@ -268,25 +253,18 @@ impl<'a> TupleRef<'a> {
         self.tuple
     }
 
-    /// The descriptor's attributes (dropped ones included), by attribute number − 1.
-    #[inline]
-    pub fn attributes(self) -> &'a [pg_sys::FormData_pg_attribute] {
-        // SAFETY: the descriptor is valid for 'a (`new`'s contract).
-        unsafe { compat::attributes(self.desc) }
-    }
-
     #[inline]
     fn check(self, attnum: pg_sys::AttrNumber) {
-        let natts = self.attributes().len();
-        if attnum < 1 || attnum as usize > natts {
-            panic!("column number {attnum} is not one of the tuple's {natts} columns");
+        if attnum < 1 || attnum as usize > self.attributes.len() {
+            out_of_range(attnum, self.attributes.len());
         }
     }
 
     /// The attribute of column `attnum`.
+    #[inline]
     pub fn attribute(self, attnum: pg_sys::AttrNumber) -> &'a pg_sys::FormData_pg_attribute {
         self.check(attnum);
-        &self.attributes()[attnum as usize - 1]
+        &self.attributes[attnum as usize - 1]
     }
 
     /// Column `attnum` (`None`: NULL).
@@ -363,6 +341,11 @@ impl<'a> TupleRef<'a> {
     pub unsafe fn copy<'b>(self) -> TupleRef<'b> {
         // SAFETY: a valid tuple (`new`); the copy lives in the current context (`# Safety`), the
         // descriptor as long as the relation is open, which the caller's 'b does not outlast.
-        unsafe { TupleRef::new(pg_sys::heap_copytuple(self.tuple), self.desc) }
+        unsafe {
+            TupleRef {
+                tuple: pg_sys::heap_copytuple(self.tuple),
+                ..TupleRef::new(self.tuple, self.desc)
+            }
+        }
     }
 }

@@ -16,13 +16,15 @@ use std::ffi::CStr;
 
 use mm_conflict_core::{COL_ISLOCAL, COL_NODEID, COL_STATTIME, COL_XACTTIME};
 use pgrx::prelude::*;
-use pgrx::{PgMemoryContexts, PgRelation};
+use pgrx::PgRelation;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::error::MmError;
 use crate::pg::names::table_identity;
 use crate::pg::relation::{self, Open, Opened};
+use crate::pg::scan::{self, ScannedRow};
 use crate::pg::settings::{self, Output};
+use crate::pg::types;
 
 const BOOKKEEPING: [&str; 4] = [COL_ISLOCAL, COL_NODEID, COL_XACTTIME, COL_STATTIME];
 
@@ -31,8 +33,6 @@ const NULL_MARK: u64 = 0x9E37_79B9_7F4A_7C15;
 
 pub(super) struct Column {
     index: usize,
-    len: i16,
-    by_value: bool,
     how: HashAs,
 }
 
@@ -87,8 +87,6 @@ pub(super) unsafe fn user_columns(rel: &impl Open) -> Columns {
             let how = unsafe { hash_as(c.typid, c.by_value) };
             let column = Column {
                 index: c.attnum as usize - 1,
-                len: c.len,
-                by_value: c.by_value,
                 how,
             };
             (c.name, column)
@@ -128,122 +126,76 @@ const OID_VALUED: [pg_sys::Oid; 12] = [
 /// How values of type `typid` (passed by value or not) are hashed.
 ///
 /// # Safety
-/// In a transaction; `typid` exists. A text output function caches data in the current memory
-/// context.
+/// A text output function caches data in the current memory context: use the result only while
+/// that context lives.
 unsafe fn hash_as(typid: pg_sys::Oid, by_value: bool) -> HashAs {
-    // SAFETY: catalog lookups of an existing type (`# Safety`).
-    unsafe {
-        let base = pg_sys::getBaseType(typid);
-        if base == pg_sys::FLOAT4OID && by_value {
-            HashAs::Float4
-        } else if base == pg_sys::FLOAT8OID && by_value {
-            HashAs::Float8
-        } else if bytes_are_portable(base) {
-            HashAs::Bytes
-        } else {
-            HashAs::Text(Output::of(typid))
-        }
+    let base = types::base_type(typid);
+    if base == pg_sys::FLOAT4OID && by_value {
+        HashAs::Float4
+    } else if base == pg_sys::FLOAT8OID && by_value {
+        HashAs::Float8
+    } else if bytes_are_portable(base) {
+        HashAs::Bytes
+    } else {
+        // SAFETY: used while the current context lives (`# Safety`).
+        HashAs::Text(unsafe { Output::of(typid) })
     }
 }
 
 /// Whether the in-memory form of every value of `typid` is the same on every node: no node-local
 /// OID in it. An enum is its label's OID; an array carries its element type's OID, a composite
 /// its type's, a range or multirange its range type's; a domain is its base type's form.
-///
-/// # Safety
-/// In a transaction; `typid` exists.
-unsafe fn bytes_are_portable(typid: pg_sys::Oid) -> bool {
-    // SAFETY: catalog lookups of an existing type (`# Safety`), and of its element type.
-    unsafe {
-        let typid = pg_sys::getBaseType(typid);
-        let fixed = typid.to_u32() < FIXED_OIDS;
-        match pg_sys::get_typtype(typid) as u8 {
-            pg_sys::TYPTYPE_BASE => {
-                let element = pg_sys::get_element_type(typid);
-                if element != pg_sys::InvalidOid {
-                    element.to_u32() < FIXED_OIDS && bytes_are_portable(element)
-                } else {
-                    !OID_VALUED.contains(&typid)
-                }
-            }
-            // Built-in ranges are of built-in types.
-            pg_sys::TYPTYPE_RANGE | pg_sys::TYPTYPE_MULTIRANGE => fixed,
-            // Enums, composites, pseudo-types.
-            _ => false,
-        }
+fn bytes_are_portable(typid: pg_sys::Oid) -> bool {
+    let typid = types::base_type(typid);
+    let fixed = typid.to_u32() < FIXED_OIDS;
+    match types::typtype(typid) {
+        pg_sys::TYPTYPE_BASE => match types::element_type(typid) {
+            Some(element) => element.to_u32() < FIXED_OIDS && bytes_are_portable(element),
+            None => !OID_VALUED.contains(&typid),
+        },
+        // Built-in ranges are of built-in types.
+        pg_sys::TYPTYPE_RANGE | pg_sys::TYPTYPE_MULTIRANGE => fixed,
+        // Enums, composites, pseudo-types.
+        _ => false,
     }
 }
 
-/// Hashes a non-NULL datum of `column` into `seed` (a detoasted copy or the value's text goes to
-/// the current context).
-///
-/// # Safety
-/// `datum` must be a valid, non-NULL datum of the column's type; a column hashed by its text is
-/// hashed under [`settings::pinned`].
-unsafe fn hash_datum(column: &Column, datum: pg_sys::Datum, seed: u64) -> u64 {
+/// Hashes non-NULL column `column` of `row` into `seed` (a detoasted copy or the value's text goes
+/// to the current context; a column hashed by its text is hashed under [`settings::pinned`]).
+fn hash_value(column: &Column, row: ScannedRow, seed: u64) -> u64 {
+    let index = column.index;
+    let bits = |row: ScannedRow| row.datum(index).map_or(0, |d| d.value());
     match &column.how {
-        HashAs::Bytes => {}
         HashAs::Float4 => {
-            let value = f32::from_bits(datum.value() as u32);
+            let value = f32::from_bits(bits(row) as u32);
             let bits = if value.is_nan() { f32::NAN } else { value }.to_bits();
-            return xxh3_64_with_seed(&bits.to_le_bytes(), seed);
+            xxh3_64_with_seed(&bits.to_le_bytes(), seed)
         }
         HashAs::Float8 => {
-            let value = f64::from_bits(datum.value() as u64);
+            let value = f64::from_bits(bits(row) as u64);
             let bits = if value.is_nan() { f64::NAN } else { value }.to_bits();
-            return xxh3_64_with_seed(&bits.to_le_bytes(), seed);
+            xxh3_64_with_seed(&bits.to_le_bytes(), seed)
         }
         HashAs::Text(output) => {
-            // SAFETY: a valid datum of the column's type (`# Safety`); its text is palloc'd in
-            // the current (per-row) context.
-            let text = unsafe { CStr::from_ptr(output.cstring(datum)) };
-            return xxh3_64_with_seed(text.to_bytes(), seed);
+            let text = row.text(index, output).map_or(&[][..], CStr::to_bytes);
+            xxh3_64_with_seed(text, seed)
+        }
+        HashAs::Bytes => {
+            let bytes = row.bytes(index).unwrap_or_default();
+            xxh3_64_with_seed(&bytes, seed)
         }
     }
-    if column.by_value {
-        let bytes = datum.value().to_le_bytes();
-        return xxh3_64_with_seed(&bytes[..column.len as usize], seed);
-    }
-    // SAFETY: the caller guarantees a valid datum of this column; by-reference data stays valid
-    // while the slot holds the tuple, and a detoasted copy lives in the current (per-row) context.
-    let bytes = unsafe {
-        match column.len {
-            -1 => {
-                let raw = datum.cast_mut_ptr::<pg_sys::varlena>();
-                let plain = pg_sys::pg_detoast_datum_packed(raw);
-                std::slice::from_raw_parts(
-                    pgrx::varlena::vardata_any(plain).cast::<u8>(),
-                    pgrx::varlena::varsize_any_exhdr(plain),
-                )
-            }
-            -2 => CStr::from_ptr(datum.cast_mut_ptr::<std::ffi::c_char>()).to_bytes(),
-            len => std::slice::from_raw_parts(datum.cast_mut_ptr::<u8>(), len as usize),
-        }
-    };
-    xxh3_64_with_seed(bytes, seed)
 }
 
-/// The hash of one row's user columns (`columns` from [`user_columns`]), whatever their physical
-/// order; detoasted copies and texts go to the current memory context.
-///
-/// # Safety
-/// `values` and `nulls` are a deformed tuple (`tts_values`, `tts_isnull` of a slot after
-/// `slot_getallattrs`) of the relation `columns` was read from; runs inside
-/// [`Columns::hashing`].
-pub(super) unsafe fn row_hash(
-    columns: &Columns,
-    values: *const pg_sys::Datum,
-    nulls: *const bool,
-) -> u64 {
+/// The hash of one row's user columns (`columns` from [`user_columns`] of the scanned table),
+/// whatever their physical order; detoasted copies and texts go to the current memory context.
+/// Runs inside [`Columns::hashing`].
+pub(super) fn row_hash(columns: &Columns, row: ScannedRow) -> u64 {
     columns.columns.iter().fold(columns.seed, |h, column| {
-        // SAFETY: every column index is below the relation's natts, which the deformed arrays
-        // cover (`# Safety`); a non-NULL value is a valid datum of its column.
-        unsafe {
-            if *nulls.add(column.index) {
-                h.rotate_left(23) ^ NULL_MARK
-            } else {
-                hash_datum(column, *values.add(column.index), h)
-            }
+        if row.is_null(column.index) {
+            h.rotate_left(23) ^ NULL_MARK
+        } else {
+            hash_value(column, row, h)
         }
     })
 }
@@ -287,53 +239,13 @@ pub fn checksum(rel: &PgRelation) -> Result<i64, MmError> {
 
 /// The sum of the row hashes of an open, locked ordinary table.
 fn heap_sum(rel: &impl Open) -> u64 {
-    let raw = rel.raw();
     // SAFETY: the columns are used within this call.
     let columns = unsafe { user_columns(rel) };
     let mut sum = 0u64;
-    // SAFETY: rel is an open, locked table (`# Safety`); the closure reads the slot's deformed
-    // values, which is what row_hash needs, inside `hashing`.
-    columns.hashing(|| unsafe {
-        scan(raw, "mm_conflict table_checksum", |slot| {
-            sum = sum.wrapping_add(row_hash(&columns, (*slot).tts_values, (*slot).tts_isnull));
+    columns.hashing(|| {
+        scan::each_row(rel, "mm_conflict table_checksum", |row| {
+            sum = sum.wrapping_add(row_hash(&columns, row));
         })
     });
     sum
-}
-
-/// Calls `each` with every row of an ordinary table, deformed in a slot, under the statement's
-/// snapshot; what `each` allocates goes to a per-row memory context, reset after each row.
-///
-/// # Safety
-/// `raw` must be an open, locked ordinary table.
-pub(super) unsafe fn scan(
-    raw: pg_sys::Relation,
-    context_name: &str,
-    mut each: impl FnMut(*mut pg_sys::TupleTableSlot),
-) {
-    let mut per_row = PgMemoryContexts::new(context_name);
-    // SAFETY: a plain sequential scan under the statement's snapshot; the slot and the scan are
-    // released before returning (an error aborts the transaction, which releases both).
-    unsafe {
-        let scan =
-            pg_sys::table_beginscan(raw, pg_sys::GetActiveSnapshot(), 0, std::ptr::null_mut());
-        let slot = pg_sys::table_slot_create(raw, std::ptr::null_mut());
-        let mut rows = 0u64;
-        while pg_sys::table_scan_getnextslot(
-            scan,
-            pg_sys::ScanDirection::ForwardScanDirection,
-            slot,
-        ) {
-            pg_sys::slot_getallattrs(slot);
-            per_row.switch_to(|_| each(slot));
-            // Frees detoasted copies; a no-op (PostgreSQL checks) when the row allocated nothing.
-            per_row.reset();
-            rows += 1;
-            if rows.is_multiple_of(4096) {
-                pg_sys::check_for_interrupts!();
-            }
-        }
-        pg_sys::ExecDropSingleTupleTableSlot(slot);
-        pg_sys::table_endscan(scan);
-    }
 }

@@ -29,7 +29,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use super::checksum::{readable, row_hash, scan, user_columns};
+use super::checksum::{readable, row_hash, user_columns};
 use crate::catalog::relinfo::{self, RelInfo};
 use crate::catalog::tombstones;
 use crate::error::MmError;
@@ -37,10 +37,10 @@ use crate::pg::flag::RepairWrite;
 use crate::pg::key::IndexKey;
 use crate::pg::names::{identity, sql_ident, sql_qualified};
 use crate::pg::partitions;
-use crate::pg::relation::{self, Open, Opened};
+use crate::pg::relation::{self, Opened};
+use crate::pg::scan;
 use crate::pg::settings::{self, Input, Output};
 use crate::pg::spi::{text_datum, CachedPlan};
-use crate::pg::tuple::TupleRef;
 
 pub use mm_conflict_core::diff::{LEVEL_BITS, MAX_BITS};
 
@@ -133,39 +133,33 @@ struct Entry<'a> {
 /// Calls `each` with every row of the table.
 fn for_each_row(tree: &Tree, mut each: impl FnMut(&Entry)) -> Result<(), MmError> {
     for &leaf in &tree.leaves {
-        // SAFETY: the leaf is opened and locked here and closed after its scan (the lock is kept
-        // to the end of the transaction); the scan hands over deformed slots of that leaf, hashed
-        // inside `hashing` with columns read from it in this call.
+        // The leaf is opened and locked here and closed after its scan (the lock is kept to the
+        // end of the transaction).
         let leaf = Opened::table(leaf, pg_sys::AccessShareLock);
-        let raw = leaf.raw();
         let info = relinfo::lookup_for(&leaf)?.ok_or_else(|| MmError::NotReplicated {
             table: tree.identity.clone(),
         })?;
-        unsafe {
-            let pk = info
-                .primary_key
-                .as_ref()
-                .ok_or_else(|| MmError::NoPrimaryKey {
-                    table: tree.identity.clone(),
-                })?;
-            let tupdesc = (*raw).rd_att;
-            let columns = user_columns(&leaf);
-            columns.hashing(|| {
-                scan(raw, "mm_conflict table_diff", |slot| {
-                    let mut should_free = false;
-                    let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
-                    let tuple = TupleRef::new(tuple, tupdesc);
-                    let key = pk.encode_row(tuple);
-                    let content = row_hash(&columns, (*slot).tts_values, (*slot).tts_isnull);
-                    let stamps = info.stamps(tuple);
-                    each(&Entry {
-                        key: &key,
-                        hash: entry_hash(&key, content, &stamps),
-                        stamps,
-                    });
-                })
-            });
-        }
+        let pk = info
+            .primary_key
+            .as_ref()
+            .ok_or_else(|| MmError::NoPrimaryKey {
+                table: tree.identity.clone(),
+            })?;
+        // SAFETY: the columns are used within this loop, in this memory context.
+        let columns = unsafe { user_columns(&leaf) };
+        columns.hashing(|| {
+            scan::each_row(&leaf, "mm_conflict table_diff", |row| {
+                let tuple = row.tuple();
+                let key = pk.encode_row(tuple);
+                let content = row_hash(&columns, row);
+                let stamps = info.stamps(tuple);
+                each(&Entry {
+                    key: &key,
+                    hash: entry_hash(&key, content, &stamps),
+                    stamps,
+                });
+            })
+        });
     }
     Ok(())
 }
@@ -292,8 +286,7 @@ pub fn contents(rel: &PgRelation, keys: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, St
     );
     let mut rows = Vec::new();
     for key in keys {
-        // SAFETY: in a transaction (receive functions may allocate and raise).
-        let Some(values) = (unsafe { pk.decode(&key) }) else {
+        let Some(values) = pk.decode(&key) else {
             continue;
         };
         let params: Vec<Option<pg_sys::Datum>> = values.into_iter().map(Some).collect();
@@ -430,14 +423,11 @@ pub fn key_json(rel: &PgRelation, key: &[u8]) -> Result<Value, MmError> {
     let info = tree.info.as_ref().ok_or_else(undecodable)?;
     let pk = info.primary_key.as_ref().ok_or_else(undecodable)?;
     let leaf = *tree.leaves.first().ok_or_else(undecodable)?;
-    // SAFETY: decode runs in a transaction (receive functions may allocate and raise).
-    let values = unsafe { pk.decode(key) }.ok_or_else(undecodable)?;
+    let values = pk.decode_json(key).ok_or_else(undecodable)?;
     let object: Map<String, Value> = key_columns(leaf, pk)
         .into_iter()
+        .map(|(name, _)| name)
         .zip(values)
-        // SAFETY: each value was decoded by its key column's receive function, so it is a valid
-        // datum of that column's type.
-        .map(|((name, typid), value)| (name, unsafe { crate::pg::datum::json(typid, value) }))
         .collect();
     Ok(Value::Object(object))
 }
@@ -651,9 +641,8 @@ fn row_values(
                 .map(CString::new)
                 .transpose()
                 .map_err(|_| bad(format!("has a NUL character in \"{name}\"")))?;
-            // SAFETY: in a transaction; the input function raises on text that is not a value of
-            // the column's type.
-            Ok(unsafe { input.value(text.as_deref()) })
+            // The input function raises on text that is not a value of the column's type.
+            Ok(input.value(text.as_deref()))
         })
         .collect()
 }
