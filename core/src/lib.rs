@@ -37,6 +37,7 @@ pub mod sequence;
 pub mod sql;
 pub mod stamp;
 pub mod version;
+pub mod wal;
 
 pub use decide::{
     repair_winner, DeleteAction, Held, InsertAction, LocalAction, LocalConflictMode, Outcome,
