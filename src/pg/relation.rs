@@ -9,19 +9,23 @@ use super::tuple;
 
 /// A relation held open, and locked, for as long as the value lives: what the functions that
 /// read a relation's descriptor, triggers or catalog row take instead of a raw pointer.
-pub trait Open {
+///
+/// # Safety
+/// An implementation returns from `raw` a relation that stays open and locked while `self` lives.
+pub unsafe trait Open {
     /// The relation; valid while `self` lives.
     fn raw(&self) -> pg_sys::Relation;
 }
 
-impl Open for PgRelation {
+// SAFETY: pgrx opens a `regclass` argument with AccessShareLock and closes it on drop.
+unsafe impl Open for PgRelation {
     fn raw(&self) -> pg_sys::Relation {
-        // pgrx opens a `regclass` argument with AccessShareLock and closes it on drop.
         self.as_ptr()
     }
 }
 
-impl Open for Opened {
+// SAFETY: opened by `Opened::table`/`relation`, closed only when it drops.
+unsafe impl Open for Opened {
     fn raw(&self) -> pg_sys::Relation {
         self.raw
     }
@@ -44,7 +48,8 @@ impl Borrowed<'_> {
     }
 }
 
-impl Open for Borrowed<'_> {
+// SAFETY: `Borrowed::new`'s contract.
+unsafe impl Open for Borrowed<'_> {
     fn raw(&self) -> pg_sys::Relation {
         self.raw
     }
