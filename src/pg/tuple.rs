@@ -221,8 +221,9 @@ fn out_of_range(attnum: pg_sys::AttrNumber, natts: usize) -> ! {
 }
 
 /// A heap tuple and the descriptor that describes it, both valid for `'a`: its columns read by
-/// number or name without `unsafe`. Column numbers are checked against the descriptor (a number
-/// outside it is a bug of the caller, raised as an error, never a read out of bounds).
+/// number without `unsafe` (names: `pg::relation::columns_of`). Column numbers are checked against
+/// the descriptor (a number outside it is a bug of the caller, raised as an error, never a read
+/// out of bounds).
 #[derive(Clone, Copy, Debug)]
 pub struct TupleRef<'a> {
     tuple: pg_sys::HeapTuple,
