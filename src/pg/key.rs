@@ -269,8 +269,7 @@ impl IndexKey {
 
     /// [`IndexKey::encode`] of `tuple`'s key values.
     pub fn encode_row(&self, tuple: TupleRef) -> Vec<u8> {
-        // SAFETY: values read from columns of the key's types (`KeyColumn::checked`).
-        unsafe { self.encode(&self.values(tuple)) }
+        self.values_and_encoded(tuple).1
     }
 
     /// [`IndexKey::encode`] of `tuple`'s key values, `None` when one of them is NULL.
