@@ -6,7 +6,6 @@ pub mod mm_conflict {
     use pgrx::{Array, JsonB, PgRelation};
 
     use crate::error::OrRaise;
-    use crate::pg::names;
     use crate::report::counters;
     use crate::verify::diff;
 
@@ -228,7 +227,7 @@ pub mod mm_conflict {
     #[pg_extern(stable, strict)]
     #[search_path(pg_catalog, pg_temp)]
     fn _table_name(tbl: PgRelation) -> String {
-        names::table_identity(&tbl)
+        crate::pg::relation::identity(&tbl)
     }
 
     /// `create_mesh`'s node list as rows, checked; errors name the bad element and field.

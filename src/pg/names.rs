@@ -88,12 +88,6 @@ pub unsafe fn relation_identity(rel: pg_sys::Relation) -> String {
     identity(&schema, &name)
 }
 
-/// [`relation_identity`] of a relation pgrx holds open.
-pub fn table_identity(rel: &pgrx::PgRelation) -> String {
-    // SAFETY: a PgRelation is open, with its lock, for as long as it lives.
-    unsafe { relation_identity(rel.as_ptr()) }
-}
-
 /// The parts of a stable name ([`identity`]), unquoted; `None` if it is not one.
 pub fn parse_identity(text: &str) -> Option<(String, String)> {
     let mut parts = Vec::new();

@@ -20,7 +20,6 @@ use pgrx::PgRelation;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::error::MmError;
-use crate::pg::names::table_identity;
 use crate::pg::relation::{self, Open, Opened};
 use crate::pg::scan::{self, ScannedRow};
 use crate::pg::settings::{self, Output};
@@ -206,7 +205,7 @@ pub(super) fn readable(rel: &PgRelation, function: &str) -> Result<u8, MmError> 
     let relkind = relation::relkind(rel);
     if relkind != pg_sys::RELKIND_RELATION && relkind != pg_sys::RELKIND_PARTITIONED_TABLE {
         return Err(MmError::NotATable {
-            relation: table_identity(rel),
+            relation: relation::identity(rel),
             function: function.into(),
         });
     }
@@ -215,7 +214,7 @@ pub(super) fn readable(rel: &PgRelation, function: &str) -> Result<u8, MmError> 
     // they refuse instead of reading rows the role may not see.
     if relation::row_security_applies(rel.oid()) {
         return Err(MmError::HiddenByRowSecurity {
-            table: table_identity(rel),
+            table: relation::identity(rel),
         });
     }
     Ok(relkind)

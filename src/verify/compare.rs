@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::diff;
 use crate::error::MmError;
 use crate::mesh::remote::{self, Connection, Value};
-use crate::pg::names::{bytea_from_hex, table_identity};
+use crate::pg::names::bytea_from_hex;
 
 /// How often a long comparison says how far it is.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -84,7 +84,7 @@ impl<'a> Comparison<'a> {
     pub fn new(rel: &'a PgRelation, conn: &'a Connection, peer: i32) -> Comparison<'a> {
         Comparison {
             rel,
-            table: table_identity(rel),
+            table: crate::pg::relation::identity(rel),
             conn,
             peer,
             noticed: Instant::now(),

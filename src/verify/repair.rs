@@ -15,7 +15,6 @@ use super::diff;
 use crate::error::MmError;
 use crate::mesh::local::this_node;
 use crate::mesh::remote::{self, Connection, Value};
-use crate::pg::names::table_identity;
 use crate::pg::snapshot;
 
 /// Keys per transfer: one statement each way.
@@ -136,7 +135,7 @@ impl RepairMesh for PgMesh<'_> {
 /// keys written. The caller (`api`'s `repair`) has checked that the role is a superuser.
 pub fn run(rel: &PgRelation) -> Result<i64, MmError> {
     this_node()?;
-    let table = table_identity(rel);
+    let table = crate::pg::relation::identity(rel);
     let peers = remote::peers();
     if peers.is_empty() {
         return Ok(0);
