@@ -102,6 +102,7 @@ pub extern "C-unwind" fn _PG_init() {
     report::progress::init();
     catalog::mark::init();
     catalog::relinfo::register_invalidation();
+    pg::statement::init();
 }
 
 /// Required by `cargo pgrx test`.

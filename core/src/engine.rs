@@ -121,6 +121,10 @@ pub trait Store: Tombstones {
     /// Inserts `row` again as mm_conflict's own write: with [`Store::take_row`], the re-send of a
     /// row that beat a tombstone.
     fn put_row(&mut self, row: &Self::Row);
+    /// Locks the key's stored row (found by [`Store::find_row`]) for an update, as
+    /// `INSERT ... ON CONFLICT DO UPDATE` is about to, waiting for the transactions that hold it
+    /// (never called with the key lock held); false when the row was deleted or updated meanwhile.
+    fn lock_row(&mut self) -> bool;
     /// Counts a resolution and reports it if it is a conflict.
     fn report(&mut self, resolution: &Resolution<Self::Row>);
     /// A stored row of another key that holds one of `row`'s values of a unique key besides the
@@ -332,20 +336,33 @@ fn check_local(
 }
 
 /// A local INSERT. A key deleted before must be re-inserted above its tombstone, so the key lock
-/// is taken and the tombstone looked up; the lock stays until the next key-locked write of this
-/// session (by then the row's index entry exists, and others' probes see it).
+/// is taken and the tombstone looked up; the lock stays until the row's index entry exists (the
+/// store releases it at the end of the statement, or at the next key-locked write of this
+/// session), so that others' probes see the row.
 ///
 /// The lookup is skipped when it cannot change anything: under last-writer-wins on a stamp, with
 /// no delta column, and the key's tombstone known to be below this write's clocks
 /// ([`Tombstones::tombstones_below`]), the write's stamps are the clocks themselves, and the
 /// write beats the tombstone.
+///
+/// `upsert`: the row is proposed by `INSERT ... ON CONFLICT DO UPDATE`, after which PostgreSQL
+/// waits for the key's stored row if another transaction holds it. A DELETE of that row holds it
+/// while its trigger waits for the key lock, so this trigger must not hand PostgreSQL the key
+/// lock into that wait: it looks the row up, and when there is one, releases the key lock and
+/// locks the row itself (waiting, as PostgreSQL would, without the lock). Once it holds the row
+/// nobody can delete it, and the INSERT becomes the statement's UPDATE. A row deleted meanwhile
+/// sends it back to the start, where it meets the delete's tombstone.
 pub fn local_insert<S: Store + ?Sized>(
     store: &mut S,
     policy: &Policy,
     local: Local,
     new: &S::Row,
+    upsert: bool,
 ) -> Result<Action, Refusal> {
-    let tombstone = if store.keyed() {
+    let tombstone = loop {
+        if !store.keyed() {
+            break None;
+        }
         store.lock_key();
         let tombstone = if lookup_may_be_skipped(store, policy)
             && store.tombstones_below(local.clock.xact_start.min(local.clock.wall))
@@ -354,10 +371,26 @@ pub fn local_insert<S: Store + ?Sized>(
         } else {
             held(store, S::find_tombstone)
         };
+        if upsert {
+            match store.find_row() {
+                Lookup::Absent => {}
+                Lookup::InProgress(waiter) => {
+                    store.unlock_key();
+                    store.wait(waiter);
+                    continue;
+                }
+                Lookup::Found(_) => {
+                    store.unlock_key();
+                    if store.lock_row() {
+                        // No row of this key is inserted: nothing for the key lock to cover.
+                        break tombstone;
+                    }
+                    continue;
+                }
+            }
+        }
         store.lock_unique_values(new, None);
-        tombstone
-    } else {
-        None
+        break tombstone;
     };
     let stamps = stamp_local(local.clock, tombstone.as_ref().map(|t| &t.stamps));
     if let Some(t) = &tombstone {

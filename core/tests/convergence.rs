@@ -252,6 +252,11 @@ impl Store for NodeStore<'_> {
         Some(row)
     }
 
+    fn lock_row(&mut self) -> bool {
+        assert!(!self.key_locked, "locking a row while holding the key lock");
+        self.replica.rows.contains_key(&self.key)
+    }
+
     fn put_row(&mut self, row: &Row) {
         let policy = self.policy;
         match engine::replicated_insert(self, policy, row, true) {
@@ -512,7 +517,9 @@ impl Mesh {
         let policy = self.policies[node].clone();
         let (mut out, (action, pending)) = self.with_store(node, key, |s| match &stored {
             Some(old) => engine::local_update(s, &policy, local, old, &new),
-            None => engine::local_insert(s, &policy, local, &new),
+            // Every other insert is an upsert's: it also looks the (absent) row up, meeting
+            // writers still running as any lookup does.
+            None => engine::local_insert(s, &policy, local, &new, new.write_id % 2 == 0),
         });
         match action {
             Ok(Action::Stamp(stamps)) => {

@@ -143,7 +143,13 @@ pub unsafe fn fire(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTuple>
     let new_tuple = || new.expect("an UPDATE trigger has its new tuple");
     let (action, written) = match (op, replicated) {
         (pg_sys::TRIGGER_EVENT_INSERT, false) => (
-            engine::local_insert(&mut store, policy, local(), &old_row),
+            engine::local_insert(
+                &mut store,
+                policy,
+                local(),
+                &old_row,
+                crate::pg::statement::upsert(),
+            ),
             old,
         ),
         (pg_sys::TRIGGER_EVENT_UPDATE, false) => (

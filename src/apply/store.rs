@@ -93,6 +93,8 @@ pub struct PgStore<'a> {
     copy_rows: bool,
     /// The delta state the engine gave the row it writes ([`Store::write_delta`]).
     delta: Option<Delta>,
+    /// Where the probe last found the key's row ([`Store::lock_row`] locks it there).
+    found_at: std::cell::Cell<Option<pg_sys::ItemPointerData>>,
 }
 
 impl<'a> PgStore<'a> {
@@ -115,6 +117,7 @@ impl<'a> PgStore<'a> {
             tombstones: OnceCell::new(),
             copy_rows,
             delta: None,
+            found_at: std::cell::Cell::new(None),
         }
     }
 
@@ -139,6 +142,7 @@ impl<'a> PgStore<'a> {
             tombstones: OnceCell::new(),
             copy_rows,
             delta: None,
+            found_at: std::cell::Cell::new(None),
         }
     }
 
@@ -223,23 +227,36 @@ impl<'a> Store for PgStore<'a> {
     }
 
     fn find_row(&mut self) -> Lookup<Stored<Row<'a>>, pg_sys::TransactionId> {
-        let (info, copy) = (self.info, self.copy_rows);
+        let (info, copy, found_at) = (self.info, self.copy_rows, &self.found_at);
         let Some(pk) = &info.primary_key else {
             return Lookup::Absent;
         };
+        found_at.set(None);
         // SAFETY: rel is open and locked; the key values are valid during the probe. The reader
         // runs on a pinned tuple of the relation and copies what it keeps into the current
         // (trigger's) memory context, which outlives the store.
         unsafe {
-            probe::probe(self.rel, pk, &self.key().values, &|tuple| Stored {
-                stamps: info.stamps(tuple),
-                delta: info
-                    .delta
-                    .is_some()
-                    .then(|| delta_of(info, &Row::Tuple(tuple))),
-                row: copy.then(|| Row::Tuple(tuple.copy())),
+            probe::probe(self.rel, pk, &self.key().values, &|tuple| {
+                found_at.set(Some(tuple.tid()));
+                Stored {
+                    stamps: info.stamps(tuple),
+                    delta: info
+                        .delta
+                        .is_some()
+                        .then(|| delta_of(info, &Row::Tuple(tuple))),
+                    row: copy.then(|| Row::Tuple(tuple.copy())),
+                }
             })
         }
+    }
+
+    fn lock_row(&mut self) -> bool {
+        let Some(tid) = self.found_at.get() else {
+            return false;
+        };
+        // SAFETY: rel is open and locked (`for_tuple`'s contract), a heap table (the trigger
+        // fires on tables only); `tid` is where this transaction's probe found the key's row.
+        unsafe { probe::lock_row(self.rel, tid) == probe::RowLock::Held }
     }
 
     fn overwrite(&mut self, row: &Row<'a>) -> bool {

@@ -9,9 +9,13 @@
 //!
 //! The lock only has to cover the window until the row's index entry exists: from then on the
 //! probe of a concurrent writer sees the in-progress row and waits for its transaction. A row's
-//! index entry exists by the time the trigger fires for the next row, so the lock is released
-//! there, at the next key-locked write of this backend, or at the end of the transaction,
-//! whichever comes first (a rolled-back subtransaction releases the lock it took). It is a
+//! index entry exists by the time the trigger fires for the next row, and by the end of the
+//! statement, so the lock is released there: at the next key-locked write of this backend, at the
+//! end of the statement that took it (see `statement`; COPY and apply run none), or at the end of
+//! the transaction, whichever comes first (a rolled-back subtransaction releases the lock it
+//! took). A lock kept after its statement would make a later wait of the same transaction a
+//! deadlock with a DELETE of that key (which holds its row while its trigger waits for the lock),
+//! where PostgreSQL alone would have none. It is a
 //! session-level lock managed here, not one owned by a (sub)transaction's resource owner: so it can
 //! be released whatever subtransaction took it, and a backend holds at most one at a time however
 //! many rows it inserts, in one statement or in a million subtransactions (a PL/pgSQL loop with an
@@ -23,13 +27,13 @@
 //! key that would take the same value serialise like two writers of one key.
 //!
 //! Lock order: the key's lock first, then the values' in a fixed order. Other UPDATEs never take
-//! these locks, and the trigger never waits for another transaction
-//! while holding it: when a probe finds a row (to overwrite or keep) or a transaction in progress,
-//! the lock is released first (the engine unlocks, then `wait`s). What remains: a DELETE takes the lock while
-//! holding its row's lock, and a local `INSERT ... ON CONFLICT DO UPDATE` holds it while waiting
-//! for the conflicting row's lock; two such sessions on the same key (local, or local and an apply
-//! worker) can deadlock. The deadlock detector aborts one; apply workers retry their transaction.
-//! The multi-node delete storms count these (a few per run); other workloads show none.
+//! these locks, and the trigger never waits for another transaction while holding it: when a probe
+//! finds a row (to overwrite or keep) or a transaction in progress, the lock is released first
+//! (the engine unlocks, then `wait`s). A DELETE takes the lock while holding its row's lock, so
+//! nobody may wait for a row while holding the lock: a local `INSERT ... ON CONFLICT DO UPDATE`,
+//! which PostgreSQL makes wait for the conflicting row after the trigger, finds that row in its
+//! trigger, releases the lock and locks the row itself (`engine::local_insert`). What remains is
+//! what PostgreSQL alone has: two transactions that take rows in opposite orders.
 //!
 //! The lock shows in `pg_locks` as an advisory lock with `objsubid = 19789` (0x4D4D, "MM"), which
 //! user calls of `pg_advisory_*` (objsubid 1 or 2) can never take; `classid` and `objid` are the
@@ -43,11 +47,18 @@ use super::names::stable_hash;
 
 const KEY_LOCK_FIELD4: u16 = 0x4D4D;
 
+/// The key lock held (with the locks of the row's unique values, see [`add_value_locks`]), the
+/// subtransaction that took it, and the statement it was taken in (if any).
+struct Held {
+    tags: Vec<pg_sys::LOCKTAG>,
+    subxact: pg_sys::SubTransactionId,
+    statement: Option<u64>,
+}
+
 thread_local! {
-    /// The key lock held (with the locks of the row's unique values, see [`add_value_locks`]),
-    /// and the subtransaction that took it.
-    static HELD: RefCell<(Vec<pg_sys::LOCKTAG>, pg_sys::SubTransactionId)> =
-        const { RefCell::new((Vec::new(), 0)) };
+    static HELD: RefCell<Held> = const {
+        RefCell::new(Held { tags: Vec::new(), subxact: 0, statement: None })
+    };
     static CALLBACKS_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -68,7 +79,7 @@ const MODE: pg_sys::LOCKMODE = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
 /// Releases the key lock held, if any (a no-op when something else, such as
 /// `pg_advisory_unlock_all()`, released it already).
 pub fn release_previous() {
-    let tags = HELD.with(|h| std::mem::take(&mut h.borrow_mut().0));
+    let tags = HELD.with(|h| std::mem::take(&mut h.borrow_mut().tags));
     for tag in tags {
         // SAFETY: plain lock-manager calls on a tag we built; LockHeldByMe guards against a lock
         // released behind our back.
@@ -81,7 +92,7 @@ pub fn release_previous() {
 }
 
 fn holds_any() -> bool {
-    HELD.with(|h| !h.borrow().0.is_empty())
+    HELD.with(|h| !h.borrow().tags.is_empty())
 }
 
 #[pgrx::pg_guard]
@@ -113,7 +124,7 @@ unsafe extern "C-unwind" fn at_subtransaction_end(
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB
         && holds_any()
-        && HELD.with(|h| h.borrow().1) >= subxact
+        && HELD.with(|h| h.borrow().subxact) >= subxact
     {
         release_previous();
     }
@@ -126,11 +137,9 @@ unsafe extern "C-unwind" fn at_subtransaction_end(
 pub fn lock_key(table_hash: u32, key: &[u8]) {
     release_previous();
     if !CALLBACKS_REGISTERED.with(|c| c.replace(true)) {
-        // SAFETY: registers plain functions once per backend; they live as long as the library.
-        unsafe {
-            pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
-            pg_sys::RegisterSubXactCallback(Some(at_subtransaction_end), std::ptr::null_mut());
-        }
+        super::backend::on_transaction_end(Some(at_transaction_end));
+        super::backend::on_subtransaction_end(Some(at_subtransaction_end));
+        super::statement::at_statement_end(at_statement_end);
     }
     let tag = tag(table_hash, stable_hash(key));
     // SAFETY: a session-level lock (released above, at the next call, or by the callbacks at
@@ -138,9 +147,23 @@ pub fn lock_key(table_hash: u32, key: &[u8]) {
     unsafe {
         pg_sys::LockAcquire(&tag, MODE, true, false);
     }
-    // SAFETY: reads the current subtransaction's id; no side effects.
-    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    HELD.with(|h| *h.borrow_mut() = (vec![tag], subxact));
+    let subxact = super::backend::subtransaction_id();
+    let statement = super::statement::current();
+    HELD.with(|h| {
+        *h.borrow_mut() = Held {
+            tags: vec![tag],
+            subxact,
+            statement,
+        }
+    });
+}
+
+/// The statement numbered `ended` has ended (and every statement inside it): a lock taken in one
+/// of them covered rows whose index entries exist now.
+fn at_statement_end(ended: u64) {
+    if HELD.with(|h| h.borrow().statement.is_some_and(|s| s >= ended)) {
+        release_previous();
+    }
 }
 
 /// Adds to the key lock of `key` (taken here if this backend does not hold it) the locks of
@@ -152,7 +175,7 @@ pub fn add_value_locks(table_hash: u32, key: &[u8], values: &[Vec<u8>]) {
     let key_tag = tag(table_hash, stable_hash(key));
     let holds_key = HELD.with(|h| {
         let held = h.borrow();
-        held.0.first().is_some_and(|t| same(t, &key_tag))
+        held.tags.first().is_some_and(|t| same(t, &key_tag))
     });
     if !holds_key {
         lock_key(table_hash, key);
@@ -165,8 +188,13 @@ pub fn add_value_locks(table_hash: u32, key: &[u8], values: &[Vec<u8>]) {
     tags.dedup_by(|a, b| same(a, b));
     // Values held for an earlier write of this key (whose index entries exist by now) go first,
     // unless they are exactly these: the values are always taken in one order, after the key.
-    let held_values: Vec<pg_sys::LOCKTAG> =
-        HELD.with(|h| h.borrow().0.get(1..).map(<[_]>::to_vec).unwrap_or_default());
+    let held_values: Vec<pg_sys::LOCKTAG> = HELD.with(|h| {
+        h.borrow()
+            .tags
+            .get(1..)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default()
+    });
     if held_values.len() == tags.len() && held_values.iter().zip(&tags).all(|(a, b)| same(a, b)) {
         return;
     }
@@ -178,13 +206,13 @@ pub fn add_value_locks(table_hash: u32, key: &[u8], values: &[Vec<u8>]) {
             }
         }
     }
-    HELD.with(|h| h.borrow_mut().0.truncate(1));
+    HELD.with(|h| h.borrow_mut().tags.truncate(1));
     for t in tags {
         // SAFETY: a session-level lock like the key's, released with it.
         unsafe {
             pg_sys::LockAcquire(&t, MODE, true, false);
         }
-        HELD.with(|h| h.borrow_mut().0.push(t));
+        HELD.with(|h| h.borrow_mut().tags.push(t));
     }
 }
 

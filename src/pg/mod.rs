@@ -15,6 +15,7 @@
 //! * [`key`]: a primary key's columns, values and binary form.
 //! * [`probe`]: the primary-key probe that follows update chains.
 //! * [`keylock`]: the per-key lock.
+//! * [`statement`]: the statements the executor runs (upserts; where each ends).
 //! * [`publication`]: whether a table is published.
 //! * [`spi`]: prepared statements.
 //! * [`subxact`]: work that may fail, in a subtransaction of its own.
@@ -42,6 +43,7 @@ pub mod security;
 pub mod settings;
 pub mod snapshot;
 pub mod spi;
+pub mod statement;
 pub mod subxact;
 pub mod tuple;
 pub mod types;

@@ -146,3 +146,47 @@ unsafe fn newest_version<T>(
     }
     None
 }
+
+/// How [`lock_row`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowLock {
+    /// The row is locked by this transaction (or was written by this very command, which
+    /// PostgreSQL refuses itself on its way to update it).
+    Held,
+    /// The row was updated or deleted meanwhile: look it up again.
+    Gone,
+}
+
+/// Locks the row stored at `tid` in `rel` for an update that leaves its key alone, as
+/// `INSERT ... ON CONFLICT DO UPDATE` does, waiting for the transactions that hold it.
+///
+/// # Safety
+/// `rel` is a heap relation, open and locked; `tid` was read from one of its tuples in this
+/// transaction.
+pub unsafe fn lock_row(rel: pg_sys::Relation, tid: pg_sys::ItemPointerData) -> RowLock {
+    // SAFETY: heap_lock_tuple reads the tuple at `tid` (pinning its buffer into `buffer`, released
+    // here) and waits as the executor's own row locks do; `tmfd` is only written.
+    unsafe {
+        let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+        tuple.t_self = tid;
+        let mut buffer: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
+        let mut failure: pg_sys::TM_FailureData = std::mem::zeroed();
+        let result = pg_sys::heap_lock_tuple(
+            rel,
+            &mut tuple,
+            pg_sys::GetCurrentCommandId(false),
+            pg_sys::LockTupleMode::LockTupleNoKeyExclusive,
+            pg_sys::LockWaitPolicy::LockWaitBlock,
+            false,
+            &mut buffer,
+            &mut failure,
+        );
+        if buffer != pg_sys::InvalidBuffer as pg_sys::Buffer {
+            pg_sys::ReleaseBuffer(buffer);
+        }
+        match result {
+            pg_sys::TM_Result::TM_Updated | pg_sys::TM_Result::TM_Deleted => RowLock::Gone,
+            _ => RowLock::Held,
+        }
+    }
+}

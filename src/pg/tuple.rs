@@ -254,6 +254,13 @@ impl<'a> TupleRef<'a> {
         self.tuple
     }
 
+    /// Where the tuple is stored (invalid for a tuple made in memory).
+    #[inline]
+    pub fn tid(self) -> pg_sys::ItemPointerData {
+        // SAFETY: the tuple is valid for 'a (`TupleRef::new`'s contract).
+        unsafe { (*self.tuple).t_self }
+    }
+
     #[inline]
     fn check(self, attnum: pg_sys::AttrNumber) {
         if attnum < 1 || attnum as usize > self.attributes.len() {
