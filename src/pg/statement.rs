@@ -10,8 +10,9 @@
 //! Tracked by hooks on `ExecutorRun`, installed when the library is loaded. A library loaded in
 //! the middle of a statement (without `shared_preload_libraries`, at the first row of a table with
 //! the trigger) has not seen that statement begin: until that transaction ends, a trigger outside
-//! any statement it knows of takes it for an upsert (a lookup more, never a lock less). COPY and
-//! logical replication's apply run no executor statement: they are outside every statement.
+//! any statement it knows of takes it for an upsert (a lookup more, never a lock less), unless the
+//! client's command is a COPY (whose rows are plain inserts). COPY and logical replication's apply
+//! run no executor statement: they are outside every statement.
 
 use std::cell::{Cell, RefCell};
 
@@ -69,7 +70,16 @@ pub fn current() -> Option<u64> {
 pub fn upsert() -> bool {
     match RUNS.with(|r| r.borrow().last().copied()) {
         Some(run) => run.upsert,
-        None => LOADED_INSIDE.get(),
+        None => LOADED_INSIDE.get() && !client_copy(),
+    }
+}
+
+/// Whether the client's command running is a COPY.
+fn client_copy() -> bool {
+    // SAFETY: the active portal, when set, is valid while its command runs.
+    unsafe {
+        let portal = pg_sys::ActivePortal;
+        !portal.is_null() && (*portal).commandTag == pg_sys::CommandTag::CMDTAG_COPY
     }
 }
 
