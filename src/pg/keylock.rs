@@ -32,8 +32,13 @@
 //! (the engine unlocks, then `wait`s). A DELETE takes the lock while holding its row's lock, so
 //! nobody may wait for a row while holding the lock: a local `INSERT ... ON CONFLICT DO UPDATE`,
 //! which PostgreSQL makes wait for the conflicting row after the trigger, finds that row in its
-//! trigger, releases the lock and locks the row itself (`engine::local_insert`). What remains is
-//! what PostgreSQL alone has: two transactions that take rows in opposite orders.
+//! trigger, releases the lock and locks the row itself (`engine::local_insert`). Two waits under
+//! the lock remain, both after the trigger, in PostgreSQL's own checks: a plain INSERT waits in the
+//! unique check for a running transaction that inserted or deleted the same key (its tombstone
+//! lookup, when not skipped, waits without the lock instead), and deadlocks if that transaction
+//! then writes the key again (deleting what it inserted, or inserting what it deleted); an UPDATE
+//! that sets a new value of another unique key takes the value's lock while holding its row. The
+//! deadlock detector aborts one of the two; apply workers retry their transaction.
 //!
 //! The lock shows in `pg_locks` as an advisory lock with `objsubid = 19789` (0x4D4D, "MM"), which
 //! user calls of `pg_advisory_*` (objsubid 1 or 2) can never take; `classid` and `objid` are the
