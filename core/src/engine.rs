@@ -121,7 +121,16 @@ pub trait Store: Tombstones {
     /// Inserts `row` again as mm_conflict's own write: with [`Store::take_row`], the re-send of a
     /// row that beat a tombstone.
     fn put_row(&mut self, row: &Self::Row);
-    /// Locks the key's stored row (found by [`Store::find_row`]) for an update, as
+    /// [`Store::find_row`] for [`Store::lock_row`]: whether the key has a stored row (and where, for
+    /// the store), without reading its values.
+    fn find_row_to_lock(&mut self) -> Lookup<(), Self::Waiter> {
+        match self.find_row() {
+            Lookup::Absent => Lookup::Absent,
+            Lookup::InProgress(waiter) => Lookup::InProgress(waiter),
+            Lookup::Found(_) => Lookup::Found(()),
+        }
+    }
+    /// Locks the key's stored row (found by [`Store::find_row_to_lock`]) for an update, as
     /// `INSERT ... ON CONFLICT DO UPDATE` is about to, waiting for the transactions that hold it
     /// (never called with the key lock held); false when the row was deleted or updated meanwhile.
     fn lock_row(&mut self) -> bool;
@@ -372,7 +381,7 @@ pub fn local_insert<S: Store + ?Sized>(
             held(store, S::find_tombstone)
         };
         if upsert {
-            match store.find_row() {
+            match store.find_row_to_lock() {
                 Lookup::Absent => {}
                 Lookup::InProgress(waiter) => {
                     store.unlock_key();

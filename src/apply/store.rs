@@ -250,6 +250,20 @@ impl<'a> Store for PgStore<'a> {
         }
     }
 
+    fn find_row_to_lock(&mut self) -> Lookup<(), pg_sys::TransactionId> {
+        let found_at = &self.found_at;
+        let Some(pk) = &self.info.primary_key else {
+            return Lookup::Absent;
+        };
+        found_at.set(None);
+        // SAFETY: as in `find_row`; the reader keeps only the row's place.
+        unsafe {
+            probe::probe(self.rel, pk, &self.key().values, &|tuple| {
+                found_at.set(Some(tuple.tid()))
+            })
+        }
+    }
+
     fn lock_row(&mut self) -> bool {
         let Some(tid) = self.found_at.get() else {
             return false;
