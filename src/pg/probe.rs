@@ -1,4 +1,5 @@
-//! Primary-key probe for replicated INSERTs: does a row with this key exist, and which version?
+//! Primary-key probe for replicated INSERTs (and local upserts, which then lock the row it found,
+//! [`lock_row`]): does a row with this key exist, and which version?
 //!
 //! PostgreSQL's own apply-side lookup (`RelationFindReplTupleByIndex`) scans the index with a dirty
 //! snapshot. It can miss a row that a concurrent non-HOT UPDATE commits while the scan runs: the
