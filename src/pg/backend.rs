@@ -72,6 +72,19 @@ pub fn on_transaction_end(callback: pg_sys::XactCallback) {
     unsafe { pg_sys::RegisterXactCallback(callback, std::ptr::null_mut()) }
 }
 
+/// Whether a transaction callback's `event` ends the transaction (commit, abort or prepare).
+pub fn transaction_ends(event: pg_sys::XactEvent::Type) -> bool {
+    use pg_sys::XactEvent::*;
+    matches!(
+        event,
+        XACT_EVENT_COMMIT
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_ABORT
+            | XACT_EVENT_PARALLEL_ABORT
+            | XACT_EVENT_PREPARE
+    )
+}
+
 /// Runs `callback` at every end of a subtransaction of this backend (register once per backend).
 pub fn on_subtransaction_end(callback: pg_sys::SubXactCallback) {
     // SAFETY: as for `on_transaction_end`.

@@ -214,14 +214,7 @@ unsafe extern "C-unwind" fn at_transaction_end(
     _arg: *mut std::ffi::c_void,
 ) {
     use pg_sys::XactEvent::*;
-    if matches!(
-        event,
-        XACT_EVENT_COMMIT
-            | XACT_EVENT_PARALLEL_COMMIT
-            | XACT_EVENT_ABORT
-            | XACT_EVENT_PARALLEL_ABORT
-            | XACT_EVENT_PREPARE
-    ) {
+    if super::backend::transaction_ends(event) {
         // A statement that failed never ended; a holdable cursor's ends after the commit.
         if matches!(event, XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT) {
             RUNS.with(|r| r.borrow_mut().clear());
