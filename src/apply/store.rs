@@ -93,7 +93,8 @@ pub struct PgStore<'a> {
     copy_rows: bool,
     /// The delta state the engine gave the row it writes ([`Store::write_delta`]).
     delta: Option<Delta>,
-    /// Where the probe last found the key's row ([`Store::lock_row`] locks it there).
+    /// Where [`Store::find_row_to_lock`] last found the key's row ([`Store::lock_row`] locks it
+    /// there).
     found_at: std::cell::Cell<Option<pg_sys::ItemPointerData>>,
 }
 
@@ -227,25 +228,21 @@ impl<'a> Store for PgStore<'a> {
     }
 
     fn find_row(&mut self) -> Lookup<Stored<Row<'a>>, pg_sys::TransactionId> {
-        let (info, copy, found_at) = (self.info, self.copy_rows, &self.found_at);
+        let (info, copy) = (self.info, self.copy_rows);
         let Some(pk) = &info.primary_key else {
             return Lookup::Absent;
         };
-        found_at.set(None);
         // SAFETY: rel is open and locked; the key values are valid during the probe. The reader
         // runs on a pinned tuple of the relation and copies what it keeps into the current
         // (trigger's) memory context, which outlives the store.
         unsafe {
-            probe::probe(self.rel, pk, &self.key().values, &|tuple| {
-                found_at.set(Some(tuple.tid()));
-                Stored {
-                    stamps: info.stamps(tuple),
-                    delta: info
-                        .delta
-                        .is_some()
-                        .then(|| delta_of(info, &Row::Tuple(tuple))),
-                    row: copy.then(|| Row::Tuple(tuple.copy())),
-                }
+            probe::probe(self.rel, pk, &self.key().values, &|tuple| Stored {
+                stamps: info.stamps(tuple),
+                delta: info
+                    .delta
+                    .is_some()
+                    .then(|| delta_of(info, &Row::Tuple(tuple))),
+                row: copy.then(|| Row::Tuple(tuple.copy())),
             })
         }
     }
