@@ -56,6 +56,9 @@ pub enum MmError {
     #[error("null value in delta column \"{column}\" of table {table}")]
     DeltaColumnNull { table: String, column: String },
 
+    #[error("null value in column \"{column}\" of table {table} violates not-null constraint")]
+    KeyColumnNull { table: String, column: String },
+
     #[error("value of delta column \"{column}\" of table {table} is out of range")]
     DeltaOutOfRange {
         table: String,
@@ -372,7 +375,7 @@ impl MmError {
                 ERRCODE_UNDEFINED_COLUMN
             }
             DeltaColumnNotAllowed { .. } => ERRCODE_INVALID_TABLE_DEFINITION,
-            DeltaColumnNull { .. } => ERRCODE_NOT_NULL_VIOLATION,
+            DeltaColumnNull { .. } | KeyColumnNull { .. } => ERRCODE_NOT_NULL_VIOLATION,
             DeltaOutOfRange { .. } => ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
             DeltaStateMalformed { .. } => ERRCODE_DATA_CORRUPTED,
             UnsupportedColumnType { .. } => ERRCODE_DATATYPE_MISMATCH,
@@ -571,6 +574,10 @@ impl MmError {
             }
             DeltaColumnNull { .. } => {
                 "A delta column counts changes; write 0 instead of NULL (or give the column DEFAULT 0)."
+                    .into()
+            }
+            KeyColumnNull { .. } => {
+                "The column is part of the primary key, which mm_resolve reads before the row is written. A BEFORE trigger that fills it in must fire before mm_resolve's (triggers fire in the order of their names)."
                     .into()
             }
             DeltaOutOfRange { .. } => {

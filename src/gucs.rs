@@ -3,94 +3,46 @@
 use mm_conflict_core::LocalConflictMode;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PgLogLevel, PostgresGucEnum};
 
+use crate::pg::guc;
+
 /// `mm_conflict.local_conflict`: what a local write does when it would lose to the stored version
 /// (user criterion column older than the stored one, `first` mode on an existing row, or a row
 /// owned by the winning node in `nodeid` mode). Every other node rejects such a write, so the
 /// default refuses it instead of letting this node diverge. `apply` (diverge on purpose) may only
-/// be chosen by a superuser: see [`check_local_conflict`].
+/// be chosen by a superuser ([`ApplyIsRestricted`]).
 mod local_conflict {
-    use std::cell::UnsafeCell;
     use std::ffi::c_int;
 
     pub const ERROR: c_int = 0;
     pub const SKIP: c_int = 1;
     pub const APPLY: c_int = 2;
-
-    /// The setting's value, written by PostgreSQL's GUC machinery (one backend, one thread).
-    pub struct Value(pub UnsafeCell<c_int>);
-    // SAFETY: a backend runs one thread; PostgreSQL writes the value only from it.
-    unsafe impl Sync for Value {}
-    pub static VALUE: Value = Value(UnsafeCell::new(ERROR));
-
-    /// The options, NUL-terminated as `DefineCustomEnumVariable` expects.
-    pub struct Options(pub [pgrx::pg_sys::config_enum_entry; 4]);
-    // SAFETY: immutable data pointing to static strings.
-    unsafe impl Sync for Options {}
-    pub static OPTIONS: Options = Options([
-        pgrx::pg_sys::config_enum_entry {
-            name: c"error".as_ptr(),
-            val: ERROR,
-            hidden: false,
-        },
-        pgrx::pg_sys::config_enum_entry {
-            name: c"skip".as_ptr(),
-            val: SKIP,
-            hidden: false,
-        },
-        pgrx::pg_sys::config_enum_entry {
-            name: c"apply".as_ptr(),
-            val: APPLY,
-            hidden: false,
-        },
-        pgrx::pg_sys::config_enum_entry {
-            name: std::ptr::null(),
-            val: 0,
-            hidden: false,
-        },
-    ]);
-}
-
-pub fn local_conflict_mode() -> LocalConflictMode {
-    // SAFETY: a read of the setting's value, written only by this backend's GUC code.
-    match unsafe { *local_conflict::VALUE.0.get() } {
-        local_conflict::SKIP => LocalConflictMode::Skip,
-        local_conflict::APPLY => LocalConflictMode::Apply,
-        _ => LocalConflictMode::Error,
-    }
 }
 
 /// `apply` makes this node keep versions every other node rejects: only a superuser may choose
-/// it, in a session (`SET`, connection options) or for a role or database (`ALTER ... SET`, checked
-/// when it is run). Values from the server's configuration are not checked.
-#[pgrx::pg_guard]
-unsafe extern "C-unwind" fn check_local_conflict(
-    newval: *mut std::ffi::c_int,
-    _extra: *mut *mut std::ffi::c_void,
-    source: pgrx::pg_sys::GucSource::Type,
-) -> bool {
-    use pgrx::pg_sys::{self, GucSource};
-    // SAFETY: newval points to the proposed value; the privilege check reads the current role's
-    // catalog entry, which needs a transaction.
-    unsafe {
-        let checked_source = matches!(
-            source,
-            GucSource::PGC_S_TEST | GucSource::PGC_S_CLIENT | GucSource::PGC_S_SESSION
-        );
-        if *newval != local_conflict::APPLY
-            || !checked_source
-            || !pg_sys::IsTransactionState()
-            || pg_sys::superuser()
-        {
-            return true;
-        }
-        pg_sys::GUC_check_errcode(
-            pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE as std::ffi::c_int,
-        );
-        pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(
-            c"\"apply\" writes local changes that every other node rejects; only a superuser may choose it."
-                .as_ptr(),
-        );
-        false
+/// it (see `pg::guc`).
+pub struct ApplyIsRestricted;
+
+impl guc::Restricted for ApplyIsRestricted {
+    const VALUE: std::ffi::c_int = local_conflict::APPLY;
+    const DETAIL: &'static std::ffi::CStr =
+        c"\"apply\" writes local changes that every other node rejects; only a superuser may choose it.";
+}
+
+static LOCAL_CONFLICT: guc::GuardedEnum<4, ApplyIsRestricted> = guc::GuardedEnum::new(
+    local_conflict::ERROR,
+    [
+        guc::option(c"error", local_conflict::ERROR),
+        guc::option(c"skip", local_conflict::SKIP),
+        guc::option(c"apply", local_conflict::APPLY),
+        guc::END,
+    ],
+);
+
+pub fn local_conflict_mode() -> LocalConflictMode {
+    match LOCAL_CONFLICT.get() {
+        local_conflict::SKIP => LocalConflictMode::Skip,
+        local_conflict::APPLY => LocalConflictMode::Apply,
+        _ => LocalConflictMode::Error,
     }
 }
 
@@ -212,26 +164,13 @@ arrives late can bring the deleted row back. Purging also never passes what peer
         GucContext::Userset,
         GucFlags::UNIT_S,
     );
-    // SAFETY: registers the setting once, at library load; its value and options are statics
-    // that live as long as the library.
-    unsafe {
-        pgrx::pg_sys::DefineCustomEnumVariable(
-            c"mm_conflict.local_conflict".as_ptr(),
-            c"What a local write that loses to the stored row version does: error, skip or apply.".as_ptr(),
-            c"error (default) refuses the write; skip drops it silently, as the 2017 article's trigger \
+    LOCAL_CONFLICT.define(
+        c"mm_conflict.local_conflict",
+        c"What a local write that loses to the stored row version does: error, skip or apply.",
+        c"error (default) refuses the write; skip drops it silently, as the 2017 article's trigger \
 did; apply writes it anyway, which leaves this node with a version every other node rejects \
-(divergence), and only a superuser may choose it."
-                .as_ptr(),
-            local_conflict::VALUE.0.get(),
-            local_conflict::ERROR,
-            local_conflict::OPTIONS.0.as_ptr(),
-            pgrx::pg_sys::GucContext::PGC_USERSET,
-            0,
-            Some(check_local_conflict),
-            None,
-            None,
-        );
-    }
+(divergence), and only a superuser may choose it.",
+    );
     GucRegistry::define_enum_guc(
         c"mm_conflict.log_conflicts",
         c"How conflicts met by replicated changes are reported: off, log or table.",

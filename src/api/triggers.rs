@@ -5,42 +5,19 @@
 use std::convert::Infallible;
 
 use pgrx::prelude::*;
-use pgrx::{AllocatedByPostgres, PgTupleDesc};
+use pgrx::AllocatedByPostgres;
 
 use crate::apply;
 use crate::error::OrRaise;
-use crate::pg::tuple::TupleRef;
-
-/// The trigger's result: `tuple` (of the trigger's relation), or `None` to skip the row.
-///
-/// # Safety
-/// `tuple` is null-free and belongs to the relation of `trigger`'s firing.
-unsafe fn returned<'a>(
-    trigger: &'a PgTrigger<'a>,
-    tuple: Option<pg_sys::HeapTuple>,
-) -> Option<PgHeapTuple<'a, AllocatedByPostgres>> {
-    let td = trigger.trigger_data();
-    tuple.map(|tuple| {
-        // SAFETY: `tuple` is a tuple of the trigger's relation (the incoming one or a palloc'd
-        // modified copy), described by its rd_att, which outlives this call.
-        unsafe {
-            PgHeapTuple::from_heap_tuple(
-                PgTupleDesc::from_pg_unchecked((*td.tg_relation).rd_att),
-                tuple,
-            )
-        }
-    })
-}
+use crate::pg::trigger::Firing;
 
 #[pg_trigger]
 fn mm_resolve<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, Infallible> {
-    // SAFETY: the TriggerData PostgreSQL passed to this firing; the result is one of its tuples.
-    unsafe {
-        let row = apply::fire(trigger.trigger_data()).or_raise();
-        Ok(returned(trigger, row))
-    }
+    let firing = Firing::of(trigger);
+    let row = apply::fire(&firing).or_raise();
+    Ok(firing.returned(row))
 }
 
 #[pg_schema]
@@ -53,11 +30,9 @@ pub mod mm_conflict {
     fn tombstone_resolve<'a>(
         trigger: &'a PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, Infallible> {
-        // SAFETY: the TriggerData of a firing on the tombstone table.
-        unsafe {
-            let row = apply::tombstone::resolve(trigger.trigger_data()).or_raise();
-            Ok(returned(trigger, row))
-        }
+        let firing = Firing::of(trigger);
+        let row = apply::tombstone::resolve(&firing).or_raise();
+        Ok(firing.returned(row))
     }
 
     /// BEFORE TRUNCATE on replicated tables (`"!mm_truncate"`, created by `replicate_table`):
@@ -66,8 +41,7 @@ pub mod mm_conflict {
     fn truncate_guard<'a>(
         trigger: &'a PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, Infallible> {
-        // SAFETY: the TriggerData PostgreSQL passed to this firing.
-        unsafe { apply::truncate(trigger.trigger_data()) }.or_raise();
+        apply::truncate(&Firing::of(trigger)).or_raise();
         Ok(None)
     }
 
@@ -77,26 +51,19 @@ pub mod mm_conflict {
     fn tombstone_settle<'a>(
         trigger: &'a PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, Infallible> {
-        let td = trigger.trigger_data();
-        // SAFETY: td is the TriggerData of this firing.
-        unsafe {
-            apply::tombstone::check_firing(
-                td,
-                "mm_conflict.tombstone_settle",
-                pg_sys::TRIGGER_EVENT_AFTER,
-            )
-        }
+        let firing = Firing::of(trigger);
+        apply::tombstone::check_firing(
+            &firing,
+            "mm_conflict.tombstone_settle",
+            pg_sys::TRIGGER_EVENT_AFTER,
+        )
         .or_raise();
         if crate::pg::is_replicated_session() {
-            let tuple =
-                if td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK == pg_sys::TRIGGER_EVENT_UPDATE {
-                    td.tg_newtuple
-                } else {
-                    td.tg_trigtuple
-                };
-            // SAFETY: td is the TriggerData of this firing; the tuple belongs to the tombstone
-            // table (check_firing), described by its rd_att, and is valid while it fires.
-            let tuple = unsafe { TupleRef::new(tuple, (*td.tg_relation).rd_att) };
+            // The new tombstone row: an UPDATE's new row, an INSERT's row.
+            let tuple = firing
+                .new_row()
+                .or_else(|| firing.row())
+                .expect("a row trigger has its row");
             apply::tombstone::settle(tuple).or_raise();
         }
         Ok(None)

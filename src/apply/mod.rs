@@ -18,7 +18,8 @@ use crate::error::MmError;
 use crate::gucs;
 use crate::pg::flag::ScopedFlag;
 use crate::pg::is_replicated_session;
-use crate::pg::tuple::TupleRef;
+use crate::pg::trigger::Firing;
+use crate::pg::tuple::{TupleRef, Value};
 use store::PgStore;
 
 thread_local! {
@@ -90,11 +91,8 @@ fn local() -> Local {
 
 /// Runs `mm_resolve` for one row: returns the tuple to write, or `None` to skip the row (no new
 /// row version, no WAL).
-///
-/// # Safety
-/// `td` must be the `TriggerData` of a trigger PostgreSQL is firing.
-pub unsafe fn fire(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTuple>, MmError> {
-    let event = td.tg_event;
+pub fn fire<'a>(firing: &Firing<'a>) -> Result<Option<TupleRef<'a>>, MmError> {
+    let event = firing.event();
     let op = event & pg_sys::TRIGGER_EVENT_OPMASK;
     if event & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_BEFORE
         || event & pg_sys::TRIGGER_EVENT_ROW == 0
@@ -104,22 +102,9 @@ pub unsafe fn fire(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTuple>
             fired: describe_event(event),
         });
     }
-    // SAFETY: td and everything it points to is valid during the firing (caller's contract):
-    // the relation is open and locked, the trigger is one of its triggers, and the tuples are
-    // the relation's, described by its rd_att, valid until the trigger returns (which the store,
-    // the rows and `info`'s borrow do not outlast).
-    let (info, rel, old, new) = unsafe {
-        let info = relinfo::lookup(td.tg_relation, &*td.tg_trigger)?;
-        let desc = (*td.tg_relation).rd_att;
-        let tuple = |t: pg_sys::HeapTuple| (!t.is_null()).then(|| TupleRef::new(t, desc));
-        (
-            info,
-            td.tg_relation,
-            tuple(td.tg_trigtuple),
-            tuple(td.tg_newtuple),
-        )
-    };
-    let Some(old) = old else {
+    let rel = firing.relation();
+    let info = relinfo::lookup(rel, firing.trigger())?;
+    let (Some(old), new) = (firing.row(), firing.new_row()) else {
         return Err(MmError::WrongTriggerEvent {
             fired: describe_event(event),
         });
@@ -135,9 +120,7 @@ pub unsafe fn fire(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTuple>
         && op == pg_sys::TRIGGER_EVENT_INSERT
         && !own_write
         && crate::report::rows_wanted();
-    // SAFETY: rel is open and locked during the firing and described by `info` (looked up for
-    // it); `old` is one of its tuples.
-    let mut store = unsafe { PgStore::for_tuple(&info, rel, old, copy_rows) };
+    let mut store = PgStore::for_tuple(&info, rel, old, copy_rows);
     let old_row = Row::Tuple(old);
     // An UPDATE has its new tuple (PostgreSQL sets it for UPDATE events only).
     let new_tuple = || new.expect("an UPDATE trigger has its new tuple");
@@ -193,10 +176,6 @@ pub unsafe fn fire(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTuple>
         Some(state) => delta_values(&info, &state)?,
         None => Vec::new(),
     };
-    // SAFETY (each arm): `written` and `old` are tuples of `info`'s relation; the values put in
-    // are of their columns' types (bookkeeping values, a column's own value fetched in full,
-    // delta sums made for their columns by `delta_values`); the results are palloc'd in the
-    // trigger's memory context, as PostgreSQL expects of a returned tuple.
     match action {
         // A local UPDATE carries every value of its version, also the large ones it did not
         // change (see `with_bookkeeping`).
@@ -207,34 +186,35 @@ pub unsafe fn fire(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTuple>
                 Vec::new()
             };
             extra.extend(delta);
-            Ok(Some(unsafe {
-                with_bookkeeping(&info, written, Some(stamps), &extra)
-            }))
+            Ok(Some(with_bookkeeping(
+                firing,
+                &info,
+                written,
+                Some(stamps),
+                &extra,
+            )))
         }
-        Action::Apply if delta.is_empty() => Ok(Some(unsafe { as_replicated(&info, written) })),
-        Action::Apply => Ok(Some(unsafe {
-            with_bookkeeping(&info, written, None, &delta)
-        })),
+        Action::Apply if delta.is_empty() => Ok(Some(as_replicated(firing, &info, written))),
+        Action::Apply => Ok(Some(with_bookkeeping(firing, &info, written, None, &delta))),
         // The stored row (its version, its mm_islocal) with the increments it lacked. Like a
         // local UPDATE it carries its large values in full: a peer that takes it as the
         // winner must not keep its own large values of another version.
         Action::Merge => {
             let mut extra = full_values(old);
             extra.extend(delta);
-            let (cols, values): (Vec<_>, Vec<_>) = extra.into_iter().unzip();
-            Ok(Some(unsafe { old.modified(&cols, &values) }))
+            Ok(Some(firing.modified(old, &extra)))
         }
-        Action::Pass => Ok(Some(written.raw())),
+        Action::Pass => Ok(Some(written)),
         Action::Skip => Ok(None),
     }
 }
 
 /// `tuple`'s values stored out of line, fetched in full (see `with_bookkeeping`).
-fn full_values(tuple: TupleRef) -> Vec<(pg_sys::AttrNumber, Option<pg_sys::Datum>)> {
+fn full_values(tuple: TupleRef) -> Vec<(pg_sys::AttrNumber, Value)> {
     tuple
         .external_values()
         .into_iter()
-        .map(|(attnum, datum)| (attnum, Some(datum)))
+        .map(|(attnum, value)| (attnum, Value::Typed(value)))
         .collect()
 }
 
@@ -243,7 +223,7 @@ fn full_values(tuple: TupleRef) -> Vec<(pg_sys::AttrNumber, Option<pg_sys::Datum
 fn delta_values(
     info: &RelInfo,
     state: &mm_conflict_core::Delta,
-) -> Result<Vec<(pg_sys::AttrNumber, Option<pg_sys::Datum>)>, MmError> {
+) -> Result<Vec<(pg_sys::AttrNumber, Value)>, MmError> {
     let Some(delta) = &info.delta else {
         return Ok(Vec::new());
     };
@@ -257,18 +237,18 @@ fn delta_values(
         .map_err(|e| out_of_range(&delta.columns[0].name, e))?;
     let mut values = vec![(
         delta.att_state,
-        Some(crate::pg::amount::text_datum(&state.encode())),
+        Value::Typed(crate::pg::amount::text_value(&state.encode())),
     )];
     for (column, sum) in delta.columns.iter().zip(&sums) {
-        let datum = column
+        let value = column
             .kind
-            .datum(sum)
+            .value(sum)
             .map_err(|_| MmError::DeltaOutOfRange {
                 table: info.table.clone(),
                 column: column.name.clone(),
                 detail: format!("The sum of every node's changes is {sum}."),
             })?;
-        values.push((column.attnum, Some(datum)));
+        values.push((column.attnum, Value::Typed(value)));
     }
     Ok(values)
 }
@@ -277,27 +257,24 @@ fn delta_values(
 /// and a later change of any row could bring it back elsewhere); let through when it arrives
 /// from a peer (whose publication sent it: mm_conflict's own never publishes TRUNCATE, so it is
 /// not sent on from here).
-///
-/// # Safety
-/// `td` must be the `TriggerData` of a trigger PostgreSQL is firing.
-pub unsafe fn truncate(td: &pg_sys::TriggerData) -> Result<(), MmError> {
-    if td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK != pg_sys::TRIGGER_EVENT_TRUNCATE
-        || td.tg_event & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_BEFORE
+pub fn truncate(firing: &Firing) -> Result<(), MmError> {
+    let event = firing.event();
+    if event & pg_sys::TRIGGER_EVENT_OPMASK != pg_sys::TRIGGER_EVENT_TRUNCATE
+        || event & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_BEFORE
     {
         return Err(MmError::TruncateGuardEvent {
-            fired: describe_event(td.tg_event),
+            fired: describe_event(event),
         });
     }
-    // SAFETY: PostgreSQL keeps the trigger's relation open and locked during the firing.
-    let rel = unsafe { crate::pg::relation::Borrowed::new(td.tg_relation) };
-    let replicated = crate::catalog::relinfo::has_mm_resolve(&rel);
+    let rel = firing.relation();
+    let replicated = crate::catalog::relinfo::has_mm_resolve(rel);
     // A partition detached from a replicated table keeps the guard but loses mm_resolve: no
     // longer replicated, it may be truncated.
     if is_replicated_session() || !replicated {
         return Ok(());
     }
     Err(MmError::TruncateRefused {
-        table: crate::pg::relation::identity(&rel),
+        table: crate::pg::relation::identity(rel),
     })
 }
 
@@ -311,65 +288,39 @@ pub unsafe fn truncate(td: &pg_sys::TriggerData) -> Result<(), MmError> {
 /// UPDATE carries every value of its version; the price is rewriting the large values of a row
 /// that an UPDATE leaves unchanged (see BENCHMARKS.md).
 ///
-/// # Safety
-/// `tuple` is a tuple of `info`'s relation, `full` values of its columns; the result is palloc'd
-/// in the current memory context.
-unsafe fn with_bookkeeping(
+/// The copy is made in the trigger's memory context, as its result.
+fn with_bookkeeping<'a>(
+    firing: &Firing<'a>,
     info: &RelInfo,
-    tuple: TupleRef,
+    tuple: TupleRef<'a>,
     stamps: Option<Stamps>,
-    full: &[(pg_sys::AttrNumber, Option<pg_sys::Datum>)],
-) -> pg_sys::HeapTuple {
-    let mut cols = [info.att_islocal, 0, 0, 0];
-    let mut values = [
-        Some(pg_sys::Datum::from(stamps.is_some())),
-        None,
-        None,
-        None,
-    ];
+    full: &[(pg_sys::AttrNumber, Value)],
+) -> TupleRef<'a> {
+    let mut changes = [(info.att_islocal, Value::Bool(stamps.is_some())); 4];
     let mut n = 1;
     if let Some(s) = stamps {
-        cols[1..].copy_from_slice(&[info.att_nodeid, info.att_xacttime, info.att_stattime]);
-        values[1..].copy_from_slice(&[
-            Some(pg_sys::Datum::from(info.policy.node_id)),
-            Some(pg_sys::Datum::from(s.xacttime)),
-            Some(pg_sys::Datum::from(s.stattime)),
+        changes[1..].copy_from_slice(&[
+            (info.att_nodeid, Value::Int2(info.policy.node_id)),
+            (info.att_xacttime, Value::Micros(s.xacttime)),
+            (info.att_stattime, Value::Micros(s.stattime)),
         ]);
         n = 4;
     }
-    // Large values written anew (an UPDATE of a row that has some): a longer list.
-    let (all_cols, all_values): (Vec<_>, Vec<_>);
-    let (cols, values) = if full.is_empty() {
-        (&cols[..n], &values[..n])
+    if full.is_empty() {
+        firing.modified(tuple, &changes[..n])
     } else {
-        all_cols = cols[..n]
-            .iter()
-            .copied()
-            .chain(full.iter().map(|f| f.0))
-            .collect();
-        all_values = values[..n]
-            .iter()
-            .copied()
-            .chain(full.iter().map(|f| f.1))
-            .collect();
-        (&all_cols[..], &all_values[..])
-    };
-    // SAFETY: `full` holds values of `tuple`'s columns (`# Safety`); the att_* were found in the
-    // relation by RelInfo::build; `cols`/`values` pair up with the columns' types (boolean,
-    // smallint, timestamp(tz) as microseconds, full values of the columns they replace).
-    unsafe { tuple.modified(cols, values) }
+        // Large values written anew (an UPDATE of a row that has some): a longer list.
+        let all: Vec<_> = changes[..n].iter().chain(full).copied().collect();
+        firing.modified(tuple, &all)
+    }
 }
 
 /// `tuple` marked as arrived from a peer (`mm_islocal = false`), copied only if needed.
-///
-/// # Safety
-/// As for [`with_bookkeeping`].
-unsafe fn as_replicated(info: &RelInfo, tuple: TupleRef) -> pg_sys::HeapTuple {
+fn as_replicated<'a>(firing: &Firing<'a>, info: &RelInfo, tuple: TupleRef<'a>) -> TupleRef<'a> {
     if tuple.get(info.att_islocal).is_some_and(|d| d.value() == 0) {
-        return tuple.raw();
+        return tuple;
     }
-    // SAFETY: `tuple` is a tuple of `info`'s relation (`# Safety`).
-    unsafe { with_bookkeeping(info, tuple, None, &[]) }
+    with_bookkeeping(firing, info, tuple, None, &[])
 }
 
 /// The error a refusal of the engine raises.

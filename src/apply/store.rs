@@ -12,7 +12,8 @@ use crate::catalog::relinfo::{Params, RelInfo, Row};
 use crate::catalog::tombstones::{self, TombstoneTable};
 use crate::error::MmError;
 use crate::pg::names::stable_hash;
-use crate::pg::tuple::TupleRef;
+use crate::pg::relation::{self, Borrowed, Open};
+use crate::pg::tuple::{attname, TupleRef, Typed};
 use crate::pg::{keylock, probe};
 use crate::report;
 
@@ -77,14 +78,30 @@ impl Tombstones for KeyTombstones<'_> {
 
 /// The key of a row, computed on first use (UPDATE paths never need it).
 struct Key {
-    values: Vec<pg_sys::Datum>,
+    values: Vec<Typed>,
     bytes: Vec<u8>,
+}
+
+/// `rel`, which `info` must describe: the store probes `rel` with `info`'s key index and reads
+/// its rows with `info`'s column numbers.
+fn described<'a>(info: &RelInfo, rel: &'a impl Open) -> Borrowed<'a> {
+    let rel = Borrowed::of(rel);
+    if relation::oid(&rel) != info.relid {
+        not_of_relation(&info.table);
+    }
+    rel
+}
+
+#[cold]
+#[inline(never)]
+fn not_of_relation(table: &str) -> ! {
+    panic!("a store of {table} was given another relation or its tuples");
 }
 
 /// One key of a replicated table, for the engine.
 pub struct PgStore<'a> {
     info: &'a RelInfo,
-    rel: pg_sys::Relation,
+    rel: Borrowed<'a>,
     /// The row whose key this store serves (the written row, or the deleted one).
     keyed_row: Option<TupleRef<'a>>,
     key: OnceCell<Key>,
@@ -95,21 +112,23 @@ pub struct PgStore<'a> {
     delta: Option<Delta>,
     /// Where [`Store::find_row_to_lock`] last found the key's row ([`Store::lock_row`] locks it
     /// there).
-    found_at: std::cell::Cell<Option<pg_sys::ItemPointerData>>,
+    found_at: std::cell::Cell<Option<probe::Place<'a>>>,
 }
 
 impl<'a> PgStore<'a> {
-    /// A store for the key of `row` (a tuple of `rel`).
-    ///
-    /// # Safety
-    /// `rel` is open and locked and described by `info`, while the store is used; `row` is one of
-    /// its tuples.
-    pub unsafe fn for_tuple(
+    /// A store for the key of `row` (a tuple of `rel`, which `info` describes).
+    pub fn for_tuple(
         info: &'a RelInfo,
-        rel: pg_sys::Relation,
+        rel: &'a impl Open,
         row: TupleRef<'a>,
         copy_rows: bool,
     ) -> PgStore<'a> {
+        let rel = described(info, rel);
+        // The key is read from `row` with the relation's key columns: a tuple of another shape
+        // would give values of other types.
+        if !row.described_by(relation::descriptor(&rel)) {
+            not_of_relation(&info.table);
+        }
         PgStore {
             info,
             rel,
@@ -122,14 +141,12 @@ impl<'a> PgStore<'a> {
         }
     }
 
-    /// A store for a key given by its values and binary form (a tombstone's key).
-    ///
-    /// # Safety
-    /// As for [`PgStore::for_tuple`]; `values` are the key's column values.
-    pub unsafe fn for_key(
+    /// A store for a key given by its values and binary form (a tombstone's key), of `rel`,
+    /// which `info` describes.
+    pub fn for_key(
         info: &'a RelInfo,
-        rel: pg_sys::Relation,
-        values: Vec<pg_sys::Datum>,
+        rel: &'a impl Open,
+        values: Vec<Typed>,
         bytes: Vec<u8>,
         copy_rows: bool,
     ) -> PgStore<'a> {
@@ -137,7 +154,7 @@ impl<'a> PgStore<'a> {
         let _ = key.set(Key { values, bytes });
         PgStore {
             info,
-            rel,
+            rel: described(info, rel),
             keyed_row: None,
             key,
             tombstones: OnceCell::new(),
@@ -160,7 +177,17 @@ impl<'a> PgStore<'a> {
                 // from a key have one set.
                 _ => unreachable!("a key of a table without a primary key"),
             };
-            let (values, bytes) = pk.values_and_encoded(row);
+            // A key column NULL in the row about to be written (PostgreSQL checks NOT NULL only
+            // after the BEFORE triggers): refused as PostgreSQL would refuse it.
+            let Some(values) = pk.values_if_set(row) else {
+                let attnum = pk.null_column(row).unwrap_or(1);
+                MmError::KeyColumnNull {
+                    table: self.info.table.clone(),
+                    column: attname(row.attribute(attnum)).to_string(),
+                }
+                .raise()
+            };
+            let bytes = pk.encode(&values);
             Key { values, bytes }
         })
     }
@@ -232,74 +259,63 @@ impl<'a> Store for PgStore<'a> {
         let Some(pk) = &info.primary_key else {
             return Lookup::Absent;
         };
-        // SAFETY: rel is open and locked; the key values are valid during the probe. The reader
-        // runs on a pinned tuple of the relation and copies what it keeps into the current
-        // (trigger's) memory context, which outlives the store.
-        unsafe {
-            probe::probe(self.rel, pk, &self.key().values, &|tuple| Stored {
-                stamps: info.stamps(tuple),
-                delta: info
-                    .delta
-                    .is_some()
-                    .then(|| delta_of(info, &Row::Tuple(tuple))),
-                row: copy.then(|| Row::Tuple(tuple.copy())),
-            })
-        }
+        probe::probe(&self.rel, pk, &self.key().values, &|tuple| Stored {
+            stamps: info.stamps(tuple),
+            delta: info
+                .delta
+                .is_some()
+                .then(|| delta_of(info, &Row::Tuple(tuple))),
+            // SAFETY: copied out of the pinned buffer into the current memory context, the
+            // trigger's, which outlives the store and the rows it hands out. (It stays here: only
+            // the caller knows which context outlives what it keeps.)
+            row: copy.then(|| Row::Tuple(unsafe { tuple.copy() })),
+        })
     }
 
     fn find_row_to_lock(&mut self) -> Lookup<(), pg_sys::TransactionId> {
-        let found_at = &self.found_at;
+        self.found_at.set(None);
         let Some(pk) = &self.info.primary_key else {
             return Lookup::Absent;
         };
-        found_at.set(None);
-        // SAFETY: as in `find_row`; the reader keeps only the row's place.
-        unsafe {
-            probe::probe(self.rel, pk, &self.key().values, &|tuple| {
-                found_at.set(Some(tuple.tid()))
-            })
+        match probe::probe_place(&self.rel, pk, &self.key().values) {
+            Lookup::Found(place) => {
+                self.found_at.set(Some(place));
+                Lookup::Found(())
+            }
+            Lookup::InProgress(xid) => Lookup::InProgress(xid),
+            Lookup::Absent => Lookup::Absent,
         }
     }
 
     fn lock_row(&mut self) -> bool {
-        let Some(tid) = self.found_at.get() else {
+        let Some(place) = self.found_at.get() else {
             return false;
         };
-        // SAFETY: rel is open and locked (`for_tuple`'s contract), a heap table (the trigger
-        // fires on tables only); `tid` is where this transaction's probe found the key's row.
-        unsafe { probe::lock_row(self.rel, tid) == probe::RowLock::Held }
+        probe::lock_row(&self.rel, place) == probe::RowLock::Held
     }
 
     fn overwrite(&mut self, row: &Row<'a>) -> bool {
         let _converting = Converting::start();
         let params = self.info.row_values(row);
-        // SAFETY: the parameters are the row's own values (of this relation, as every row handed
-        // to the engine), of the statement's argument types, the live columns' types.
-        unsafe { self.info.overwrite.execute(&params, pg_sys::SPI_OK_UPDATE) > 0 }
+        self.info.overwrite.execute(&params, pg_sys::SPI_OK_UPDATE) > 0
     }
 
     fn take_row(&mut self) -> Option<Row<'a>> {
         let _own_write = OwnWrite::start();
         let params = self.info.key_parameters(&self.key().values);
-        // SAFETY: the key parameters match the statement's argument types; the statement returns
-        // the row's live columns in parameter order, of their types (as `Params` holds them).
-        unsafe {
-            self.info
-                .resend_delete
-                .execute_returning(&params, pg_sys::SPI_OK_DELETE_RETURNING)
-                .map(|values| Row::Values(Params::new(values)))
-        }
+        // The statement returns the row's live columns in parameter order.
+        self.info
+            .resend_delete
+            .execute_returning(&params, pg_sys::SPI_OK_DELETE_RETURNING)
+            .map(|values| Row::Values(Params::new(values)))
     }
 
     fn put_row(&mut self, row: &Row<'a>) {
         let _own_write = OwnWrite::start();
         let params = self.info.row_values(row);
-        // SAFETY: the row's values match the statement's argument types (as for `overwrite`).
-        unsafe {
-            self.info
-                .resend_insert
-                .execute(&params, pg_sys::SPI_OK_INSERT);
-        }
+        self.info
+            .resend_insert
+            .execute(&params, pg_sys::SPI_OK_INSERT);
     }
 
     fn report(&mut self, resolution: &Resolution<Row<'a>>) {
@@ -319,25 +335,23 @@ impl<'a> Store for PgStore<'a> {
             let Some(values) = unique.values_if_set(*tuple) else {
                 continue; // a NULL never collides
             };
-            // SAFETY: rel is open and locked; `values` are the unique key's, valid during the
-            // probe; the reader runs on a pinned tuple of the relation and copies what it keeps
-            // into the current (trigger's) memory context, which outlives the store.
-            unsafe {
-                let found = probe::probe(self.rel, unique, &values, &|found| {
-                    (pk.encode_row(found), info.stamps(found), found.copy())
-                });
-                match found {
-                    Lookup::Absent => {}
-                    Lookup::InProgress(xid) => return Lookup::InProgress(xid),
-                    // The row's own stored version holds its own value: no conflict.
-                    Lookup::Found((key, _, _)) if &key == own => {}
-                    Lookup::Found((_, stamps, copy)) => {
-                        return Lookup::Found(Stored {
-                            stamps,
-                            delta: None,
-                            row: Some(Row::Tuple(copy)),
-                        })
-                    }
+            let found = probe::probe(&self.rel, unique, &values, &|found| {
+                // SAFETY: as in `find_row` (and why it stays here).
+                (pk.encode_row(found), info.stamps(found), unsafe {
+                    found.copy()
+                })
+            });
+            match found {
+                Lookup::Absent => {}
+                Lookup::InProgress(xid) => return Lookup::InProgress(xid),
+                // The row's own stored version holds its own value: no conflict.
+                Lookup::Found((key, _, _)) if &key == own => {}
+                Lookup::Found((_, stamps, copy)) => {
+                    return Lookup::Found(Stored {
+                        stamps,
+                        delta: None,
+                        row: Some(Row::Tuple(copy)),
+                    })
                 }
             }
         }
@@ -349,13 +363,11 @@ impl<'a> Store for PgStore<'a> {
     }
 
     fn delta(&self, row: &Row<'a>) -> Delta {
-        // SAFETY: rows handed to the engine are tuples of this relation or its parameter values.
-        unsafe { delta_of(self.info, row) }
+        delta_of(self.info, row)
     }
 
     fn amounts(&self, row: &Row<'a>) -> Vec<Amount> {
-        // SAFETY: as for `delta`.
-        unsafe { amounts_of(self.info, row, false) }
+        amounts_of(self.info, row, false)
     }
 
     fn write_delta(&mut self, delta: Delta) {
@@ -408,11 +420,7 @@ impl<'a> Store for PgStore<'a> {
 
 /// The values of `row`'s delta columns. A NULL is refused (`23502`), or with `null_is_zero`
 /// counted as 0 (a row from before the declaration).
-///
-/// # Safety
-/// `row` is a tuple of `info`'s relation, or its parameter values (its delta columns' datums are
-/// read as their types).
-unsafe fn amounts_of(info: &RelInfo, row: &Row, null_is_zero: bool) -> Vec<Amount> {
+fn amounts_of(info: &RelInfo, row: &Row, null_is_zero: bool) -> Vec<Amount> {
     let Some(delta) = &info.delta else {
         return Vec::new();
     };
@@ -428,9 +436,7 @@ unsafe fn amounts_of(info: &RelInfo, row: &Row, null_is_zero: bool) -> Vec<Amoun
                     column: column.name.clone(),
                 }
                 .raise(),
-                // SAFETY: a non-NULL datum of the column (the row is of this relation: `# Safety`;
-                // RelInfo's build found the column's number and type).
-                Some(datum) => unsafe { column.kind.read(datum) },
+                Some(value) => column.kind.read(value),
             };
             amount.unwrap_or_else(|e| {
                 MmError::DeltaOutOfRange {
@@ -447,20 +453,15 @@ unsafe fn amounts_of(info: &RelInfo, row: &Row, null_is_zero: bool) -> Vec<Amoun
 /// The state of `row`'s delta columns: `mm_delta` read back, or for a row without one (written
 /// before the columns were declared) its values as the base node's. A state that does not read
 /// raises `XX001`.
-///
-/// # Safety
-/// As for [`amounts_of`].
-unsafe fn delta_of(info: &RelInfo, row: &Row) -> Delta {
+fn delta_of(info: &RelInfo, row: &Row) -> Delta {
     let Some(delta) = &info.delta else {
         return Delta::default();
     };
     match info.row_value(row, delta.att_state) {
-        // SAFETY: the row is of this relation (`# Safety`).
-        None => Delta::base(unsafe { amounts_of(info, row, true) }),
-        Some(datum) => {
-            // SAFETY: a non-NULL datum of att_state, the text column mm_delta (the row is of this
-            // relation: `# Safety`).
-            let text = unsafe { crate::pg::amount::text_string(datum) };
+        None => Delta::base(amounts_of(info, row, true)),
+        Some(value) => {
+            // mm_delta is a text column (RelInfo's build checked it).
+            let text = crate::pg::amount::text_string(value).unwrap_or_default();
             Delta::decode(&text, delta.columns.len()).unwrap_or_else(|e| {
                 MmError::DeltaStateMalformed {
                     table: info.table.clone(),

@@ -14,7 +14,8 @@ use super::store::{KeyTombstones, PgStore};
 use super::OwnWrite;
 use crate::catalog::{relinfo, tombstones};
 use crate::error::MmError;
-use crate::pg::relation::{self, Open, Opened};
+use crate::pg::relation::{self, Opened};
+use crate::pg::trigger::Firing;
 use crate::pg::tuple::TupleRef;
 use crate::pg::{is_replicated_session, key, subxact};
 use crate::pg::{names, partitions};
@@ -24,19 +25,10 @@ use crate::report;
 /// `mm_conflict.tombstone`, FOR EACH ROW, at `timing`. Anywhere else (a table owner may attach the
 /// function to a table of its own) it would read that table's tuples with the tombstone table's
 /// column numbers.
-///
-/// # Safety
-/// `td` must be the `TriggerData` of a trigger PostgreSQL is firing.
-pub unsafe fn check_firing(
-    td: &pg_sys::TriggerData,
-    function: &str,
-    timing: u32,
-) -> Result<(), MmError> {
+pub fn check_firing(firing: &Firing, function: &str, timing: u32) -> Result<(), MmError> {
     let table = tombstones::table()?;
-    // SAFETY: the trigger's relation is open during the firing (`# Safety`).
-    let relid = unsafe { (*td.tg_relation).rd_id };
-    let event = td.tg_event;
-    if relid == table.relid()
+    let event = firing.event();
+    if firing.relid() == table.relid()
         && event & pg_sys::TRIGGER_EVENT_TIMINGMASK == timing
         && event & pg_sys::TRIGGER_EVENT_ROW != 0
         && event & pg_sys::TRIGGER_EVENT_OPMASK != pg_sys::TRIGGER_EVENT_TRUNCATE
@@ -52,47 +44,33 @@ pub unsafe fn check_firing(
         function: function.into(),
         expected: expected.into(),
         fired: super::describe_event(event),
-        // SAFETY: as above.
-        table: unsafe { names::relation_identity(td.tg_relation) },
+        table: relation::identity(firing.relation()),
     })
 }
 
 /// BEFORE INSERT OR UPDATE OR DELETE on `mm_conflict.tombstone`: returns the tuple to write, or
 /// `None` to skip it. Local writes pass; replicated ones are resolved against the stored
 /// tombstone; replicated deletes (purges elsewhere) are skipped.
-///
-/// # Safety
-/// `td` must be the `TriggerData` of a trigger PostgreSQL is firing.
-pub unsafe fn resolve(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTuple>, MmError> {
-    // SAFETY: td is the TriggerData of this firing (`# Safety`).
-    unsafe {
-        check_firing(
-            td,
-            "mm_conflict.tombstone_resolve",
-            pg_sys::TRIGGER_EVENT_BEFORE,
-        )
-    }?;
-    let op = td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
+pub fn resolve<'a>(firing: &Firing<'a>) -> Result<Option<TupleRef<'a>>, MmError> {
+    check_firing(
+        firing,
+        "mm_conflict.tombstone_resolve",
+        pg_sys::TRIGGER_EVENT_BEFORE,
+    )?;
+    let op = firing.event() & pg_sys::TRIGGER_EVENT_OPMASK;
     let replicated = is_replicated_session();
     if replicated {
         report::progress::watch();
     }
+    // A row-level firing has its row; an UPDATE its new one too (checked above).
+    let old = firing.row().expect("a row trigger has its row");
     if op == pg_sys::TRIGGER_EVENT_DELETE {
-        return Ok(
-            engine::tombstone_deleted(replicated, OwnWrite::active()).then_some(td.tg_trigtuple)
-        );
+        return Ok(engine::tombstone_deleted(replicated, OwnWrite::active()).then_some(old));
     }
-    // SAFETY: td and its tuples are valid during the firing (the new tuple is set for an UPDATE
-    // only); they belong to the tombstone table (check_firing), described by its rd_att.
-    let (old, written) = unsafe {
-        let desc = (*td.tg_relation).rd_att;
-        let old = TupleRef::new(td.tg_trigtuple, desc);
-        let written = if op == pg_sys::TRIGGER_EVENT_UPDATE {
-            TupleRef::new(td.tg_newtuple, desc)
-        } else {
-            old
-        };
-        (old, written)
+    let written = if op == pg_sys::TRIGGER_EVENT_UPDATE {
+        firing.new_row().expect("an UPDATE trigger has its new row")
+    } else {
+        old
     };
     // The tombstone about to be written, read once. Whatever becomes of it, it counts toward its
     // key's mark first (a local INSERT above the mark skips its probe: see catalog::mark).
@@ -102,14 +80,14 @@ pub unsafe fn resolve(td: &pg_sys::TriggerData) -> Result<Option<pg_sys::HeapTup
     tombstones::raise_mark(&name, &key, &new);
     match op {
         pg_sys::TRIGGER_EVENT_INSERT | pg_sys::TRIGGER_EVENT_UPDATE if !replicated => {
-            Ok(Some(written.raw()))
+            Ok(Some(written))
         }
         pg_sys::TRIGGER_EVENT_UPDATE => {
-            Ok(engine::tombstone_updated(&table.read(old), &new).then_some(written.raw()))
+            Ok(engine::tombstone_updated(&table.read(old), &new).then_some(written))
         }
         _ => {
             let mut store = KeyTombstones::new(&name, &key)?;
-            Ok(engine::tombstone_arrives(&mut store, &new).then_some(old.raw()))
+            Ok(engine::tombstone_arrives(&mut store, &new).then_some(old))
         }
     }
 }
@@ -194,9 +172,7 @@ fn settle_row(
             )))
         }
     };
-    // SAFETY: rel is open and locked (`Opened`) and described by `info` (looked up for it);
-    // `values` are its key's values, decoded by its key columns' receive functions.
-    let mut store = unsafe { PgStore::for_key(&info, rel.raw(), values, key, false) };
+    let mut store = PgStore::for_key(&info, rel, values, key, false);
     engine::settle(&mut store, &info.policy, tombstone);
     Ok(None)
 }

@@ -56,7 +56,8 @@ struct SharedMarks {
 // SAFETY: plain old data (integers only), no pointers: valid in every process that maps it.
 unsafe impl PGRXSharedMemory for SharedMarks {}
 
-// SAFETY: the name is unique to this extension (and names its layout's version).
+// SAFETY: the name is unique to this extension (and names its layout's version). It stays here, outside
+// src/pg: a static is declared with its type, and pgrx's constructor is `unsafe` only for that.
 static SHARED: PgLwLock<SharedMarks> = unsafe { PgLwLock::new(c"mm_conflict_tombstone_mark_v1") };
 static SHARED_READY: AtomicBool = AtomicBool::new(false);
 

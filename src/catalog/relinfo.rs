@@ -18,10 +18,11 @@ use super::statements::{self, StatementColumn};
 use crate::error::MmError;
 use crate::pg::amount::{AmountType, AMOUNT_TYPES};
 use crate::pg::key::IndexKey;
-use crate::pg::names::{self, cstr_to_string, stable_hash};
-use crate::pg::relation::{self, Borrowed, ColumnInfo, Open};
+use crate::pg::names::{self, stable_hash};
+use crate::pg::relation::{self, ColumnInfo, Open};
 use crate::pg::spi::CachedPlan;
-use crate::pg::tuple::TupleRef;
+use crate::pg::trigger::{self, TriggerRef};
+use crate::pg::tuple::{TupleRef, Typed};
 
 pub struct RelInfo {
     pub relid: pg_sys::Oid,
@@ -50,9 +51,8 @@ pub struct RelInfo {
     pub delta: Option<DeltaInfo>,
     /// Attribute numbers of the live (not dropped) columns: the parameters of the statements below.
     pub live_attnums: Vec<pg_sys::AttrNumber>,
-    /// Their names and types, in the same order.
+    /// Their names, in the same order.
     pub live_names: Vec<String>,
-    pub live_types: Vec<pg_sys::Oid>,
     /// See [`statements::Statements`].
     pub overwrite: CachedPlan,
     pub resend_delete: CachedPlan,
@@ -89,9 +89,9 @@ extern "C-unwind" fn invalidate(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     super::tombstones::invalidate(relid);
 }
 
+/// Called once from `_PG_init`: the callback only touches this backend's caches.
 pub fn register_invalidation() {
-    // SAFETY: called once from _PG_init; the callback only touches this backend's caches.
-    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(invalidate), pg_sys::Datum::from(0)) };
+    crate::pg::backend::on_relcache_invalidation(Some(invalidate));
 }
 
 /// The cached entry of trigger `tgoid`, if any (applying a pending flush of all entries first).
@@ -103,76 +103,37 @@ fn cached(tgoid: pg_sys::Oid) -> Option<Rc<RelInfo>> {
 }
 
 /// The cached entry for `trigger` on `rel`, built on first use.
-///
-/// # Safety
-/// `rel` must be open and locked; `trigger` one of its triggers.
-pub unsafe fn lookup(
-    rel: pg_sys::Relation,
-    trigger: &pg_sys::Trigger,
-) -> Result<Rc<RelInfo>, MmError> {
-    if let Some(info) = cached(trigger.tgoid) {
+pub fn lookup(rel: &impl Open, trigger: TriggerRef) -> Result<Rc<RelInfo>, MmError> {
+    if let Some(info) = cached(trigger.oid()) {
         return Ok(info);
     }
     // Build without holding the borrow: catalog access below may run invalidation callbacks.
-    // SAFETY: `rel` is open and locked and `trigger` is one of its triggers (this function's
-    // `# Safety`), which is exactly what `build` requires.
-    let info = Rc::new(unsafe { build(rel, trigger)? });
-    CACHE.with(|c| c.borrow_mut().insert(trigger.tgoid, Rc::clone(&info)));
+    let info = Rc::new(build(rel, trigger)?);
+    CACHE.with(|c| c.borrow_mut().insert(trigger.oid(), Rc::clone(&info)));
     Ok(info)
 }
 
 /// The `mm_resolve` trigger of `rel` (its own, or cloned from a partitioned root), if it has one.
-///
-/// # Safety
-/// `rel` must be open and locked; the result lives as long as its trigger descriptor.
-unsafe fn mm_resolve_trigger<'a>(rel: pg_sys::Relation) -> Option<&'a pg_sys::Trigger> {
-    // SAFETY: the caller keeps `rel` open, so its trigger descriptor and the array it points to
-    // stay valid while they are read here.
-    unsafe {
-        let trigdesc = (*rel).trigdesc;
-        if trigdesc.is_null() {
-            return None;
-        }
-        let triggers =
-            std::slice::from_raw_parts((*trigdesc).triggers, (*trigdesc).numtriggers as usize);
-        // Only mm_resolve triggers are cached: a hit needs no catalog lookup.
-        triggers.iter().find(|trigger| {
-            cached(trigger.tgoid).is_some() || {
-                let name = pg_sys::get_func_name(trigger.tgfoid);
-                !name.is_null() && std::ffi::CStr::from_ptr(name).to_bytes() == b"mm_resolve"
-            }
-        })
-    }
+fn mm_resolve_trigger(rel: &impl Open) -> Option<TriggerRef<'_>> {
+    // Only mm_resolve triggers are cached: a hit needs no catalog lookup.
+    trigger::triggers(rel).find(|trigger| {
+        cached(trigger.oid()).is_some()
+            || names::function_is_named(trigger.function(), c"mm_resolve")
+    })
 }
 
 /// The entry of the `mm_resolve` trigger of `rel`, if it has one (for tombstones, which name
 /// their table but arrive without its trigger).
-///
-/// # Safety
-/// `rel` must be open and locked.
-pub unsafe fn lookup_for_relation(rel: pg_sys::Relation) -> Result<Option<Rc<RelInfo>>, MmError> {
-    // SAFETY: `rel` is open and locked (`# Safety`), as mm_resolve_trigger and lookup need.
-    unsafe {
-        let Some(trigger) = mm_resolve_trigger(rel) else {
-            return Ok(None);
-        };
-        if let Some(info) = cached(trigger.tgoid) {
-            return Ok(Some(info));
-        }
-        lookup(rel, trigger).map(Some)
-    }
-}
-
-/// [`lookup_for_relation`] of a relation held open.
 pub fn lookup_for(rel: &impl Open) -> Result<Option<Rc<RelInfo>>, MmError> {
-    // SAFETY: `Open` keeps the relation open and locked while `rel` lives.
-    unsafe { lookup_for_relation(rel.raw()) }
+    let Some(trigger) = mm_resolve_trigger(rel) else {
+        return Ok(None);
+    };
+    lookup(rel, trigger).map(Some)
 }
 
 /// Whether `rel` has an `mm_resolve` trigger (its own, or cloned from a partitioned root).
 pub fn has_mm_resolve(rel: &impl Open) -> bool {
-    // SAFETY: `Open` keeps the relation open and locked while `rel` lives.
-    unsafe { mm_resolve_trigger(rel.raw()) }.is_some()
+    mm_resolve_trigger(rel).is_some()
 }
 
 const TIME_TYPES: &str = "timestamptz or timestamp";
@@ -272,22 +233,13 @@ fn delta_info(
     Ok(Some(DeltaInfo { att_state, columns }))
 }
 
-/// # Safety
-/// `rel` must be open and locked; `trigger` one of its triggers.
-unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelInfo, MmError> {
-    // SAFETY: rel is open and locked for the call, and the trigger's argument array holds
-    // tgnargs NUL-terminated strings (caller's contract).
-    let (rel, args) = unsafe {
-        let args: Vec<String> = (0..trigger.tgnargs as usize)
-            .map(|i| cstr_to_string(*trigger.tgargs.add(i)))
-            .collect();
-        (Borrowed::new(rel), args)
-    };
+fn build(rel: &impl Open, trigger: TriggerRef) -> Result<RelInfo, MmError> {
+    let args = trigger.args();
     let policy = Policy::parse(&args)?;
-    let (schema, relname) = relation::names(&rel);
-    let relid = relation::oid(&rel);
+    let (schema, relname) = relation::names(rel);
+    let relid = relation::oid(rel);
     // A partition is named (tombstones, key locks, reports) and counted as its root.
-    let report_relid = if relation::is_partition(&rel) {
+    let report_relid = if relation::is_partition(rel) {
         crate::pg::partitions::partition_root(relid)
     } else {
         relid
@@ -298,8 +250,8 @@ unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelI
         }
         _ => names::identity(&schema, &relname),
     };
-    let owner = relation::owner(&rel);
-    let live = relation::columns_of(&rel);
+    let owner = relation::owner(rel);
+    let live = relation::columns_of(rel);
 
     let att_islocal = require(&live, &table, COL_ISLOCAL, "boolean", |t| {
         t == pg_sys::BOOLOID
@@ -327,8 +279,8 @@ unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelI
         }
         _ => None,
     };
-    let primary_key = IndexKey::of(&rel);
-    let unique_keys = crate::pg::key::unique_keys(&rel);
+    let primary_key = IndexKey::of(rel);
+    let unique_keys = crate::pg::key::unique_keys(rel);
     let delta = delta_info(&live, &table, &policy, primary_key.as_ref())?;
 
     let columns: Vec<StatementColumn> = live
@@ -365,7 +317,6 @@ unsafe fn build(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Result<RelI
         delta,
         live_attnums: live.iter().map(|a| a.attnum).collect(),
         live_names: live.iter().map(|a| a.name.clone()).collect(),
-        live_types: argtypes.clone(),
         // mm_conflict's own writes to the table run as its owner, as PostgreSQL 16's apply
         // workers write: a trigger of the owner's never runs with the rights of whoever
         // caused the write (the subscription's owner, the extension's owner).
@@ -385,17 +336,16 @@ pub enum Row<'a> {
 
 /// A row's live column values in the statements' parameter order, each of its column's type.
 #[derive(Clone, Debug)]
-pub struct Params(Vec<Option<pg_sys::Datum>>);
+pub struct Params(Vec<Option<Typed>>);
 
 impl Params {
-    /// # Safety
-    /// `values` are the values of a row of the relation whose statements returned them, one per
-    /// live column in the statements' parameter order, each a datum of its column's type.
-    pub unsafe fn new(values: Vec<Option<pg_sys::Datum>>) -> Params {
+    /// `values`: a row of the relation whose statements returned them, one per live column in
+    /// the statements' parameter order.
+    pub fn new(values: Vec<Option<Typed>>) -> Params {
         Params(values)
     }
 
-    pub fn values(&self) -> &[Option<pg_sys::Datum>] {
+    pub fn values(&self) -> &[Option<Typed>] {
         &self.0
     }
 }
@@ -410,7 +360,7 @@ impl RelInfo {
     }
 
     /// A row's live column values, in the statements' parameter order.
-    pub fn row_values(&self, row: &Row) -> Vec<Option<pg_sys::Datum>> {
+    pub fn row_values(&self, row: &Row) -> Vec<Option<Typed>> {
         match row {
             Row::Tuple(tuple) => self.parameters(*tuple),
             Row::Values(values) => values.values().to_vec(),
@@ -418,9 +368,9 @@ impl RelInfo {
     }
 
     /// Column `attnum` of a row (`None`: NULL, or not one of the live columns).
-    pub fn row_value(&self, row: &Row, attnum: pg_sys::AttrNumber) -> Option<pg_sys::Datum> {
+    pub fn row_value(&self, row: &Row, attnum: pg_sys::AttrNumber) -> Option<Typed> {
         match row {
-            Row::Tuple(tuple) => tuple.get(attnum),
+            Row::Tuple(tuple) => tuple.typed(attnum),
             Row::Values(values) => self.parameter_of(attnum).and_then(|i| values.values()[i]),
         }
     }
@@ -435,12 +385,9 @@ impl RelInfo {
             }
             let value = match row {
                 Row::Tuple(tuple) => tuple.json(attnum),
-                Row::Values(values) => values.values()[i].map_or(serde_json::Value::Null, |d| {
-                    // SAFETY: a value of the live column at position i, whose type is
-                    // live_types[i] (`Params::new`'s contract; both follow the parameter order).
-                    // It cannot move to src/pg: the order is this table's statements'.
-                    unsafe { crate::pg::datum::json(self.live_types[i], d) }
-                }),
+                Row::Values(values) => {
+                    values.values()[i].map_or(serde_json::Value::Null, Typed::json)
+                }
             };
             object.insert(self.live_names[i].clone(), value);
         }
@@ -483,22 +430,22 @@ impl RelInfo {
     }
 
     /// The bookkeeping values of a row given as statement parameters (live columns in order).
-    pub fn stamps_from_parameters(&self, params: &[Option<pg_sys::Datum>]) -> RowStamps {
-        self.stamps_by(|attnum| self.parameter_of(attnum).and_then(|i| params[i]))
+    pub fn stamps_from_parameters(&self, params: &[Option<Typed>]) -> RowStamps {
+        self.stamps_by(|attnum| {
+            self.parameter_of(attnum)
+                .and_then(|i| params[i])
+                .map(Typed::datum)
+        })
     }
 
     /// The values of `tuple`'s live columns, in the order of the statements' parameters.
-    pub fn parameters(&self, tuple: TupleRef) -> Vec<Option<pg_sys::Datum>> {
-        let all = tuple.deform();
-        self.live_attnums
-            .iter()
-            .map(|&a| all[a as usize - 1])
-            .collect()
+    pub fn parameters(&self, tuple: TupleRef) -> Vec<Option<Typed>> {
+        tuple.typed_columns(&self.live_attnums)
     }
 
     /// Statement parameters that hold only the key `values` (other columns NULL): enough for the
     /// statements that match a row by key.
-    pub fn key_parameters(&self, values: &[pg_sys::Datum]) -> Vec<Option<pg_sys::Datum>> {
+    pub fn key_parameters(&self, values: &[Typed]) -> Vec<Option<Typed>> {
         let mut params = vec![None; self.live_attnums.len()];
         for (attnum, &value) in self
             .primary_key

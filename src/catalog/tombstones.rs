@@ -21,8 +21,9 @@ use crate::pg::key::IndexKey;
 use crate::pg::names::{self, stable_hash};
 use crate::pg::probe::{self, Probe};
 use crate::pg::relation::{self, ColumnInfo, Opened};
-use crate::pg::spi::{text_datum, CachedPlan};
-use crate::pg::tuple::TupleRef;
+use crate::pg::scan;
+use crate::pg::spi::CachedPlan;
+use crate::pg::tuple::{TupleRef, Typed};
 
 pub struct TombstoneTable {
     relid: pg_sys::Oid,
@@ -203,41 +204,18 @@ pub fn key_below(table_hash: u32, key: &[u8], micros: i64) -> bool {
     super::mark::below(super::mark::bucket(table_hash, key), micros, || {
         let table = table().ok()?;
         let mut highest = Box::new([i64::MIN; super::mark::BUCKETS]);
-        // SAFETY: the relation is opened and scanned here and kept locked until transaction end;
-        // every tuple the scan returns is a tombstone-table tuple described by its rd_att.
-        // SnapshotAny: rows still being written and rows deleted but not yet vacuumed count too
-        // (a bound that is too high only costs a probe).
-        unsafe {
-            let rel = pg_sys::table_open(table.relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-            let tupdesc = (*rel).rd_att;
-            let scan = pg_sys::systable_beginscan(
-                rel,
-                pg_sys::InvalidOid,
-                false,
-                &raw mut pg_sys::SnapshotAnyData,
-                0,
-                std::ptr::null_mut(),
-            );
-            loop {
-                let tuple = pg_sys::systable_getnext(scan);
-                if tuple.is_null() {
-                    break;
-                }
-                let tuple = TupleRef::new(tuple, tupdesc);
-                let (name, key) = table.name_and_key(tuple);
-                if let (bucket, Some(value)) = mark_of(&name, &key, &table.read(tuple)) {
-                    highest[bucket] = highest[bucket].max(value);
-                }
+        // Opened here and kept locked until transaction end. SnapshotAny: rows still being
+        // written and rows deleted but not yet vacuumed count too (a bound that is too high only
+        // costs a probe).
+        let rel = Opened::table(table.relid, pg_sys::AccessShareLock);
+        scan::each_version(&rel, |tuple| {
+            let (name, key) = table.name_and_key(tuple);
+            if let (bucket, Some(value)) = mark_of(&name, &key, &table.read(tuple)) {
+                highest[bucket] = highest[bucket].max(value);
             }
-            pg_sys::systable_endscan(scan);
-            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-        }
+        });
         Some(highest)
     })
-}
-
-fn opt_datum<T: Into<pg_sys::Datum>>(value: Option<T>) -> Option<pg_sys::Datum> {
-    value.map(Into::into)
 }
 
 impl TombstoneTable {
@@ -287,21 +265,13 @@ impl TombstoneTable {
         // An empty table (the common case before the first delete) needs no index scan. (Its size
         // is read for every row: a tombstone an apply worker commits while a local statement runs
         // must be seen by that statement's later rows, or the row is stamped below it.)
-        // SAFETY: the relation is opened here and kept locked until transaction end; the key
-        // datums are palloc'd copies valid during the probe.
-        unsafe {
-            let rel = pg_sys::table_open(self.relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-            let empty =
-                pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM) == 0;
-            let found = if empty {
-                Probe::Absent
-            } else {
-                let values = [text_datum(table_name), text_datum(key)];
-                probe::probe(rel, &self.pk, &values, &|tuple| self.read(tuple))
-            };
-            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-            found
+        // Opened here and kept locked until transaction end.
+        let rel = Opened::table(self.relid, pg_sys::AccessShareLock);
+        if relation::is_empty(&rel) {
+            return Probe::Absent;
         }
+        let values = [Typed::text(table_name), Typed::bytea(key)];
+        probe::probe(&rel, &self.pk, &values, &|tuple| self.read(tuple))
     }
 
     /// Inserts `tombstone` as the tombstone of `key` in `table_name` (the caller removed an older
@@ -315,8 +285,7 @@ impl TombstoneTable {
             Inserted::Duplicate => unreachable!("OnDuplicate::Raise raises"),
             Inserted::Changed => {}
         }
-        // SAFETY: the values match the statement's argument types.
-        unsafe { self.insert.execute(&values, pg_sys::SPI_OK_INSERT) > 0 }
+        self.insert.execute(&values, pg_sys::SPI_OK_INSERT) > 0
     }
 
     /// Inserts `tombstone` as the tombstone of `key` in `table_name` if no tombstone of the key is
@@ -333,18 +302,18 @@ impl TombstoneTable {
     }
 
     /// The INSERT statement's arguments for `tombstone` (all columns but `deleted_at`).
-    fn values(table_name: &[u8], key: &[u8], tombstone: &Tombstone) -> [Option<pg_sys::Datum>; 9] {
+    fn values(table_name: &[u8], key: &[u8], tombstone: &Tombstone) -> [Option<Typed>; 9] {
         let (version, stamps, order) = (&tombstone.version, &tombstone.stamps, &tombstone.order);
         [
-            Some(text_datum(table_name)),
-            Some(text_datum(key)),
-            opt_datum(version.criterion),
-            opt_datum(stamps.xacttime),
-            opt_datum(stamps.stattime),
-            opt_datum(version.node),
-            Some((order.direction == Direction::Last).into()),
-            opt_datum(order.winner),
-            opt_datum(order.preferred),
+            Some(Typed::text(table_name)),
+            Some(Typed::bytea(key)),
+            version.criterion.map(Typed::timestamptz),
+            stamps.xacttime.map(Typed::timestamptz),
+            stamps.stattime.map(Typed::timestamptz),
+            version.node.map(Typed::int2),
+            Some(Typed::bool(order.direction == Direction::Last)),
+            order.winner.map(Typed::int2),
+            order.preferred.map(Typed::int2),
         ]
     }
 
@@ -355,7 +324,7 @@ impl TombstoneTable {
         table_name: &[u8],
         key: &[u8],
         tombstone: &Tombstone,
-        values: &[Option<pg_sys::Datum>; 9],
+        values: &[Option<Typed>; 9],
         on_duplicate: OnDuplicate,
     ) -> Inserted {
         let Some((direct, deleted_at)) = self.direct.as_ref().filter(|_| !is_replicated_session())
@@ -383,19 +352,16 @@ impl TombstoneTable {
         raise_mark(table_name, key, tombstone);
         // now() of the transaction, as the column's default.
         let now = crate::pg::backend::transaction_start();
-        row[*deleted_at as usize - 1] = Some(now.into());
-        // SAFETY: in the deleting transaction; each value has its column's type (the same as the
-        // statement's argument types, which are the columns').
+        row[*deleted_at as usize - 1] = Some(Typed::timestamptz(now));
         // `Changed`: the table changed since it was described (the relcache callback has
         // dropped the description already): the caller's INSERT does what the change asks for.
-        unsafe { direct.insert(&row, on_duplicate) }
+        direct.insert(&row, on_duplicate)
     }
 
     /// Deletes the stored tombstone of `key` in `table_name` (the caller holds the key lock and
     /// marks the delete as mm_conflict's own write, which the table's trigger lets pass).
     pub fn remove(&self, table_name: &[u8], key: &[u8]) {
-        let values = [Some(text_datum(table_name)), Some(text_datum(key))];
-        // SAFETY: the values match the statement's argument types.
-        unsafe { self.remove.execute(&values, pg_sys::SPI_OK_DELETE) };
+        let values = [Some(Typed::text(table_name)), Some(Typed::bytea(key))];
+        self.remove.execute(&values, pg_sys::SPI_OK_DELETE);
     }
 }

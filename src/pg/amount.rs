@@ -6,6 +6,8 @@ use std::ffi::{CStr, CString};
 use mm_conflict_core::{Amount, DeltaError};
 use pgrx::pg_sys;
 
+use super::datum::Typed;
+
 /// The type of a delta column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AmountType {
@@ -35,19 +37,20 @@ impl AmountType {
         })
     }
 
-    /// The amount a non-NULL datum of this type holds.
-    ///
-    /// # Safety
-    /// `datum` is a valid, non-NULL value of this type.
-    pub unsafe fn read(self, datum: pg_sys::Datum) -> Result<Amount, DeltaError> {
+    /// The amount `value` (a value of a column of this type) holds.
+    pub fn read(self, value: Typed) -> Result<Amount, DeltaError> {
+        if value.typid() != self.typid() {
+            wrong_type(value, self);
+        }
+        let datum = value.datum();
         Ok(match self {
             // Pass-by-value integers: the datum's low bits, sign-extended by the casts.
             AmountType::Int2 => Amount::from_i64(i64::from(datum.value() as i16)),
             AmountType::Int4 => Amount::from_i64(i64::from(datum.value() as i32)),
             AmountType::Int8 => Amount::from_i64(datum.value() as i64),
             AmountType::Numeric { .. } => {
-                // SAFETY: numeric_out takes a valid numeric datum (`# Safety`) and returns a
-                // palloc'd NUL-terminated string.
+                // SAFETY: numeric_out takes a valid numeric datum (checked above: a Typed is a
+                // valid value of its type) and returns a palloc'd NUL-terminated string.
                 let text = unsafe {
                     let out =
                         pgrx::direct_function_call::<&CStr>(pg_sys::numeric_out, &[Some(datum)])
@@ -59,12 +62,12 @@ impl AmountType {
         })
     }
 
-    /// The datum of this type that holds `amount`: `OutOfRange` beyond an integer type's range;
+    /// The value of this type that holds `amount`: `OutOfRange` beyond an integer type's range;
     /// a numeric beyond the column's precision raises numeric_in's own error (`22003`). A numeric
     /// is palloc'd in the current memory context (in a transaction, as everything SQL calls runs).
-    pub fn datum(self, amount: &Amount) -> Result<pg_sys::Datum, DeltaError> {
+    pub fn value(self, amount: &Amount) -> Result<Typed, DeltaError> {
         let int = amount.to_i64().ok_or(DeltaError::OutOfRange);
-        Ok(match self {
+        let datum = match self {
             AmountType::Int2 => {
                 pg_sys::Datum::from(i16::try_from(int?).map_err(|_| DeltaError::OutOfRange)?)
             }
@@ -88,27 +91,37 @@ impl AmountType {
                     .expect("numeric_in returned NULL")
                 }
             }
-        })
+        };
+        // SAFETY: a non-NULL datum of this type, made above by the type's own rules.
+        Ok(unsafe { Typed::new(self.typid(), datum) })
+    }
+
+    /// The type's OID.
+    pub fn typid(self) -> pg_sys::Oid {
+        match self {
+            AmountType::Int2 => pg_sys::INT2OID,
+            AmountType::Int4 => pg_sys::INT4OID,
+            AmountType::Int8 => pg_sys::INT8OID,
+            AmountType::Numeric { .. } => pg_sys::NUMERICOID,
+        }
     }
 }
 
-/// The string a non-NULL `text` datum holds.
-///
-/// # Safety
-/// `datum` is a valid, non-NULL text datum.
-pub unsafe fn text_string(datum: pg_sys::Datum) -> String {
-    // SAFETY: as `varlena_bytes` requires (`# Safety`).
-    let bytes = unsafe { super::tuple::varlena_bytes(datum) };
-    String::from_utf8_lossy(&bytes).into_owned()
+/// The string a `text` value holds (`None`: another type).
+pub fn text_string(value: Typed) -> Option<String> {
+    (value.typid() == pg_sys::TEXTOID)
+        .then(|| value.bytes())
+        .flatten()
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// A `text` datum holding `text`, palloc'd in the current memory context.
-pub fn text_datum(text: &str) -> pg_sys::Datum {
-    // SAFETY: cstring_to_text_with_len copies `len` bytes from the pointer into a new text.
-    unsafe {
-        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
-            text.as_ptr().cast(),
-            text.len() as i32,
-        ))
-    }
+/// A `text` value holding `text`, palloc'd in the current memory context.
+pub fn text_value(text: &str) -> Typed {
+    Typed::text(text.as_bytes())
+}
+
+#[cold]
+#[inline(never)]
+fn wrong_type(value: Typed, expected: AmountType) -> ! {
+    panic!("{value:?} read as an amount of type {expected:?}");
 }

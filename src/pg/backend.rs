@@ -91,6 +91,14 @@ pub fn on_subtransaction_end(callback: pg_sys::SubXactCallback) {
     unsafe { pg_sys::RegisterSubXactCallback(callback, std::ptr::null_mut()) }
 }
 
+/// Runs `callback` for every relcache invalidation this backend reads (a relation's OID, or
+/// `InvalidOid` for all); register once per backend, from `_PG_init`.
+pub fn on_relcache_invalidation(callback: pg_sys::RelcacheCallbackFunction) {
+    // SAFETY: as for `on_transaction_end` (PostgreSQL raises once its small table of callbacks
+    // is full).
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(callback, pg_sys::Datum::from(0)) }
+}
+
 /// Whether database `oid` exists.
 pub fn database_exists(oid: pg_sys::Oid) -> bool {
     // SAFETY: a syscache existence check by oid; the unused keys are zero, as its callers in

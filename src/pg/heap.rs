@@ -10,6 +10,7 @@
 
 use pgrx::pg_sys;
 
+use super::datum::Typed;
 use super::relation::Open;
 
 /// What [`DirectInsert::insert`] did.
@@ -170,32 +171,37 @@ impl DirectInsert {
     /// to the transaction's later commands, as an INSERT run through SPI does. A key that a
     /// unique index already holds does what `on_duplicate` says. Every index gets the row's
     /// entry either way (a unique index checks its key as it inserts it: that is the one
-    /// descent a new key costs).
-    ///
-    /// # Safety
-    /// In a transaction that may write; each value is a datum of its column's type.
-    pub unsafe fn insert(
-        &self,
-        values: &[Option<pg_sys::Datum>],
-        on_duplicate: OnDuplicate,
-    ) -> Inserted {
+    /// descent a new key costs). Each value must be of its column's type (checked: another is a
+    /// bug of the caller, raised as an internal error); a read-only transaction raises `25006`.
+    pub fn insert(&self, values: &[Option<Typed>], on_duplicate: OnDuplicate) -> Inserted {
         assert_eq!(values.len(), self.natts(), "values for every attribute");
+        // SAFETY: a check of the transaction's state, which raises in a read-only one.
+        unsafe { pg_sys::PreventCommandIfReadOnly(c"mm_conflict's direct insert".as_ptr()) };
         let mut datums: Vec<pg_sys::Datum> = values
             .iter()
-            .map(|v| v.unwrap_or(pg_sys::Datum::from(0)))
+            .map(|v| v.map_or(pg_sys::Datum::from(0), Typed::datum))
             .collect();
         let mut nulls: Vec<bool> = values.iter().map(Option::is_none).collect();
-        // SAFETY: in a writable transaction (`# Safety`); the table and its indexes are opened
+        // SAFETY: in a writable transaction (checked above); the table and its indexes are opened
         // with the lock an INSERT takes and kept until transaction end; the tuple is formed from
-        // the table's own descriptor, once its shape is checked to be the one described (so the
-        // values fit its attributes and the indexes are all of its indexes), and freed after its
-        // index entries are made (its tid copied first); the row deleted again on a duplicate is
-        // this transaction's own, visible to the delete after the CommandCounterIncrement.
+        // the table's own descriptor, once its shape is checked to be the one described and each
+        // value to be of its attribute's type (so the indexes are all of its indexes and the
+        // values fit its attributes), and freed after its index entries are made (its tid copied
+        // first); the row deleted again on a duplicate is this transaction's own, visible to the
+        // delete after the CommandCounterIncrement.
         unsafe {
             let rel = pg_sys::table_open(self.relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
             if Shape::of(rel) != self.shape {
                 pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
                 return Inserted::Changed;
+            }
+            let attributes = super::compat::attributes((*rel).rd_att);
+            let fits = attributes.iter().zip(values).all(|(att, value)| {
+                value.is_none_or(|v| v.typid() == att.atttypid && !att.attisdropped)
+            });
+            if !fits {
+                pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+                panic!("a direct insert's values do not fit the table's columns: {values:?}");
             }
             let unique_check = match on_duplicate {
                 OnDuplicate::Raise => pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES,

@@ -5,6 +5,7 @@ use std::cell::UnsafeCell;
 
 use pgrx::pg_sys;
 
+use super::datum::Typed;
 use super::relation::Open;
 use super::settings;
 use super::tuple::{self, TupleRef};
@@ -59,6 +60,8 @@ impl KeyColumn {
 
 pub struct IndexKey {
     pub index_oid: pg_sys::Oid,
+    /// The table the index is on.
+    pub relid: pg_sys::Oid,
     pub columns: Vec<KeyColumn>,
 }
 
@@ -211,14 +214,11 @@ impl IndexKey {
                         recv: fmgr(recv_proc),
                         typioparam,
                         typmod: att.atttypmod,
-                        // The functions' caches live as long as this key (CacheMemoryContext).
                         text: (!binary_form_is_portable(att.atttypid, 0)).then(|| {
-                            pgrx::PgMemoryContexts::CacheMemoryContext.switch_to(|_| {
-                                (
-                                    settings::Output::of(att.atttypid),
-                                    settings::Input::of(att.atttypid, att.atttypmod),
-                                )
-                            })
+                            (
+                                settings::Output::of(att.atttypid),
+                                settings::Input::of(att.atttypid, att.atttypmod),
+                            )
                         }),
                         int_width: match att.atttypid {
                             pg_sys::INT2OID => Some(2),
@@ -230,7 +230,11 @@ impl IndexKey {
                 })
                 .collect();
             pg_sys::index_close(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-            Some(IndexKey { index_oid, columns })
+            Some(IndexKey {
+                index_oid,
+                relid: (*rel).rd_id,
+                columns,
+            })
         }
     }
 
@@ -240,34 +244,37 @@ impl IndexKey {
     }
 
     /// The key values of `tuple`, or `None` when one of them is NULL (NULLs never collide).
-    pub fn values_if_set(&self, tuple: TupleRef) -> Option<Vec<pg_sys::Datum>> {
+    pub fn values_if_set(&self, tuple: TupleRef) -> Option<Vec<Typed>> {
         self.columns
             .iter()
-            .map(|col| tuple.get(col.checked(tuple)))
+            .map(|col| tuple.typed(col.checked(tuple)))
             .collect()
     }
 
-    /// The key values of `tuple` (primary-key columns are never NULL).
-    pub fn values(&self, tuple: TupleRef) -> Vec<pg_sys::Datum> {
+    /// The first key column of `tuple` that is NULL, if any.
+    pub fn null_column(&self, tuple: TupleRef) -> Option<pg_sys::AttrNumber> {
         self.columns
             .iter()
-            .map(|col| {
-                tuple
-                    .get(col.checked(tuple))
-                    .unwrap_or(pg_sys::Datum::from(0))
-            })
-            .collect()
+            .map(|col| col.checked(tuple))
+            .find(|&attnum| tuple.get(attnum).is_none())
+    }
+
+    /// The key values of a stored row (a primary key's columns are never NULL there: a NULL is a
+    /// bug of the caller, raised as an internal error; a row about to be written is checked with
+    /// [`IndexKey::values_if_set`]).
+    pub fn values(&self, tuple: TupleRef) -> Vec<Typed> {
+        self.values_if_set(tuple)
+            .unwrap_or_else(|| null_in_key(self.index_oid))
     }
 
     /// `tuple`'s key values and their [`IndexKey::encode`]d form.
-    pub fn values_and_encoded(&self, tuple: TupleRef) -> (Vec<pg_sys::Datum>, Vec<u8>) {
+    pub fn values_and_encoded(&self, tuple: TupleRef) -> (Vec<Typed>, Vec<u8>) {
         let values = self.values(tuple);
-        // SAFETY: values read from columns of the key's types (`KeyColumn::checked`).
-        let encoded = unsafe { self.encode(&values) };
+        let encoded = self.encode(&values);
         (values, encoded)
     }
 
-    /// [`IndexKey::encode`] of `tuple`'s key values.
+    /// [`IndexKey::encode`] of a stored row's key values.
     pub fn encode_row(&self, tuple: TupleRef) -> Vec<u8> {
         self.values_and_encoded(tuple).1
     }
@@ -275,19 +282,41 @@ impl IndexKey {
     /// [`IndexKey::encode`] of `tuple`'s key values, `None` when one of them is NULL.
     pub fn encode_row_if_set(&self, tuple: TupleRef) -> Option<Vec<u8>> {
         let values = self.values_if_set(tuple)?;
-        // SAFETY: values read from columns of the key's types (`KeyColumn::checked`).
-        Some(unsafe { self.encode(&values) })
+        Some(self.encode(&values))
+    }
+
+    /// Checks that this key is one of relation `relid`'s and `values` its values (for a probe).
+    #[inline]
+    pub(super) fn check_probe(&self, relid: pg_sys::Oid, values: &[Typed]) {
+        if relid != self.relid {
+            not_key_values(self.index_oid, values);
+        }
+        self.check(values);
+    }
+
+    /// Checks that `values` are one per key column, each of its column's type.
+    #[inline]
+    fn check(&self, values: &[Typed]) {
+        if values.len() != self.columns.len()
+            || self
+                .columns
+                .iter()
+                .zip(values)
+                .any(|(col, value)| value.typid() != col.typid)
+        {
+            not_key_values(self.index_oid, values);
+        }
     }
 
     /// The key in binary form: per column, a 4-byte big-endian length and the type's send output,
     /// or its text under pinned settings for a type whose send output names node-local objects
-    /// (see [`binary_form_is_portable`] and [`KEY_FORMAT`]).
-    ///
-    /// # Safety
-    /// `values` are this key's column values.
-    pub unsafe fn encode(&self, values: &[pg_sys::Datum]) -> Vec<u8> {
+    /// (see [`binary_form_is_portable`] and [`KEY_FORMAT`]). `values` are this key's column values
+    /// (checked).
+    pub fn encode(&self, values: &[Typed]) -> Vec<u8> {
+        self.check(values);
         let mut out = Vec::with_capacity(self.columns.len() * 12);
-        for (col, &value) in self.columns.iter().zip(values) {
+        for (col, value) in self.columns.iter().zip(values) {
+            let value = value.datum();
             // int2send/int4send/int8send's output, the same bytes, without their allocations.
             if let Some(width) = col.int_width {
                 let v = value.value() as i64;
@@ -296,8 +325,8 @@ impl IndexKey {
                 continue;
             }
             if let Some((output, _)) = &col.text {
-                // SAFETY: `value` is a valid datum of the column's type (`# Safety`); the text is
-                // copied out and freed inside the pinned scope.
+                // SAFETY: `value` is a valid datum of the column's type (checked above); the text
+                // is copied out and freed inside the pinned scope.
                 let text = settings::pinned(|| unsafe {
                     let cstr = output.cstring(value);
                     let bytes = std::ffi::CStr::from_ptr(cstr).to_bytes().to_vec();
@@ -308,7 +337,8 @@ impl IndexKey {
                 out.extend_from_slice(&text);
                 continue;
             }
-            // SAFETY: the send function of the column's type returns a palloc'd bytea.
+            // SAFETY: the send function of the column's type, given a value of that type (checked
+            // above), returns a palloc'd bytea.
             unsafe {
                 let bytes = pg_sys::SendFunctionCall(col.send.get(), value);
                 let len = pgrx::varlena::varsize_any_exhdr(bytes.cast());
@@ -326,7 +356,7 @@ impl IndexKey {
     /// The key values back from [`IndexKey::encode`]'s form; `None` if it does not parse.
     /// Receive and input functions allocate in the current context and raise on bytes that are
     /// not a value of their type (in a transaction, as everything SQL calls runs).
-    pub fn decode(&self, mut bytes: &[u8]) -> Option<Vec<pg_sys::Datum>> {
+    pub fn decode(&self, mut bytes: &[u8]) -> Option<Vec<Typed>> {
         let mut values = Vec::with_capacity(self.columns.len());
         for col in &self.columns {
             let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
@@ -337,17 +367,15 @@ impl IndexKey {
                 values.push(settings::pinned(|| input.value(Some(&text)))?);
                 continue;
             }
-            // SAFETY: a fresh StringInfo holds the column's bytes; the receive function consumes
-            // exactly them (ReceiveFunctionCall raises an error otherwise).
+            // SAFETY: a fresh StringInfo holds the column's bytes; the receive function of the
+            // column's type consumes exactly them (ReceiveFunctionCall raises an error otherwise)
+            // and returns a value of that type.
             unsafe {
                 let buf = pg_sys::makeStringInfo();
                 pg_sys::appendBinaryStringInfo(buf, data.as_ptr().cast(), len as i32);
-                values.push(pg_sys::ReceiveFunctionCall(
-                    col.recv.get(),
-                    buf,
-                    col.typioparam,
-                    col.typmod,
-                ));
+                let datum =
+                    pg_sys::ReceiveFunctionCall(col.recv.get(), buf, col.typioparam, col.typmod);
+                values.push(Typed::new(col.typid, datum));
             }
         }
         bytes.is_empty().then_some(values)
@@ -379,31 +407,38 @@ impl IndexKey {
     /// does not parse), each read by its column's type.
     pub fn decode_json(&self, bytes: &[u8]) -> Option<Vec<serde_json::Value>> {
         let values = self.decode(bytes)?;
-        let json = self.columns.iter().zip(values).map(|(col, value)| {
-            // SAFETY: decoded by this column's receive (or input) function: a valid datum of the
-            // column's type.
-            unsafe { super::datum::json(col.typid, value) }
-        });
-        Some(json.collect())
+        Some(values.into_iter().map(Typed::json).collect())
     }
 
-    /// True when `tuple`'s key equals `values` (by the index's equality functions).
-    ///
-    /// # Safety
-    /// `values` are values of this key's columns.
-    pub unsafe fn matches(&self, tuple: TupleRef, values: &[pg_sys::Datum]) -> bool {
-        self.columns.iter().zip(values).all(|(col, &wanted)| {
+    /// True when `tuple`'s key equals `values` (this key's values, checked), by the index's
+    /// equality functions.
+    pub fn matches(&self, tuple: TupleRef, values: &[Typed]) -> bool {
+        self.check(values);
+        self.columns.iter().zip(values).all(|(col, wanted)| {
             tuple.get(col.checked(tuple)).is_some_and(|have| {
                 // SAFETY: `have` is a value of the column, of the key column's type (`checked`),
-                // `wanted` a key value (`# Safety`); the equality function is the index opclass's
-                // own, so it accepts both.
+                // `wanted` a value of that type (`check`); the equality function is the index
+                // opclass's own, so it accepts both.
                 unsafe {
-                    pg_sys::FunctionCall2Coll(col.eq.get(), col.collation, have, wanted).value()
+                    pg_sys::FunctionCall2Coll(col.eq.get(), col.collation, have, wanted.datum())
+                        .value()
                         != 0
                 }
             })
         })
     }
+}
+
+#[cold]
+#[inline(never)]
+fn null_in_key(index_oid: pg_sys::Oid) -> ! {
+    panic!("a NULL in a stored row's key (index {index_oid:?})");
+}
+
+#[cold]
+#[inline(never)]
+fn not_key_values(index_oid: pg_sys::Oid, values: &[Typed]) -> ! {
+    panic!("{values:?} are not the values of the key of index {index_oid:?}");
 }
 
 /// Whether the binary (send) form of type `typid` is the same on every node: it is not when it

@@ -6,6 +6,7 @@
 //! * [`partitions`]: partition trees (root, leaves).
 //! * [`relation`]: relations opened for a scope, found by name, their columns and privileges.
 //! * [`backend`]: this backend's database, clocks, replication origin and transaction callbacks.
+//! * [`trigger`]: a trigger firing and a relation's triggers, seen safely.
 //! * [`tuple`]: reading columns of heap tuples and descriptors ([`tuple::TupleRef`]: a safe view).
 //! * [`datum`]: values as JSON, read by their own type.
 //! * [`scan`]: sequential scans, each row a safe view of the scan's slot.
@@ -22,6 +23,7 @@
 //! * [`security`]: running work with another role's rights.
 //! * [`settings`]: values as text that reads the same on every node (settings pinned, text I/O).
 //! * [`flag`]: backend-local flags raised for a scope.
+//! * [`guc`]: an enum setting with a check hook that only a superuser passes for one value.
 //! * [`snapshot`]: a fresh snapshot for a step of a long call.
 //! * [`wal`]: the WAL position a wait for peers aims at.
 
@@ -30,6 +32,7 @@ pub mod backend;
 pub mod compat;
 pub mod datum;
 pub mod flag;
+pub mod guc;
 pub mod heap;
 pub mod key;
 pub mod keylock;
@@ -45,6 +48,7 @@ pub mod snapshot;
 pub mod spi;
 pub mod statement;
 pub mod subxact;
+pub mod trigger;
 pub mod tuple;
 pub mod types;
 pub mod wal;

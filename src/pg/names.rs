@@ -62,11 +62,9 @@ pub unsafe fn relation_names(rel: pg_sys::Relation) -> (String, String) {
     }
 }
 
-/// Schema and name of relation `relid` (`None` when it does not exist).
-///
-/// # Safety
-/// Must run inside a transaction (catalog lookups).
-pub unsafe fn names_of(relid: pg_sys::Oid) -> Option<(String, String)> {
+/// Schema and name of relation `relid` (`None` when it does not exist). Catalog lookups: in a
+/// transaction, as everything SQL calls runs.
+pub fn names_of(relid: pg_sys::Oid) -> Option<(String, String)> {
     // SAFETY: lsyscache lookups return NULL for a missing relation, palloc'd strings otherwise.
     unsafe {
         let name = pg_sys::get_rel_name(relid);
@@ -76,16 +74,6 @@ pub unsafe fn names_of(relid: pg_sys::Oid) -> Option<(String, String)> {
         let schema = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid));
         (!schema.is_null()).then(|| (cstr_to_string(schema), cstr_to_string(name)))
     }
-}
-
-/// The stable name of an open relation (see [`identity`]).
-///
-/// # Safety
-/// `rel` must be open.
-pub unsafe fn relation_identity(rel: pg_sys::Relation) -> String {
-    // SAFETY: forwarded: the caller guarantees an open relation.
-    let (schema, name) = unsafe { relation_names(rel) };
-    identity(&schema, &name)
 }
 
 /// The parts of a stable name ([`identity`]), unquoted; `None` if it is not one.
@@ -145,6 +133,17 @@ pub fn function_name(function: pg_sys::Oid) -> Option<(pg_sys::Oid, String)> {
     unsafe {
         let name = pg_sys::get_func_name(function);
         (!name.is_null()).then(|| (pg_sys::get_func_namespace(function), cstr_to_string(name)))
+    }
+}
+
+/// Whether function `function` exists and is named `name` (whatever its schema): one syscache
+/// lookup.
+pub fn function_is_named(function: pg_sys::Oid, name: &CStr) -> bool {
+    // SAFETY: a syscache lookup by oid; a missing function gives NULL, and the name is a palloc'd
+    // NUL-terminated copy compared here.
+    unsafe {
+        let found = pg_sys::get_func_name(function);
+        !found.is_null() && CStr::from_ptr(found) == name
     }
 }
 

@@ -16,7 +16,9 @@ use mm_conflict_core::Lookup;
 use pgrx::pg_sys;
 
 use super::compat;
+use super::datum::Typed;
 use super::key::IndexKey;
+use super::relation::{self, Borrowed, Open};
 use super::tuple::TupleRef;
 
 /// What the probe found for a key: absent, a version whose inserting or updating/deleting
@@ -34,20 +36,21 @@ const fn xmax_is_locked_only(infomask: u32) -> bool {
             == pg_sys::HEAP_XMAX_EXCL_LOCK
 }
 
-/// Probes `rel` for a row whose primary key `pk` has the values `key`; `read` turns the row found
-/// into what the caller needs (the tuple is pinned only while `read` runs: it copies what it
-/// keeps).
-///
-/// # Safety
-/// `rel` is open and locked; `key` holds one value per key column, valid during the call.
-pub unsafe fn probe<T>(
-    rel: pg_sys::Relation,
+/// Probes `rel` for a row whose key `pk` (one of `rel`'s indexes) has the values `key`; `read`
+/// turns the row found into what the caller needs (the tuple is pinned only while `read` runs: it
+/// copies what it keeps). An index of another relation, or values that are not the key's, are
+/// a bug of the caller, raised as an internal error.
+pub fn probe<T>(
+    rel: &impl Open,
     pk: &IndexKey,
-    key: &[pg_sys::Datum],
+    key: &[Typed],
     read: &dyn Fn(TupleRef<'_>) -> T,
 ) -> Probe<T> {
-    // SAFETY: index, scan and slot are opened and closed here; scan keys point to `key`'s
-    // values, which outlive the scan.
+    pk.check_probe(relation::oid(rel), key);
+    let rel = rel.raw();
+    // SAFETY: `rel` is open and locked (`Open`) and `pk` one of its indexes, `key` its values
+    // (both checked above); index, scan and slot are opened and closed here; scan keys point to
+    // `key`'s values, which outlive the scan.
     unsafe {
         let index = pg_sys::index_open(pk.index_oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         let nkeys = pk.columns.len();
@@ -58,7 +61,7 @@ pub unsafe fn probe<T>(
                 (i + 1) as pg_sys::AttrNumber,
                 pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
                 col.eq_proc,
-                key[i],
+                key[i].datum(),
             );
             keys[i].sk_collation = col.collation;
         }
@@ -90,11 +93,14 @@ pub unsafe fn probe<T>(
 }
 
 /// Follows the update chain from `tid` to the version a dirty snapshot sees, if any.
+///
+/// # Safety
+/// `rel` is open and locked, `pk` one of its indexes and `key` its values; `tid` came from `pk`.
 unsafe fn newest_version<T>(
     rel: pg_sys::Relation,
     pk: &IndexKey,
     mut tid: pg_sys::ItemPointerData,
-    key: &[pg_sys::Datum],
+    key: &[Typed],
     read: &dyn Fn(TupleRef<'_>) -> T,
 ) -> Option<Probe<T>> {
     // SAFETY: rel is open (caller's contract).
@@ -158,18 +164,42 @@ pub enum RowLock {
     Gone,
 }
 
-/// Locks the row stored at `tid` in `rel` for an update that leaves its key alone, as
-/// `INSERT ... ON CONFLICT DO UPDATE` does, waiting for the transactions that hold it.
-///
-/// # Safety
-/// `rel` is a heap relation, open and locked; `tid` was read from one of its tuples in this
-/// transaction.
-pub unsafe fn lock_row(rel: pg_sys::Relation, tid: pg_sys::ItemPointerData) -> RowLock {
-    // SAFETY: heap_lock_tuple reads the tuple at `tid` (pinning its buffer into `buffer`, released
-    // here) and waits as the executor's own row locks do; `tmfd` is only written.
+/// Where [`probe_place`] found a row of a relation borrowed for `'a` (a trigger's, while it
+/// fires): valid for [`lock_row`] while that lasts.
+#[derive(Clone, Copy, Debug)]
+pub struct Place<'a> {
+    relid: pg_sys::Oid,
+    tid: pg_sys::ItemPointerData,
+    _borrow: std::marker::PhantomData<&'a pg_sys::RelationData>,
+}
+
+/// [`probe`], keeping only where the row is (for [`lock_row`]).
+pub fn probe_place<'a>(rel: &Borrowed<'a>, pk: &IndexKey, key: &[Typed]) -> Probe<Place<'a>> {
+    let relid = relation::oid(rel);
+    probe(rel, pk, key, &|tuple| Place {
+        relid,
+        tid: tuple.tid(),
+        _borrow: std::marker::PhantomData,
+    })
+}
+
+/// Locks the row at `place` in `rel` (where a probe of it found the row) for an update that leaves
+/// its key alone, as `INSERT ... ON CONFLICT DO UPDATE` does, waiting for the transactions that
+/// hold it.
+pub fn lock_row<'a>(rel: &Borrowed<'a>, place: Place<'a>) -> RowLock {
+    if place.relid != relation::oid(rel) {
+        panic!("a row lock in another relation than the one probed");
+    }
+    let rel = rel.raw();
+    // SAFETY: `rel` is a table, open and locked (`Borrowed`: the one the probe read, checked
+    // above), and `place` a row version a dirty snapshot saw in it during 'a, which lies within
+    // this transaction: while the transaction runs, no version it could see is pruned (its own
+    // xmin holds them), so the line pointer still holds a tuple. heap_lock_tuple reads it
+    // (pinning its buffer into `buffer`, released here) and waits as the executor's own row locks
+    // do; `tmfd` is only written.
     unsafe {
         let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
-        tuple.t_self = tid;
+        tuple.t_self = place.tid;
         let mut buffer: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
         let mut failure: pg_sys::TM_FailureData = std::mem::zeroed();
         let result = pg_sys::heap_lock_tuple(

@@ -32,17 +32,26 @@ unsafe impl Open for Opened {
 }
 
 /// A relation someone else holds open for `'a` (a trigger's, while it fires).
+#[derive(Clone, Copy)]
 pub struct Borrowed<'a> {
     raw: pg_sys::Relation,
     _open: std::marker::PhantomData<&'a pg_sys::RelationData>,
 }
 
-impl Borrowed<'_> {
+impl<'a> Borrowed<'a> {
     /// # Safety
     /// `raw` is open and locked for as long as the result lives.
     pub unsafe fn new(raw: pg_sys::Relation) -> Self {
         Borrowed {
             raw,
+            _open: std::marker::PhantomData,
+        }
+    }
+
+    /// `rel`, for as long as it is borrowed.
+    pub fn of(rel: &'a impl Open) -> Borrowed<'a> {
+        Borrowed {
+            raw: rel.raw(),
             _open: std::marker::PhantomData,
         }
     }
@@ -52,6 +61,20 @@ impl Borrowed<'_> {
 unsafe impl Open for Borrowed<'_> {
     fn raw(&self) -> pg_sys::Relation {
         self.raw
+    }
+}
+
+/// The descriptor of an open relation's rows (valid while it is open).
+pub fn descriptor(rel: &impl Open) -> pg_sys::TupleDesc {
+    // SAFETY: `Open` keeps the relation open while `rel` lives.
+    unsafe { (*rel.raw()).rd_att }
+}
+
+/// Whether an open relation's main fork has no block (a table never written to, or truncated).
+pub fn is_empty(rel: &impl Open) -> bool {
+    // SAFETY: `Open` keeps the relation open while `rel` lives.
+    unsafe {
+        pg_sys::RelationGetNumberOfBlocksInFork(rel.raw(), pg_sys::ForkNumber::MAIN_FORKNUM) == 0
     }
 }
 

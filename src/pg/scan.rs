@@ -92,6 +92,35 @@ impl<'a> ScannedRow<'a> {
     }
 }
 
+/// Every version of every row of `rel` (an open, locked table) that a scan under `SnapshotAny`
+/// returns: live ones, ones still being written, deleted ones not yet vacuumed, each a tuple of
+/// `rel` valid while `each` runs.
+pub fn each_version(rel: &impl Open, mut each: impl FnMut(TupleRef<'_>)) {
+    let raw = rel.raw();
+    // SAFETY: a heap scan of an open, locked table; every tuple it returns is the table's,
+    // described by its descriptor and pinned until the next call; the scan ends before returning
+    // (an error aborts the transaction, which releases it).
+    unsafe {
+        let tupdesc = (*raw).rd_att;
+        let scan = pg_sys::systable_beginscan(
+            raw,
+            pg_sys::InvalidOid,
+            false,
+            &raw mut pg_sys::SnapshotAnyData,
+            0,
+            std::ptr::null_mut(),
+        );
+        loop {
+            let tuple = pg_sys::systable_getnext(scan);
+            if tuple.is_null() {
+                break;
+            }
+            each(TupleRef::new(tuple, tupdesc));
+        }
+        pg_sys::systable_endscan(scan);
+    }
+}
+
 /// Calls `each` with every row of an ordinary table `rel` (open and locked), deformed, under the
 /// statement's snapshot; what `each` allocates goes to a per-row memory context (named
 /// `context_name`), reset after each row. Checks for interrupts every 4096 rows.

@@ -12,6 +12,8 @@ use std::ffi::{c_char, CStr};
 
 use pgrx::pg_sys;
 
+use super::datum::Typed;
+
 /// The settings [`pinned`] sets, and their values.
 pub const PINNED: [(&CStr, &CStr); 8] = [
     (c"DateStyle", c"ISO, MDY"),
@@ -77,29 +79,59 @@ pub fn pinned_if<R>(needed: bool, f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// A type's I/O function, with a memory context of its own for the function's cache
+/// (`fn_extra`), so that it may live as long as the value does, and is freed with it.
+struct Function {
+    /// `UnsafeCell`: PostgreSQL writes `fn_extra` through this pointer on calls.
+    info: Box<UnsafeCell<pg_sys::FmgrInfo>>,
+    context: pg_sys::MemoryContext,
+}
+
+impl Function {
+    /// Function `oid`, looked up in the catalogs (in a transaction, as everything SQL calls runs).
+    fn of(oid: pg_sys::Oid) -> Function {
+        // SAFETY: a new context under TopMemoryContext, deleted only by `drop`; fmgr_info_cxt
+        // fills the zeroed FmgrInfo, which stays at its address in the box, and puts the
+        // function's cache in that context.
+        unsafe {
+            let context = pg_sys::AllocSetContextCreateExtended(
+                pg_sys::TopMemoryContext,
+                c"mm_conflict type I/O".as_ptr(),
+                pg_sys::ALLOCSET_SMALL_MINSIZE as usize,
+                pg_sys::ALLOCSET_SMALL_INITSIZE as usize,
+                pg_sys::ALLOCSET_SMALL_MAXSIZE as usize,
+            );
+            let info = Box::new(UnsafeCell::new(std::mem::zeroed()));
+            pg_sys::fmgr_info_cxt(oid, info.get(), context);
+            Function { info, context }
+        }
+    }
+}
+
+impl Drop for Function {
+    fn drop(&mut self) {
+        // SAFETY: made by `of` and deleted only here; nothing else points into it (the FmgrInfo,
+        // which does, goes with this value).
+        unsafe { pg_sys::MemoryContextDelete(self.context) }
+    }
+}
+
 /// A type's text output function.
 pub struct Output {
-    /// `UnsafeCell`: PostgreSQL writes `fn_extra` through this pointer on calls.
-    function: Box<UnsafeCell<pg_sys::FmgrInfo>>,
+    function: Function,
     /// The type it prints.
     typid: pg_sys::Oid,
 }
 
 impl Output {
-    /// The output function of type `typid`.
-    ///
-    /// # Safety
-    /// In a transaction; `typid` is an existing type. The function's cache (`fn_extra`) lives in
-    /// the current memory context: use the `Output` only while that context lives.
-    pub unsafe fn of(typid: pg_sys::Oid) -> Output {
+    /// The output function of type `typid`, an existing type (catalog lookups: in a transaction).
+    pub fn of(typid: pg_sys::Oid) -> Output {
         let (mut func, mut varlena) = (pg_sys::InvalidOid, false);
-        // SAFETY: catalog lookups of an existing type (`# Safety`); fmgr_info fills the zeroed
-        // FmgrInfo, which stays at its address in the box.
-        unsafe {
-            pg_sys::getTypeOutputInfo(typid, &mut func, &mut varlena);
-            let function = Box::new(UnsafeCell::new(std::mem::zeroed()));
-            pg_sys::fmgr_info(func, function.get());
-            Output { function, typid }
+        // SAFETY: a catalog lookup, which raises for a type that does not exist.
+        unsafe { pg_sys::getTypeOutputInfo(typid, &mut func, &mut varlena) };
+        Output {
+            function: Function::of(func),
+            typid,
         }
     }
 
@@ -112,20 +144,25 @@ impl Output {
     ///
     /// # Safety
     /// `value` is a valid, non-NULL datum of the type.
-    pub unsafe fn cstring(&self, value: pg_sys::Datum) -> *mut c_char {
+    pub(super) unsafe fn cstring(&self, value: pg_sys::Datum) -> *mut c_char {
         // SAFETY: a valid datum of the function's type (`# Safety`).
-        unsafe { pg_sys::OutputFunctionCall(self.function.get(), value) }
+        unsafe { pg_sys::OutputFunctionCall(self.function.info.get(), value) }
     }
 
-    /// The text of `value` as a Rust string; `None` when it is not UTF-8 (a type's output is in
-    /// the database's encoding).
-    ///
-    /// # Safety
-    /// As for [`Output::cstring`].
-    pub unsafe fn string(&self, value: pg_sys::Datum) -> Option<String> {
-        // SAFETY: as for `cstring`; the palloc'd text is read, copied and freed here.
+    /// The text of `value`, a value of the type (checked: another is a bug of the caller, raised
+    /// as an internal error), as a Rust string; `None` when it is not UTF-8 (a type's output is
+    /// in the database's encoding).
+    pub fn string(&self, value: Typed) -> Option<String> {
+        if value.typid() != self.typid {
+            panic!(
+                "{value:?} printed by the output function of type {:?}",
+                self.typid
+            );
+        }
+        // SAFETY: a valid datum of the function's type (checked above); the palloc'd text is
+        // read, copied and freed here.
         unsafe {
-            let text = self.cstring(value);
+            let text = self.cstring(value.datum());
             let string = CStr::from_ptr(text).to_str().ok().map(str::to_owned);
             pg_sys::pfree(text.cast());
             string
@@ -135,42 +172,43 @@ impl Output {
 
 /// A column type's text input function.
 pub struct Input {
-    /// `UnsafeCell`: PostgreSQL writes `fn_extra` through this pointer on calls.
-    function: Box<UnsafeCell<pg_sys::FmgrInfo>>,
+    function: Function,
+    typid: pg_sys::Oid,
     typioparam: pg_sys::Oid,
     typmod: i32,
 }
 
 impl Input {
-    /// The input function of type `typid` with modifier `typmod` (a column's `atttypmod`).
-    ///
-    /// # Safety
-    /// As for [`Output::of`].
-    pub unsafe fn of(typid: pg_sys::Oid, typmod: i32) -> Input {
+    /// The input function of type `typid` (an existing type; catalog lookups: in a transaction)
+    /// with modifier `typmod` (a column's `atttypmod`).
+    pub fn of(typid: pg_sys::Oid, typmod: i32) -> Input {
         let (mut func, mut typioparam) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
-        // SAFETY: as in `Output::of`.
-        unsafe {
-            pg_sys::getTypeInputInfo(typid, &mut func, &mut typioparam);
-            let function = Box::new(UnsafeCell::new(std::mem::zeroed()));
-            pg_sys::fmgr_info(func, function.get());
-            Input {
-                function,
-                typioparam,
-                typmod,
-            }
+        // SAFETY: a catalog lookup, which raises for a type that does not exist.
+        unsafe { pg_sys::getTypeInputInfo(typid, &mut func, &mut typioparam) };
+        Input {
+            function: Function::of(func),
+            typid,
+            typioparam,
+            typmod,
         }
     }
 
     /// The value `text` reads as (`None`: NULL, which the input function still sees when it is
     /// not strict, so that a domain checks its `NOT NULL`); raises the input function's error on
     /// text that is not a value of the type (in a transaction, as everything SQL calls runs).
-    pub fn value(&self, text: Option<&CStr>) -> Option<pg_sys::Datum> {
+    pub fn value(&self, text: Option<&CStr>) -> Option<Typed> {
         let text_ptr = text.map_or(std::ptr::null_mut(), |t| t.as_ptr().cast_mut());
         // SAFETY: InputFunctionCall takes a NUL-terminated string (or NULL) that it does not
-        // modify, and the type's I/O parameter and modifier looked up by `of`.
-        let value = unsafe {
-            pg_sys::InputFunctionCall(self.function.get(), text_ptr, self.typioparam, self.typmod)
-        };
-        text.map(|_| value)
+        // modify, and the type's I/O parameter and modifier looked up by `of`; what it returns
+        // for a string is a value of the type.
+        unsafe {
+            let value = pg_sys::InputFunctionCall(
+                self.function.info.get(),
+                text_ptr,
+                self.typioparam,
+                self.typmod,
+            );
+            text.map(|_| Typed::new(self.typid, value))
+        }
     }
 }

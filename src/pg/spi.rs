@@ -6,6 +6,7 @@ use std::ffi::CString;
 
 use pgrx::pg_sys;
 
+use super::datum::Typed;
 use crate::error::MmError;
 
 fn failed(sql: &str, what: String) -> ! {
@@ -30,17 +31,6 @@ pub fn read_one<T: pgrx::FromDatum + pgrx::IntoDatum>(
             table.first().get_one::<T>()
         }
     })
-}
-
-/// `bytes` as a text (or bytea: they share the layout) statement parameter, palloc'd.
-pub fn text_datum(bytes: &[u8]) -> pg_sys::Datum {
-    // SAFETY: copies `bytes` into a palloc'd varlena.
-    unsafe {
-        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
-            bytes.as_ptr().cast(),
-            bytes.len() as i32,
-        ))
-    }
 }
 
 pub struct CachedPlan {
@@ -70,63 +60,75 @@ impl CachedPlan {
     }
 
     /// Runs the statement with `values` (`None` = NULL) and returns the number of rows it
-    /// processed. Connects to SPI for the call.
-    ///
-    /// # Safety
-    /// Must run inside a transaction; `values` must match the argument types.
-    pub unsafe fn execute(&self, values: &[Option<pg_sys::Datum>], expected: u32) -> u64 {
-        // SAFETY: we are inside a transaction and `values` match `self.argtypes` (this
-        // function's `# Safety`), which is what run_with_rights (and so `run`) relies on.
+    /// processed. Connects to SPI for the call; in a transaction, as everything SQL calls runs.
+    /// Each value must be of its parameter's type (checked: a value of another type is a bug of
+    /// the caller, raised as an internal error).
+    pub fn execute(&self, values: &[Option<Typed>], expected: u32) -> u64 {
+        self.check(values);
+        // SAFETY: `values` match `self.argtypes` (checked above), which is what run_with_rights
+        // (and so `run`) relies on.
         unsafe { self.run_with_rights(values, expected, false).0 }
     }
 
     /// Like [`CachedPlan::execute`], for a statement with a RETURNING list: also returns the first
     /// row returned, its values copied out of SPI's memory (`None` = NULL).
-    ///
-    /// # Safety
-    /// As for [`CachedPlan::execute`].
-    pub unsafe fn execute_returning(
+    pub fn execute_returning(
         &self,
-        values: &[Option<pg_sys::Datum>],
+        values: &[Option<Typed>],
         expected: u32,
-    ) -> Option<Vec<Option<pg_sys::Datum>>> {
-        // SAFETY: we are inside a transaction and `values` match `self.argtypes` (`# Safety`, as
-        // for `execute`), which is what run_with_rights (and so `run`) relies on.
+    ) -> Option<Vec<Option<Typed>>> {
+        self.check(values);
+        // SAFETY: as for `execute`.
         unsafe { self.run_with_rights(values, expected, true).1 }
     }
 
+    /// Checks that `values` are one per parameter, each of its parameter's type or NULL.
+    #[inline]
+    fn check(&self, values: &[Option<Typed>]) {
+        let fits = values.len() == self.argtypes.len()
+            && values
+                .iter()
+                .zip(&self.argtypes)
+                .all(|(value, &typid)| value.is_none_or(|v| v.typid() == typid));
+        if !fits {
+            failed(
+                &self.sql,
+                format!("parameters of types {values:?} for {:?}", self.argtypes),
+            );
+        }
+    }
+
+    /// # Safety
+    /// `values` match `self.argtypes` ([`CachedPlan::check`]).
     unsafe fn run_with_rights(
         &self,
-        values: &[Option<pg_sys::Datum>],
+        values: &[Option<Typed>],
         expected: u32,
         returning: bool,
-    ) -> (u64, Option<Vec<Option<pg_sys::Datum>>>) {
+    ) -> (u64, Option<Vec<Option<Typed>>>) {
         match self.owner {
-            // SAFETY: only `execute`/`execute_returning` call this, whose contract puts us in a
-            // transaction with `values` matching `argtypes`; as_user runs the closure right here.
+            // SAFETY: `values` match `argtypes` (`# Safety`); as_user runs the closure right here.
             Some(owner) => {
                 super::security::as_user(owner, || unsafe { self.run(values, expected, returning) })
             }
-            // SAFETY: as above: in a transaction, with `values` matching `argtypes`.
+            // SAFETY: as above.
             None => super::security::with_safe_search_path(|| unsafe {
                 self.run(values, expected, returning)
             }),
         }
     }
 
+    /// # Safety
+    /// `values` match `self.argtypes` ([`CachedPlan::check`]).
     unsafe fn run(
         &self,
-        values: &[Option<pg_sys::Datum>],
+        values: &[Option<Typed>],
         expected: u32,
         returning: bool,
-    ) -> (u64, Option<Vec<Option<pg_sys::Datum>>>) {
-        assert_eq!(
-            values.len(),
-            self.argtypes.len(),
-            "argument count of {}",
-            self.sql
-        );
-        // SAFETY: SPI is connected and finished here; the kept plan lives until Drop.
+    ) -> (u64, Option<Vec<Option<Typed>>>) {
+        // SAFETY: SPI is connected and finished here; the kept plan lives until Drop; the
+        // parameters are of the plan's argument types (`# Safety`); a returned row's values are
+        // read by the result's own descriptor and copied out before SPI_finish.
         unsafe {
             if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
                 failed(&self.sql, "SPI_connect failed".into());
@@ -146,7 +148,7 @@ impl CachedPlan {
             }
             let mut datums: Vec<pg_sys::Datum> = values
                 .iter()
-                .map(|v| v.unwrap_or(pg_sys::Datum::from(0)))
+                .map(|v| v.map_or(pg_sys::Datum::from(0), Typed::datum))
                 .collect();
             let mut nulls: Vec<std::ffi::c_char> = values
                 .iter()
@@ -172,7 +174,12 @@ impl CachedPlan {
                             let value = pg_sys::SPI_getbinval(tuple, table.tupdesc, i, &mut isnull);
                             let att = &attrs[i as usize - 1];
                             (!isnull).then(|| {
-                                pg_sys::SPI_datumTransfer(value, att.attbyval, att.attlen as i32)
+                                let copy = pg_sys::SPI_datumTransfer(
+                                    value,
+                                    att.attbyval,
+                                    att.attlen as i32,
+                                );
+                                Typed::new(att.atttypid, copy)
                             })
                         })
                         .collect(),

@@ -5,6 +5,7 @@ use std::ffi::CStr;
 use pgrx::pg_sys;
 
 use super::compat;
+pub use super::datum::{varlena_bytes, Typed};
 
 /// The attribute of column `attnum` (1-based).
 ///
@@ -114,22 +115,21 @@ pub unsafe fn get_many<const N: usize>(
     })
 }
 
-/// A copy of `tuple` with columns `cols` replaced by `values` (`None`: NULL), palloc'd in the
+/// A copy of `tuple` with the columns of `changes` replaced (`None`: NULL), palloc'd in the
 /// current memory context.
 ///
 /// # Safety
-/// `tuple` is valid and described by `tupdesc`; `cols` are its attribute numbers and `values`
-/// datums of their types.
+/// `tuple` is valid and described by `tupdesc`; the changes' columns are its attribute numbers
+/// and their values datums of those columns' types.
 pub unsafe fn modify(
     tuple: pg_sys::HeapTuple,
     tupdesc: pg_sys::TupleDesc,
-    cols: &[pg_sys::AttrNumber],
-    values: &[Option<pg_sys::Datum>],
+    changes: impl ExactSizeIterator<Item = (pg_sys::AttrNumber, Option<pg_sys::Datum>)>,
 ) -> pg_sys::HeapTuple {
     // The arrays PostgreSQL reads, on the stack for the few columns a trigger replaces (a
     // trigger fires per row: no allocation there).
     const ON_STACK: usize = 8;
-    let n = cols.len().min(values.len());
+    let n = changes.len();
     let (mut c_stack, mut d_stack, mut n_stack) = (
         [0i32; ON_STACK],
         [pg_sys::Datum::from(0); ON_STACK],
@@ -144,13 +144,13 @@ pub unsafe fn modify(
         n_heap.resize(n, false);
         (&mut c_heap[..], &mut d_heap[..], &mut n_heap[..])
     };
-    for i in 0..n {
-        c[i] = i32::from(cols[i]);
-        d[i] = values[i].unwrap_or(pg_sys::Datum::from(0));
-        nl[i] = values[i].is_none();
+    for (i, (attnum, value)) in changes.take(n).enumerate() {
+        c[i] = i32::from(attnum);
+        d[i] = value.unwrap_or(pg_sys::Datum::from(0));
+        nl[i] = value.is_none();
     }
     // SAFETY: the three arrays hold `n` entries each, one per replaced column; `tuple` is valid
-    // and described by `tupdesc`, and `cols` are its attribute numbers (`# Safety`).
+    // and described by `tupdesc`, and the columns are its attribute numbers (`# Safety`).
     unsafe {
         pg_sys::heap_modify_tuple_by_cols(
             tuple,
@@ -163,18 +163,39 @@ pub unsafe fn modify(
     }
 }
 
-/// The bytes of a non-NULL `text` or `bytea` datum (detoasted into the current context).
-///
-/// # Safety
-/// `datum` is a valid, non-NULL text or bytea datum.
-pub unsafe fn varlena_bytes(datum: pg_sys::Datum) -> Vec<u8> {
-    // SAFETY: `datum` is a valid non-NULL text/bytea (`# Safety`), i.e. a varlena pointer; the
-    // detoasted copy's header gives the data length, and the bytes are copied out before return.
-    unsafe {
-        let v = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
-        let len = pgrx::varlena::varsize_any_exhdr(v);
-        std::slice::from_raw_parts(pgrx::varlena::vardata_any(v).cast::<u8>(), len).to_vec()
+/// A value to put in a column ([`TupleRef::with`]), checked against the column's type there: a
+/// tuple is never formed with a value of another type.
+#[derive(Clone, Copy, Debug)]
+pub enum Value {
+    Bool(bool),
+    Int2(i16),
+    /// A `timestamp` or `timestamptz`: microseconds since 2000-01-01.
+    Micros(i64),
+    Typed(Typed),
+}
+
+impl Value {
+    /// The datum, if the value fits a column of type `typid`.
+    #[inline]
+    fn datum_for(self, typid: pg_sys::Oid) -> Option<pg_sys::Datum> {
+        match self {
+            Value::Bool(b) if typid == pg_sys::BOOLOID => Some(pg_sys::Datum::from(b)),
+            Value::Int2(i) if typid == pg_sys::INT2OID => Some(pg_sys::Datum::from(i)),
+            Value::Micros(m)
+                if typid == pg_sys::TIMESTAMPOID || typid == pg_sys::TIMESTAMPTZOID =>
+            {
+                Some(pg_sys::Datum::from(m))
+            }
+            Value::Typed(t) if t.typid() == typid => Some(t.datum()),
+            _ => None,
+        }
     }
+}
+
+#[cold]
+#[inline(never)]
+fn wrong_type(attnum: pg_sys::AttrNumber, value: Value, typid: pg_sys::Oid) -> ! {
+    panic!("{value:?} does not fit column {attnum} of type {typid:?}");
 }
 
 /// The columns of `tuple` whose values are stored out of line (TOAST pointers to chunks already
@@ -186,7 +207,7 @@ pub unsafe fn varlena_bytes(datum: pg_sys::Datum) -> Vec<u8> {
 pub unsafe fn external_values(
     tuple: pg_sys::HeapTuple,
     tupdesc: pg_sys::TupleDesc,
-) -> Vec<(pg_sys::AttrNumber, pg_sys::Datum)> {
+) -> Vec<(pg_sys::AttrNumber, Typed)> {
     // SAFETY: `tuple` (with its t_data header) is valid and described by `tupdesc` (`# Safety`),
     // as deform and live_attributes need; a varlena datum of the tuple is read as such, and an
     // on-disk TOAST pointer is fetched by PostgreSQL's own detoaster.
@@ -204,10 +225,8 @@ pub unsafe fn external_values(
                     && u32::from(pgrx::varlena::vartag_external(ptr))
                         == pg_sys::vartag_external::VARTAG_ONDISK;
                 on_disk.then(|| {
-                    (
-                        att.attnum,
-                        pg_sys::Datum::from(pg_sys::detoast_external_attr(ptr)),
-                    )
+                    let full = pg_sys::Datum::from(pg_sys::detoast_external_attr(ptr));
+                    (att.attnum, Typed::new(att.atttypid, full))
                 })
             })
             .collect()
@@ -301,7 +320,7 @@ impl<'a> TupleRef<'a> {
     }
 
     /// The values stored out of line, fetched back in full (see [`external_values`]).
-    pub fn external_values(self) -> Vec<(pg_sys::AttrNumber, pg_sys::Datum)> {
+    pub fn external_values(self) -> Vec<(pg_sys::AttrNumber, Typed)> {
         // SAFETY: a valid tuple described by its descriptor (`new`).
         unsafe { external_values(self.tuple, self.desc) }
     }
@@ -317,29 +336,64 @@ impl<'a> TupleRef<'a> {
             .map(|datum| unsafe { varlena_bytes(datum) })
     }
 
-    /// Column `attnum` as JSON, read by its own type (`null`: NULL); see [`super::datum::json`].
-    pub fn json(self, attnum: pg_sys::AttrNumber) -> serde_json::Value {
+    /// Column `attnum` with its type (`None`: NULL).
+    #[inline]
+    pub fn typed(self, attnum: pg_sys::AttrNumber) -> Option<Typed> {
         let typid = self.attribute(attnum).atttypid;
-        self.get(attnum).map_or(serde_json::Value::Null, |datum| {
-            // SAFETY: a non-NULL datum of the column, whose type the descriptor gives.
-            unsafe { super::datum::json(typid, datum) }
-        })
+        // SAFETY: a non-NULL value of the column, whose type the descriptor gives.
+        self.get(attnum)
+            .map(|datum| unsafe { Typed::new(typid, datum) })
     }
 
-    /// A copy of this tuple with columns `cols` replaced by `values` (`None`: NULL), palloc'd in
-    /// the current memory context.
+    /// Columns `attnums` with their types (`None`: NULL), the tuple read once.
+    pub fn typed_columns(self, attnums: &[pg_sys::AttrNumber]) -> Vec<Option<Typed>> {
+        attnums.iter().for_each(|&a| self.check(a));
+        let all = self.deform();
+        attnums
+            .iter()
+            .map(|&a| {
+                let typid = self.attributes[a as usize - 1].atttypid;
+                // SAFETY: a non-NULL value of the column, whose type the descriptor gives.
+                all[a as usize - 1].map(|datum| unsafe { Typed::new(typid, datum) })
+            })
+            .collect()
+    }
+
+    /// Column `attnum` as JSON, read by its own type (`null`: NULL); see [`Typed::json`].
+    pub fn json(self, attnum: pg_sys::AttrNumber) -> serde_json::Value {
+        self.typed(attnum)
+            .map_or(serde_json::Value::Null, Typed::json)
+    }
+
+    /// Whether `desc` is the descriptor this tuple is read with.
+    #[inline]
+    pub fn described_by(self, desc: pg_sys::TupleDesc) -> bool {
+        std::ptr::eq(self.desc, desc)
+    }
+
+    /// A copy of this tuple with the columns of `changes` replaced, palloc'd in the current
+    /// memory context. Each value is checked against its column's type. (A trigger's result:
+    /// the trigger module's `Firing::modified`.)
     ///
     /// # Safety
-    /// Each of `values` is a datum of its column's type.
-    pub unsafe fn modified(
-        self,
-        cols: &[pg_sys::AttrNumber],
-        values: &[Option<pg_sys::Datum>],
-    ) -> pg_sys::HeapTuple {
-        cols.iter().for_each(|&a| self.check(a));
-        // SAFETY: a valid tuple described by its descriptor (`new`), cols its columns, values of
-        // their types (`# Safety`).
-        unsafe { modify(self.tuple, self.desc, cols, values) }
+    /// The current memory context outlives `'a`.
+    #[inline]
+    pub unsafe fn with(self, changes: &[(pg_sys::AttrNumber, Value)]) -> TupleRef<'a> {
+        let datums = changes.iter().map(|&(attnum, value)| {
+            let typid = self.attribute(attnum).atttypid;
+            match value.datum_for(typid) {
+                Some(datum) => (attnum, Some(datum)),
+                None => wrong_type(attnum, value, typid),
+            }
+        });
+        TupleRef {
+            // SAFETY: a valid tuple described by its descriptor (`new`); every column is one of
+            // its own (`attribute` checks the number) and every value of that column's type
+            // (checked above, before `modify` forms the tuple). The copy lives in the current
+            // context, which outlives 'a (`# Safety`), described by the same descriptor.
+            tuple: unsafe { modify(self.tuple, self.desc, datums) },
+            ..self
+        }
     }
 
     /// A copy palloc'd in the current memory context.

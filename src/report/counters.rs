@@ -50,7 +50,8 @@ struct SharedCounters {
 // SAFETY: plain old data (integers only), no pointers: valid in every process that maps it.
 unsafe impl PGRXSharedMemory for SharedCounters {}
 
-// SAFETY: the name is unique to this extension (and carries LAYOUT_VERSION).
+// SAFETY: the name is unique to this extension (and carries LAYOUT_VERSION). It stays here, outside
+// src/pg: a static is declared with its type, and pgrx's constructor is `unsafe` only for that.
 static SHARED: PgLwLock<SharedCounters> = unsafe { PgLwLock::new(c"mm_conflict_counters_v2") };
 /// Set in the postmaster when loaded by `shared_preload_libraries`; inherited by every backend.
 static SHARED_READY: AtomicBool = AtomicBool::new(false);

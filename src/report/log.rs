@@ -12,7 +12,8 @@ use serde_json::Value;
 use super::Resolution;
 use crate::catalog::relinfo::{RelInfo, Row};
 use crate::gucs;
-use crate::pg::spi::{text_datum, CachedPlan};
+use crate::pg::datum::Typed;
+use crate::pg::spi::CachedPlan;
 
 /// Longest value (in characters) of a row shown in a log line.
 const LOG_VALUE_CHARS: usize = 64;
@@ -119,9 +120,9 @@ pub fn log_row(info: &RelInfo, r: &Resolution) {
         row(r.stored_row),
         row(r.incoming_row),
     );
-    let text = |s: &str| text_datum(s.as_bytes());
-    let criterion = |v: Option<&Version>| v.and_then(|v| v.criterion).map(pg_sys::Datum::from);
-    let node = |v: Option<&Version>| v.and_then(|v| v.node).map(pg_sys::Datum::from);
+    let text = |s: &str| Typed::text(s.as_bytes());
+    let criterion = |v: Option<&Version>| v.and_then(|v| v.criterion).map(Typed::timestamptz);
+    let node = |v: Option<&Version>| v.and_then(|v| v.node).map(Typed::int2);
     let values = [
         Some(text(&info.table)),
         Some(text(&key)),
@@ -142,7 +143,7 @@ pub fn log_row(info: &RelInfo, r: &Resolution) {
 /// written whatever `mm_conflict.log_conflicts` says: the delete it carries was not applied here.
 pub fn log_ignored_tombstone(table: &str, key: &[u8], version: &Version, reason: &str) {
     let key = serde_json::json!({ "binary_key": crate::pg::names::bytea_hex(key) }).to_string();
-    let text = |s: &str| text_datum(s.as_bytes());
+    let text = |s: &str| Typed::text(s.as_bytes());
     let values = [
         Some(text(table)),
         Some(text(&key)),
@@ -150,8 +151,8 @@ pub fn log_ignored_tombstone(table: &str, key: &[u8], version: &Version, reason:
         Some(text("unknown")),
         None,
         None,
-        version.criterion.map(pg_sys::Datum::from),
-        version.node.map(pg_sys::Datum::from),
+        version.criterion.map(Typed::timestamptz),
+        version.node.map(Typed::int2),
         None,
         None,
         origin_name().as_deref().map(text),
@@ -160,9 +161,9 @@ pub fn log_ignored_tombstone(table: &str, key: &[u8], version: &Version, reason:
 }
 
 /// Inserts a conflict_log row (with the extension owner's rights).
-fn insert_log_row(values: [Option<pg_sys::Datum>; 11], detail: Option<&str>) {
+fn insert_log_row(values: [Option<Typed>; 11], detail: Option<&str>) {
     let mut values = values.to_vec();
-    values.push(detail.map(|d| text_datum(d.as_bytes())));
+    values.push(detail.map(|d| Typed::text(d.as_bytes())));
     LOG_INSERT.with(|plan| {
         let mut plan = plan.borrow_mut();
         let plan = plan.get_or_insert_with(|| {
@@ -192,8 +193,7 @@ fn insert_log_row(values: [Option<pg_sys::Datum>; 11], detail: Option<&str>) {
             )
             .run_as(conflict_log_owner())
         });
-        // SAFETY: the values match the argument types; we run inside the trigger's transaction.
-        unsafe { plan.execute(&values, pg_sys::SPI_OK_INSERT) };
+        plan.execute(&values, pg_sys::SPI_OK_INSERT);
     });
 }
 

@@ -49,7 +49,8 @@ struct SharedProgress {
 // SAFETY: plain old data (integers only), no pointers: valid in every process that maps it.
 unsafe impl PGRXSharedMemory for SharedProgress {}
 
-// SAFETY: the name is unique to this extension (and carries LAYOUT_VERSION).
+// SAFETY: the name is unique to this extension (and carries LAYOUT_VERSION). It stays here, outside
+// src/pg: a static is declared with its type, and pgrx's constructor is `unsafe` only for that.
 static SHARED: PgLwLock<SharedProgress> = unsafe { PgLwLock::new(c"mm_conflict_progress_v1") };
 static SHARED_READY: AtomicBool = AtomicBool::new(false);
 

@@ -72,18 +72,12 @@ impl Columns {
 
 /// The user columns of `rel` in name order, with a seed that hashes their names (two tables with
 /// different column names never agree by accident).
-///
-/// # Safety
-/// The columns' output functions cache data in the current memory context: use them only while
-/// it lives.
-pub(super) unsafe fn user_columns(rel: &impl Open) -> Columns {
+pub(super) fn user_columns(rel: &impl Open) -> Columns {
     let mut named: Vec<(String, Column)> = relation::columns_of(rel)
         .into_iter()
         .filter(|c| !BOOKKEEPING.contains(&c.name.as_str()))
         .map(|c| {
-            // SAFETY: catalog lookups of a column's type (it exists); the output function is
-            // used while the current context lives (`# Safety`).
-            let how = unsafe { hash_as(c.typid, c.by_value) };
+            let how = hash_as(c.typid, c.by_value);
             let column = Column {
                 index: c.attnum as usize - 1,
                 how,
@@ -123,11 +117,7 @@ const OID_VALUED: [pg_sys::Oid; 12] = [
 ];
 
 /// How values of type `typid` (passed by value or not) are hashed.
-///
-/// # Safety
-/// A text output function caches data in the current memory context: use the result only while
-/// that context lives.
-unsafe fn hash_as(typid: pg_sys::Oid, by_value: bool) -> HashAs {
+fn hash_as(typid: pg_sys::Oid, by_value: bool) -> HashAs {
     let base = types::base_type(typid);
     if base == pg_sys::FLOAT4OID && by_value {
         HashAs::Float4
@@ -136,8 +126,7 @@ unsafe fn hash_as(typid: pg_sys::Oid, by_value: bool) -> HashAs {
     } else if bytes_are_portable(base) {
         HashAs::Bytes
     } else {
-        // SAFETY: used while the current context lives (`# Safety`).
-        HashAs::Text(unsafe { Output::of(typid) })
+        HashAs::Text(Output::of(typid))
     }
 }
 
@@ -238,8 +227,7 @@ pub fn checksum(rel: &PgRelation) -> Result<i64, MmError> {
 
 /// The sum of the row hashes of an open, locked ordinary table.
 fn heap_sum(rel: &impl Open) -> u64 {
-    // SAFETY: the columns are used within this call.
-    let columns = unsafe { user_columns(rel) };
+    let columns = user_columns(rel);
     let mut sum = 0u64;
     columns.hashing(|| {
         scan::each_row(rel, "mm_conflict table_checksum", |row| {

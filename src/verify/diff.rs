@@ -33,6 +33,7 @@ use super::checksum::{readable, row_hash, user_columns};
 use crate::catalog::relinfo::{self, RelInfo};
 use crate::catalog::tombstones;
 use crate::error::MmError;
+use crate::pg::datum::Typed;
 use crate::pg::flag::RepairWrite;
 use crate::pg::key::IndexKey;
 use crate::pg::names::{identity, sql_ident, sql_qualified};
@@ -40,7 +41,7 @@ use crate::pg::partitions;
 use crate::pg::relation::{self, Opened};
 use crate::pg::scan;
 use crate::pg::settings::{self, Input, Output};
-use crate::pg::spi::{text_datum, CachedPlan};
+use crate::pg::spi::CachedPlan;
 
 pub use mm_conflict_core::diff::{LEVEL_BITS, MAX_BITS};
 
@@ -145,8 +146,7 @@ fn for_each_row(tree: &Tree, mut each: impl FnMut(&Entry)) -> Result<(), MmError
             .ok_or_else(|| MmError::NoPrimaryKey {
                 table: tree.identity.clone(),
             })?;
-        // SAFETY: the columns are used within this loop, in this memory context.
-        let columns = unsafe { user_columns(&leaf) };
+        let columns = user_columns(&leaf);
         columns.hashing(|| {
             scan::each_row(&leaf, "mm_conflict table_diff", |row| {
                 let tuple = row.tuple();
@@ -267,10 +267,9 @@ pub fn contents(rel: &PgRelation, keys: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, St
         })
         .collect::<Vec<_>>()
         .join(" AND ");
-    // SAFETY: catalog lookups of the columns' types; the output functions are used in this call.
     let columns: Vec<(String, Output)> = relation::columns_of(rel)
         .into_iter()
-        .map(|c| (c.name, unsafe { Output::of(c.typid) }))
+        .map(|c| (c.name, Output::of(c.typid)))
         .collect();
     let select_list = columns
         .iter()
@@ -289,10 +288,8 @@ pub fn contents(rel: &PgRelation, keys: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, St
         let Some(values) = pk.decode(&key) else {
             continue;
         };
-        let params: Vec<Option<pg_sys::Datum>> = values.into_iter().map(Some).collect();
-        // SAFETY: in a transaction; the parameters are the key's values, of the key columns'
-        // types the statement was prepared with; the row comes back copied out of SPI.
-        if let Some(row) = unsafe { by_key.execute_returning(&params, pg_sys::SPI_OK_SELECT) } {
+        let params: Vec<Option<Typed>> = values.into_iter().map(Some).collect();
+        if let Some(row) = by_key.execute_returning(&params, pg_sys::SPI_OK_SELECT) {
             rows.push((key, row));
         }
     }
@@ -305,16 +302,14 @@ pub fn contents(rel: &PgRelation, keys: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, St
                     .map(|((name, output), value)| {
                         let text = match value {
                             None => Value::Null,
-                            // SAFETY: each value is of its column's type (selected in column
-                            // order), printed by that type's output function.
-                            Some(v) => {
-                                Value::String(unsafe { output.string(v) }.ok_or_else(|| {
-                                    MmError::ValueNotUtf8 {
-                                        table: tree.identity.clone(),
-                                        column: name.clone(),
-                                    }
-                                })?)
-                            }
+                            // Each value is of its column's type (selected in column order),
+                            // printed by that type's output function.
+                            Some(v) => Value::String(output.string(v).ok_or_else(|| {
+                                MmError::ValueNotUtf8 {
+                                    table: tree.identity.clone(),
+                                    column: name.clone(),
+                                }
+                            })?),
                         };
                         Ok((name.clone(), text))
                     })
@@ -354,19 +349,16 @@ pub fn tombstones(
             continue;
         };
         let json = if content {
-            // SAFETY: in a transaction; both parameters are text/bytea varlenas.
-            unsafe {
-                as_json
-                    .execute_returning(
-                        &[
-                            Some(text_datum(tree.identity.as_bytes())),
-                            Some(text_datum(&key)),
-                        ],
-                        pg_sys::SPI_OK_SELECT,
-                    )
-                    .and_then(|row| row.into_iter().next().flatten())
-                    .and_then(|d| String::from_datum(d, false))
-            }
+            as_json
+                .execute_returning(
+                    &[
+                        Some(Typed::text(tree.identity.as_bytes())),
+                        Some(Typed::bytea(&key)),
+                    ],
+                    pg_sys::SPI_OK_SELECT,
+                )
+                .and_then(|row| row.into_iter().next().flatten())
+                .and_then(crate::pg::amount::text_string)
         } else {
             None
         };
@@ -539,12 +531,11 @@ pub fn apply(rel: &PgRelation, items: &str, same_version: bool) -> Result<i64, M
         })?;
     // The columns a row is written with: every column but generated ones (computed again), each
     // read by its type's input function from its text in the row (see `contents`).
-    // SAFETY: catalog lookups of the columns' types; the input functions are used in this call.
     let columns: Vec<(String, pg_sys::Oid, Input)> = relation::columns_of(rel)
         .into_iter()
         .filter(|c| !c.generated)
         .map(|c| {
-            let input = unsafe { Input::of(c.typid, c.typmod) };
+            let input = Input::of(c.typid, c.typmod);
             (c.name, c.typid, input)
         })
         .collect();
@@ -590,16 +581,12 @@ pub fn apply(rel: &PgRelation, items: &str, same_version: bool) -> Result<i64, M
     let _repair = RepairWrite::start(same_version);
     let mut written = 0;
     for write in writes {
-        // SAFETY: in a transaction; a row's values are of its columns' types, in the order the
-        // statement was prepared with; a tombstone is one text.
-        unsafe {
-            match write {
-                Write::Row(values) => insert_row.execute(&values, pg_sys::SPI_OK_INSERT),
-                Write::Tombstone(value) => insert_tombstone.execute(
-                    &[Some(text_datum(value.get().as_bytes()))],
-                    pg_sys::SPI_OK_INSERT,
-                ),
-            }
+        match write {
+            Write::Row(values) => insert_row.execute(&values, pg_sys::SPI_OK_INSERT),
+            Write::Tombstone(value) => insert_tombstone.execute(
+                &[Some(Typed::text(value.get().as_bytes()))],
+                pg_sys::SPI_OK_INSERT,
+            ),
         };
         written += 1;
     }
@@ -608,7 +595,7 @@ pub fn apply(rel: &PgRelation, items: &str, same_version: bool) -> Result<i64, M
 
 /// What [`apply`] writes for an item.
 enum Write<'a> {
-    Row(Vec<Option<pg_sys::Datum>>),
+    Row(Vec<Option<Typed>>),
     Tombstone(&'a RawValue),
 }
 
@@ -619,7 +606,7 @@ enum Write<'a> {
 fn row_values(
     columns: &[(String, pg_sys::Oid, Input)],
     row: &RawValue,
-) -> Result<Vec<Option<pg_sys::Datum>>, MmError> {
+) -> Result<Vec<Option<Typed>>, MmError> {
     let bad = |what: String| MmError::BadInternalArgument {
         function: "mm_conflict._repair_apply".into(),
         detail: format!("a repair row {what}"),
