@@ -114,9 +114,9 @@ pub fn lookup(rel: &impl Open, trigger: TriggerRef) -> Result<Rc<RelInfo>, MmErr
 }
 
 /// The `mm_resolve` trigger of `rel` (its own, or cloned from a partitioned root), if it has one.
-fn mm_resolve_trigger(rel: &impl Open) -> Option<TriggerRef<'_>> {
+fn mm_resolve_trigger(rel: &impl Open) -> Option<TriggerRef> {
     // Only mm_resolve triggers are cached: a hit needs no catalog lookup.
-    trigger::triggers(rel).find(|trigger| {
+    trigger::find_trigger(rel, |trigger| {
         cached(trigger.oid()).is_some()
             || names::function_is_named(trigger.function(), c"mm_resolve")
     })
@@ -234,7 +234,9 @@ fn delta_info(
 }
 
 fn build(rel: &impl Open, trigger: TriggerRef) -> Result<RelInfo, MmError> {
-    let args = trigger.args();
+    let args = trigger::trigger_args(rel, trigger.oid()).ok_or_else(|| MmError::Internal {
+        what: format!("trigger {:?} is not one of its relation's", trigger.oid()),
+    })?;
     let policy = Policy::parse(&args)?;
     let (schema, relname) = relation::names(rel);
     let relid = relation::oid(rel);

@@ -8,49 +8,79 @@ use super::names::cstr_to_string;
 use super::relation::{Borrowed, Open};
 use super::tuple::{TupleRef, Value};
 
-/// One trigger of a relation, borrowed from a trigger descriptor that stays valid for `'a` (the
-/// firing's, or the descriptor of a relation held open).
-#[derive(Clone, Copy)]
-pub struct TriggerRef<'a> {
-    raw: &'a pg_sys::Trigger,
+/// One trigger of a relation: its OID and its function's, copied out of a trigger descriptor (a
+/// relation's may be rebuilt by the next catalog read, which processes invalidations: nothing
+/// here points into it).
+#[derive(Clone, Copy, Debug)]
+pub struct TriggerRef {
+    oid: pg_sys::Oid,
+    function: pg_sys::Oid,
 }
 
-impl<'a> TriggerRef<'a> {
+impl TriggerRef {
     /// The trigger's OID (`pg_trigger.oid`).
     pub fn oid(self) -> pg_sys::Oid {
-        self.raw.tgoid
+        self.oid
     }
 
     /// The OID of the function it runs.
     pub fn function(self) -> pg_sys::Oid {
-        self.raw.tgfoid
-    }
-
-    /// The arguments given in `CREATE TRIGGER`.
-    pub fn args(self) -> Vec<String> {
-        (0..self.raw.tgnargs.max(0) as usize)
-            // SAFETY: a trigger of a valid descriptor (the only place a TriggerRef comes from)
-            // has `tgnargs` NUL-terminated strings in `tgargs`.
-            .map(|i| unsafe { cstr_to_string(*self.raw.tgargs.add(i)) })
-            .collect()
+        self.function
     }
 }
 
-/// The triggers of `rel` (its own, and those cloned from a partitioned ancestor), valid while
-/// `rel` is borrowed.
-pub fn triggers<'a>(rel: &'a impl Open) -> impl Iterator<Item = TriggerRef<'a>> + 'a {
-    // SAFETY: `Open` keeps the relation open and locked while `rel` lives, and with it its
-    // trigger descriptor (rebuilt only by an invalidation of the relation, which the lock keeps
-    // away: CREATE/DROP TRIGGER conflict with it), whose array holds `numtriggers` entries.
-    let triggers: &'a [pg_sys::Trigger] = unsafe {
+/// The triggers of an open relation (its own, and those cloned from a partitioned ancestor), as
+/// its trigger descriptor holds them now.
+fn descriptor_triggers(rel: &impl Open) -> &[pg_sys::Trigger] {
+    // SAFETY: `Open` keeps the relation open and locked while `rel` lives, and its descriptor
+    // valid until the next catalog read (which may rebuild it): callers copy what they need out
+    // of the slice before anything else runs.
+    unsafe {
         let trigdesc = (*rel.raw()).trigdesc;
         if trigdesc.is_null() || (*trigdesc).numtriggers <= 0 {
             &[]
         } else {
             std::slice::from_raw_parts((*trigdesc).triggers, (*trigdesc).numtriggers as usize)
         }
-    };
-    triggers.iter().map(|raw| TriggerRef { raw })
+    }
+}
+
+fn arguments(trigger: &pg_sys::Trigger) -> Vec<String> {
+    (0..trigger.tgnargs.max(0) as usize)
+        // SAFETY: a trigger of a valid descriptor has `tgnargs` NUL-terminated strings in
+        // `tgargs`, copied out here.
+        .map(|i| unsafe { cstr_to_string(*trigger.tgargs.add(i)) })
+        .collect()
+}
+
+/// The first trigger of `rel` (its own, or cloned from a partitioned ancestor) for which `pred`
+/// holds. Each is copied out before `pred` sees it, and the descriptor read anew for the next:
+/// `pred` may read the catalogs.
+pub fn find_trigger(
+    rel: &impl Open,
+    mut pred: impl FnMut(TriggerRef) -> bool,
+) -> Option<TriggerRef> {
+    let mut i = 0;
+    while let Some(trigger) = descriptor_triggers(rel).get(i) {
+        let trigger = TriggerRef {
+            oid: trigger.tgoid,
+            function: trigger.tgfoid,
+        };
+        if pred(trigger) {
+            return Some(trigger);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The arguments given in `CREATE TRIGGER` to trigger `tgoid` of `rel` (`None`: `rel` has no
+/// such trigger).
+pub fn trigger_args(rel: &impl Open, tgoid: pg_sys::Oid) -> Option<Vec<String>> {
+    descriptor_triggers(rel)
+        .iter()
+        .find(|t| t.tgoid == tgoid)
+        .map(arguments)
 }
 
 /// A trigger PostgreSQL is firing: made from pgrx's [`PgTrigger`], which pgrx builds only from the
@@ -92,11 +122,13 @@ impl<'a> Firing<'a> {
     }
 
     /// The trigger that fires.
-    pub fn trigger(&self) -> TriggerRef<'a> {
-        // SAFETY: a firing's trigger is set and valid while it fires (pgrx's PgTrigger checked
-        // it is not null when it was made).
+    pub fn trigger(&self) -> TriggerRef {
+        // SAFETY: a firing's trigger is set (pgrx's PgTrigger checked it is not null when it was
+        // made) and valid while it fires: the executor's own copy of the descriptor.
+        let trigger = unsafe { &*self.td.tg_trigger };
         TriggerRef {
-            raw: unsafe { &*self.td.tg_trigger },
+            oid: trigger.tgoid,
+            function: trigger.tgfoid,
         }
     }
 
